@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod http_module;
 pub mod icmp_settings;
+pub mod probe_config;
 pub mod region;
 pub mod result;
 pub mod target;
@@ -13,6 +14,7 @@ pub mod time;
 pub use agent::{AgentId, AgentVersion};
 pub use http_module::HttpModule;
 pub use icmp_settings::{IcmpModule, IcmpSettings, probe_timeout};
+pub use probe_config::{ProbeConfig, ProbeModule};
 pub use region::{Region, RegionError};
 pub use result::{
     HttpFailure, HttpPhases, HttpResult, IcmpFailure, IcmpResult, ProbeOutcome, ProbeResult, TlsInfo, TlsVersion,
