@@ -145,12 +145,33 @@ mod tests {
             help: "",
             kind: MetricKind::Gauge,
             label_names: &["source_region", "target_region"],
-            series: vec![Series { label_values: vec!["a".into(), "b".into()], value: SeriesValue::Number(2.0) }],
+            series: vec![Series {
+                label_values: vec!["a".into(), "b".into()],
+                value: SeriesValue::Number(2.0),
+            }],
         };
-        let snapshot = Snapshot { taken_at: UnixMillis(0), families: vec![family] };
-        assert_eq!(snapshot.number("prober_icmp_failed", &[("target_region", "b"), ("source_region", "a")]), Some(2.0));
-        assert_eq!(snapshot.number("prober_icmp_failed", &[("source_region", "a")]), None);
-        assert_eq!(snapshot.number("prober_icmp_failed", &[("source_region", "b"), ("target_region", "a")]), None);
+        let snapshot = Snapshot {
+            taken_at: UnixMillis(0),
+            families: vec![family],
+        };
+        assert_eq!(
+            snapshot.number(
+                "prober_icmp_failed",
+                &[("target_region", "b"), ("source_region", "a")]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            snapshot.number("prober_icmp_failed", &[("source_region", "a")]),
+            None
+        );
+        assert_eq!(
+            snapshot.number(
+                "prober_icmp_failed",
+                &[("source_region", "b"), ("target_region", "a")]
+            ),
+            None
+        );
         assert_eq!(snapshot.series_count(), 1);
     }
 }

@@ -1,1 +1,504 @@
-//! (being written)
+//! The server's aggregator: a sans-IO state machine that turns the probe results of every
+//! agent into the series the server exposes.
+//!
+//! Inputs come in with the current time (`handle_heartbeat`, `handle_results`,
+//! `handle_timeout`); the output is polled (`snapshot`, `live_agents`, `next_timeout`).
+//! It never reads a clock and never fails, so it runs in virtual time in tests.
+//!
+//! # Windows
+//! Time is cut into aligned windows of `window` length (window *k* covers
+//! `[k × window, (k+1) × window)` since the epoch). A result is filed in the window holding its
+//! round's start, so a window holds exactly one round per agent when the probe interval equals
+//! the window. A window *settles* one window after it ends: results arriving up to then still
+//! land in their own window; later ones are dropped and counted. On settling, each region pair
+//! and URL of the window is aggregated (see [`AggregationMethod`]) and its series are set.
+//!
+//! # Expiry
+//! Every series not set for `series_ttl_ratio × window` disappears. An agent whose heartbeats
+//! stop for that long reads 0 in `prober_agent_is_alive`, and its series goes an hour later.
+
+mod families;
+mod http;
+mod icmp;
+mod liveness;
+mod robust;
+mod series;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use families::*;
+pub use liveness::DEAD_AGENT_RETENTION;
+pub use robust::RobustConfig;
+
+use self::http::{HttpCell, aggregate_http_group};
+use self::icmp::{IcmpCell, aggregate_icmp_pair};
+use self::liveness::Liveness;
+use self::series::SeriesStore;
+use crate::model::time::duration_millis;
+use crate::model::{
+    AgentId, AgentVersion, ProbeKind, ProbeOutcome, ProbeResult, Region, UnixMillis,
+};
+use crate::snapshot::Snapshot;
+
+/// How the results of a region's agents are combined into one value per region pair.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum AggregationMethod {
+    /// Leave out a minority of broken source agents and target hosts, then take the mean of the
+    /// rest (the default; see `docs/aggregation.md`).
+    #[default]
+    Robust,
+    /// The Go system's plain mean over every result (with the decided fixes).
+    Mean,
+}
+
+impl AggregationMethod {
+    /// The flag spelling.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Robust => "robust",
+            Self::Mean => "mean",
+        }
+    }
+}
+
+impl fmt::Display for AggregationMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown aggregation method name.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("unknown aggregation method {0:?}; expected \"robust\" or \"mean\"")]
+pub struct UnknownMethod(pub String);
+
+impl FromStr for AggregationMethod {
+    type Err = UnknownMethod;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "robust" => Ok(Self::Robust),
+            "mean" => Ok(Self::Mean),
+            other => Err(UnknownMethod(other.to_owned())),
+        }
+    }
+}
+
+/// Why an aggregator configuration was refused.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// The window is shorter than one second.
+    #[error("aggregation interval must be at least 1s, got {0:?}")]
+    WindowTooShort(Duration),
+    /// The expiry ratio is zero.
+    #[error("series cache ratio must be at least 1")]
+    ZeroRatio,
+}
+
+/// Settings of the aggregator (the server's `-server.aggregation.*`, `-server.series.cache.ratio`,
+/// `-server.task` and `-server.probe.self` flags).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AggregatorConfig {
+    /// Window length (`-server.aggregation.interval`, default 15 s).
+    pub window: Duration,
+    /// Series expire after this many windows without an update (default 5).
+    pub series_ttl_ratio: u32,
+    /// How agents of a region are combined.
+    pub method: AggregationMethod,
+    /// Tuning of the robust method.
+    pub robust: RobustConfig,
+    /// Value of `prober_server_task_enabled`.
+    pub task_enabled: bool,
+    /// Value of `prober_server_probe_self_enabled`.
+    pub probe_self_enabled: bool,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(15),
+            series_ttl_ratio: 5,
+            method: AggregationMethod::Robust,
+            robust: RobustConfig::default(),
+            task_enabled: false,
+            probe_self_enabled: false,
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// How long a series or an agent lives without an update: ratio × window.
+    #[must_use]
+    pub fn series_ttl(&self) -> Duration {
+        self.window.saturating_mul(self.series_ttl_ratio)
+    }
+}
+
+/// What became of the results of one `handle_results` call.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct Intake {
+    /// Filed in their window.
+    pub accepted: u64,
+    /// Their window had already settled.
+    pub dropped_late: u64,
+    /// Their round starts more than one window ahead of the server's clock.
+    pub dropped_future: u64,
+    /// The same agent, target and round was already filed.
+    pub dropped_duplicate: u64,
+}
+
+/// Running totals exposed as counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) received_icmp: u64,
+    pub(crate) received_http: u64,
+    pub(crate) dropped_late: u64,
+    pub(crate) dropped_future: u64,
+    pub(crate) dropped_duplicate: u64,
+}
+
+/// Identity of one result inside a window: one agent probes one target once per round.
+type ResultKey = (AgentId, Region, String, UnixMillis);
+
+/// The server's aggregator. See the module documentation for the model.
+#[derive(Debug)]
+pub struct Aggregator {
+    config: AggregatorConfig,
+    window_ms: u64,
+    /// Unsettled windows by index, each holding its results.
+    open: BTreeMap<u64, HashMap<ResultKey, ProbeOutcome>>,
+    /// Windows below this index have settled.
+    first_unsettled: u64,
+    series: SeriesStore,
+    liveness: Liveness,
+    counters: Counters,
+}
+
+impl Aggregator {
+    /// A new aggregator starting at `now`: the window holding `now` and the one before it are
+    /// still open (results of the last round before a restart are taken).
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the window is under one second or the ratio is zero.
+    pub fn new(config: AggregatorConfig, now: UnixMillis) -> Result<Self, ConfigError> {
+        if config.window < Duration::from_secs(1) {
+            return Err(ConfigError::WindowTooShort(config.window));
+        }
+        if config.series_ttl_ratio == 0 {
+            return Err(ConfigError::ZeroRatio);
+        }
+        let window_ms = duration_millis(config.window);
+        Ok(Self {
+            config,
+            window_ms,
+            open: BTreeMap::new(),
+            first_unsettled: (now.as_millis() / window_ms).saturating_sub(1),
+            series: SeriesStore::default(),
+            liveness: Liveness::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &AggregatorConfig {
+        &self.config
+    }
+
+    /// Records a heartbeat of `agent` running `version`.
+    pub fn handle_heartbeat(&mut self, now: UnixMillis, agent: &AgentId, version: &AgentVersion) {
+        self.liveness.handle_heartbeat(now, agent, version);
+    }
+
+    /// Files results in their windows. Every result counts in `prober_server_receive_points`.
+    pub fn handle_results(
+        &mut self,
+        now: UnixMillis,
+        results: impl IntoIterator<Item = ProbeResult>,
+    ) -> Intake {
+        let mut intake = Intake::default();
+        let newest_allowed = now.as_millis() / self.window_ms + 1;
+        for result in results {
+            match result.outcome.kind() {
+                ProbeKind::Icmp => self.counters.received_icmp += 1,
+                ProbeKind::Http => self.counters.received_http += 1,
+            }
+            let index = result.round_start.as_millis() / self.window_ms;
+            if index < self.first_unsettled {
+                intake.dropped_late += 1;
+                continue;
+            }
+            if index > newest_allowed {
+                intake.dropped_future += 1;
+                continue;
+            }
+            let key = (
+                result.source,
+                result.target_region,
+                result.target,
+                result.round_start,
+            );
+            let window = self.open.entry(index).or_default();
+            if window.contains_key(&key) {
+                intake.dropped_duplicate += 1;
+            } else {
+                window.insert(key, result.outcome);
+                intake.accepted += 1;
+            }
+        }
+        self.counters.dropped_late += intake.dropped_late;
+        self.counters.dropped_future += intake.dropped_future;
+        self.counters.dropped_duplicate += intake.dropped_duplicate;
+        intake
+    }
+
+    /// Settles every window that ended at least one window before `now`, then expires series
+    /// and forgotten agents. Call it at least once per window (at [`Self::next_timeout`]).
+    pub fn handle_timeout(&mut self, now: UnixMillis) {
+        // Window k settles at (k + 2) × window.
+        let settle_below = (now.as_millis() / self.window_ms).saturating_sub(1);
+        while self.first_unsettled < settle_below {
+            let index = self.first_unsettled;
+            if let Some(results) = self.open.remove(&index) {
+                self.settle(now, &results);
+            }
+            self.first_unsettled = match self.open.keys().next() {
+                Some(next) if *next < settle_below => *next,
+                _ => settle_below,
+            };
+        }
+        let ttl = self.config.series_ttl();
+        self.series.expire(now, ttl);
+        self.liveness.expire(now, ttl);
+    }
+
+    /// When `handle_timeout` next has a window to settle.
+    #[must_use]
+    pub fn next_timeout(&self) -> UnixMillis {
+        UnixMillis(
+            self.first_unsettled
+                .saturating_add(2)
+                .saturating_mul(self.window_ms),
+        )
+    }
+
+    /// Agents with a live heartbeat, each once (for dynamic discovery).
+    #[must_use]
+    pub fn live_agents(&self, now: UnixMillis) -> Vec<AgentId> {
+        self.liveness.live_agents(now, self.config.series_ttl())
+    }
+
+    /// Every series to expose at `now`.
+    #[must_use]
+    pub fn snapshot(&self, now: UnixMillis) -> Snapshot {
+        families::render(&families::RenderInput {
+            now,
+            ttl: self.config.series_ttl(),
+            series: &self.series,
+            liveness: &self.liveness,
+            counters: &self.counters,
+            task_enabled: self.config.task_enabled,
+            probe_self_enabled: self.config.probe_self_enabled,
+        })
+    }
+
+    fn settle(&mut self, now: UnixMillis, results: &HashMap<ResultKey, ProbeOutcome>) {
+        // Arrival order must not matter: fix the order before any floating-point sum.
+        let mut sorted: Vec<(&ResultKey, &ProbeOutcome)> = results.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut icmp_pairs: BTreeMap<(&Region, &Region), Vec<IcmpCell<'_>>> = BTreeMap::new();
+        let mut http_groups: BTreeMap<(&Region, &Region, &str), Vec<HttpCell<'_>>> =
+            BTreeMap::new();
+        for ((source, target_region, target, _), outcome) in sorted {
+            match outcome {
+                ProbeOutcome::Icmp(result) => icmp_pairs
+                    .entry((&source.region, target_region))
+                    .or_default()
+                    .push(IcmpCell {
+                        source,
+                        target,
+                        result,
+                    }),
+                ProbeOutcome::Http(result) => http_groups
+                    .entry((&source.region, target_region, target))
+                    .or_default()
+                    .push(HttpCell { source, result }),
+            }
+        }
+        let (method, robust) = (self.config.method, self.config.robust);
+        for ((source, target), cells) in icmp_pairs {
+            let window = aggregate_icmp_pair(&cells, method, &robust);
+            self.series
+                .apply_icmp(now, (source.clone(), target.clone()), window);
+        }
+        for ((source, target, addr), cells) in http_groups {
+            let window = aggregate_http_group(&cells, method, &robust);
+            self.series.apply_http(
+                now,
+                (source.clone(), target.clone(), addr.to_owned()),
+                window,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IcmpResult;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    const WINDOW_MS: u64 = 15_000;
+
+    fn region(name: &str) -> Region {
+        Region::new(name).unwrap()
+    }
+
+    fn agent(region_name: &str, last_octet: u8) -> AgentId {
+        AgentId::new(
+            region(region_name),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, last_octet)),
+        )
+    }
+
+    fn icmp(source: &AgentId, target: &str, round_start_ms: u64, received: usize) -> ProbeResult {
+        let rtts = vec![Duration::from_millis(10); received];
+        ProbeResult {
+            source: source.clone(),
+            target_region: region("b"),
+            target: target.to_owned(),
+            round_start: UnixMillis(round_start_ms),
+            outcome: ProbeOutcome::Icmp(IcmpResult::measured(Duration::ZERO, 10, &rtts)),
+        }
+    }
+
+    fn aggregator(now_ms: u64) -> Aggregator {
+        Aggregator::new(AggregatorConfig::default(), UnixMillis(now_ms)).unwrap()
+    }
+
+    fn loss(aggregator: &Aggregator, now_ms: u64) -> Option<f64> {
+        aggregator
+            .snapshot(UnixMillis(now_ms))
+            .number(ICMP_LOSS, &[("source_region", "a"), ("target_region", "b")])
+    }
+
+    #[test]
+    fn a_window_settles_one_window_after_it_ends() {
+        let start = 100 * WINDOW_MS;
+        let mut agg = aggregator(start);
+        let a1 = agent("a", 1);
+        agg.handle_results(UnixMillis(start + 1000), [icmp(&a1, "t", start + 500, 9)]);
+        agg.handle_timeout(UnixMillis(start + 2 * WINDOW_MS - 1));
+        assert_eq!(
+            loss(&agg, start + 2 * WINDOW_MS - 1),
+            None,
+            "not settled before (k + 2) x window"
+        );
+        assert_eq!(agg.next_timeout(), UnixMillis(start + 2 * WINDOW_MS));
+        agg.handle_timeout(UnixMillis(start + 2 * WINDOW_MS));
+        assert_eq!(loss(&agg, start + 2 * WINDOW_MS), Some(10.0));
+    }
+
+    #[test]
+    fn late_future_and_duplicate_results_are_counted_and_dropped() {
+        let start = 100 * WINDOW_MS;
+        let mut agg = aggregator(start);
+        let a1 = agent("a", 1);
+        let intake = agg.handle_results(
+            UnixMillis(start),
+            [
+                icmp(&a1, "t", start - 2 * WINDOW_MS, 10), // two windows old: already settled
+                icmp(&a1, "t", start - WINDOW_MS, 10),     // previous window: still open
+                icmp(&a1, "t", start + 3 * WINDOW_MS, 10), // clock far ahead
+                icmp(&a1, "t", start + 10, 10),
+                icmp(&a1, "t", start + 10, 10), // the same round twice
+            ],
+        );
+        assert_eq!(
+            intake,
+            Intake {
+                accepted: 2,
+                dropped_late: 1,
+                dropped_future: 1,
+                dropped_duplicate: 1
+            }
+        );
+        let snapshot = agg.snapshot(UnixMillis(start));
+        assert_eq!(
+            snapshot.number(RECEIVE_POINTS, &[("prober_type", "icmp")]),
+            Some(5.0)
+        );
+        assert_eq!(
+            snapshot.number(DROPPED_POINTS, &[("reason", "late")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            snapshot.number(DROPPED_POINTS, &[("reason", "duplicate")]),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn agents_turn_dead_after_the_ttl_and_vanish_an_hour_later() {
+        let start = 100 * WINDOW_MS;
+        let mut agg = aggregator(start);
+        let a1 = agent("a", 1);
+        let version = AgentVersion::new("0.1.0");
+        agg.handle_heartbeat(UnixMillis(start), &a1, &version);
+        let alive = |agg: &Aggregator, at: u64| {
+            agg.snapshot(UnixMillis(at)).number(
+                AGENT_ALIVE,
+                &[("region", "a"), ("ip", "10.0.0.1"), ("version", "0.1.0")],
+            )
+        };
+        let ttl_ms = 5 * WINDOW_MS;
+        assert_eq!(alive(&agg, start + ttl_ms), Some(1.0));
+        assert_eq!(
+            agg.live_agents(UnixMillis(start + ttl_ms)),
+            vec![a1.clone()]
+        );
+        assert_eq!(alive(&agg, start + ttl_ms + 1000), Some(0.0));
+        assert!(
+            agg.live_agents(UnixMillis(start + ttl_ms + 1000))
+                .is_empty()
+        );
+        agg.handle_timeout(UnixMillis(start + ttl_ms + 3_600_000));
+        assert_eq!(alive(&agg, start + ttl_ms + 3_600_000), Some(0.0));
+        agg.handle_timeout(UnixMillis(start + ttl_ms + 3_601_000));
+        assert_eq!(alive(&agg, start + ttl_ms + 3_601_000), None);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let short = AggregatorConfig {
+            window: Duration::from_millis(999),
+            ..AggregatorConfig::default()
+        };
+        assert!(matches!(
+            Aggregator::new(short, UnixMillis(0)),
+            Err(ConfigError::WindowTooShort(_))
+        ));
+        let zero = AggregatorConfig {
+            series_ttl_ratio: 0,
+            ..AggregatorConfig::default()
+        };
+        assert_eq!(
+            Aggregator::new(zero, UnixMillis(0)).unwrap_err(),
+            ConfigError::ZeroRatio
+        );
+        assert_eq!(
+            "mean".parse::<AggregationMethod>(),
+            Ok(AggregationMethod::Mean)
+        );
+        assert!(
+            "median"
+                .parse::<AggregationMethod>()
+                .unwrap_err()
+                .to_string()
+                .contains("\"median\"")
+        );
+    }
+}

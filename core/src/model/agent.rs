@@ -48,7 +48,11 @@ impl AgentVersion {
         let valid = !version.is_empty()
             && version.len() <= MAX_VERSION_LEN
             && version.bytes().all(|b| b.is_ascii_graphic());
-        Self(if valid { version.to_owned() } else { "unknown".to_owned() })
+        Self(if valid {
+            version.to_owned()
+        } else {
+            "unknown".to_owned()
+        })
     }
 
     /// The version text.

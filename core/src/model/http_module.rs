@@ -290,7 +290,8 @@ impl PartialEq for HttpModule {
             && self.method == other.method
             && self.headers == other.headers
             && self.body == other.body
-            && regex_sources(&self.fail_if_body_matches_regexp).eq(regex_sources(&other.fail_if_body_matches_regexp))
+            && regex_sources(&self.fail_if_body_matches_regexp)
+                .eq(regex_sources(&other.fail_if_body_matches_regexp))
             && regex_sources(&self.fail_if_body_not_matches_regexp)
                 .eq(regex_sources(&other.fail_if_body_not_matches_regexp))
             && self.fail_if_header_matches == other.fail_if_header_matches
@@ -309,7 +310,10 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let auth = BasicAuth { username: "u".into(), password: Some(SecretSource::Inline(Secret::new("hunter2".into()))) };
+        let auth = BasicAuth {
+            username: "u".into(),
+            password: Some(SecretSource::Inline(Secret::new("hunter2".into()))),
+        };
         let text = format!("{auth:?}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("redacted"));

@@ -57,7 +57,11 @@ impl IcmpSettings {
     /// Settings for `module` on an agent probing every `probe_interval`.
     #[must_use]
     pub fn new(module: IcmpModule, probe_interval: Duration) -> Self {
-        Self { module, ttl: Self::DEFAULT_TTL, timeout: probe_timeout(probe_interval) }
+        Self {
+            module,
+            ttl: Self::DEFAULT_TTL,
+            timeout: probe_timeout(probe_interval),
+        }
     }
 }
 
@@ -76,13 +80,31 @@ mod tests {
 
     #[test]
     fn probe_timeout_matches_the_go_formula() {
-        assert_eq!(probe_timeout(Duration::from_secs(15)), Duration::from_secs(12));
-        assert_eq!(probe_timeout(Duration::from_secs(1)), Duration::from_secs(1));
-        assert_eq!(probe_timeout(Duration::from_millis(500)), Duration::from_secs(1));
+        assert_eq!(
+            probe_timeout(Duration::from_secs(15)),
+            Duration::from_secs(12)
+        );
+        assert_eq!(
+            probe_timeout(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            probe_timeout(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
         assert_eq!(probe_timeout(Duration::ZERO), Duration::from_secs(1));
-        assert_eq!(probe_timeout(Duration::from_secs(2)), Duration::from_secs(2)); // ceil(1.6)
-        assert_eq!(probe_timeout(Duration::from_secs(10)), Duration::from_secs(8));
-        assert_eq!(probe_timeout(Duration::from_secs(60)), Duration::from_secs(48));
+        assert_eq!(
+            probe_timeout(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        ); // ceil(1.6)
+        assert_eq!(
+            probe_timeout(Duration::from_secs(10)),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            probe_timeout(Duration::from_secs(60)),
+            Duration::from_secs(48)
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub use icmp_settings::{IcmpModule, IcmpSettings, probe_timeout};
 pub use probe_config::{ProbeConfig, ProbeModule};
 pub use region::{Region, RegionError};
 pub use result::{
-    HttpFailure, HttpPhases, HttpResult, IcmpFailure, IcmpResult, ProbeOutcome, ProbeResult, TlsInfo, TlsVersion,
+    HttpFailure, HttpPhases, HttpResult, IcmpFailure, IcmpResult, ProbeOutcome, ProbeResult,
+    TlsInfo, TlsVersion,
 };
 pub use target::{Destination, Host, HttpUrl, ProbeKind, Scheme, Target, TargetError};
 pub use time::UnixMillis;

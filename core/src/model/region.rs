@@ -29,7 +29,9 @@ pub enum RegionError {
         len: usize,
     },
     /// The name holds a character outside the allowed set.
-    #[error("region name {name:?} holds {character:?}; allowed are letters, digits, '-', '_', '.' and ':'")]
+    #[error(
+        "region name {name:?} holds {character:?}; allowed are letters, digits, '-', '_', '.' and ':'"
+    )]
     BadCharacter {
         /// The rejected name (cut to the limit).
         name: String,
@@ -51,7 +53,10 @@ impl Region {
             return Err(RegionError::TooLong { len: name.len() });
         }
         if let Some(character) = name.chars().find(|c| !is_region_char(*c)) {
-            return Err(RegionError::BadCharacter { name: name.to_owned(), character });
+            return Err(RegionError::BadCharacter {
+                name: name.to_owned(),
+                character,
+            });
         }
         Ok(Self(Arc::from(name)))
     }
@@ -98,7 +103,13 @@ mod tests {
 
     #[test]
     fn accepts_cloud_and_kubernetes_names() {
-        for name in ["cn-shanghai", "us-central1-a", "ip-10-0-0-1.ec2.internal", "eu_west:2", "华东"] {
+        for name in [
+            "cn-shanghai",
+            "us-central1-a",
+            "ip-10-0-0-1.ec2.internal",
+            "eu_west:2",
+            "华东",
+        ] {
             assert_eq!(Region::new(name).unwrap().as_str(), name);
         }
     }
@@ -110,8 +121,17 @@ mod tests {
             Region::new("<html>404</html>"),
             Err(RegionError::BadCharacter { character: '<', .. })
         ));
-        assert!(matches!(Region::new("cn-shanghai\n"), Err(RegionError::BadCharacter { character: '\n', .. })));
-        assert!(matches!(Region::new(&"a".repeat(129)), Err(RegionError::TooLong { len: 129 })));
+        assert!(matches!(
+            Region::new("cn-shanghai\n"),
+            Err(RegionError::BadCharacter {
+                character: '\n',
+                ..
+            })
+        ));
+        assert!(matches!(
+            Region::new(&"a".repeat(129)),
+            Err(RegionError::TooLong { len: 129 })
+        ));
         assert!(Region::new(&"a".repeat(128)).is_ok());
     }
 

@@ -54,7 +54,9 @@ impl IcmpResult {
     pub fn measured(resolve: Duration, packets_sent: u32, rtts: &[Duration]) -> Self {
         let mut histogram = RttHistogram::new();
         rtts.iter().for_each(|rtt| histogram.observe(*rtt));
-        let received = u32::try_from(rtts.len()).unwrap_or(u32::MAX).min(packets_sent);
+        let received = u32::try_from(rtts.len())
+            .unwrap_or(u32::MAX)
+            .min(packets_sent);
         Self {
             resolve,
             failure: None,
@@ -113,7 +115,13 @@ impl HttpPhases {
     /// The phases in [`Self::NAMES`] order.
     #[must_use]
     pub fn as_array(&self) -> [Duration; 5] {
-        [self.resolve, self.connect, self.tls, self.processing, self.transfer]
+        [
+            self.resolve,
+            self.connect,
+            self.tls,
+            self.processing,
+            self.transfer,
+        ]
     }
 
     /// All phases together.
@@ -329,9 +337,15 @@ mod tests {
 
     #[test]
     fn failure_reasons_are_the_decided_strings() {
-        assert_eq!(HttpFailure::InvalidStatus(404).reason(), "invalid resp code: 404");
+        assert_eq!(
+            HttpFailure::InvalidStatus(404).reason(),
+            "invalid resp code: 404"
+        );
         assert_eq!(HttpFailure::ConnectRefused.reason(), "connect refused");
-        assert_eq!(HttpFailure::CertificateInvalid.to_string(), "certificate invalid");
+        assert_eq!(
+            HttpFailure::CertificateInvalid.to_string(),
+            "certificate invalid"
+        );
     }
 
     #[test]

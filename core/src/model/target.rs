@@ -74,7 +74,10 @@ impl Host {
     /// # Errors
     /// [`TargetError::BadHost`] for anything else.
     pub fn parse(text: &str) -> Result<Self, TargetError> {
-        let unbracketed = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+        let unbracketed = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
         if let Ok(ip) = unbracketed.parse::<IpAddr>() {
             return Ok(Self::Ip(ip));
         }
@@ -106,7 +109,9 @@ fn is_host_name(text: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -162,8 +167,14 @@ impl HttpUrl {
     /// # Errors
     /// [`TargetError::BadUrl`] naming what is wrong.
     pub fn parse(target: &str) -> Result<Self, TargetError> {
-        let bad = |why| TargetError::BadUrl { target: target.to_owned(), why };
-        let lower = target.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+        let bad = |why| TargetError::BadUrl {
+            target: target.to_owned(),
+            why,
+        };
+        let lower = target
+            .get(..8)
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
         let (scheme, rest) = if lower.starts_with("https://") {
             (Scheme::Https, &target[8..])
         } else if lower.starts_with("http://") {
@@ -173,26 +184,47 @@ impl HttpUrl {
         } else {
             (Scheme::Http, target)
         };
-        if rest.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        if rest
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return Err(bad("it contains whitespace or control characters"));
         }
         let rest = rest.split('#').next().unwrap_or_default();
         let split_at = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(split_at);
         if authority.contains('@') {
-            return Err(bad("credentials in the URL are not supported; use basic_auth"));
+            return Err(bad(
+                "credentials in the URL are not supported; use basic_auth",
+            ));
         }
-        let (host_text, port_text) = split_host_port(authority).ok_or_else(|| bad("the host is malformed"))?;
+        let (host_text, port_text) =
+            split_host_port(authority).ok_or_else(|| bad("the host is malformed"))?;
         if host_text.is_empty() {
             return Err(bad("the host is empty"));
         }
-        let host = Host::parse(host_text).map_err(|_| bad("the host is neither an IP address nor a host name"))?;
+        let host = Host::parse(host_text)
+            .map_err(|_| bad("the host is neither an IP address nor a host name"))?;
         let port = match port_text {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
             None => scheme.default_port(),
         };
-        let path_and_query = if path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
-        Ok(Self { scheme, host, port, explicit_port: port_text.is_some(), path_and_query })
+        let path_and_query = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
+        Ok(Self {
+            scheme,
+            host,
+            port,
+            explicit_port: port_text.is_some(),
+            path_and_query,
+        })
     }
 
     /// The `Host` header value: the host, with the port when the URL named one.
@@ -202,13 +234,23 @@ impl HttpUrl {
             Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
             other => other.to_string(),
         };
-        if self.explicit_port { format!("{host}:{}", self.port) } else { host }
+        if self.explicit_port {
+            format!("{host}:{}", self.port)
+        } else {
+            host
+        }
     }
 }
 
 impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme.as_str(), self.host_header(), self.path_and_query)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.host_header(),
+            self.path_and_query
+        )
     }
 }
 
@@ -261,13 +303,19 @@ impl Target {
             ProbeKind::Icmp => Destination::Icmp(Host::parse(raw)?),
             ProbeKind::Http => Destination::Http(HttpUrl::parse(raw)?),
         };
-        Ok(Self { raw: raw.to_owned(), destination })
+        Ok(Self {
+            raw: raw.to_owned(),
+            destination,
+        })
     }
 
     /// An ICMP target for a discovered agent address.
     #[must_use]
     pub fn icmp_ip(ip: IpAddr) -> Self {
-        Self { raw: ip.to_string(), destination: Destination::Icmp(Host::Ip(ip)) }
+        Self {
+            raw: ip.to_string(),
+            destination: Destination::Icmp(Host::Ip(ip)),
+        }
     }
 
     /// The string as configured: the `target_addr` label.
@@ -304,9 +352,18 @@ mod tests {
 
     #[test]
     fn icmp_targets_are_ips_or_names() {
-        assert_eq!(Host::parse("10.0.0.1").unwrap(), Host::Ip("10.0.0.1".parse().unwrap()));
-        assert_eq!(Host::parse("[::1]").unwrap(), Host::Ip("::1".parse().unwrap()));
-        assert_eq!(Host::parse("WWW.Example.com.").unwrap(), Host::Name("www.example.com.".into()));
+        assert_eq!(
+            Host::parse("10.0.0.1").unwrap(),
+            Host::Ip("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            Host::parse("[::1]").unwrap(),
+            Host::Ip("::1".parse().unwrap())
+        );
+        assert_eq!(
+            Host::parse("WWW.Example.com.").unwrap(),
+            Host::Name("www.example.com.".into())
+        );
         assert!(Host::parse("bad host").is_err());
         assert!(Host::parse("-a.com").is_err());
         assert!(Host::parse("http://x").is_err());
@@ -316,7 +373,9 @@ mod tests {
     fn http_targets_get_http_prepended_and_keep_the_raw_label() {
         let t = Target::parse(ProbeKind::Http, "www.baidu.com").unwrap();
         assert_eq!(t.raw(), "www.baidu.com");
-        let Destination::Http(url) = t.destination() else { panic!("not http") };
+        let Destination::Http(url) = t.destination() else {
+            panic!("not http")
+        };
         assert_eq!(url.to_string(), "http://www.baidu.com/");
         assert_eq!(url.port, 80);
     }
@@ -352,8 +411,14 @@ mod tests {
 
     #[test]
     fn targets_reject_blank_and_huge_strings() {
-        assert_eq!(Target::parse(ProbeKind::Icmp, "  "), Err(TargetError::Empty));
+        assert_eq!(
+            Target::parse(ProbeKind::Icmp, "  "),
+            Err(TargetError::Empty)
+        );
         let long = "a".repeat(MAX_TARGET_LEN + 1);
-        assert!(matches!(Target::parse(ProbeKind::Http, &long), Err(TargetError::TooLong { .. })));
+        assert!(matches!(
+            Target::parse(ProbeKind::Http, &long),
+            Err(TargetError::TooLong { .. })
+        ));
     }
 }

@@ -66,10 +66,22 @@ mod tests {
 
     #[test]
     fn arithmetic_saturates_instead_of_wrapping() {
-        assert_eq!(UnixMillis(5).saturating_sub(Duration::from_secs(1)), UnixMillis(0));
-        assert_eq!(UnixMillis(u64::MAX - 1).saturating_add(Duration::from_secs(1)), UnixMillis(u64::MAX));
-        assert_eq!(UnixMillis(1000).saturating_duration_since(UnixMillis(2000)), Duration::ZERO);
-        assert_eq!(UnixMillis(2500).saturating_duration_since(UnixMillis(1000)), Duration::from_millis(1500));
+        assert_eq!(
+            UnixMillis(5).saturating_sub(Duration::from_secs(1)),
+            UnixMillis(0)
+        );
+        assert_eq!(
+            UnixMillis(u64::MAX - 1).saturating_add(Duration::from_secs(1)),
+            UnixMillis(u64::MAX)
+        );
+        assert_eq!(
+            UnixMillis(1000).saturating_duration_since(UnixMillis(2000)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            UnixMillis(2500).saturating_duration_since(UnixMillis(1000)),
+            Duration::from_millis(1500)
+        );
     }
 
     #[test]

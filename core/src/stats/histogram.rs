@@ -59,7 +59,10 @@ impl RttHistogram {
     /// Records one round-trip time.
     pub fn observe(&mut self, rtt: Duration) {
         let nanos = duration_nanos(rtt);
-        let bucket = bucket_bounds_nanos().iter().position(|bound| nanos <= *bound).unwrap_or(BUCKET_COUNT);
+        let bucket = bucket_bounds_nanos()
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(BUCKET_COUNT);
         self.counts[bucket] = self.counts[bucket].saturating_add(1);
         self.sum_nanos = self.sum_nanos.saturating_add(u128::from(nanos));
     }
@@ -75,7 +78,9 @@ impl RttHistogram {
     /// Number of observations.
     #[must_use]
     pub fn count(&self) -> u64 {
-        self.counts.iter().fold(0, |total, c| total.saturating_add(*c))
+        self.counts
+            .iter()
+            .fold(0, |total, c| total.saturating_add(*c))
     }
 
     /// Sum of the observations in nanoseconds.
@@ -146,7 +151,8 @@ mod tests {
     fn histogram_strategy() -> impl Strategy<Value = RttHistogram> {
         proptest::collection::vec(0u64..30_000_000_000, 0..40).prop_map(|rtts| {
             let mut h = RttHistogram::new();
-            rtts.into_iter().for_each(|n| h.observe(Duration::from_nanos(n)));
+            rtts.into_iter()
+                .for_each(|n| h.observe(Duration::from_nanos(n)));
             h
         })
     }

@@ -34,7 +34,12 @@ impl RttSummary {
             m2 += delta * (x - mean);
         }
         let stddev = (m2 / n).max(0.0).sqrt();
-        Some(Self { mean: Duration::from_secs_f64(mean), min, max, stddev: Duration::from_secs_f64(stddev) })
+        Some(Self {
+            mean: Duration::from_secs_f64(mean),
+            min,
+            max,
+            stddev: Duration::from_secs_f64(stddev),
+        })
     }
 }
 
@@ -82,7 +87,11 @@ mod tests {
         assert_eq!(loss_percent(64, 0), Some(100.0));
         assert_eq!(loss_percent(10, 9), Some(10.0));
         assert_eq!(loss_percent(0, 0), None);
-        assert_eq!(loss_percent(4, 9), Some(0.0), "duplicates never make loss negative");
+        assert_eq!(
+            loss_percent(4, 9),
+            Some(0.0),
+            "duplicates never make loss negative"
+        );
     }
 
     proptest! {

@@ -1,0 +1,164 @@
+//! One ICMP region pair in one window: which results count (robust or mean) and the numbers
+//! its gauges take. Every agent of the source region and every target host of the target
+//! region is pooled, as in the Go system; the robust method first leaves out a minority of
+//! broken source agents or target hosts.
+
+use std::collections::BTreeMap;
+
+use super::AggregationMethod;
+use super::robust::{MemberStats, RobustConfig, outliers};
+use crate::model::{AgentId, IcmpResult};
+use crate::stats::RttHistogram;
+
+/// One result of the pair: who probed which target host, and what it saw.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IcmpCell<'a> {
+    pub(crate) source: &'a AgentId,
+    pub(crate) target: &'a str,
+    pub(crate) result: &'a IcmpResult,
+}
+
+/// A member left out of the pair by the robust method.
+#[derive(Clone, Debug, Eq, Ord, PartialEq, PartialOrd)]
+pub(crate) enum IcmpOutlier {
+    /// A source agent, by IP.
+    Source(String),
+    /// A target host, as configured or discovered.
+    Target(String),
+}
+
+/// The numbers of one pair for one window; `None` where no result had data for that gauge.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct IcmpPairWindow {
+    /// Failed results (could not measure, or 100 % loss).
+    pub(crate) failed: u64,
+    /// Mean of per-result loss percentages over results that sent packets.
+    pub(crate) loss_percent: Option<f64>,
+    /// Means over results with replies: resolve, rtt, min, max (seconds).
+    pub(crate) durations_seconds: Option<[f64; 4]>,
+    /// Mean of per-result RTT standard deviations (seconds).
+    pub(crate) jitter_seconds: Option<f64>,
+    /// Every counted echo's RTT.
+    pub(crate) histogram: RttHistogram,
+    /// Members left out.
+    pub(crate) outliers: Vec<IcmpOutlier>,
+}
+
+/// Aggregates `cells` with `method`.
+pub(crate) fn aggregate_icmp_pair(
+    cells: &[IcmpCell<'_>],
+    method: AggregationMethod,
+    robust: &RobustConfig,
+) -> IcmpPairWindow {
+    let (included, outliers) = match method {
+        AggregationMethod::Mean => (vec![true; cells.len()], Vec::new()),
+        AggregationMethod::Robust => robust_selection(cells, robust),
+    };
+    let mut window = IcmpPairWindow {
+        outliers,
+        ..IcmpPairWindow::default()
+    };
+    let (mut loss_sum, mut loss_count) = (0.0, 0u64);
+    let (mut phase_sums, mut jitter_sum, mut success_count) = ([0.0f64; 4], 0.0, 0u64);
+    for cell in cells
+        .iter()
+        .zip(&included)
+        .filter_map(|(cell, keep)| keep.then_some(cell))
+    {
+        let result = cell.result;
+        if result.is_failed() {
+            window.failed += 1;
+        }
+        if let Some(loss) = result.loss_percent() {
+            loss_sum += loss;
+            loss_count += 1;
+        }
+        if let (None, Some(rtt)) = (result.failure, result.rtt) {
+            success_count += 1;
+            let phases = [result.resolve, rtt.mean, rtt.min, rtt.max];
+            for (sum, phase) in phase_sums.iter_mut().zip(phases) {
+                *sum += phase.as_secs_f64();
+            }
+            jitter_sum += rtt.stddev.as_secs_f64();
+            window.histogram.merge(&result.histogram);
+        }
+    }
+    if loss_count > 0 {
+        window.loss_percent = Some(loss_sum / loss_count as f64);
+    }
+    if success_count > 0 {
+        let n = success_count as f64;
+        window.durations_seconds = Some(phase_sums.map(|sum| sum / n));
+        window.jitter_seconds = Some(jitter_sum / n);
+    }
+    window
+}
+
+/// Per-member statistics of one dimension (sources or targets), keyed by member.
+fn member_stats<'a, K: Ord>(
+    cells: &[IcmpCell<'a>],
+    key: impl Fn(&IcmpCell<'a>) -> K,
+) -> BTreeMap<K, MemberStats> {
+    let mut members: BTreeMap<K, (MemberStats, f64, u64)> = BTreeMap::new();
+    for cell in cells {
+        let (stats, rtt_weighted_sum, received) = members.entry(key(cell)).or_default();
+        let result = cell.result;
+        if result.packets_sent > 0 && result.failure.is_none() {
+            stats.trials += u64::from(result.packets_sent);
+            stats.bad += u64::from(result.packets_sent.saturating_sub(result.packets_received));
+        } else {
+            // Could not measure at all: one failed trial, so a host nobody can resolve stands out.
+            stats.trials += 1;
+            stats.bad += 1;
+        }
+        if let (None, Some(rtt)) = (result.failure, result.rtt) {
+            *rtt_weighted_sum += rtt.mean.as_secs_f64() * f64::from(result.packets_received);
+            *received += u64::from(result.packets_received);
+        }
+    }
+    members
+        .into_iter()
+        .map(|(k, (mut stats, sum, received))| {
+            stats.latency_seconds = (received > 0).then(|| sum / received as f64);
+            (k, stats)
+        })
+        .collect()
+}
+
+/// Which cells the robust method keeps, and the members it left out.
+fn robust_selection(
+    cells: &[IcmpCell<'_>],
+    config: &RobustConfig,
+) -> (Vec<bool>, Vec<IcmpOutlier>) {
+    let sources = member_stats(cells, |c| c.source);
+    let targets = member_stats(cells, |c| c.target);
+    let excluded_sources = excluded_keys(&sources, config);
+    let excluded_targets = excluded_keys(&targets, config);
+    let included = cells
+        .iter()
+        .map(|c| !excluded_sources.contains(&c.source) && !excluded_targets.contains(&c.target))
+        .collect();
+    let mut left_out: Vec<IcmpOutlier> = excluded_sources
+        .iter()
+        .map(|a| IcmpOutlier::Source(a.ip.to_string()))
+        .chain(
+            excluded_targets
+                .iter()
+                .map(|t| IcmpOutlier::Target((*t).to_owned())),
+        )
+        .collect();
+    left_out.sort();
+    (included, left_out)
+}
+
+fn excluded_keys<K: Ord + Copy>(
+    members: &BTreeMap<K, MemberStats>,
+    config: &RobustConfig,
+) -> Vec<K> {
+    let keys: Vec<K> = members.keys().copied().collect();
+    let stats: Vec<MemberStats> = members.values().copied().collect();
+    outliers(&stats, config)
+        .into_iter()
+        .map(|i| keys[i])
+        .collect()
+}
