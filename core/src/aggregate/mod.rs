@@ -263,7 +263,10 @@ impl Aggregator {
         while self.first_unsettled < settle_below {
             let index = self.first_unsettled;
             if let Some(results) = self.open.remove(&index) {
-                self.settle(now, &results);
+                // Stamp with the nominal settle instant, so expiry does not depend on how
+                // punctually the driver calls us.
+                let settled_at = UnixMillis(index.saturating_add(2).saturating_mul(self.window_ms));
+                self.settle(settled_at, &results);
             }
             self.first_unsettled = match self.open.keys().next() {
                 Some(next) if *next < settle_below => *next,
