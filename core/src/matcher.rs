@@ -62,7 +62,9 @@ impl FromStr for MatchOp {
             "!=" => Ok(Self::Ne),
             "=~" => Ok(Self::Re),
             "!~" => Ok(Self::NotRe),
-            _ => Err(MatcherError::UnknownOperator { op: text.to_owned() }),
+            _ => Err(MatcherError::UnknownOperator {
+                op: text.to_owned(),
+            }),
         }
     }
 }
@@ -254,7 +256,10 @@ mod tests {
         // A pattern cannot break out of the anchoring group.
         for pattern in [")|(", ")|.*|("] {
             let err = RegionMatcher::new("=~", pattern).unwrap_err();
-            assert!(matches!(err, MatcherError::BadRegex { .. }), "{pattern}: {err}");
+            assert!(
+                matches!(err, MatcherError::BadRegex { .. }),
+                "{pattern}: {err}"
+            );
         }
     }
 
@@ -262,7 +267,11 @@ mod tests {
     fn plain_operators_never_compile_the_pattern() {
         let matcher = RegionMatcher::new("=", "eu(").unwrap();
         assert!(!matcher.matches(&region("eu")));
-        assert!(RegionMatcher::new("!=", "eu(").unwrap().matches(&region("eu")));
+        assert!(
+            RegionMatcher::new("!=", "eu(")
+                .unwrap()
+                .matches(&region("eu"))
+        );
     }
 
     #[test]

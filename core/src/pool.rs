@@ -421,7 +421,9 @@ fn write_http_module(f: &mut Fingerprint, module: &HttpModule) {
         f.str(value);
     });
     f.option(body.as_ref(), |f, body| f.str(body));
-    f.list(fail_if_body_matches_regexp, |f, regex| f.str(regex.as_str()));
+    f.list(fail_if_body_matches_regexp, |f, regex| {
+        f.str(regex.as_str())
+    });
     f.list(fail_if_body_not_matches_regexp, |f, regex| {
         f.str(regex.as_str());
     });
