@@ -1,1 +1,525 @@
-//! (being written)
+//! The ports: every way ProberMesh touches the outside world, as small async traits.
+//!
+//! Core performs no I/O. The agent and server drivers are written against these traits; the
+//! `adapters` crate implements each one with real sockets (one adapter per port), and
+//! `core::fake` implements each one in memory, recording what it was asked, for tests.
+//!
+//! Every trait is object-safe through `async_trait` and requires `Send + Sync`, so a driver can
+//! hold `Arc<dyn Port>` and call it from several tasks at once; implementations synchronise
+//! internally. A method that takes `&self` may be called concurrently.
+//!
+//! Failures follow one rule: a failed *probe* is data (a result with a failure), never an
+//! `Err`; `Err` means the port itself could not do its job.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::model::http_module::IpProtocol;
+use crate::model::{
+    AgentId, AgentVersion, HttpModule, HttpResult, HttpUrl, IcmpFailure, IcmpResult, IcmpSettings,
+};
+use crate::snapshot::Snapshot;
+use crate::wire::{AgentMessage, ServerMessage};
+
+// === DNS ===
+
+/// Resolves host names to one address, timing the lookup (the `resolve` phase).
+///
+/// Implemented by the `dns` adapter with hickory-resolver (system configuration).
+/// An `Err` means no usable address: the ICMP or HTTP probe then fails in its resolve phase,
+/// which is data, and the time spent is still recorded.
+#[async_trait::async_trait]
+pub trait DnsResolver: Send + Sync {
+    /// Resolves `host` to one address of the preferred family, or of the other family when
+    /// the preference allows a fallback and the preferred one has none.
+    async fn resolve(&self, host: &str, preference: IpPreference)
+    -> Result<Resolution, DnsFailure>;
+}
+
+/// Which address family a lookup wants (blackbox's `preferred_ip_protocol` and
+/// `ip_protocol_fallback`).
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub struct IpPreference {
+    /// The family tried first.
+    pub preferred: IpProtocol,
+    /// Whether the other family may be used when the preferred one has no address.
+    pub fallback: bool,
+}
+
+impl IpPreference {
+    /// The preference an HTTP module asks for.
+    #[must_use]
+    pub fn of_module(module: &HttpModule) -> Self {
+        Self {
+            preferred: module.preferred_ip_protocol,
+            fallback: module.ip_protocol_fallback,
+        }
+    }
+}
+
+impl Default for IpPreference {
+    /// IPv4 first with fallback: the Go and blackbox defaults, also used for ICMP targets.
+    fn default() -> Self {
+        Self {
+            preferred: IpProtocol::Ip4,
+            fallback: true,
+        }
+    }
+}
+
+/// A successful lookup.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub struct Resolution {
+    /// The address chosen.
+    pub addr: IpAddr,
+    /// How long the lookup took.
+    pub elapsed: Duration,
+}
+
+/// A failed lookup. The time spent is kept: the resolve phase is recorded even on failure.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("resolving failed ({kind}) after {elapsed:?}: {detail}")]
+pub struct DnsFailure {
+    /// What went wrong.
+    pub kind: DnsFailureKind,
+    /// How long the attempt took.
+    pub elapsed: Duration,
+    /// The resolver's message, for the log (never a label).
+    pub detail: String,
+}
+
+/// Why a lookup found no usable address.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum DnsFailureKind {
+    /// The name does not exist (NXDOMAIN).
+    NotFound,
+    /// The name exists but has no address of an acceptable family.
+    NoAddressOfFamily,
+    /// The resolver did not answer in time.
+    Timeout,
+    /// Anything else (server failure, refused, malformed answer).
+    Other,
+}
+
+impl DnsFailureKind {
+    /// A stable short name for logs.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not found",
+            Self::NoAddressOfFamily => "no address of the family",
+            Self::Timeout => "timeout",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for DnsFailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === ICMP ===
+
+/// Sends one probe's series of ICMP echo requests to an address and collects the replies.
+///
+/// Implemented by the `icmp` adapter with socket2 (unprivileged ICMP datagram sockets where
+/// `ping_group_range` allows them, raw sockets with CAP_NET_RAW otherwise).
+/// Loss, even 100 %, is an `Ok` series; an `Err` means nothing could be measured at all.
+#[async_trait::async_trait]
+pub trait IcmpPinger: Send + Sync {
+    /// Sends `settings.module.packet_count` echoes to `addr`, `settings.module.interval` apart,
+    /// and returns within `settings.timeout`.
+    async fn ping(&self, addr: IpAddr, settings: &IcmpSettings) -> Result<EchoSeries, PingError>;
+}
+
+/// What one series of echoes measured.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct EchoSeries {
+    /// Echo requests actually sent.
+    pub packets_sent: u32,
+    /// Round-trip times of the distinct replies (duplicates excluded), in arrival order.
+    pub rtts: Vec<Duration>,
+}
+
+impl EchoSeries {
+    /// A series with no reply: 100 % loss.
+    #[must_use]
+    pub fn lost(packets_sent: u32) -> Self {
+        Self {
+            packets_sent,
+            rtts: Vec::new(),
+        }
+    }
+
+    /// The probe result, with `resolve` spent resolving the target first.
+    #[must_use]
+    pub fn to_result(&self, resolve: Duration) -> IcmpResult {
+        IcmpResult::measured(resolve, self.packets_sent, &self.rtts)
+    }
+}
+
+/// Why no echo could be sent.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum PingError {
+    /// The agent may not open an ICMP socket.
+    #[error("not permitted to send ICMP: {how_to_fix}")]
+    Permission {
+        /// What the operator can do about it (grant CAP_NET_RAW, widen `ping_group_range`).
+        how_to_fix: String,
+    },
+    /// Sending failed (no route, socket error).
+    #[error("sending ICMP echo failed: {detail}")]
+    Send {
+        /// The operating system's message, for the log.
+        detail: String,
+    },
+}
+
+impl PingError {
+    /// The failure recorded in the probe result.
+    #[must_use]
+    pub fn failure(&self) -> IcmpFailure {
+        match self {
+            Self::Permission { .. } => IcmpFailure::Permission,
+            Self::Send { .. } => IcmpFailure::Send,
+        }
+    }
+}
+
+// === HTTP ===
+
+/// Runs one HTTP probe of a URL (all redirect hops) with per-phase timing, as blackbox's
+/// `http` prober does.
+///
+/// Implemented by the `http` adapter with hyper-util (resolving through a [`DnsResolver`] and
+/// dialling itself so it can time every phase).
+/// It cannot fail: every failure, timeout included, is an [`HttpResult`] with a failure.
+#[async_trait::async_trait]
+pub trait HttpProber: Send + Sync {
+    /// Probes `url` with `module`, giving up after `timeout` in total.
+    async fn probe(&self, url: &HttpUrl, module: &HttpModule, timeout: Duration) -> HttpResult;
+}
+
+// === agent ↔ server link ===
+
+/// The agent's side of its link to the server.
+///
+/// Implemented by the `quic` adapter with quinn (TLS 1.3, authenticated agents).
+/// Both methods take `&self`: implementations synchronise internally, so an agent can send
+/// and receive concurrently from two tasks.
+/// An `Err` means the link is unusable; the agent keeps probing, buffers results and
+/// reconnects (decision 11).
+#[async_trait::async_trait]
+pub trait ServerLink: Send + Sync {
+    /// Sends one message to the server; `Ok` means it was handed to the transport.
+    async fn send(&self, msg: AgentMessage) -> Result<(), LinkError>;
+
+    /// Waits for the next message from the server.
+    async fn recv(&self) -> Result<ServerMessage, LinkError>;
+}
+
+/// The server's side of every agent link: connection events in, messages out.
+///
+/// Implemented by the `quic` adapter with quinn; the adapter authenticates each agent and
+/// reports the address it sees it connect from.
+#[async_trait::async_trait]
+pub trait ReportSource: Send + Sync {
+    /// Waits for the next connection event; `None` once the source is closed for good
+    /// (the server is shutting down).
+    async fn next_event(&self) -> Option<LinkEvent>;
+
+    /// Sends one message to the agent on `connection`. An `Err` concerns that connection only.
+    async fn send_to(&self, connection: ConnectionId, msg: ServerMessage) -> Result<(), LinkError>;
+}
+
+/// Identifies one agent connection on the server, for as long as it lasts (never reused
+/// within a process).
+#[derive(Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connection#{}", self.0)
+    }
+}
+
+/// What happens on the server's side of the agent links, in order per connection:
+/// one `Connected`, any number of `Message`s, one `Disconnected`.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum LinkEvent {
+    /// An agent connected and authenticated.
+    Connected {
+        /// The new connection.
+        connection: ConnectionId,
+        /// The agent, as it introduced itself.
+        agent: AgentId,
+        /// The version it runs.
+        version: AgentVersion,
+        /// The address the server sees it connect from (its public IP, decision 12).
+        observed_addr: SocketAddr,
+    },
+    /// An agent sent a message.
+    Message {
+        /// The connection it came on.
+        connection: ConnectionId,
+        /// The agent of that connection.
+        agent: AgentId,
+        /// The message.
+        message: AgentMessage,
+    },
+    /// A connection ended, cleanly or not.
+    Disconnected {
+        /// The connection that ended.
+        connection: ConnectionId,
+        /// The agent of that connection.
+        agent: AgentId,
+    },
+}
+
+/// Why a link operation failed.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum LinkError {
+    /// The link is closed (or was never open).
+    #[error("the link is disconnected")]
+    Disconnected,
+    /// The peer refused us (authentication failed, version not supported).
+    #[error("the peer refused the connection: {reason}")]
+    Refused {
+        /// The peer's stated reason.
+        reason: String,
+    },
+    /// The peer sent something we cannot decode or did not expect.
+    #[error("protocol violation: {detail}")]
+    Protocol {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The transport failed (network, TLS, timeout).
+    #[error("link I/O failed: {detail}")]
+    Io {
+        /// The transport's message.
+        detail: String,
+    },
+}
+
+// === metrics ===
+
+/// Publishes a snapshot of everything the server exposes.
+///
+/// Implemented by the `metrics` adapter, the Prometheus exporter (it renders the latest
+/// snapshot at `/metrics`).
+/// An `Err` means this snapshot was not published; the previous one stays visible and the
+/// next one is tried normally.
+#[async_trait::async_trait]
+pub trait MetricsExporter: Send + Sync {
+    /// Publishes `snapshot`, replacing the previous one.
+    async fn export(&self, snapshot: &Snapshot) -> Result<(), ExportError>;
+}
+
+/// Why a snapshot could not be published.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("exporting metrics failed: {detail}")]
+pub struct ExportError {
+    /// What went wrong.
+    pub detail: String,
+}
+
+// === tasks ===
+
+/// Runs one remote task's shell command on the agent.
+///
+/// Implemented by the `task` adapter with a shell (`sh -c`), capturing stdout and stderr.
+/// It cannot fail: a command that cannot start, fails or times out is a [`TaskOutput`] that
+/// says so, which the agent reports like any other.
+#[async_trait::async_trait]
+pub trait TaskRunner: Send + Sync {
+    /// Runs `task.command`, killing it (and its process group) after `task.timeout`.
+    async fn run(&self, task: &TaskSpec) -> TaskOutput;
+}
+
+/// One task as the agent runs it.
+#[derive(Clone, Debug, Eq, Hash, PartialEq)]
+pub struct TaskSpec {
+    /// The server's task id (an agent runs each id at most once).
+    pub id: u64,
+    /// The shell command.
+    pub command: String,
+    /// The command is killed after this long.
+    pub timeout: Duration,
+    /// At most this many bytes of stdout and of stderr are kept, each.
+    pub output_limit_bytes: usize,
+}
+
+/// What a task did.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct TaskOutput {
+    /// The exit code; `None` when the command was killed by a signal, timed out or never
+    /// started.
+    pub exit_code: Option<i32>,
+    /// Captured standard output (at most the limit).
+    pub stdout: Vec<u8>,
+    /// Captured standard error (at most the limit); when the command could not start, the
+    /// reason.
+    pub stderr: Vec<u8>,
+    /// Whether either stream was cut at the limit.
+    pub truncated: bool,
+    /// Whether the command was killed at the timeout.
+    pub timed_out: bool,
+    /// How long it ran.
+    pub duration: Duration,
+}
+
+// === self-upgrade ===
+
+/// Replaces the agent's own executable with a new, verified version.
+///
+/// Implemented by the `updater` adapter: it downloads the binary, checks its SHA-256 and swaps
+/// it in atomically with self-replace; the driver then restarts the agent.
+/// An `Err` means the running executable is untouched, and the agent reports the failure.
+#[async_trait::async_trait]
+pub trait BinaryUpdater: Send + Sync {
+    /// Downloads, verifies and installs the binary `plan` describes.
+    async fn apply(&self, plan: &UpgradePlan) -> Result<UpgradeApplied, UpdateError>;
+}
+
+/// An upgrade the server asked for.
+#[derive(Clone, Debug, Eq, Hash, PartialEq)]
+pub struct UpgradePlan {
+    /// The version being installed.
+    pub version: String,
+    /// Where to download the binary.
+    pub url: String,
+    /// The SHA-256 digest the downloaded bytes must have.
+    pub sha256: [u8; 32],
+}
+
+impl UpgradePlan {
+    /// The expected digest in lowercase hex.
+    #[must_use]
+    pub fn sha256_hex(&self) -> String {
+        hex(&self.sha256)
+    }
+}
+
+/// A successful installation.
+#[derive(Clone, Debug, Eq, Hash, PartialEq)]
+pub struct UpgradeApplied {
+    /// The version installed.
+    pub version: String,
+    /// The path of the replaced executable.
+    pub path: String,
+}
+
+/// Why an upgrade was not installed.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum UpdateError {
+    /// The download failed (network, HTTP status, size limit).
+    #[error("downloading the new binary failed: {detail}")]
+    Download {
+        /// What went wrong.
+        detail: String,
+    },
+    /// The downloaded bytes do not have the announced digest.
+    #[error("the new binary's SHA-256 is {actual}, expected {expected}")]
+    Checksum {
+        /// The announced digest, lowercase hex.
+        expected: String,
+        /// The digest of the downloaded bytes, lowercase hex.
+        actual: String,
+    },
+    /// The executable could not be replaced (permissions, disk full).
+    #[error("replacing the executable failed: {detail}")]
+    Replace {
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]])
+        .map(char::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_object_safe_and_shareable() {
+        fn shareable<T: ?Sized + Send + Sync>() {}
+        shareable::<dyn DnsResolver>();
+        shareable::<dyn IcmpPinger>();
+        shareable::<dyn HttpProber>();
+        shareable::<dyn ServerLink>();
+        shareable::<dyn ReportSource>();
+        shareable::<dyn MetricsExporter>();
+        shareable::<dyn TaskRunner>();
+        shareable::<dyn BinaryUpdater>();
+    }
+
+    #[test]
+    fn ping_errors_map_to_result_failures() {
+        let permission = PingError::Permission {
+            how_to_fix: "grant CAP_NET_RAW".into(),
+        };
+        assert_eq!(permission.failure(), IcmpFailure::Permission);
+        assert!(permission.to_string().contains("CAP_NET_RAW"));
+        let send = PingError::Send {
+            detail: "no route".into(),
+        };
+        assert_eq!(send.failure(), IcmpFailure::Send);
+    }
+
+    #[test]
+    fn a_lost_series_is_a_failed_measurement() {
+        let result = EchoSeries::lost(64).to_result(Duration::from_millis(3));
+        assert!(result.is_failed());
+        assert_eq!(result.failure, None);
+        assert_eq!(result.loss_percent(), Some(100.0));
+        assert_eq!(result.resolve, Duration::from_millis(3));
+    }
+
+    #[test]
+    fn ip_preference_follows_the_module() {
+        let mut module = HttpModule::default();
+        assert_eq!(IpPreference::of_module(&module), IpPreference::default());
+        module.preferred_ip_protocol = IpProtocol::Ip6;
+        module.ip_protocol_fallback = false;
+        assert_eq!(
+            IpPreference::of_module(&module),
+            IpPreference {
+                preferred: IpProtocol::Ip6,
+                fallback: false
+            }
+        );
+    }
+
+    #[test]
+    fn errors_say_what_happened() {
+        let dns = DnsFailure {
+            kind: DnsFailureKind::NoAddressOfFamily,
+            elapsed: Duration::from_millis(12),
+            detail: "only AAAA records".into(),
+        };
+        assert_eq!(
+            dns.to_string(),
+            "resolving failed (no address of the family) after 12ms: only AAAA records"
+        );
+        let plan = UpgradePlan {
+            version: "0.2.0".into(),
+            url: "https://example.invalid/probermesh".into(),
+            sha256: [0xab; 32],
+        };
+        assert_eq!(plan.sha256_hex(), "ab".repeat(32));
+        assert_eq!(hex(&[0x00, 0x0f, 0xf0]), "000ff0");
+        assert_eq!(ConnectionId(7).to_string(), "connection#7");
+    }
+}
