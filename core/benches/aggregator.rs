@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use probermesh_core::aggregate::{AggregationMethod, Aggregator, AggregatorConfig};
-use probermesh_core::model::{AgentId, AgentVersion, IcmpResult, ProbeOutcome, ProbeResult, Region, UnixMillis};
+use probermesh_core::model::{
+    AgentId, AgentVersion, IcmpResult, ProbeOutcome, ProbeResult, Region, UnixMillis,
+};
 
 const REGIONS: u8 = 100;
 const AGENTS_PER_REGION: u8 = 10;
@@ -19,14 +21,24 @@ const T0: u64 = 1_800_000_000_000;
 
 fn agent(region: u8, index: u8) -> AgentId {
     let name = format!("region-{region:03}");
-    AgentId::new(Region::new(&name).expect("valid region"), IpAddr::V4(Ipv4Addr::new(10, region, 0, index)))
+    AgentId::new(
+        Region::new(&name).expect("valid region"),
+        IpAddr::V4(Ipv4Addr::new(10, region, 0, index)),
+    )
 }
 
 /// One window of results: agent i of every region probes agent i of every region (100 targets).
 fn window_results() -> Vec<ProbeResult> {
-    let rtts: Vec<Duration> = (0..64u64).map(|i| Duration::from_micros(800 + (i * 37) % 400)).collect();
-    let outcome = ProbeOutcome::Icmp(IcmpResult::measured(Duration::from_micros(20), 64, &rtts[..62]));
-    let mut results = Vec::with_capacity(usize::from(REGIONS) * usize::from(AGENTS_PER_REGION) * 100);
+    let rtts: Vec<Duration> = (0..64u64)
+        .map(|i| Duration::from_micros(800 + (i * 37) % 400))
+        .collect();
+    let outcome = ProbeOutcome::Icmp(IcmpResult::measured(
+        Duration::from_micros(20),
+        64,
+        &rtts[..62],
+    ));
+    let mut results =
+        Vec::with_capacity(usize::from(REGIONS) * usize::from(AGENTS_PER_REGION) * 100);
     for source_region in 0..REGIONS {
         for index in 1..=AGENTS_PER_REGION {
             let source = agent(source_region, index);
@@ -46,7 +58,10 @@ fn window_results() -> Vec<ProbeResult> {
 }
 
 fn fresh_aggregator(method: AggregationMethod) -> Aggregator {
-    let config = AggregatorConfig { method, ..AggregatorConfig::default() };
+    let config = AggregatorConfig {
+        method,
+        ..AggregatorConfig::default()
+    };
     let mut aggregator = Aggregator::new(config, UnixMillis(T0)).expect("valid config");
     let version = AgentVersion::new("0.1.0");
     for region in 0..REGIONS {
@@ -80,7 +95,9 @@ fn one_window(c: &mut Criterion) {
     let mut settled = fresh_aggregator(AggregationMethod::Robust);
     settled.handle_results(UnixMillis(T0 + 14_000), results);
     settled.handle_timeout(UnixMillis(T0 + 2 * WINDOW_MS));
-    let series = settled.snapshot(UnixMillis(T0 + 2 * WINDOW_MS)).series_count();
+    let series = settled
+        .snapshot(UnixMillis(T0 + 2 * WINDOW_MS))
+        .series_count();
     let mut group = c.benchmark_group("aggregator_snapshot");
     group.sample_size(10);
     group.throughput(Throughput::Elements(series as u64));

@@ -24,6 +24,7 @@ mod liveness;
 mod robust;
 mod series;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
@@ -242,11 +243,12 @@ impl Aggregator {
                 result.round_start,
             );
             let window = self.open.entry(index).or_default();
-            if window.contains_key(&key) {
-                intake.dropped_duplicate += 1;
-            } else {
-                window.insert(key, result.outcome);
-                intake.accepted += 1;
+            match window.entry(key) {
+                Entry::Occupied(_) => intake.dropped_duplicate += 1,
+                Entry::Vacant(slot) => {
+                    slot.insert(result.outcome);
+                    intake.accepted += 1;
+                }
             }
         }
         self.counters.dropped_late += intake.dropped_late;

@@ -5,6 +5,10 @@ use super::{HttpModule, IcmpModule, ProbeKind, Region, Target};
 
 /// How the targets of a block are probed.
 #[derive(Clone, Debug, Eq, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a pool holds one module per block, a few hundred at most; boxing buys nothing"
+)]
 pub enum ProbeModule {
     /// ICMP echo with these settings (the defaults for discovered targets).
     Icmp(IcmpModule),
