@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's test command (README.md): formatting, lints, every test, docs, and the
+# architecture checks. CI (.ci/run) installs what this needs and runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+
+step "tests"
+cargo test --locked --workspace --all-features
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features
+
+step "core purity"
+bash scripts/check-core-purity.sh
+
+step "benches compile"
+cargo bench --locked --workspace --no-run
+
+echo
+echo "all checks passed"
