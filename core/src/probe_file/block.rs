@@ -61,14 +61,18 @@ fn probe_config(node: &Node, path: &str) -> Result<ProbeConfig, Problem> {
             return Err(Problem::at(
                 type_node.at,
                 &type_path,
-                format!("unknown probe type {:?}; expected http or icmp", shorten(other)),
+                format!(
+                    "unknown probe type {:?}; expected http or icmp",
+                    shorten(other)
+                ),
             ));
         }
     };
 
     let region_node = required(&fields, path, "region")?;
     let region_path = join(path, "region");
-    let region = Region::new(&region_node.string(&region_path)?).map_err(|e| Problem::at(region_node.at, &region_path, e))?;
+    let region = Region::new(&region_node.string(&region_path)?)
+        .map_err(|e| Problem::at(region_node.at, &region_path, e))?;
 
     for (block, allowed_kind) in [("http", ProbeKind::Http), ("icmp", ProbeKind::Icmp)] {
         if kind != allowed_kind
@@ -77,7 +81,9 @@ fn probe_config(node: &Node, path: &str) -> Result<ProbeConfig, Problem> {
             return Err(Problem::at(
                 at,
                 &join(path, block),
-                format!("an `{block}:` block is only allowed when prober_type is {block}; this block is {kind}"),
+                format!(
+                    "an `{block}:` block is only allowed when prober_type is {block}; this block is {kind}"
+                ),
             ));
         }
     }
@@ -96,7 +102,11 @@ fn probe_config(node: &Node, path: &str) -> Result<ProbeConfig, Problem> {
         Some(node) => targets(node, &join(path, "targets"), kind)?,
         None => Vec::new(),
     };
-    Ok(ProbeConfig { region, module, targets })
+    Ok(ProbeConfig {
+        region,
+        module,
+        targets,
+    })
 }
 
 /// The targets in file order; a repeated target string is dropped (the first one counts).
@@ -129,16 +139,26 @@ fn icmp_module(node: &Node, path: &str) -> Result<IcmpModule, Problem> {
         let fail = |why: String| Err(Problem::at(node.at, &key_path, why));
         match size_bytes {
             0 => {}
-            ..0 => return fail(format!("{size_bytes} is negative; use 0 for the default of {} bytes", IcmpModule::DEFAULT_PAYLOAD_SIZE)),
+            ..0 => {
+                return fail(format!(
+                    "{size_bytes} is negative; use 0 for the default of {} bytes",
+                    IcmpModule::DEFAULT_PAYLOAD_SIZE
+                ));
+            }
             1.. if size_bytes < min => {
                 return fail(format!(
                     "{size_bytes} bytes is too small; the minimum is {min} (an 8-byte timestamp and a 16-byte probe token)"
                 ));
             }
             _ if size_bytes > max => {
-                return fail(format!("{size_bytes} bytes is too large; the maximum is {max} (what fits in an IPv4 packet)"));
+                return fail(format!(
+                    "{size_bytes} bytes is too large; the maximum is {max} (what fits in an IPv4 packet)"
+                ));
             }
-            _ => module.payload_size = u32::try_from(size_bytes).unwrap_or(IcmpModule::DEFAULT_PAYLOAD_SIZE),
+            _ => {
+                module.payload_size =
+                    u32::try_from(size_bytes).unwrap_or(IcmpModule::DEFAULT_PAYLOAD_SIZE)
+            }
         }
     }
     if let Some(node) = fields.get("packet_count") {
@@ -151,13 +171,23 @@ fn icmp_module(node: &Node, path: &str) -> Result<IcmpModule, Problem> {
                 return Err(Problem::at(
                     node.at,
                     &key_path,
-                    format!("{count} is negative; use 0 for the default of {}", IcmpModule::DEFAULT_PACKET_COUNT),
+                    format!(
+                        "{count} is negative; use 0 for the default of {}",
+                        IcmpModule::DEFAULT_PACKET_COUNT
+                    ),
                 ));
             }
             _ if count > max => {
-                return Err(Problem::at(node.at, &key_path, format!("{count} packets per probe is too many; the maximum is {max}")));
+                return Err(Problem::at(
+                    node.at,
+                    &key_path,
+                    format!("{count} packets per probe is too many; the maximum is {max}"),
+                ));
             }
-            _ => module.packet_count = u32::try_from(count).unwrap_or(IcmpModule::DEFAULT_PACKET_COUNT),
+            _ => {
+                module.packet_count =
+                    u32::try_from(count).unwrap_or(IcmpModule::DEFAULT_PACKET_COUNT)
+            }
         }
     }
     if let Some(node) = fields.get("interval") {

@@ -55,8 +55,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if text == "0" {
         return Ok(Duration::ZERO);
     }
-    let invalid = || DurationError::Invalid { input: super::node::shorten(text) };
-    let out_of_range = || DurationError::OutOfRange { input: super::node::shorten(text) };
+    let invalid = || DurationError::Invalid {
+        input: super::node::shorten(text),
+    };
+    let out_of_range = || DurationError::OutOfRange {
+        input: super::node::shorten(text),
+    };
     let mut rest = text;
     // Index into UNITS_MS of the next unit allowed: each unit at most once, in order.
     let mut next_unit = 0;
@@ -67,14 +71,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
             return Err(invalid());
         }
         let (digits, after_digits) = rest.split_at(digits_len);
-        let unit_len = after_digits.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit_len = after_digits
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
         let (unit, after_unit) = after_digits.split_at(unit_len);
-        let offset = UNITS_MS.iter().skip(next_unit).position(|(name, _)| *name == unit).ok_or_else(invalid)?;
+        let offset = UNITS_MS
+            .iter()
+            .skip(next_unit)
+            .position(|(name, _)| *name == unit)
+            .ok_or_else(invalid)?;
         let unit_index = next_unit + offset;
         let unit_ms = UNITS_MS.get(unit_index).map_or(1, |(_, ms)| *ms);
         next_unit = unit_index + 1;
         let amount: u128 = digits.parse().map_err(|_| out_of_range())?;
-        total_ms = amount.checked_mul(unit_ms).and_then(|ms| total_ms.checked_add(ms)).ok_or_else(out_of_range)?;
+        total_ms = amount
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(out_of_range)?;
         if total_ms > MAX_MS {
             return Err(out_of_range());
         }
@@ -96,7 +110,7 @@ pub fn format_duration(duration: Duration) -> String {
     let mut text = String::new();
     for (unit, unit_ms) in UNITS_MS {
         let exact_only = matches!(unit, "y" | "w");
-        if exact_only && rest_ms % unit_ms != 0 {
+        if exact_only && !rest_ms.is_multiple_of(unit_ms) {
             continue;
         }
         let amount = rest_ms / unit_ms;
@@ -128,12 +142,19 @@ mod tests {
             ("1d", 86_400_000),
             ("2w", 14 * 86_400_000),
             ("1y", 365 * 86_400_000),
-            ("1y2w3d4h5m6s7ms", ((((365 + 14 + 3) * 24 + 4) * 60 + 5) * 60 + 6) * 1000 + 7),
+            (
+                "1y2w3d4h5m6s7ms",
+                ((((365 + 14 + 3) * 24 + 4) * 60 + 5) * 60 + 6) * 1000 + 7,
+            ),
             ("1h0m", 3_600_000),
             ("007s", 7000),
             ("90m", 5_400_000),
         ] {
-            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
         }
     }
 
@@ -141,13 +162,30 @@ mod tests {
     fn bad_durations() {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
         for text in [
-            "1.5s", "30s1m", "1s1s", "1", "00", "s", "1S", "1us", "1ns", "-1s", "+1s", " 1s", "1s ", "1 s", "1m 30s",
-            "1msm", "1sms5", "1h1", "ms", "1mss", "１s",
+            "1.5s", "30s1m", "1s1s", "1", "00", "s", "1S", "1us", "1ns", "-1s", "+1s", " 1s",
+            "1s ", "1 s", "1m 30s", "1msm", "1sms5", "1h1", "ms", "1mss", "１s",
         ] {
-            assert_eq!(parse_duration(text), Err(DurationError::Invalid { input: text.to_owned() }), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Err(DurationError::Invalid {
+                    input: text.to_owned()
+                }),
+                "{text}"
+            );
         }
-        for text in ["293y", "99999999999999999999999999999999999999999999s", "15251w", "106751d23h47m16s855ms"] {
-            assert_eq!(parse_duration(text), Err(DurationError::OutOfRange { input: text.to_owned() }), "{text}");
+        for text in [
+            "293y",
+            "99999999999999999999999999999999999999999999s",
+            "15251w",
+            "106751d23h47m16s855ms",
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Err(DurationError::OutOfRange {
+                    input: text.to_owned()
+                }),
+                "{text}"
+            );
         }
         // The largest accepted value: i64::MAX nanoseconds, in whole milliseconds.
         assert!(parse_duration("106751d23h47m16s854ms").is_ok());
@@ -156,9 +194,15 @@ mod tests {
     #[test]
     fn error_text_names_the_input() {
         let text = parse_duration("1.5s").unwrap_err().to_string();
-        assert!(text.contains("\"1.5s\"") && text.contains("1m30s"), "{text}");
+        assert!(
+            text.contains("\"1.5s\"") && text.contains("1m30s"),
+            "{text}"
+        );
         let text = parse_duration("999y").unwrap_err().to_string();
-        assert!(text.contains("\"999y\"") && text.contains("out of range"), "{text}");
+        assert!(
+            text.contains("\"999y\"") && text.contains("out of range"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use super::size::parse_base2_bytes;
 use crate::model::HttpModule;
 use crate::model::TargetError;
 use crate::model::http_module::{
-    BasicAuth, Compression, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol, Secret, SecretSource, TlsConfig,
-    TlsMinVersion,
+    BasicAuth, Compression, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol, Secret,
+    SecretSource, TlsConfig, TlsMinVersion,
 };
 
 /// Largest compiled size of one regular expression, in bytes (and of its lazy DFA cache).
@@ -41,35 +41,79 @@ const HTTP_KEYS: &[&str] = &[
 /// blackbox_exporter http-module options newer than the Go system's copy of it.
 const HTTP_UNSUPPORTED: &[(&str, &str)] = &[
     ("body_file", "put the request body inline with `body`"),
-    ("fail_if_body_json_matches_cel", "use fail_if_body_matches_regexp"),
-    ("fail_if_body_json_not_matches_cel", "use fail_if_body_not_matches_regexp"),
+    (
+        "fail_if_body_json_matches_cel",
+        "use fail_if_body_matches_regexp",
+    ),
+    (
+        "fail_if_body_json_not_matches_cel",
+        "use fail_if_body_not_matches_regexp",
+    ),
 ];
 
-const CLIENT_KEYS: &[&str] =
-    &["basic_auth", "bearer_token", "bearer_token_file", "tls_config", "proxy_url", "follow_redirects", "enable_http2"];
+const CLIENT_KEYS: &[&str] = &[
+    "basic_auth",
+    "bearer_token",
+    "bearer_token_file",
+    "tls_config",
+    "proxy_url",
+    "follow_redirects",
+    "enable_http2",
+];
 
 /// prometheus/common `HTTPClientConfig` options probermesh does not implement.
 const CLIENT_UNSUPPORTED: &[(&str, &str)] = &[
-    ("authorization", "use bearer_token or bearer_token_file for a Bearer token, or basic_auth"),
-    ("oauth2", "fetch the token out of band and use bearer_token_file"),
-    ("no_proxy", "give the targets that must not use the proxy their own block without proxy_url"),
+    (
+        "authorization",
+        "use bearer_token or bearer_token_file for a Bearer token, or basic_auth",
+    ),
+    (
+        "oauth2",
+        "fetch the token out of band and use bearer_token_file",
+    ),
+    (
+        "no_proxy",
+        "give the targets that must not use the proxy their own block without proxy_url",
+    ),
     ("proxy_from_environment", "set proxy_url explicitly"),
-    ("proxy_connect_header", "HTTPS targets are not tunnelled through proxies"),
-    ("http_headers", "set request headers with the `headers` key of the http block"),
+    (
+        "proxy_connect_header",
+        "HTTPS targets are not tunnelled through proxies",
+    ),
+    (
+        "http_headers",
+        "set request headers with the `headers` key of the http block",
+    ),
 ];
 
 const BASIC_AUTH_KEYS: &[&str] = &["username", "password", "password_file"];
 const BASIC_AUTH_UNSUPPORTED: &[(&str, &str)] = &[
-    ("username_file", "write the user name inline with `username`"),
+    (
+        "username_file",
+        "write the user name inline with `username`",
+    ),
     ("username_ref", "write the user name inline with `username`"),
     ("password_ref", "use password or password_file"),
 ];
 
-const TLS_KEYS: &[&str] = &["ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify", "min_version"];
+const TLS_KEYS: &[&str] = &[
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "server_name",
+    "insecure_skip_verify",
+    "min_version",
+];
 const TLS_UNSUPPORTED: &[(&str, &str)] = &[
-    ("max_version", "the highest version rustls speaks (TLS 1.3) is always offered"),
+    (
+        "max_version",
+        "the highest version rustls speaks (TLS 1.3) is always offered",
+    ),
     ("ca", "put the CA certificates in a file and use ca_file"),
-    ("cert", "put the client certificate in a file and use cert_file"),
+    (
+        "cert",
+        "put the client certificate in a file and use cert_file",
+    ),
     ("key", "put the client key in a file and use key_file"),
     ("ca_ref", "use ca_file"),
     ("cert_ref", "use cert_file"),
@@ -92,7 +136,13 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
                 u16::try_from(code)
                     .ok()
                     .filter(|c| (100..=599).contains(c))
-                    .ok_or_else(|| Problem::at(item.at, &item_path, format!("status code {code} is not between 100 and 599")))
+                    .ok_or_else(|| {
+                        Problem::at(
+                            item.at,
+                            &item_path,
+                            format!("status code {code} is not between 100 and 599"),
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?;
     }
@@ -117,13 +167,23 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
             "ip4" => IpProtocol::Ip4,
             "ip6" => IpProtocol::Ip6,
             other => {
-                return Err(Problem::at(node.at, &path, format!("unknown IP protocol {:?}; expected ip4 or ip6", shorten(other))));
+                return Err(Problem::at(
+                    node.at,
+                    &path,
+                    format!(
+                        "unknown IP protocol {:?}; expected ip4 or ip6",
+                        shorten(other)
+                    ),
+                ));
             }
         };
     }
     for (name, flag) in [
         ("ip_protocol_fallback", &mut module.ip_protocol_fallback),
-        ("skip_resolve_phase_with_proxy", &mut module.skip_resolve_phase_with_proxy),
+        (
+            "skip_resolve_phase_with_proxy",
+            &mut module.skip_resolve_phase_with_proxy,
+        ),
         ("no_follow_redirects", &mut module.no_follow_redirects),
         ("fail_if_ssl", &mut module.fail_if_ssl),
         ("fail_if_not_ssl", &mut module.fail_if_not_ssl),
@@ -139,7 +199,10 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
             return Err(Problem::at(
                 node.at,
                 &path,
-                format!("{:?} is not a valid HTTP method (letters, digits and !#$%&'*+-.^_`|~ only)", shorten(&method)),
+                format!(
+                    "{:?} is not a valid HTTP method (letters, digits and !#$%&'*+-.^_`|~ only)",
+                    shorten(&method)
+                ),
             ));
         }
         module.method = method;
@@ -154,13 +217,15 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
         module.fail_if_body_matches_regexp = regex_list(node, &key("fail_if_body_matches_regexp"))?;
     }
     if let Some(node) = fields.get("fail_if_body_not_matches_regexp") {
-        module.fail_if_body_not_matches_regexp = regex_list(node, &key("fail_if_body_not_matches_regexp"))?;
+        module.fail_if_body_not_matches_regexp =
+            regex_list(node, &key("fail_if_body_not_matches_regexp"))?;
     }
     if let Some(node) = fields.get("fail_if_header_matches") {
         module.fail_if_header_matches = header_matchers(node, &key("fail_if_header_matches"))?;
     }
     if let Some(node) = fields.get("fail_if_header_not_matches") {
-        module.fail_if_header_not_matches = header_matchers(node, &key("fail_if_header_not_matches"))?;
+        module.fail_if_header_not_matches =
+            header_matchers(node, &key("fail_if_header_not_matches"))?;
     }
     if let Some(node) = fields.get("compression") {
         let path = key("compression");
@@ -173,14 +238,18 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
                 return Err(Problem::at(
                     node.at,
                     &path,
-                    format!("unknown compression {:?}; expected gzip, br, deflate, identity or \"\"", shorten(other)),
+                    format!(
+                        "unknown compression {:?}; expected gzip, br, deflate, identity or \"\"",
+                        shorten(other)
+                    ),
                 ));
             }
         };
     }
     if let Some(node) = fields.get("body_size_limit") {
         let path = key("body_size_limit");
-        let limit_bytes = parse_base2_bytes(&node.string(&path)?).map_err(|e| Problem::at(node.at, &path, e))?;
+        let limit_bytes =
+            parse_base2_bytes(&node.string(&path)?).map_err(|e| Problem::at(node.at, &path, e))?;
         module.body_size_limit = (limit_bytes > 0).then_some(limit_bytes);
     }
     if let Some(node) = fields.get("http_client_config") {
@@ -191,12 +260,18 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
 
 /// The items of a list with their paths (`path[i]`).
 fn indexed<'a>(items: &'a [Node], path: &'a str) -> impl Iterator<Item = (&'a Node, String)> + 'a {
-    items.iter().enumerate().map(move |(i, item)| (item, format!("{path}[{i}]")))
+    items
+        .iter()
+        .enumerate()
+        .map(move |(i, item)| (item, format!("{path}[{i}]")))
 }
 
 /// An HTTP token (RFC 9110 `tchar`s): the syntax of methods and header names.
 fn is_token(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn headers(node: &Node, path: &str) -> Result<Vec<(String, String)>, Problem> {
@@ -207,17 +282,29 @@ fn headers(node: &Node, path: &str) -> Result<Vec<(String, String)>, Problem> {
             return Err(Problem::at(
                 name_at,
                 path,
-                format!("{:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)", shorten(&name)),
+                format!(
+                    "{:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                    shorten(&name)
+                ),
             ));
         }
-        if let Some((_, _, first_at)) = headers.iter().find(|(other, _, _)| other.eq_ignore_ascii_case(&name)) {
+        if let Some((_, _, first_at)) = headers
+            .iter()
+            .find(|(other, _, _)| other.eq_ignore_ascii_case(&name))
+        {
             return Err(Problem::at(
                 name_at,
                 path,
-                format!("header {name:?} is set twice (header names ignore case; first at {first_at})"),
+                format!(
+                    "header {name:?} is set twice (header names ignore case; first at {first_at})"
+                ),
             ));
         }
-        let value = if value_node.is_null() { String::new() } else { value_node.string(&header_path)? };
+        let value = if value_node.is_null() {
+            String::new()
+        } else {
+            value_node.string(&header_path)?
+        };
         if value.contains(['\r', '\n', '\0']) {
             return Err(Problem::at(
                 value_node.at,
@@ -227,7 +314,10 @@ fn headers(node: &Node, path: &str) -> Result<Vec<(String, String)>, Problem> {
         }
         headers.push((name, value, name_at));
     }
-    Ok(headers.into_iter().map(|(name, value, _)| (name, value)).collect())
+    Ok(headers
+        .into_iter()
+        .map(|(name, value, _)| (name, value))
+        .collect())
 }
 
 fn compile_regex(node: &Node, path: &str) -> Result<Regex, Problem> {
@@ -236,7 +326,17 @@ fn compile_regex(node: &Node, path: &str) -> Result<Regex, Problem> {
         .size_limit(REGEX_SIZE_LIMIT_BYTES)
         .dfa_size_limit(REGEX_SIZE_LIMIT_BYTES)
         .build()
-        .map_err(|e| Problem::at(node.at, path, format!("invalid regular expression {:?}: {}", shorten(&pattern), regex_reason(&e))))
+        .map_err(|e| {
+            Problem::at(
+                node.at,
+                path,
+                format!(
+                    "invalid regular expression {:?}: {}",
+                    shorten(&pattern),
+                    regex_reason(&e)
+                ),
+            )
+        })
 }
 
 /// The regex error on one line: the syntax error's last line ("error: unclosed group") or the
@@ -250,14 +350,19 @@ fn regex_reason(error: &regex::Error) -> String {
             .unwrap_or_else(|| text.trim())
             .to_owned(),
         regex::Error::CompiledTooBig(_) => {
-            format!("it compiles to more than the {} KiB allowed; simplify it", REGEX_SIZE_LIMIT_BYTES / 1024)
+            format!(
+                "it compiles to more than the {} KiB allowed; simplify it",
+                REGEX_SIZE_LIMIT_BYTES / 1024
+            )
         }
         other => other.to_string().replace('\n', " "),
     }
 }
 
 fn regex_list(node: &Node, path: &str) -> Result<Vec<Regex>, Problem> {
-    indexed(node.list(path)?, path).map(|(item, item_path)| compile_regex(item, &item_path)).collect()
+    indexed(node.list(path)?, path)
+        .map(|(item, item_path)| compile_regex(item, &item_path))
+        .collect()
 }
 
 fn header_matchers(node: &Node, path: &str) -> Result<Vec<HeaderMatch>, Problem> {
@@ -274,15 +379,29 @@ fn header_matchers(node: &Node, path: &str) -> Result<Vec<HeaderMatch>, Problem>
                     format!("{:?} is not a valid header name", shorten(&header)),
                 ));
             }
-            let regexp = compile_regex(required(&fields, &item_path, "regexp")?, &join(&item_path, "regexp"))?;
-            let allow_missing = fields.get("allow_missing").map(|n| n.boolean(&join(&item_path, "allow_missing"))).transpose()?;
-            Ok(HeaderMatch { header, regexp, allow_missing: allow_missing.unwrap_or(false) })
+            let regexp = compile_regex(
+                required(&fields, &item_path, "regexp")?,
+                &join(&item_path, "regexp"),
+            )?;
+            let allow_missing = fields
+                .get("allow_missing")
+                .map(|n| n.boolean(&join(&item_path, "allow_missing")))
+                .transpose()?;
+            Ok(HeaderMatch {
+                header,
+                regexp,
+                allow_missing: allow_missing.unwrap_or(false),
+            })
         })
         .collect()
 }
 
 /// The value of a key that must be present (and not null).
-pub(super) fn required<'a>(fields: &Fields<'a>, path: &str, key: &str) -> Result<&'a Node, Problem> {
+pub(super) fn required<'a>(
+    fields: &Fields<'a>,
+    path: &str,
+    key: &str,
+) -> Result<&'a Node, Problem> {
     fields.get(key).ok_or_else(|| {
         let at = fields.key_at(key).unwrap_or(fields.at);
         Problem::at(at, path, format!("the key `{key}` is required"))
@@ -308,7 +427,11 @@ fn client_config(node: &Node, path: &str) -> Result<HttpClientConfig, Problem> {
     client.bearer_token = match (token, token_file) {
         (Some(_), Some(_)) => {
             let at = fields.key_at("bearer_token_file").unwrap_or(fields.at);
-            return Err(Problem::at(at, path, "set at most one of bearer_token and bearer_token_file"));
+            return Err(Problem::at(
+                at,
+                path,
+                "set at most one of bearer_token and bearer_token_file",
+            ));
         }
         (Some(token), None) => Some(SecretSource::Inline(Secret::new(token))),
         (None, Some(file)) => Some(SecretSource::File(file)),
@@ -316,7 +439,11 @@ fn client_config(node: &Node, path: &str) -> Result<HttpClientConfig, Problem> {
     };
     if client.basic_auth.is_some() && client.bearer_token.is_some() {
         let at = fields.key_at("basic_auth").unwrap_or(fields.at);
-        return Err(Problem::at(at, path, "set at most one of basic_auth, bearer_token and bearer_token_file"));
+        return Err(Problem::at(
+            at,
+            path,
+            "set at most one of basic_auth, bearer_token and bearer_token_file",
+        ));
     }
     if let Some(node) = fields.get("tls_config") {
         client.tls = tls_config(node, &join(path, "tls_config"))?;
@@ -325,7 +452,10 @@ fn client_config(node: &Node, path: &str) -> Result<HttpClientConfig, Problem> {
         let at = fields.key_at("proxy_url").unwrap_or(fields.at);
         client.proxy_url = Some(checked_proxy_url(proxy_url, at, &join(path, "proxy_url"))?);
     }
-    for (name, flag) in [("follow_redirects", &mut client.follow_redirects), ("enable_http2", &mut client.enable_http2)] {
+    for (name, flag) in [
+        ("follow_redirects", &mut client.follow_redirects),
+        ("enable_http2", &mut client.enable_http2),
+    ] {
         if let Some(node) = fields.get(name) {
             *flag = node.boolean(&join(path, name))?;
         }
@@ -334,22 +464,33 @@ fn client_config(node: &Node, path: &str) -> Result<HttpClientConfig, Problem> {
 }
 
 fn checked_proxy_url(proxy_url: String, key_at: Pos, path: &str) -> Result<String, Problem> {
-    let has_http_scheme = proxy_url.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+    let has_http_scheme = proxy_url
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
     if !has_http_scheme {
         return Err(Problem::at(
             key_at,
             path,
-            format!("{:?} is not supported: only http:// proxies are (no https:// or socks5://)", shorten(&proxy_url)),
+            format!(
+                "{:?} is not supported: only http:// proxies are (no https:// or socks5://)",
+                shorten(&proxy_url)
+            ),
         ));
     }
     if proxy_url.len() == "http://".len() {
-        return Err(Problem::at(key_at, path, format!("{proxy_url:?} is not a valid proxy URL: the host is empty")));
+        return Err(Problem::at(
+            key_at,
+            path,
+            format!("{proxy_url:?} is not a valid proxy URL: the host is empty"),
+        ));
     }
     match crate::model::HttpUrl::parse(&proxy_url) {
         Ok(_) => Ok(proxy_url),
-        Err(TargetError::BadUrl { why, .. }) => {
-            Err(Problem::at(key_at, path, format!("{:?} is not a valid proxy URL: {why}", shorten(&proxy_url))))
-        }
+        Err(TargetError::BadUrl { why, .. }) => Err(Problem::at(
+            key_at,
+            path,
+            format!("{:?} is not a valid proxy URL: {why}", shorten(&proxy_url)),
+        )),
         Err(other) => Err(Problem::at(key_at, path, other)),
     }
 }
@@ -362,7 +503,11 @@ fn basic_auth(node: &Node, path: &str) -> Result<BasicAuth, Problem> {
     let password = match (password, password_file) {
         (Some(_), Some(_)) => {
             let at = fields.key_at("password_file").unwrap_or(fields.at);
-            return Err(Problem::at(at, path, "set at most one of password and password_file"));
+            return Err(Problem::at(
+                at,
+                path,
+                "set at most one of password and password_file",
+            ));
         }
         (Some(password), None) => Some(SecretSource::Inline(Secret::new(password))),
         (None, Some(file)) => Some(SecretSource::File(file)),
@@ -383,11 +528,19 @@ fn tls_config(node: &Node, path: &str) -> Result<TlsConfig, Problem> {
     match (&tls.cert_file, &tls.key_file) {
         (Some(_), None) => {
             let at = fields.key_at("cert_file").unwrap_or(fields.at);
-            return Err(Problem::at(at, path, "cert_file is set without key_file; a client certificate needs both"));
+            return Err(Problem::at(
+                at,
+                path,
+                "cert_file is set without key_file; a client certificate needs both",
+            ));
         }
         (None, Some(_)) => {
             let at = fields.key_at("key_file").unwrap_or(fields.at);
-            return Err(Problem::at(at, path, "key_file is set without cert_file; a client certificate needs both"));
+            return Err(Problem::at(
+                at,
+                path,
+                "key_file is set without cert_file; a client certificate needs both",
+            ));
         }
         _ => {}
     }
@@ -404,14 +557,19 @@ fn tls_config(node: &Node, path: &str) -> Result<TlsConfig, Problem> {
                 return Err(Problem::at(
                     node.at,
                     &version_path,
-                    format!("{old} is not supported by probermesh (its TLS library speaks only TLS12 and TLS13)"),
+                    format!(
+                        "{old} is not supported by probermesh (its TLS library speaks only TLS12 and TLS13)"
+                    ),
                 ));
             }
             other => {
                 return Err(Problem::at(
                     node.at,
                     &version_path,
-                    format!("unknown TLS version {:?}; expected TLS12 or TLS13", shorten(other)),
+                    format!(
+                        "unknown TLS version {:?}; expected TLS12 or TLS13",
+                        shorten(other)
+                    ),
                 ));
             }
         };
@@ -431,7 +589,10 @@ mod tests {
 
     fn message(yaml: &str) -> String {
         let problem = module(yaml).unwrap_err();
-        format!("{}:{}: {}", problem.at.line, problem.at.column, problem.message)
+        format!(
+            "{}:{}: {}",
+            problem.at.line, problem.at.column, problem.message
+        )
     }
 
     #[test]
@@ -456,12 +617,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.valid_status_codes, [200, 301]);
-        assert_eq!(m.valid_http_versions, [HttpVersion::Http11, HttpVersion::Http2]);
+        assert_eq!(
+            m.valid_http_versions,
+            [HttpVersion::Http11, HttpVersion::Http2]
+        );
         assert_eq!(m.preferred_ip_protocol, IpProtocol::Ip6);
-        assert!(!m.ip_protocol_fallback && m.skip_resolve_phase_with_proxy && m.no_follow_redirects);
+        assert!(
+            !m.ip_protocol_fallback && m.skip_resolve_phase_with_proxy && m.no_follow_redirects
+        );
         assert!(!m.fail_if_ssl && m.fail_if_not_ssl);
         assert_eq!(m.method, "POST");
-        assert_eq!(m.headers, [("Host".to_owned(), "example.com".to_owned()), ("X-N".to_owned(), "1".to_owned())]);
+        assert_eq!(
+            m.headers,
+            [
+                ("Host".to_owned(), "example.com".to_owned()),
+                ("X-N".to_owned(), "1".to_owned())
+            ]
+        );
         assert_eq!(m.body.as_deref(), Some("{}"));
         assert_eq!(m.fail_if_body_matches_regexp[0].as_str(), "a+");
         assert_eq!(m.fail_if_body_not_matches_regexp[0].as_str(), "b");
@@ -480,58 +652,175 @@ mod tests {
 
     #[test]
     fn empty_block_values_keep_defaults() {
-        assert_eq!(module("method: ~\nbody_size_limit: 0\ncompression: ''\n").unwrap(), HttpModule::default());
-        assert_eq!(module("valid_status_codes: []\n").unwrap().valid_status_codes, Vec::<u16>::new());
+        assert_eq!(
+            module("method: ~\nbody_size_limit: 0\ncompression: ''\n").unwrap(),
+            HttpModule::default()
+        );
+        assert_eq!(
+            module("valid_status_codes: []\n")
+                .unwrap()
+                .valid_status_codes,
+            Vec::<u16>::new()
+        );
     }
 
     #[test]
     fn errors_name_key_and_place() {
         for (yaml, expected) in [
-            ("valid_status_codes: [200, 600]", "1:27: http.valid_status_codes[1]: status code 600 is not between 100 and 599"),
-            ("valid_status_codes: 200", "1:21: http.valid_status_codes: expected a list, found the integer 200"),
-            ("valid_http_versions: [HTTP/3]", "1:23: http.valid_http_versions[0]: unknown HTTP version \"HTTP/3\""),
-            ("preferred_ip_protocol: ipv4", "1:24: http.preferred_ip_protocol: unknown IP protocol \"ipv4\"; expected ip4 or ip6"),
-            ("fail_if_ssl: maybe", "1:14: http.fail_if_ssl: expected true or false, found the string \"maybe\""),
-            ("method: 'GE T'", "1:9: http.method: \"GE T\" is not a valid HTTP method"),
-            ("headers:\n  'X Y': 1", "2:3: http.headers: \"X Y\" is not a valid header name"),
-            ("headers:\n  A: \"x\\ny\"", "2:6: http.headers.A: a header value must not contain line breaks"),
-            ("headers:\n  Host: a\n  host: b", "3:3: http.headers: header \"host\" is set twice (header names ignore case; first at line 2, column 3)"),
-            ("fail_if_body_matches_regexp: ['(']", "1:31: http.fail_if_body_matches_regexp[0]: invalid regular expression \"(\": unclosed group"),
-            ("fail_if_body_matches_regexp: ['a{1000}{1000}']", "http.fail_if_body_matches_regexp[0]: invalid regular expression \"a{1000}{1000}\": it compiles to more than the 1024 KiB allowed"),
-            ("fail_if_header_matches: [{regexp: x}]", "1:26: http.fail_if_header_matches[0]: the key `header` is required"),
-            ("fail_if_header_matches: [{header: A, regexp: x, bogus: 1}]", "1:49: http.fail_if_header_matches[0]: unknown key `bogus`"),
-            ("compression: zstd", "1:14: http.compression: unknown compression \"zstd\""),
-            ("body_size_limit: 1mb", "1:18: http.body_size_limit: unknown unit \"mb\" in size \"1mb\""),
-            ("bogus: 1", "1:1: http: unknown key `bogus`; the keys allowed here are: valid_status_codes,"),
-            ("body_file: /x", "1:1: http.body_file: this option is not supported by probermesh"),
-            ("http_client_config:\n  authorization: {type: Bearer}", "2:3: http.http_client_config.authorization: this option is not supported by probermesh; use bearer_token"),
-            ("http_client_config:\n  oauth2: {}", "2:3: http.http_client_config.oauth2: this option is not supported by probermesh"),
-            ("http_client_config:\n  no_proxy: x", "2:3: http.http_client_config.no_proxy: this option is not supported by probermesh"),
-            ("http_client_config:\n  proxy_from_environment: true", "2:3: http.http_client_config.proxy_from_environment: this option is not supported by probermesh"),
-            ("http_client_config:\n  proxy_connect_header: {}", "2:3: http.http_client_config.proxy_connect_header: this option is not supported by probermesh"),
-            ("http_client_config:\n  http_headers: {}", "2:3: http.http_client_config.http_headers: this option is not supported by probermesh"),
-            ("http_client_config:\n  tls_config:\n    max_version: TLS13", "3:5: http.http_client_config.tls_config.max_version: this option is not supported by probermesh"),
-            ("http_client_config:\n  tls_config:\n    min_version: TLS11", "3:18: http.http_client_config.tls_config.min_version: TLS11 is not supported by probermesh"),
-            ("http_client_config:\n  tls_config:\n    min_version: SSL3", "3:18: http.http_client_config.tls_config.min_version: unknown TLS version \"SSL3\""),
-            ("http_client_config:\n  tls_config:\n    cert_file: /c", "3:5: http.http_client_config.tls_config: cert_file is set without key_file"),
-            ("http_client_config:\n  tls_config:\n    key_file: /k", "3:5: http.http_client_config.tls_config: key_file is set without cert_file"),
-            ("http_client_config:\n  proxy_url: https://p", "2:3: http.http_client_config.proxy_url: \"https://p\" is not supported: only http:// proxies"),
-            ("http_client_config:\n  proxy_url: http://", "2:3: http.http_client_config.proxy_url: \"http://\" is not a valid proxy URL: the host is empty"),
-            ("http_client_config:\n  bearer_token: a\n  bearer_token_file: b", "3:3: http.http_client_config: set at most one of bearer_token and bearer_token_file"),
-            ("http_client_config:\n  basic_auth: {username: u}\n  bearer_token: a", "2:3: http.http_client_config: set at most one of basic_auth, bearer_token and bearer_token_file"),
-            ("http_client_config:\n  basic_auth: {password: p}", "2:15: http.http_client_config.basic_auth: the key `username` is required"),
-            ("http_client_config:\n  basic_auth: {username: u, password: p, password_file: f}", "2:42: http.http_client_config.basic_auth: set at most one of password and password_file"),
+            (
+                "valid_status_codes: [200, 600]",
+                "1:27: http.valid_status_codes[1]: status code 600 is not between 100 and 599",
+            ),
+            (
+                "valid_status_codes: 200",
+                "1:21: http.valid_status_codes: expected a list, found the integer 200",
+            ),
+            (
+                "valid_http_versions: [HTTP/3]",
+                "1:23: http.valid_http_versions[0]: unknown HTTP version \"HTTP/3\"",
+            ),
+            (
+                "preferred_ip_protocol: ipv4",
+                "1:24: http.preferred_ip_protocol: unknown IP protocol \"ipv4\"; expected ip4 or ip6",
+            ),
+            (
+                "fail_if_ssl: maybe",
+                "1:14: http.fail_if_ssl: expected true or false, found the string \"maybe\"",
+            ),
+            (
+                "method: 'GE T'",
+                "1:9: http.method: \"GE T\" is not a valid HTTP method",
+            ),
+            (
+                "headers:\n  'X Y': 1",
+                "2:3: http.headers: \"X Y\" is not a valid header name",
+            ),
+            (
+                "headers:\n  A: \"x\\ny\"",
+                "2:6: http.headers.A: a header value must not contain line breaks",
+            ),
+            (
+                "headers:\n  Host: a\n  host: b",
+                "3:3: http.headers: header \"host\" is set twice (header names ignore case; first at line 2, column 3)",
+            ),
+            (
+                "fail_if_body_matches_regexp: ['(']",
+                "1:31: http.fail_if_body_matches_regexp[0]: invalid regular expression \"(\": unclosed group",
+            ),
+            (
+                "fail_if_body_matches_regexp: ['a{1000}{1000}']",
+                "http.fail_if_body_matches_regexp[0]: invalid regular expression \"a{1000}{1000}\": it compiles to more than the 1024 KiB allowed",
+            ),
+            (
+                "fail_if_header_matches: [{regexp: x}]",
+                "1:26: http.fail_if_header_matches[0]: the key `header` is required",
+            ),
+            (
+                "fail_if_header_matches: [{header: A, regexp: x, bogus: 1}]",
+                "1:49: http.fail_if_header_matches[0]: unknown key `bogus`",
+            ),
+            (
+                "compression: zstd",
+                "1:14: http.compression: unknown compression \"zstd\"",
+            ),
+            (
+                "body_size_limit: 1mb",
+                "1:18: http.body_size_limit: unknown unit \"mb\" in size \"1mb\"",
+            ),
+            (
+                "bogus: 1",
+                "1:1: http: unknown key `bogus`; the keys allowed here are: valid_status_codes,",
+            ),
+            (
+                "body_file: /x",
+                "1:1: http.body_file: this option is not supported by probermesh",
+            ),
+            (
+                "http_client_config:\n  authorization: {type: Bearer}",
+                "2:3: http.http_client_config.authorization: this option is not supported by probermesh; use bearer_token",
+            ),
+            (
+                "http_client_config:\n  oauth2: {}",
+                "2:3: http.http_client_config.oauth2: this option is not supported by probermesh",
+            ),
+            (
+                "http_client_config:\n  no_proxy: x",
+                "2:3: http.http_client_config.no_proxy: this option is not supported by probermesh",
+            ),
+            (
+                "http_client_config:\n  proxy_from_environment: true",
+                "2:3: http.http_client_config.proxy_from_environment: this option is not supported by probermesh",
+            ),
+            (
+                "http_client_config:\n  proxy_connect_header: {}",
+                "2:3: http.http_client_config.proxy_connect_header: this option is not supported by probermesh",
+            ),
+            (
+                "http_client_config:\n  http_headers: {}",
+                "2:3: http.http_client_config.http_headers: this option is not supported by probermesh",
+            ),
+            (
+                "http_client_config:\n  tls_config:\n    max_version: TLS13",
+                "3:5: http.http_client_config.tls_config.max_version: this option is not supported by probermesh",
+            ),
+            (
+                "http_client_config:\n  tls_config:\n    min_version: TLS11",
+                "3:18: http.http_client_config.tls_config.min_version: TLS11 is not supported by probermesh",
+            ),
+            (
+                "http_client_config:\n  tls_config:\n    min_version: SSL3",
+                "3:18: http.http_client_config.tls_config.min_version: unknown TLS version \"SSL3\"",
+            ),
+            (
+                "http_client_config:\n  tls_config:\n    cert_file: /c",
+                "3:5: http.http_client_config.tls_config: cert_file is set without key_file",
+            ),
+            (
+                "http_client_config:\n  tls_config:\n    key_file: /k",
+                "3:5: http.http_client_config.tls_config: key_file is set without cert_file",
+            ),
+            (
+                "http_client_config:\n  proxy_url: https://p",
+                "2:3: http.http_client_config.proxy_url: \"https://p\" is not supported: only http:// proxies",
+            ),
+            (
+                "http_client_config:\n  proxy_url: http://",
+                "2:3: http.http_client_config.proxy_url: \"http://\" is not a valid proxy URL: the host is empty",
+            ),
+            (
+                "http_client_config:\n  bearer_token: a\n  bearer_token_file: b",
+                "3:3: http.http_client_config: set at most one of bearer_token and bearer_token_file",
+            ),
+            (
+                "http_client_config:\n  basic_auth: {username: u}\n  bearer_token: a",
+                "2:3: http.http_client_config: set at most one of basic_auth, bearer_token and bearer_token_file",
+            ),
+            (
+                "http_client_config:\n  basic_auth: {password: p}",
+                "2:15: http.http_client_config.basic_auth: the key `username` is required",
+            ),
+            (
+                "http_client_config:\n  basic_auth: {username: u, password: p, password_file: f}",
+                "2:42: http.http_client_config.basic_auth: set at most one of password and password_file",
+            ),
         ] {
             let text = message(yaml);
-            assert!(text.contains(expected), "{yaml:?}\n  got:      {text}\n  expected: {expected}");
+            assert!(
+                text.contains(expected),
+                "{yaml:?}\n  got:      {text}\n  expected: {expected}"
+            );
         }
     }
 
     #[test]
     fn secrets_are_kept_as_secrets() {
-        let m = module("http_client_config:\n  basic_auth: {username: u, password: hunter2}\n").unwrap();
+        let m = module("http_client_config:\n  basic_auth: {username: u, password: hunter2}\n")
+            .unwrap();
         let auth = m.client.basic_auth.unwrap();
-        assert_eq!(auth.password, Some(SecretSource::Inline(Secret::new("hunter2".into()))));
+        assert_eq!(
+            auth.password,
+            Some(SecretSource::Inline(Secret::new("hunter2".into())))
+        );
         assert!(!format!("{auth:?}").contains("hunter2"));
     }
 }

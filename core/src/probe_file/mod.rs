@@ -51,7 +51,12 @@ pub struct ProbeFileError {
 
 impl ProbeFileError {
     fn new(source_name: &str, at: Pos, message: String) -> Self {
-        Self { source_name: source_name.to_owned(), line: at.line, column: at.column, message }
+        Self {
+            source_name: source_name.to_owned(),
+            line: at.line,
+            column: at.column,
+            message,
+        }
     }
 
     /// The name the caller gave the file (usually its path).
@@ -91,14 +96,18 @@ pub fn parse_probe_file(source_name: &str, yaml: &str) -> Result<ProbeFile, Prob
         return Err(ProbeFileError::new(
             source_name,
             Pos::START,
-            format!("the probe file is {} bytes long; the limit is {MAX_PROBE_FILE_BYTES} bytes (16 MiB)", yaml.len()),
+            format!(
+                "the probe file is {} bytes long; the limit is {MAX_PROBE_FILE_BYTES} bytes (16 MiB)",
+                yaml.len()
+            ),
         ));
     }
     let root = parse_yaml(yaml).map_err(|p| ProbeFileError::new(source_name, p.at, p.message))?;
     let Some(root) = root.filter(|root| !root.is_null()) else {
         return Ok(ProbeFile::default());
     };
-    let configs = block::probe_configs(&root).map_err(|p| ProbeFileError::new(source_name, p.at, p.message))?;
+    let configs = block::probe_configs(&root)
+        .map_err(|p| ProbeFileError::new(source_name, p.at, p.message))?;
     Ok(ProbeFile { configs })
 }
 
@@ -116,7 +125,8 @@ fn parse_yaml(yaml: &str) -> Result<Option<Node>, Problem> {
     options.strict_booleans = true;
     options.reject_unsupported_tags = true;
     options.with_snippet = false;
-    let mut root: Option<Node> = serde_saphyr::from_str_with_options(yaml, options).map_err(|e| yaml_problem(&e))?;
+    let mut root: Option<Node> =
+        serde_saphyr::from_str_with_options(yaml, options).map_err(|e| yaml_problem(&e))?;
     if let Some(root) = &mut root {
         root.attach_text(yaml);
     }
@@ -129,11 +139,20 @@ fn yaml_problem(error: &serde_saphyr::Error) -> Problem {
     let at = error
         .location()
         .filter(|l| l.line() > 0)
-        .map_or(Pos::START, |l| Pos { line: l.line(), column: l.column() });
+        .map_or(Pos::START, |l| Pos {
+            line: l.line(),
+            column: l.column(),
+        });
     let text = serde_saphyr::UserMessageFormatter.format_message(error.without_snippet());
     // The formatter's text may quote the input; keep control characters out of logs.
-    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    Problem { at, message: format!("invalid YAML: {text}") }
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    Problem {
+        at,
+        message: format!("invalid YAML: {text}"),
+    }
 }
 
 #[cfg(test)]
@@ -172,7 +191,10 @@ mod tests {
         let file = parse(GO_EXAMPLE).unwrap();
         assert_eq!(file.configs.len(), 2);
         let http = &file.configs[0];
-        assert_eq!((http.region.as_str(), http.kind()), ("ali-cn-beijing", ProbeKind::Http));
+        assert_eq!(
+            (http.region.as_str(), http.kind()),
+            ("ali-cn-beijing", ProbeKind::Http)
+        );
         assert_eq!(http.module, ProbeModule::Http(HttpModule::default()));
         let raw: Vec<_> = http.targets.iter().map(|t| t.raw()).collect();
         assert_eq!(raw, ["http://www.baidu.com", "http://www.taobao.com"]);
@@ -183,7 +205,16 @@ mod tests {
 
     #[test]
     fn empty_files_have_no_blocks() {
-        for yaml in ["", "\n", "# only a comment\n", "---\n", "~\n", "prober_configs:\n", "prober_configs: []\n", "{}\n"] {
+        for yaml in [
+            "",
+            "\n",
+            "# only a comment\n",
+            "---\n",
+            "~\n",
+            "prober_configs:\n",
+            "prober_configs: []\n",
+            "{}\n",
+        ] {
             assert_eq!(parse(yaml), Ok(ProbeFile::default()), "{yaml:?}");
         }
     }
@@ -210,11 +241,19 @@ mod tests {
 ",
         )
         .unwrap();
-        let ProbeModule::Http(first) = &file.configs[0].module else { panic!("not http") };
+        let ProbeModule::Http(first) = &file.configs[0].module else {
+            panic!("not http")
+        };
         assert_eq!(first.headers, [("X-Leak".to_owned(), "yes".to_owned())]);
         assert_eq!(first.preferred_ip_protocol, IpProtocol::Ip6);
-        assert_eq!(file.configs[1].module, ProbeModule::Http(HttpModule::default()));
-        let expected_third = HttpModule { method: "HEAD".to_owned(), ..HttpModule::default() };
+        assert_eq!(
+            file.configs[1].module,
+            ProbeModule::Http(HttpModule::default())
+        );
+        let expected_third = HttpModule {
+            method: "HEAD".to_owned(),
+            ..HttpModule::default()
+        };
         assert_eq!(file.configs[2].module, ProbeModule::Http(expected_third));
     }
 
@@ -240,9 +279,16 @@ mod tests {
         for config in &file.configs[..2] {
             assert_eq!(config.module, ProbeModule::Icmp(IcmpModule::default()));
         }
-        let custom = IcmpModule { payload_size: 24, packet_count: 10_000, interval: Duration::from_secs(1) };
+        let custom = IcmpModule {
+            payload_size: 24,
+            packet_count: 10_000,
+            interval: Duration::from_secs(1),
+        };
         assert_eq!(file.configs[2].module, ProbeModule::Icmp(custom));
-        assert_eq!(file.configs[3].module, ProbeModule::Icmp(IcmpModule::default()));
+        assert_eq!(
+            file.configs[3].module,
+            ProbeModule::Icmp(IcmpModule::default())
+        );
     }
 
     #[test]
@@ -283,15 +329,30 @@ mod tests {
                 "prober_configs:\n  - prober_type: icmp\n    region: a\n  - prober_type: http\n    region: a\n  - prober_type: icmp\n    region: a\n",
                 "probes.yaml:6:5: prober_configs[2]: region \"a\" already has an icmp block at line 2 (prober_configs[0])",
             ),
-            ("prober_configs:\n  - prober_type: icmp\n", "probes.yaml:2:5: prober_configs[0]: the key `region` is required"),
-            ("prober_configs:\n  - region: a\n", "probes.yaml:2:5: prober_configs[0]: the key `prober_type` is required"),
+            (
+                "prober_configs:\n  - prober_type: icmp\n",
+                "probes.yaml:2:5: prober_configs[0]: the key `region` is required",
+            ),
+            (
+                "prober_configs:\n  - region: a\n",
+                "probes.yaml:2:5: prober_configs[0]: the key `prober_type` is required",
+            ),
             (
                 "prober_configs:\n  - prober_type: icmp\n    region: a\n    target: [x]\n",
                 "probes.yaml:4:5: prober_configs[0]: unknown key `target`; the keys allowed here are: prober_type, region, http, icmp, targets",
             ),
-            ("probe_configs: []\n", "probes.yaml:1:1: probe file: unknown key `probe_configs`; the keys allowed here are: prober_configs"),
-            ("prober_configs: {}\n", "probes.yaml:1:17: prober_configs: expected a list, found a mapping"),
-            ("- a\n", "probes.yaml:1:1: probe file: expected a mapping of keys to values, found a list"),
+            (
+                "probe_configs: []\n",
+                "probes.yaml:1:1: probe file: unknown key `probe_configs`; the keys allowed here are: prober_configs",
+            ),
+            (
+                "prober_configs: {}\n",
+                "probes.yaml:1:17: prober_configs: expected a list, found a mapping",
+            ),
+            (
+                "- a\n",
+                "probes.yaml:1:1: probe file: expected a mapping of keys to values, found a list",
+            ),
             (
                 "prober_configs:\n  - prober_type: icmp\n    region: a\n    icmp: {payload_size: 23}\n",
                 "probes.yaml:4:26: prober_configs[0].icmp.payload_size: 23 bytes is too small; the minimum is 24",
@@ -320,28 +381,48 @@ mod tests {
                 "prober_configs:\n  - prober_type: icmp\n    region: a\n    icmp: {packet_count: 1.5}\n",
                 "probes.yaml:4:26: prober_configs[0].icmp.packet_count: expected an integer, found the number 1.5",
             ),
-            ("prober_configs:\n  - prober_type: icmp\n    region: a\n    region: b\n", "probes.yaml:4:5: invalid YAML: duplicate mapping key `region`"),
+            (
+                "prober_configs:\n  - prober_type: icmp\n    region: a\n    region: b\n",
+                "probes.yaml:4:5: invalid YAML: duplicate mapping key `region`",
+            ),
             ("prober_configs: [\n", "probes.yaml:1:17: invalid YAML:"),
             ("a: 1\n---\nb: 2\n", "probes.yaml:3:1: invalid YAML:"),
-            ("prober_configs: !custom []\n", "probes.yaml:1:25: invalid YAML: unsupported tag `!custom`"),
+            (
+                "prober_configs: !custom []\n",
+                "probes.yaml:1:25: invalid YAML: unsupported tag `!custom`",
+            ),
         ] {
             let text = error(yaml);
-            assert!(text.starts_with(expected), "{yaml:?}\n  got:      {text}\n  expected: {expected}");
+            assert!(
+                text.starts_with(expected),
+                "{yaml:?}\n  got:      {text}\n  expected: {expected}"
+            );
         }
     }
 
     #[test]
     fn error_accessors() {
         let err = parse("prober_configs: {}\n").unwrap_err();
-        assert_eq!((err.source_name(), err.line(), err.column()), ("probes.yaml", 1, 17));
-        assert_eq!(err.message(), "prober_configs: expected a list, found a mapping");
+        assert_eq!(
+            (err.source_name(), err.line(), err.column()),
+            ("probes.yaml", 1, 17)
+        );
+        assert_eq!(
+            err.message(),
+            "prober_configs: expected a list, found a mapping"
+        );
     }
 
     #[test]
     fn oversized_files_are_refused_before_parsing() {
         let yaml = format!("# {}\n", "x".repeat(MAX_PROBE_FILE_BYTES));
         let text = error(&yaml);
-        assert!(text.starts_with("probes.yaml:1:1: the probe file is 16777219 bytes long; the limit is"), "{text}");
+        assert!(
+            text.starts_with(
+                "probes.yaml:1:1: the probe file is 16777219 bytes long; the limit is"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -360,18 +441,27 @@ mod tests {
     fn deep_nesting_is_refused() {
         let yaml = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(error(&yaml).contains("invalid YAML"));
-        let yaml: String = (0..200).map(|depth| format!("{}k:\n", "  ".repeat(depth))).collect();
+        let yaml: String = (0..200)
+            .map(|depth| format!("{}k:\n", "  ".repeat(depth)))
+            .collect();
         assert!(error(&yaml).contains("invalid YAML"));
     }
 
     /// Reads the fixture files of one folder as (name, text).
     fn fixtures(folder: &str) -> Vec<(String, String)> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/probe-files").join(folder);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/probe-files")
+            .join(folder);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|entry| entry.unwrap().path())
             .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-            .map(|path| (path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&path).unwrap()))
+            .map(|path| {
+                (
+                    path.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&path).unwrap(),
+                )
+            })
             .collect();
         files.sort();
         assert!(!files.is_empty(), "no fixtures in {}", dir.display());
@@ -390,16 +480,22 @@ mod tests {
     fn invalid_fixtures_fail_with_the_expected_error() {
         for (name, text) in fixtures("invalid") {
             let first_line = text.lines().next().unwrap_or_default();
-            let expected = first_line
-                .strip_prefix("# expect: ")
-                .unwrap_or_else(|| panic!("{name}: the first line must be `# expect: <error text>`"));
+            let expected = first_line.strip_prefix("# expect: ").unwrap_or_else(|| {
+                panic!("{name}: the first line must be `# expect: <error text>`")
+            });
             let err = parse_probe_file(&name, &text).expect_err(&name).to_string();
-            assert!(err.contains(expected), "{name}\n  got:      {err}\n  expected: {expected}");
+            assert!(
+                err.contains(expected),
+                "{name}\n  got:      {err}\n  expected: {expected}"
+            );
         }
     }
 
     fn valid_fixture_texts() -> Vec<String> {
-        fixtures("valid").into_iter().map(|(_, text)| text).collect()
+        fixtures("valid")
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect()
     }
 
     proptest! {

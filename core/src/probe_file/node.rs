@@ -24,7 +24,14 @@ impl Pos {
 
     fn from_location(location: serde_saphyr::Location) -> Self {
         // serde-saphyr reports line 0 only for "unknown"; point at the file start then.
-        if location.line() == 0 { Self::START } else { Self { line: location.line(), column: location.column() } }
+        if location.line() == 0 {
+            Self::START
+        } else {
+            Self {
+                line: location.line(),
+                column: location.column(),
+            }
+        }
     }
 }
 
@@ -44,7 +51,10 @@ pub(super) struct Problem {
 impl Problem {
     /// A problem at `at` for the key `path`: the message reads "`path`: `what`".
     pub(super) fn at(at: Pos, path: &str, what: impl fmt::Display) -> Self {
-        Self { at, message: format!("{path}: {what}") }
+        Self {
+            at,
+            message: format!("{path}: {what}"),
+        }
     }
 }
 
@@ -103,10 +113,17 @@ impl<'de> Deserialize<'de> for Node {
         let spanned = Spanned::<Value>::deserialize(deserializer)?;
         let span = spanned.defined.span();
         let source_bytes = match (span.byte_offset(), span.byte_len()) {
-            (Some(offset), Some(len)) => usize::try_from(offset).ok().zip(usize::try_from(len).ok()),
+            (Some(offset), Some(len)) => {
+                usize::try_from(offset).ok().zip(usize::try_from(len).ok())
+            }
             _ => None,
         };
-        Ok(Self { value: spanned.value, at: Pos::from_location(spanned.referenced), source_bytes, text: None })
+        Ok(Self {
+            value: spanned.value,
+            at: Pos::from_location(spanned.referenced),
+            source_bytes,
+            text: None,
+        })
     }
 }
 
@@ -137,7 +154,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Int(v))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
-        i128::try_from(v).map(Value::Int).map_err(|_| E::custom(format!("the integer {v} is out of range")))
+        i128::try_from(v)
+            .map(Value::Int)
+            .map_err(|_| E::custom(format!("the integer {v} is out of range")))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))
@@ -172,7 +191,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Map(entries))
     }
     fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Value, E> {
-        Err(E::custom("binary (!!binary) values are not supported in the probe file"))
+        Err(E::custom(
+            "binary (!!binary) values are not supported in the probe file",
+        ))
     }
 }
 
@@ -203,7 +224,11 @@ impl Node {
     }
 
     fn wrong_type(&self, path: &str, expected: &str) -> Problem {
-        Problem::at(self.at, path, format!("expected {expected}, found {}", self.value.describe()))
+        Problem::at(
+            self.at,
+            path,
+            format!("expected {expected}, found {}", self.value.describe()),
+        )
     }
 
     /// The scalar as text: strings as they are, numbers and booleans as written.
@@ -283,26 +308,47 @@ impl Node {
                 return Err(Problem::at(
                     key_node.at,
                     path,
-                    format!("unknown key `{}`; the keys allowed here are: {}", shorten(key), known.join(", ")),
+                    format!(
+                        "unknown key `{}`; the keys allowed here are: {}",
+                        shorten(key),
+                        known.join(", ")
+                    ),
                 ));
             }
-            fields.push(Field { key, key_at: key_node.at, value });
+            fields.push(Field {
+                key,
+                key_at: key_node.at,
+                value,
+            });
         }
-        Ok(Fields { at: self.at, fields })
+        Ok(Fields {
+            at: self.at,
+            fields,
+        })
     }
 
     /// A mapping whose keys are free-form (request headers): the key text, its position and value.
-    pub(super) fn entries<'a>(&'a self, path: &str) -> Result<Vec<(String, Pos, &'a Node)>, Problem> {
+    pub(super) fn entries<'a>(
+        &'a self,
+        path: &str,
+    ) -> Result<Vec<(String, Pos, &'a Node)>, Problem> {
         let Value::Map(entries) = &self.value else {
             return Err(self.wrong_type(path, "a mapping of names to values"));
         };
-        entries.iter().map(|(key, value)| Ok((key.string(path)?, key.at, value))).collect()
+        entries
+            .iter()
+            .map(|(key, value)| Ok((key.string(path)?, key.at, value)))
+            .collect()
     }
 }
 
 /// `parent.key`, or `key` at the top.
 pub(super) fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") }
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 struct Field<'a> {
@@ -321,7 +367,11 @@ pub(super) struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// The value of `key`, or `None` when the key is absent or null.
     pub(super) fn get(&self, key: &str) -> Option<&'a Node> {
-        self.fields.iter().find(|f| f.key == key).map(|f| f.value).filter(|v| !v.is_null())
+        self.fields
+            .iter()
+            .find(|f| f.key == key)
+            .map(|f| f.value)
+            .filter(|v| !v.is_null())
     }
 
     /// Where `key` is written, if it is.
@@ -347,7 +397,13 @@ mod tests {
         assert_eq!(fields.key_at("a"), Some(Pos { line: 1, column: 1 }));
         let inner = fields.get("a").unwrap().fields("a", &["b"], &[]).unwrap();
         let list = inner.get("b").unwrap().list("a.b").unwrap();
-        assert_eq!(list[1].at, Pos { line: 2, column: 10 });
+        assert_eq!(
+            list[1].at,
+            Pos {
+                line: 2,
+                column: 10
+            }
+        );
         assert_eq!(list[1].string("a.b[1]").unwrap(), "y");
     }
 
@@ -366,7 +422,12 @@ mod tests {
         let f = root.fields("", &["a", "b"], &[]).unwrap();
         let err = f.get("a").unwrap().list("a").unwrap_err();
         assert_eq!(err.at, Pos { line: 1, column: 4 });
-        assert!(err.message.starts_with("a: expected a list, found the string \"text.*\""), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("a: expected a list, found the string \"text.*\""),
+            "{}",
+            err.message
+        );
         let err = f.get("b").unwrap().string("b").unwrap_err();
         assert_eq!(err.message, "b: expected a string, found a list");
     }
@@ -377,8 +438,17 @@ mod tests {
         let inner = root.fields("", &["x"], &[]).unwrap().get("x").unwrap();
         let err = inner.fields("x", &["good"], &[]).err().unwrap();
         assert_eq!(err.at, Pos { line: 3, column: 3 });
-        assert_eq!(err.message, "x: unknown key `bad`; the keys allowed here are: good");
-        let err = inner.fields("x", &["good"], &[("bad", "use good")]).err().unwrap();
-        assert_eq!(err.message, "x.bad: this option is not supported by probermesh; use good");
+        assert_eq!(
+            err.message,
+            "x: unknown key `bad`; the keys allowed here are: good"
+        );
+        let err = inner
+            .fields("x", &["good"], &[("bad", "use good")])
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.message,
+            "x.bad: this option is not supported by probermesh; use good"
+        );
     }
 }

@@ -15,13 +15,17 @@ pub enum SizeError {
         input: String,
     },
     /// The text is not a number followed by a unit.
-    #[error("invalid size {input:?}: expected a number with a unit, like 10B, 512KB, 1MB or 1.5GiB")]
+    #[error(
+        "invalid size {input:?}: expected a number with a unit, like 10B, 512KB, 1MB or 1.5GiB"
+    )]
     Invalid {
         /// The rejected text (cut to a readable length).
         input: String,
     },
     /// The unit is not one of the base-2 byte units.
-    #[error("unknown unit {unit:?} in size {input:?}; the units are B, KB, MB, GB, TB, PB, EB and KiB, MiB, GiB, TiB, PiB, EiB (all powers of 1024)")]
+    #[error(
+        "unknown unit {unit:?} in size {input:?}; the units are B, KB, MB, GB, TB, PB, EB and KiB, MiB, GiB, TiB, PiB, EiB (all powers of 1024)"
+    )]
     UnknownUnit {
         /// The rejected text (cut to a readable length).
         input: String,
@@ -81,7 +85,10 @@ pub fn parse_base2_bytes(text: &str) -> Result<u64, SizeError> {
     let max_bytes = u128::from(i64::MAX.unsigned_abs());
     if unsigned.bytes().all(|b| b.is_ascii_digit()) {
         let bytes: u128 = unsigned.parse().map_err(|_| too_large())?;
-        return u64::try_from(bytes).ok().filter(|b| u128::from(*b) <= max_bytes).ok_or_else(too_large);
+        return u64::try_from(bytes)
+            .ok()
+            .filter(|b| u128::from(*b) <= max_bytes)
+            .ok_or_else(too_large);
     }
     let mut total_bytes: u128 = 0;
     let mut rest = unsigned;
@@ -89,22 +96,36 @@ pub fn parse_base2_bytes(text: &str) -> Result<u64, SizeError> {
         let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
         let (int_digits, after_int) = rest.split_at(int_len);
         let (fraction_digits, after_number) = match after_int.strip_prefix('.') {
-            Some(after_dot) => after_dot.split_at(after_dot.bytes().take_while(u8::is_ascii_digit).count()),
+            Some(after_dot) => {
+                after_dot.split_at(after_dot.bytes().take_while(u8::is_ascii_digit).count())
+            }
             None => ("", after_int),
         };
         if int_digits.is_empty() && fraction_digits.is_empty() {
             return Err(SizeError::Invalid { input: input() });
         }
-        let unit_len = after_number.bytes().take_while(|b| *b != b'.' && !b.is_ascii_digit()).count();
+        let unit_len = after_number
+            .bytes()
+            .take_while(|b| *b != b'.' && !b.is_ascii_digit())
+            .count();
         let (unit, after_unit) = after_number.split_at(unit_len);
         if unit.is_empty() {
             return Err(SizeError::Invalid { input: input() });
         }
         let Some((_, unit_bytes)) = UNITS.iter().find(|(name, _)| *name == unit) else {
-            return Err(SizeError::UnknownUnit { input: input(), unit: super::node::shorten(unit) });
+            return Err(SizeError::UnknownUnit {
+                input: input(),
+                unit: super::node::shorten(unit),
+            });
         };
-        let whole: u128 = if int_digits.is_empty() { 0 } else { int_digits.parse().map_err(|_| too_large())? };
-        let fraction_digits = fraction_digits.get(..MAX_FRACTION_DIGITS).unwrap_or(fraction_digits);
+        let whole: u128 = if int_digits.is_empty() {
+            0
+        } else {
+            int_digits.parse().map_err(|_| too_large())?
+        };
+        let fraction_digits = fraction_digits
+            .get(..MAX_FRACTION_DIGITS)
+            .unwrap_or(fraction_digits);
         let fraction_bytes = if fraction_digits.is_empty() {
             0
         } else {
@@ -161,27 +182,52 @@ mod tests {
     fn bad_sizes() {
         assert_eq!(parse_base2_bytes(""), Err(SizeError::Empty));
         for text in ["-1MB", "-0"] {
-            assert!(matches!(parse_base2_bytes(text), Err(SizeError::Negative { .. })), "{text}");
-        }
-        for text in ["+", "MB", ".MB", "1MB1", "1.5", "1..5MB", "KB5"] {
-            assert!(matches!(parse_base2_bytes(text), Err(SizeError::Invalid { .. })), "{text}");
-        }
-        for (text, unit) in [("1mb", "mb"), ("1 MB", " MB"), ("1kB", "kB"), ("1K", "K"), ("5ZB", "ZB")] {
-            assert_eq!(
-                parse_base2_bytes(text),
-                Err(SizeError::UnknownUnit { input: text.to_owned(), unit: unit.to_owned() }),
+            assert!(
+                matches!(parse_base2_bytes(text), Err(SizeError::Negative { .. })),
                 "{text}"
             );
         }
-        for text in ["8EB", "9223372036854775808", "99999999999999999999999999999999999999999KB"] {
-            assert!(matches!(parse_base2_bytes(text), Err(SizeError::TooLarge { .. })), "{text}");
+        for text in ["+", "MB", ".MB", "1MB1", "1.5", "1..5MB", "KB5"] {
+            assert!(
+                matches!(parse_base2_bytes(text), Err(SizeError::Invalid { .. })),
+                "{text}"
+            );
+        }
+        for (text, unit) in [
+            ("1mb", "mb"),
+            ("1 MB", " MB"),
+            ("1kB", "kB"),
+            ("1K", "K"),
+            ("5ZB", "ZB"),
+        ] {
+            assert_eq!(
+                parse_base2_bytes(text),
+                Err(SizeError::UnknownUnit {
+                    input: text.to_owned(),
+                    unit: unit.to_owned()
+                }),
+                "{text}"
+            );
+        }
+        for text in [
+            "8EB",
+            "9223372036854775808",
+            "99999999999999999999999999999999999999999KB",
+        ] {
+            assert!(
+                matches!(parse_base2_bytes(text), Err(SizeError::TooLarge { .. })),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn error_text_names_input_and_unit() {
         let text = parse_base2_bytes("1mb").unwrap_err().to_string();
-        assert!(text.contains("\"mb\"") && text.contains("\"1mb\"") && text.contains("KiB"), "{text}");
+        assert!(
+            text.contains("\"mb\"") && text.contains("\"1mb\"") && text.contains("KiB"),
+            "{text}"
+        );
     }
 
     proptest! {
