@@ -434,7 +434,30 @@ mod tests {
             yaml.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
         }
         let text = error(&yaml);
-        assert!(text.contains("invalid YAML:"), "{text}");
+        assert!(
+            text.contains("invalid YAML: YAML document too large or too complex"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn large_realistic_files_fit_the_budget() {
+        let mut yaml = String::from("prober_configs:\n");
+        for region in 0..50 {
+            yaml.push_str(&format!(
+                "  - prober_type: icmp\n    region: r{region}\n    targets:\n"
+            ));
+            for host in 0..1000 {
+                yaml.push_str(&format!(
+                    "      - 10.{region}.{}.{}\n",
+                    host / 256,
+                    host % 256
+                ));
+            }
+        }
+        let file = parse(&yaml).unwrap();
+        assert_eq!(file.configs.len(), 50);
+        assert!(file.configs.iter().all(|c| c.targets.len() == 1000));
     }
 
     #[test]
