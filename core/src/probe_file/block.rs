@@ -1,0 +1,204 @@
+//! The `prober_configs:` entries: one block per (region, probe type), each checked into a
+//! [`ProbeConfig`] with its own module built from the defaults afresh (the Go system leaked
+//! settings from block to block), its targets parsed and de-duplicated, and a second block for
+//! the same region and type refused (the Go system silently dropped the first).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::duration::parse_duration;
+use super::http::{http_module, required};
+use super::node::{Node, Pos, Problem, join, shorten};
+use crate::model::{IcmpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target};
+
+const ROOT_KEYS: &[&str] = &["prober_configs"];
+const BLOCK_KEYS: &[&str] = &["prober_type", "region", "http", "icmp", "targets"];
+const ICMP_KEYS: &[&str] = &["payload_size", "packet_count", "interval"];
+
+/// Reads the document root (a mapping with `prober_configs`) into the list of blocks.
+pub(super) fn probe_configs(root: &Node) -> Result<Vec<ProbeConfig>, Problem> {
+    let fields = root.fields("probe file", ROOT_KEYS, &[])?;
+    let Some(list) = fields.get("prober_configs") else {
+        return Ok(Vec::new());
+    };
+    let blocks = list.list("prober_configs")?;
+    let mut configs = Vec::with_capacity(blocks.len());
+    // Where each (region, kind) was first configured, to refuse a second block.
+    let mut first_block_at: HashMap<(Region, ProbeKind), (Pos, usize)> = HashMap::new();
+    for (index, node) in blocks.iter().enumerate() {
+        let path = format!("prober_configs[{index}]");
+        let config = probe_config(node, &path)?;
+        let key = (config.region.clone(), config.kind());
+        if let Some((first_at, first_index)) = first_block_at.get(&key) {
+            return Err(Problem::at(
+                node.at,
+                &path,
+                format!(
+                    "region {:?} already has an {} block at line {} (prober_configs[{first_index}]); \
+                     put all {} targets of a region in one block",
+                    config.region.as_str(),
+                    config.kind(),
+                    first_at.line,
+                    config.kind(),
+                ),
+            ));
+        }
+        first_block_at.insert(key, (node.at, index));
+        configs.push(config);
+    }
+    Ok(configs)
+}
+
+fn probe_config(node: &Node, path: &str) -> Result<ProbeConfig, Problem> {
+    let fields = node.fields(path, BLOCK_KEYS, &[])?;
+
+    let type_node = required(&fields, path, "prober_type")?;
+    let type_path = join(path, "prober_type");
+    let kind = match type_node.string(&type_path)?.as_str() {
+        "http" => ProbeKind::Http,
+        "icmp" => ProbeKind::Icmp,
+        other => {
+            return Err(Problem::at(
+                type_node.at,
+                &type_path,
+                format!(
+                    "unknown probe type {:?}; expected http or icmp",
+                    shorten(other)
+                ),
+            ));
+        }
+    };
+
+    let region_node = required(&fields, path, "region")?;
+    let region_path = join(path, "region");
+    let region = Region::new(&region_node.string(&region_path)?)
+        .map_err(|e| Problem::at(region_node.at, &region_path, e))?;
+
+    for (block, allowed_kind) in [("http", ProbeKind::Http), ("icmp", ProbeKind::Icmp)] {
+        if kind != allowed_kind
+            && let Some(at) = fields.key_at(block)
+        {
+            return Err(Problem::at(
+                at,
+                &join(path, block),
+                format!(
+                    "an `{block}:` block is only allowed when prober_type is {block}; this block is {kind}"
+                ),
+            ));
+        }
+    }
+    let module = match kind {
+        ProbeKind::Http => ProbeModule::Http(match fields.get("http") {
+            Some(node) => http_module(node, &join(path, "http"))?,
+            None => crate::model::HttpModule::default(),
+        }),
+        ProbeKind::Icmp => ProbeModule::Icmp(match fields.get("icmp") {
+            Some(node) => icmp_module(node, &join(path, "icmp"))?,
+            None => IcmpModule::default(),
+        }),
+    };
+
+    let targets = match fields.get("targets") {
+        Some(node) => targets(node, &join(path, "targets"), kind)?,
+        None => Vec::new(),
+    };
+    Ok(ProbeConfig {
+        region,
+        module,
+        targets,
+    })
+}
+
+/// The targets in file order; a repeated target string is dropped (the first one counts).
+fn targets(node: &Node, path: &str, kind: ProbeKind) -> Result<Vec<Target>, Problem> {
+    let items = node.list(path)?;
+    let mut seen = HashSet::with_capacity(items.len());
+    let mut targets = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{index}]");
+        let raw = item.string(&item_path)?;
+        let target = Target::parse(kind, &raw).map_err(|e| Problem::at(item.at, &item_path, e))?;
+        if seen.insert(raw) {
+            targets.push(target);
+        }
+    }
+    Ok(targets)
+}
+
+/// The `icmp:` block: 0 or a missing value takes the default (as in Go), negative or
+/// out-of-range values are errors.
+fn icmp_module(node: &Node, path: &str) -> Result<IcmpModule, Problem> {
+    let fields = node.fields(path, ICMP_KEYS, &[])?;
+    let mut module = IcmpModule::default();
+
+    if let Some(node) = fields.get("payload_size") {
+        let key_path = join(path, "payload_size");
+        let size_bytes = node.integer(&key_path)?;
+        let min = i128::from(IcmpModule::MIN_PAYLOAD_SIZE);
+        let max = i128::from(IcmpModule::MAX_PAYLOAD_SIZE);
+        let fail = |why: String| Err(Problem::at(node.at, &key_path, why));
+        match size_bytes {
+            0 => {}
+            ..0 => {
+                return fail(format!(
+                    "{size_bytes} is negative; use 0 for the default of {} bytes",
+                    IcmpModule::DEFAULT_PAYLOAD_SIZE
+                ));
+            }
+            1.. if size_bytes < min => {
+                return fail(format!(
+                    "{size_bytes} bytes is too small; the minimum is {min} (an 8-byte timestamp and a 16-byte probe token)"
+                ));
+            }
+            _ if size_bytes > max => {
+                return fail(format!(
+                    "{size_bytes} bytes is too large; the maximum is {max} (what fits in an IPv4 packet)"
+                ));
+            }
+            _ => {
+                module.payload_size =
+                    u32::try_from(size_bytes).unwrap_or(IcmpModule::DEFAULT_PAYLOAD_SIZE)
+            }
+        }
+    }
+    if let Some(node) = fields.get("packet_count") {
+        let key_path = join(path, "packet_count");
+        let count = node.integer(&key_path)?;
+        let max = i128::from(IcmpModule::MAX_PACKET_COUNT);
+        match count {
+            0 => {}
+            ..0 => {
+                return Err(Problem::at(
+                    node.at,
+                    &key_path,
+                    format!(
+                        "{count} is negative; use 0 for the default of {}",
+                        IcmpModule::DEFAULT_PACKET_COUNT
+                    ),
+                ));
+            }
+            _ if count > max => {
+                return Err(Problem::at(
+                    node.at,
+                    &key_path,
+                    format!("{count} packets per probe is too many; the maximum is {max}"),
+                ));
+            }
+            _ => {
+                module.packet_count =
+                    u32::try_from(count).unwrap_or(IcmpModule::DEFAULT_PACKET_COUNT)
+            }
+        }
+    }
+    if let Some(node) = fields.get("interval") {
+        let key_path = join(path, "interval");
+        let text = node.string(&key_path)?;
+        if !text.is_empty() {
+            let interval = parse_duration(&text).map_err(|e| Problem::at(node.at, &key_path, e))?;
+            if interval > Duration::ZERO {
+                module.interval = interval;
+            }
+        }
+    }
+    Ok(module)
+}
