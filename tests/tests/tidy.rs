@@ -10,9 +10,17 @@ fn repo() -> &'static Path {
 
 #[test]
 fn the_code_map_names_every_crate_and_core_module() {
-    let architecture = fs::read_to_string(repo().join("docs/architecture.md")).expect("docs/architecture.md exists");
+    let architecture = fs::read_to_string(repo().join("docs/architecture.md"))
+        .expect("docs/architecture.md exists");
     let mut missing = Vec::new();
-    for dir in ["core/", "adapters/", "bins/probermesh/", "tests/", "fixtures/", "docs/"] {
+    for dir in [
+        "core/",
+        "adapters/",
+        "bins/probermesh/",
+        "tests/",
+        "fixtures/",
+        "docs/",
+    ] {
         if !architecture.contains(&format!("`{dir}`")) {
             missing.push(dir.to_owned());
         }
@@ -20,7 +28,11 @@ fn the_code_map_names_every_crate_and_core_module() {
     let src = repo().join("core/src");
     for entry in fs::read_dir(&src).expect("core/src") {
         let path = entry.expect("entry").path();
-        let name = path.file_stem().expect("name").to_string_lossy().into_owned();
+        let name = path
+            .file_stem()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         if name == "lib" {
             continue;
         }
@@ -28,7 +40,10 @@ fn the_code_map_names_every_crate_and_core_module() {
             missing.push(format!("core::{name}"));
         }
     }
-    assert!(missing.is_empty(), "docs/architecture.md does not mention: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not mention: {missing:?}"
+    );
 }
 
 #[test]
@@ -39,9 +54,23 @@ fn core_depends_only_on_allowed_crates() {
         .nth(1)
         .and_then(|rest| rest.split("\n[").next())
         .expect("a [dependencies] table");
-    let allowed = ["async-trait", "serde", "postcard", "thiserror", "regex", "serde-saphyr"];
-    for line in dependencies.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    let allowed = [
+        "async-trait",
+        "serde",
+        "postcard",
+        "thiserror",
+        "regex",
+        "serde-saphyr",
+    ];
+    for line in dependencies
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let name = line.split(['.', '=', ' ']).next().unwrap_or_default();
-        assert!(allowed.contains(&name), "core/Cargo.toml adds {name:?}; core stays pure (see docs/architecture.md)");
+        assert!(
+            allowed.contains(&name),
+            "core/Cargo.toml adds {name:?}; core stays pure (see docs/architecture.md)"
+        );
     }
 }

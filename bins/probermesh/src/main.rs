@@ -1,1 +1,101 @@
-fn main() {}
+//! The `probermesh` binary. It parses the command line, calls into `probermesh-core` and
+//! `probermesh-adapters`, and maps errors to exit codes; it holds no domain logic.
+//!
+//! Today it validates probe files; the server, agent and demo arrive with the product work.
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use argh::FromArgs;
+use probermesh_core::model::{ProbeConfig, ProbeModule};
+use probermesh_core::probe_file::parse_probe_file;
+
+/// ProberMesh: a network mesh prober (ICMP region to region, HTTP region to URL).
+#[derive(FromArgs, Debug)]
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Command {
+    CheckProbeFile(CheckProbeFile),
+    Version(Version),
+}
+
+/// Validate a probe file and print the target pool it describes.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "check-probe-file")]
+struct CheckProbeFile {
+    /// the probe file (the Go ProberMesh YAML schema)
+    #[argh(positional)]
+    file: PathBuf,
+}
+
+/// Print the version.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "version")]
+struct Version {}
+
+/// Exit code for a bad command line or a bad configuration file (sysexits EX_USAGE / EX_CONFIG
+/// are 64 / 78; we use 64 for both, as linkerd does).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli: Cli = argh::from_env();
+    let outcome = match cli.command {
+        Command::CheckProbeFile(args) => check_probe_file(&args),
+        Command::Version(_) => print_line(&format!("probermesh {}", env!("CARGO_PKG_VERSION"))),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn print_line(line: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").context("writing to stdout")
+}
+
+fn check_probe_file(args: &CheckProbeFile) -> Result<()> {
+    let name = args.file.display().to_string();
+    let yaml =
+        fs::read_to_string(&args.file).with_context(|| format!("reading probe file {name}"))?;
+    let file = parse_probe_file(&name, &yaml).map_err(anyhow::Error::new)?;
+    let targets: usize = file.configs.iter().map(|c| c.targets.len()).sum();
+    print_line(&format!(
+        "{name}: ok, {} blocks, {targets} targets",
+        file.configs.len()
+    ))?;
+    for config in &file.configs {
+        print_line(&describe(config))?;
+    }
+    Ok(())
+}
+
+fn describe(config: &ProbeConfig) -> String {
+    let settings = match &config.module {
+        ProbeModule::Icmp(m) => {
+            format!(
+                "{} packets every {:?}, {} bytes",
+                m.packet_count, m.interval, m.payload_size
+            )
+        }
+        ProbeModule::Http(m) => format!("{} , valid codes {:?}", m.method, m.valid_status_codes),
+    };
+    let targets: Vec<&str> = config.targets.iter().map(|t| t.raw()).collect();
+    format!(
+        "  {:<5} {:<20} [{settings}] {}",
+        config.kind(),
+        config.region,
+        targets.join(" ")
+    )
+}
