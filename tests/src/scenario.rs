@@ -1,7 +1,7 @@
 //! The aggregation scenario format and its runner.
 //!
 //! A scenario is a YAML file: a mesh of named agents (`a-1` is agent 1 of region `a`, at
-//! 198.18.<region index>.<n>), the aggregation methods to run it under, and time-ordered steps.
+//! `198.18.<region index>.<n>`), the aggregation methods to run it under, and time-ordered steps.
 //! Times are relative to an aligned epoch `T0` and written `30s` or `1500ms`.
 //! Before each step the runner calls `handle_timeout(T0 + at)`; then the step acts:
 //! - `heartbeats: [a-1, ...]`;

@@ -1,5 +1,5 @@
 //! The server's probe file (`-server.probe.file`): Go-compatible YAML (spec §5.3) parsed and
-//! validated into [`ProbeConfig`](crate::model::ProbeConfig)s, or refused with an error that
+//! validated into [`ProbeConfig`]s, or refused with an error that
 //! names the file, line, column and key. No I/O: the caller reads the file and passes its text.
 //!
 //! Deliberate differences from the Go system: every block starts from the module defaults
