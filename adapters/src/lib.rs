@@ -1,10 +1,17 @@
 //! # probermesh-adapters
 //!
 //! The I/O half of ProberMesh: each module implements one port of [`probermesh_core::ports`]
-//! with a real network library (ICMP over socket2, DNS timing over hickory-resolver, HTTP timing
-//! over hyper-util, the agent↔server link over quinn, metrics export for Prometheus).
+//! with a real network library.
 //!
-//! The adapters arrive with their own issues (ICMP, HTTP, QUIC link, product); until then this
-//! crate only fixes the dependency direction `bins → adapters → core`.
+//! - [`icmp`]: the ICMP engine ([`icmp::IcmpEngine`], port `IcmpPinger`), one socket per
+//!   address family for every target, over socket2 (and nix for kernel timestamps).
+//! - [`dns`]: timed name resolution ([`dns::HickoryDns`], port `DnsResolver`) over
+//!   hickory-resolver.
+//!
+//! HTTP timing (hyper-util), the agent↔server link (quinn) and the metrics export arrive with
+//! their own issues.
+
+pub mod dns;
+pub mod icmp;
 
 pub use probermesh_core as core;

@@ -553,6 +553,7 @@ mod tests {
         let up = EchoSeries {
             packets_sent: 3,
             rtts: vec![Duration::from_millis(2); 3],
+            errors: Vec::new(),
         };
         pinger.answer(ip("10.0.0.1"), Ok(up.clone()));
         let denied = PingError::Permission {

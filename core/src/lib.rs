@@ -34,7 +34,7 @@
 //! // A pinger that answers 9 of 10 echoes from 10.0.0.2 in 12 ms.
 //! let pinger = FakePinger::new();
 //! let target: IpAddr = "10.0.0.2".parse().unwrap();
-//! pinger.answer(target, Ok(EchoSeries { packets_sent: 10, rtts: vec![Duration::from_millis(12); 9] }));
+//! pinger.answer(target, Ok(EchoSeries { packets_sent: 10, rtts: vec![Duration::from_millis(12); 9], errors: vec![] }));
 //!
 //! // An agent of region "eu" probes it in the round that starts at t0.
 //! let t0 = UnixMillis::from_secs(1_800_000_000);
@@ -69,6 +69,7 @@ pub mod matcher;
 pub mod model;
 pub mod pool;
 pub mod ports;
+pub mod probe;
 pub mod probe_file;
 pub mod snapshot;
 pub mod stats;

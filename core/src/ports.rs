@@ -142,6 +142,55 @@ pub struct EchoSeries {
     pub packets_sent: u32,
     /// Round-trip times of the distinct replies (duplicates excluded), in arrival order.
     pub rtts: Vec<Duration>,
+    /// ICMP errors (unreachable, time exceeded) received instead of replies; each one is a
+    /// lost echo. For the log and for path tools; not a metric label.
+    pub errors: Vec<EchoError>,
+}
+
+/// An ICMP error that a router or the target sent back about one of our echo requests.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub struct EchoError {
+    /// Who sent the error (a router on the path, or the target).
+    pub from: IpAddr,
+    /// What it said.
+    pub kind: EchoErrorKind,
+}
+
+/// The ICMP error types a prober reports (RFC 792 and RFC 4443 numbering is in `code`).
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum EchoErrorKind {
+    /// Destination unreachable (ICMPv4 type 3, ICMPv6 type 1), with its code.
+    Unreachable {
+        /// The ICMP code (net, host, port, administratively prohibited, ...).
+        code: u8,
+    },
+    /// Time (hop limit) exceeded in transit (ICMPv4 type 11, ICMPv6 type 3).
+    TimeExceeded,
+    /// Any other ICMP error about our echo (packet too big, parameter problem, ...).
+    Other {
+        /// The ICMP type.
+        icmp_type: u8,
+        /// The ICMP code.
+        code: u8,
+    },
+}
+
+impl fmt::Display for EchoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            EchoErrorKind::Unreachable { code } => {
+                write!(
+                    f,
+                    "destination unreachable (code {code}) from {}",
+                    self.from
+                )
+            }
+            EchoErrorKind::TimeExceeded => write!(f, "time exceeded from {}", self.from),
+            EchoErrorKind::Other { icmp_type, code } => {
+                write!(f, "ICMP type {icmp_type} code {code} from {}", self.from)
+            }
+        }
+    }
 }
 
 impl EchoSeries {
@@ -150,7 +199,7 @@ impl EchoSeries {
     pub fn lost(packets_sent: u32) -> Self {
         Self {
             packets_sent,
-            rtts: Vec::new(),
+            ..Self::default()
         }
     }
 

@@ -1,0 +1,544 @@
+//! The ICMP engine: core's [`IcmpPinger`] over one socket per address family, shared by every
+//! probe of the process (fping's design, not the Go system's socket per target per probe).
+//!
+//! Per family there are two threads and one lock:
+//! - the **scheduler** owns a time-ordered queue of sends and packet deadlines. It paces sends
+//!   through a token bucket so thousands of targets do not burst-flood the socket, takes the
+//!   send time just before `sendto`, and expires each packet `reply_timeout` after it left (a
+//!   lost packet never holds its probe for the whole probe timeout);
+//! - the **receiver** blocks in `recvmsg`, takes the kernel's receive timestamp
+//!   (`SO_TIMESTAMPNS`), classifies the datagram ([`packet`]) and records it in the
+//!   in-flight table ([`flight`]);
+//! - a probe completes, and its `ping` future returns, as soon as every packet it sent is
+//!   answered, refused by an ICMP error, or expired.
+//!
+//! Matching: a reply must carry our engine token, a running probe's id and a packet index in
+//! its payload, come from that probe's address with that packet's sequence number (and, on raw
+//! sockets, our identifier). Our own requests (seen by raw sockets on loopback), duplicates
+//! and other processes' traffic are ignored.
+//!
+//! Timing: RTT = (monotonic time at wakeup − monotonic send time) − (wall time at wakeup −
+//! kernel receive stamp). This uses the kernel stamp, so thread wakeup latency does not count,
+//! while a wall-clock step between send and receive cannot corrupt the result.
+
+mod flight;
+pub(crate) mod packet;
+mod socket;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use probermesh_core::model::IcmpSettings;
+use probermesh_core::ports::{EchoSeries, IcmpPinger, PingError};
+use tokio::sync::oneshot;
+
+use flight::{Flight, Matched, echo_error};
+use packet::{Family, Incoming, PayloadTag};
+use socket::{IcmpSocket, control_buffer};
+pub use socket::{OpenError, SocketKind, SocketMode};
+
+/// Engine-wide settings (per-probe settings come with each `ping`).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct IcmpEngineConfig {
+    /// Raw, datagram, or raw-then-datagram.
+    pub socket_mode: SocketMode,
+    /// How long to wait for each echo's reply before counting it lost (fping's `-t`, ping's
+    /// `-W`); the probe's own timeout bounds it too.
+    pub reply_timeout: Duration,
+    /// Most echo requests sent per second by the whole engine (per family).
+    pub max_packets_per_second: u32,
+    /// Most requests sent back to back before pacing applies.
+    pub max_burst: u32,
+}
+
+impl Default for IcmpEngineConfig {
+    fn default() -> Self {
+        Self {
+            socket_mode: SocketMode::Auto,
+            reply_timeout: Duration::from_secs(2),
+            max_packets_per_second: 50_000,
+            max_burst: 64,
+        }
+    }
+}
+
+/// The ICMP pinger of a process. Sockets open on first use of each family; dropping the engine
+/// stops its threads and ends probes in flight with an error.
+#[derive(Debug)]
+pub struct IcmpEngine {
+    config: IcmpEngineConfig,
+    v4: Mutex<Option<Arc<FamilyEngine>>>,
+    v6: Mutex<Option<Arc<FamilyEngine>>>,
+}
+
+impl IcmpEngine {
+    /// An engine with `config`; nothing is opened yet.
+    #[must_use]
+    pub fn new(config: IcmpEngineConfig) -> Self {
+        Self {
+            config,
+            v4: Mutex::new(None),
+            v6: Mutex::new(None),
+        }
+    }
+
+    /// Opens the socket of `addr`'s family now (rather than at the first probe), so a
+    /// permission problem is reported at start-up. Returns the kind of socket in use.
+    ///
+    /// # Errors
+    /// [`PingError::Permission`] with the fix, or [`PingError::Send`] for other failures.
+    pub fn open_for(&self, addr: IpAddr) -> Result<SocketKind, PingError> {
+        Ok(self.family_engine(Family::of(addr))?.socket.kind())
+    }
+
+    fn family_engine(&self, family: Family) -> Result<Arc<FamilyEngine>, PingError> {
+        let slot = match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        };
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(engine) = slot.as_ref() {
+            return Ok(Arc::clone(engine));
+        }
+        let engine = FamilyEngine::start(family, self.config).map_err(|error| match error {
+            OpenError::NotPermitted { .. } => PingError::Permission {
+                how_to_fix: error.to_string(),
+            },
+            OpenError::Other(_) => PingError::Send {
+                detail: error.to_string(),
+            },
+        })?;
+        *slot = Some(Arc::clone(&engine));
+        Ok(engine)
+    }
+}
+
+impl Default for IcmpEngine {
+    fn default() -> Self {
+        Self::new(IcmpEngineConfig::default())
+    }
+}
+
+#[async_trait::async_trait]
+impl IcmpPinger for IcmpEngine {
+    async fn ping(&self, addr: IpAddr, settings: &IcmpSettings) -> Result<EchoSeries, PingError> {
+        let engine = self.family_engine(Family::of(addr))?;
+        let (done, result) = oneshot::channel();
+        let start = StartProbe {
+            addr,
+            count: settings.module.packet_count,
+            interval: settings.module.interval,
+            payload_len: usize::try_from(settings.module.payload_size).unwrap_or(usize::MAX),
+            ttl: settings.ttl,
+            timeout: settings.timeout,
+            done,
+        };
+        engine.commands.send(start).map_err(|_| stopped())?;
+        result.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+fn stopped() -> PingError {
+    PingError::Send {
+        detail: "the ICMP engine stopped".to_owned(),
+    }
+}
+
+/// A request to run one probe.
+#[derive(Debug)]
+struct StartProbe {
+    addr: IpAddr,
+    count: u32,
+    interval: Duration,
+    payload_len: usize,
+    ttl: u8,
+    timeout: Duration,
+    done: oneshot::Sender<Result<EchoSeries, PingError>>,
+}
+
+/// The socket, threads and in-flight table of one family.
+#[derive(Debug)]
+struct FamilyEngine {
+    socket: Arc<IcmpSocket>,
+    commands: mpsc::Sender<StartProbe>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for FamilyEngine {
+    fn drop(&mut self) {
+        // The scheduler sees the channel close; the receiver sees this flag within its wakeup.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// State shared by the two threads of a family.
+#[derive(Debug)]
+struct Shared {
+    socket: Arc<IcmpSocket>,
+    flight: Mutex<Flight>,
+    /// Monotonic zero of the `*_ns` times.
+    epoch: Instant,
+    /// Our payload token and (raw sockets) identifier.
+    token: u64,
+    identifier: u16,
+    family: Family,
+    stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn flight(&self) -> MutexGuard<'_, Flight> {
+        self.flight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl FamilyEngine {
+    fn start(family: Family, config: IcmpEngineConfig) -> Result<Arc<Self>, OpenError> {
+        let socket = Arc::new(IcmpSocket::open(
+            family,
+            config.socket_mode,
+            IcmpSettings::DEFAULT_TTL,
+        )?);
+        let mut random = [0u8; 10];
+        getrandom::fill(&mut random).map_err(|e| OpenError::Other(io::Error::other(e)))?;
+        let [t0, t1, t2, t3, t4, t5, t6, t7, i0, i1] = random;
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            socket: Arc::clone(&socket),
+            flight: Mutex::new(Flight::default()),
+            epoch: Instant::now(),
+            token: u64::from_be_bytes([t0, t1, t2, t3, t4, t5, t6, t7]),
+            identifier: u16::from_be_bytes([i0, i1]),
+            family,
+            stop: Arc::clone(&stop),
+        });
+        let (commands, inbox) = mpsc::channel();
+        let name = match family {
+            Family::V4 => "icmp4",
+            Family::V6 => "icmp6",
+        };
+        let receiver = Arc::clone(&shared);
+        thread::Builder::new()
+            .name(format!("{name}-receive"))
+            .spawn(move || receive_loop(&receiver))?;
+        let scheduler = Scheduler::new(shared, config);
+        thread::Builder::new()
+            .name(format!("{name}-send"))
+            .spawn(move || scheduler.run(&inbox))?;
+        tracing::info!(family = name, kind = ?socket.kind(), "ICMP socket open");
+        Ok(Arc::new(Self {
+            socket,
+            commands,
+            stop,
+        }))
+    }
+}
+
+// === Receiving ===
+
+fn receive_loop(shared: &Shared) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut control = control_buffer();
+    let has_ip_header = shared.socket.has_ip_header();
+    let check_identifier = shared.socket.kind() == SocketKind::Raw;
+    let v6 = shared.family == Family::V6;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let received = match shared.socket.receive(&mut buf, &mut control) {
+            Ok(received) => received,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ICMP receive failed");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let now_ns = shared.now_ns();
+        let kernel_lag = received
+            .kernel_time
+            .and_then(|stamp| SystemTime::now().duration_since(stamp).ok());
+        let datagram = &buf[..received.len.min(buf.len())];
+        match packet::classify(shared.family, has_ip_header, datagram) {
+            Incoming::Reply {
+                identifier,
+                sequence,
+                tag,
+            } => {
+                if tag.token != shared.token
+                    || (check_identifier && identifier != shared.identifier)
+                {
+                    continue;
+                }
+                let matched = shared.flight().reply(
+                    tag.probe_id,
+                    tag.index,
+                    received.from,
+                    sequence,
+                    now_ns,
+                    kernel_lag,
+                );
+                if matched == Matched::Stray {
+                    tracing::trace!(from = %received.from, sequence, "stray echo reply");
+                }
+            }
+            Incoming::Error {
+                icmp_type,
+                code,
+                original_destination,
+                identifier,
+                sequence,
+                tag,
+            } => {
+                if check_identifier && identifier != shared.identifier {
+                    continue;
+                }
+                let tag = tag
+                    .filter(|tag| tag.token == shared.token)
+                    .map(|tag| (tag.probe_id, tag.index));
+                let error = echo_error(v6, icmp_type, code, received.from);
+                shared
+                    .flight()
+                    .error(tag, original_destination, sequence, error);
+            }
+            Incoming::Ignored => {}
+        }
+    }
+}
+
+// === Sending ===
+
+/// What the scheduler does at an instant.
+#[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd)]
+enum Action {
+    Send { probe_id: u64, index: u32 },
+    Expire { probe_id: u64, index: u32 },
+}
+
+/// The sending plan of one probe, known only to the scheduler.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    started: Instant,
+    deadline: Instant,
+    count: u32,
+    interval: Duration,
+    payload_len: usize,
+    ttl: u8,
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug)]
+struct Pacer {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    updated: Instant,
+}
+
+impl Pacer {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            tokens: burst,
+            burst,
+            rate: f64::from(rate.max(1)),
+            updated: now,
+        }
+    }
+
+    /// Takes a token, or says when the next one will be there.
+    fn take(&mut self, now: Instant) -> Result<(), Instant> {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Scheduler {
+    shared: Arc<Shared>,
+    config: IcmpEngineConfig,
+    queue: BinaryHeap<Reverse<(Instant, Action)>>,
+    plans: HashMap<u64, Plan>,
+    pacer: Pacer,
+    packet: Vec<u8>,
+    ttl: u8,
+}
+
+impl Scheduler {
+    fn new(shared: Arc<Shared>, config: IcmpEngineConfig) -> Self {
+        Self {
+            shared,
+            config,
+            queue: BinaryHeap::new(),
+            plans: HashMap::new(),
+            pacer: Pacer::new(
+                config.max_packets_per_second,
+                config.max_burst,
+                Instant::now(),
+            ),
+            packet: Vec::with_capacity(128),
+            ttl: IcmpSettings::DEFAULT_TTL,
+        }
+    }
+
+    fn run(mut self, inbox: &mpsc::Receiver<StartProbe>) {
+        loop {
+            let wait = self.queue.peek().map_or(Duration::from_secs(3600), |next| {
+                next.0.0.saturating_duration_since(Instant::now())
+            });
+            match inbox.recv_timeout(wait) {
+                Ok(start) => {
+                    self.start(start);
+                    while let Ok(start) = inbox.try_recv() {
+                        self.start(start);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.run_due(Instant::now());
+        }
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.flight().abort_all(&stopped());
+    }
+
+    fn start(&mut self, start: StartProbe) {
+        let now = Instant::now();
+        let probe_id = self
+            .shared
+            .flight()
+            .add(start.addr, start.count, start.done);
+        if start.count == 0 {
+            return;
+        }
+        self.plans.insert(
+            probe_id,
+            Plan {
+                started: now,
+                deadline: now + start.timeout,
+                count: start.count,
+                interval: start.interval,
+                payload_len: start.payload_len,
+                ttl: start.ttl,
+            },
+        );
+        self.queue
+            .push(Reverse((now, Action::Send { probe_id, index: 0 })));
+    }
+
+    fn run_due(&mut self, now: Instant) {
+        while let Some(Reverse((at, action))) = self.queue.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.queue.pop();
+            match action {
+                Action::Send { probe_id, index } => self.send(probe_id, index, at),
+                Action::Expire { probe_id, index } => {
+                    self.shared.flight().expire(probe_id, index);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, probe_id: u64, index: u32, due: Instant) {
+        let Some(plan) = self.plans.get(&probe_id).copied() else {
+            return;
+        };
+        let now = Instant::now();
+        if now >= plan.deadline {
+            self.plans.remove(&probe_id);
+            self.shared.flight().sending_done(probe_id);
+            return;
+        }
+        if let Err(next_token) = self.pacer.take(now) {
+            self.queue
+                .push(Reverse((next_token, Action::Send { probe_id, index })));
+            return;
+        }
+        if plan.ttl != self.ttl {
+            match self.shared.socket.set_ttl(plan.ttl) {
+                Ok(()) => self.ttl = plan.ttl,
+                Err(e) => tracing::warn!(error = %e, ttl = plan.ttl, "cannot set the ICMP TTL"),
+            }
+        }
+        let sent = {
+            let mut flight = self.shared.flight();
+            let Some(probe) = flight.get(probe_id) else {
+                self.plans.remove(&probe_id);
+                return;
+            };
+            let (addr, sequence) = (probe.addr, probe.sequence_of(index));
+            packet::build_echo_request(
+                &mut self.packet,
+                self.shared.family,
+                self.shared.identifier,
+                sequence,
+                PayloadTag {
+                    token: self.shared.token,
+                    probe_id,
+                    index,
+                },
+                plan.payload_len,
+            );
+            // The send time is taken as late as possible, and recorded before the reply
+            // can be processed (the receiver needs this lock).
+            let at_ns = self.shared.now_ns();
+            match self.shared.socket.send_to(&self.packet, addr) {
+                Ok(_) => {
+                    flight.sent(probe_id, index, at_ns);
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(target_addr = %addr, error = %e, "ICMP send failed");
+                    flight.send_failed(probe_id, e.to_string());
+                    false
+                }
+            }
+        };
+        if sent {
+            let expires = (now + self.config.reply_timeout).min(plan.deadline);
+            self.queue
+                .push(Reverse((expires, Action::Expire { probe_id, index })));
+        }
+        let next = index + 1;
+        if next < plan.count {
+            // Scheduled from the start, so pacing delays do not accumulate into drift.
+            let nominal = plan.started + plan.interval.saturating_mul(next);
+            self.queue.push(Reverse((
+                nominal.max(due),
+                Action::Send {
+                    probe_id,
+                    index: next,
+                },
+            )));
+        } else {
+            self.plans.remove(&probe_id);
+            self.shared.flight().sending_done(probe_id);
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Opening the one ICMP socket of an address family, and receiving with kernel timestamps.
+//!
+//! Raw sockets need CAP_NET_RAW; unprivileged datagram ("ping") sockets need the process's
+//! group inside `net.ipv4.ping_group_range` (which also governs ICMPv6). We try raw first,
+//! then datagram, and when both are refused we say how to fix it.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::packet::Family;
+
+/// Which kind of ICMP socket to use.
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
+pub enum SocketMode {
+    /// Raw when permitted, else datagram (the default).
+    #[default]
+    Auto,
+    /// Raw only (CAP_NET_RAW).
+    Raw,
+    /// Unprivileged datagram only (`ping_group_range`).
+    Datagram,
+}
+
+/// What the engine ended up with.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum SocketKind {
+    /// A raw socket: we choose the identifier; IPv4 packets arrive with their IP header.
+    Raw,
+    /// A datagram socket: the kernel sets the identifier and filters replies for us.
+    Datagram,
+}
+
+/// Why no ICMP socket could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Neither kind is permitted to this process.
+    #[error(
+        "cannot open an ICMP{v} socket: raw sockets need CAP_NET_RAW (run as root, or \
+         `setcap cap_net_raw+ep <binary>`, or systemd `AmbientCapabilities=CAP_NET_RAW`) and \
+         datagram ICMP sockets need the process's group in `net.ipv4.ping_group_range` \
+         (for example `sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"`); raw: {raw}; \
+         datagram: {datagram}",
+        v = if *.family_is_v6 { "v6" } else { "v4" }
+    )]
+    NotPermitted {
+        /// Whether this was the IPv6 socket.
+        family_is_v6: bool,
+        /// The raw socket's error.
+        raw: String,
+        /// The datagram socket's error.
+        datagram: String,
+    },
+    /// Any other failure (no IPv6 support, out of descriptors, ...).
+    #[error("cannot open an ICMP socket: {0}")]
+    Other(#[from] io::Error),
+}
+
+/// One open ICMP socket.
+#[derive(Debug)]
+pub(crate) struct IcmpSocket {
+    socket: Socket,
+    family: Family,
+    kind: SocketKind,
+}
+
+/// One received datagram.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Received {
+    /// Bytes written into the buffer.
+    pub(crate) len: usize,
+    /// The sender.
+    pub(crate) from: IpAddr,
+    /// When the kernel received it (`SO_TIMESTAMPNS`), if it said.
+    pub(crate) kernel_time: Option<SystemTime>,
+}
+
+/// How long a blocking receive waits before returning, so the receiving thread can notice
+/// that the engine was dropped.
+pub(crate) const RECEIVE_WAKEUP: Duration = Duration::from_millis(100);
+
+impl IcmpSocket {
+    /// Opens the socket of `family` in `mode`, with receive timestamps, a large receive
+    /// buffer and [`RECEIVE_WAKEUP`] as receive timeout.
+    pub(crate) fn open(family: Family, mode: SocketMode, ttl: u8) -> Result<Self, OpenError> {
+        let (domain, protocol) = match family {
+            Family::V4 => (Domain::IPV4, Protocol::ICMPV4),
+            Family::V6 => (Domain::IPV6, Protocol::ICMPV6),
+        };
+        let raw = match mode {
+            SocketMode::Datagram => None,
+            _ => Some(Socket::new(domain, Type::RAW, Some(protocol))),
+        };
+        let (socket, kind) = match raw {
+            Some(Ok(socket)) => (socket, SocketKind::Raw),
+            Some(Err(raw_error)) if mode == SocketMode::Raw => {
+                return Err(classify_open_error(family, raw_error, None));
+            }
+            other => match Socket::new(domain, Type::DGRAM, Some(protocol)) {
+                Ok(socket) => (socket, SocketKind::Datagram),
+                Err(datagram_error) => {
+                    let raw_error = other.and_then(Result::err);
+                    return Err(classify_open_error(family, datagram_error, raw_error));
+                }
+            },
+        };
+        match family {
+            Family::V4 => socket.set_ttl_v4(u32::from(ttl))?,
+            Family::V6 => socket.set_unicast_hops_v6(u32::from(ttl))?,
+        }
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+        // Best effort: the kernel caps it at net.core.rmem_max. A large buffer absorbs the
+        // reply bursts of thousands of targets.
+        let _ = socket.set_recv_buffer_size(4 * 1024 * 1024);
+        socket.set_read_timeout(Some(RECEIVE_WAKEUP))?;
+        Ok(Self {
+            socket,
+            family,
+            kind,
+        })
+    }
+
+    /// The kind of socket this is.
+    pub(crate) fn kind(&self) -> SocketKind {
+        self.kind
+    }
+
+    /// Whether received datagrams start with an IP header (raw IPv4 only).
+    pub(crate) fn has_ip_header(&self) -> bool {
+        self.kind == SocketKind::Raw && self.family == Family::V4
+    }
+
+    /// Sends one ICMP message to `addr`.
+    pub(crate) fn send_to(&self, packet: &[u8], addr: IpAddr) -> io::Result<usize> {
+        self.socket
+            .send_to(packet, &SockAddr::from(SocketAddr::new(addr, 0)))
+    }
+
+    /// Changes the TTL (hop limit) of later sends.
+    pub(crate) fn set_ttl(&self, ttl: u8) -> io::Result<()> {
+        match self.family {
+            Family::V4 => self.socket.set_ttl_v4(u32::from(ttl)),
+            Family::V6 => self.socket.set_unicast_hops_v6(u32::from(ttl)),
+        }
+    }
+
+    /// Receives one datagram into `buf`, waiting at most [`RECEIVE_WAKEUP`]
+    /// (`ErrorKind::WouldBlock` or `TimedOut` when nothing came).
+    #[expect(clippy::ptr_arg, reason = "nix's recvmsg takes the control buffer as a Vec")]
+    pub(crate) fn receive(&self, buf: &mut [u8], control: &mut Vec<u8>) -> io::Result<Received> {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrStorage>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(control),
+            MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let from = msg
+            .address
+            .as_ref()
+            .and_then(sockaddr_ip)
+            .ok_or_else(|| io::Error::other("an ICMP datagram without a source address"))?;
+        let mut kernel_time = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for cmsg in cmsgs {
+                if let ControlMessageOwned::ScmTimestampns(ts) = cmsg {
+                    let secs = u64::try_from(ts.tv_sec()).ok();
+                    let nanos = u32::try_from(ts.tv_nsec()).ok();
+                    if let (Some(secs), Some(nanos)) = (secs, nanos) {
+                        kernel_time =
+                            SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
+                    }
+                }
+            }
+        }
+        Ok(Received {
+            len: msg.bytes,
+            from,
+            kernel_time,
+        })
+    }
+}
+
+fn sockaddr_ip(addr: &SockaddrStorage) -> Option<IpAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(IpAddr::V4(v4.ip()));
+    }
+    addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+}
+
+fn classify_open_error(family: Family, last: io::Error, raw: Option<io::Error>) -> OpenError {
+    let denied = |e: &io::Error| e.kind() == io::ErrorKind::PermissionDenied;
+    let raw_denied = raw.as_ref().is_none_or(denied);
+    if denied(&last) && raw_denied {
+        return OpenError::NotPermitted {
+            family_is_v6: family == Family::V6,
+            raw: raw.map_or_else(|| "not tried".to_owned(), |e| e.to_string()),
+            datagram: last.to_string(),
+        };
+    }
+    OpenError::Other(last)
+}
+
+/// The bytes of control-message space a receive needs (one `timespec`, with headroom).
+pub(crate) fn control_buffer() -> Vec<u8> {
+    nix::cmsg_space!(nix::sys::time::TimeSpec, nix::sys::time::TimeSpec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_permission_error_says_how_to_fix_it() {
+        let error = classify_open_error(
+            Family::V4,
+            io::Error::from(io::ErrorKind::PermissionDenied),
+            Some(io::Error::from_raw_os_error(1)),
+        );
+        let text = error.to_string();
+        assert!(text.contains("CAP_NET_RAW"), "{text}");
+        assert!(text.contains("ping_group_range"), "{text}");
+        assert!(matches!(error, OpenError::NotPermitted { .. }));
+    }
+
+    #[test]
+    fn other_errors_are_not_reported_as_permission() {
+        let error = classify_open_error(
+            Family::V6,
+            io::Error::from_raw_os_error(97), // EAFNOSUPPORT
+            None,
+        );
+        assert!(matches!(error, OpenError::Other(_)));
+    }
+}

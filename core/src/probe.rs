@@ -1,0 +1,106 @@
+//! Running one probe end to end over the ports: resolve the target (timed), then measure it,
+//! and fill core's result. Pure orchestration: the ports do the I/O, so the agent, the
+//! `probermesh ping` command and tests with fakes all share these rules.
+
+use crate::model::{Host, IcmpFailure, IcmpResult, IcmpSettings};
+use crate::ports::{DnsResolver, IcmpPinger, IpPreference};
+use std::time::Duration;
+
+/// One ICMP probe of `host`: the name is resolved (IPv4 preferred, IPv6 fallback, as the Go
+/// system), then `settings.module.packet_count` echoes are sent.
+///
+/// Never fails: a lookup failure is [`IcmpFailure::Resolve`] with the time it took, a socket
+/// problem is [`IcmpFailure::Permission`] or [`IcmpFailure::Send`], and loss (even 100 %) is
+/// a measured result.
+pub async fn icmp(
+    dns: &dyn DnsResolver,
+    pinger: &dyn IcmpPinger,
+    host: &Host,
+    settings: &IcmpSettings,
+) -> IcmpResult {
+    let (addr, resolve) = match host {
+        Host::Ip(addr) => (*addr, Duration::ZERO),
+        Host::Name(name) => match dns.resolve(name, IpPreference::default()).await {
+            Ok(resolution) => (resolution.addr, resolution.elapsed),
+            Err(failure) => return IcmpResult::failed(failure.elapsed, IcmpFailure::Resolve),
+        },
+    };
+    match pinger.ping(addr, settings).await {
+        Ok(series) => series.to_result(resolve),
+        Err(error) => IcmpResult::failed(resolve, error.failure()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FakeDns, FakePinger};
+    use crate::model::IcmpModule;
+    use crate::ports::{DnsFailure, DnsFailureKind, EchoSeries, PingError, Resolution};
+
+    fn settings() -> IcmpSettings {
+        IcmpSettings::new(IcmpModule::default(), Duration::from_secs(15))
+    }
+
+    #[test]
+    fn a_name_is_resolved_then_pinged_and_the_lookup_time_kept() {
+        let dns = FakeDns::new();
+        let addr = "198.18.0.7".parse().unwrap();
+        dns.answer(
+            "db.example",
+            Ok(Resolution {
+                addr,
+                elapsed: Duration::from_millis(3),
+            }),
+        );
+        let pinger = FakePinger::new();
+        pinger.answer(
+            addr,
+            Ok(EchoSeries {
+                packets_sent: 4,
+                rtts: vec![Duration::from_millis(10); 3],
+                errors: vec![],
+            }),
+        );
+        let host = Host::Name("db.example".into());
+        let result = pollster::block_on(icmp(&dns, &pinger, &host, &settings()));
+        assert_eq!(result.resolve, Duration::from_millis(3));
+        assert_eq!((result.packets_sent, result.packets_received), (4, 3));
+        assert_eq!(result.failure, None);
+    }
+
+    #[test]
+    fn a_failed_lookup_is_a_resolve_failure_and_nothing_is_sent() {
+        let dns = FakeDns::new();
+        dns.answer(
+            "nowhere.invalid",
+            Err(DnsFailure {
+                kind: DnsFailureKind::NotFound,
+                elapsed: Duration::from_millis(8),
+                detail: "NXDOMAIN".into(),
+            }),
+        );
+        let pinger = FakePinger::new();
+        let host = Host::Name("nowhere.invalid".into());
+        let result = pollster::block_on(icmp(&dns, &pinger, &host, &settings()));
+        assert_eq!(result.failure, Some(IcmpFailure::Resolve));
+        assert_eq!(result.resolve, Duration::from_millis(8));
+        assert!(pinger.calls().is_empty());
+    }
+
+    #[test]
+    fn a_permission_problem_is_a_failure_not_loss() {
+        let dns = FakeDns::new();
+        let pinger = FakePinger::new();
+        let addr = "127.0.0.2".parse().unwrap();
+        pinger.answer(
+            addr,
+            Err(PingError::Permission {
+                how_to_fix: "grant CAP_NET_RAW".into(),
+            }),
+        );
+        let result = pollster::block_on(icmp(&dns, &pinger, &Host::Ip(addr), &settings()));
+        assert_eq!(result.failure, Some(IcmpFailure::Permission));
+        assert_eq!(result.packets_sent, 0);
+    }
+}
