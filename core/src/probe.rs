@@ -2,9 +2,50 @@
 //! and fill core's result. Pure orchestration: the ports do the I/O, so the agent, the
 //! `probermesh ping` command and tests with fakes all share these rules.
 
-use crate::model::{Host, IcmpFailure, IcmpResult, IcmpSettings};
-use crate::ports::{DnsResolver, IcmpPinger, IpPreference};
+use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
+
+use crate::model::{Host, IcmpFailure, IcmpResult, IcmpSettings};
+use crate::ports::{DnsResolver, EchoSeries, IcmpPinger, IpPreference};
+
+/// What one ICMP probe saw, before it is reduced to an [`IcmpResult`]: the resolved address,
+/// the time the lookup took and every echo (or why there was none).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct IcmpEchoes {
+    /// Time spent resolving (zero for an address literal).
+    pub resolve: Duration,
+    /// The address pinged, when the lookup succeeded.
+    pub addr: Option<IpAddr>,
+    /// The echoes, or the failure with its detail for the log.
+    pub outcome: Result<EchoSeries, ProbeFailure>,
+}
+
+/// Why an ICMP probe measured nothing.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct ProbeFailure {
+    /// The bounded failure recorded in the result.
+    pub failure: IcmpFailure,
+    /// The resolver's or operating system's message.
+    pub detail: String,
+}
+
+impl fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.failure.as_str(), self.detail)
+    }
+}
+
+impl IcmpEchoes {
+    /// The probe result the agent reports.
+    #[must_use]
+    pub fn to_result(&self) -> IcmpResult {
+        match &self.outcome {
+            Ok(series) => series.to_result(self.resolve),
+            Err(failure) => IcmpResult::failed(self.resolve, failure.failure),
+        }
+    }
+}
 
 /// One ICMP probe of `host`: the name is resolved (IPv4 preferred, IPv6 fallback, as the Go
 /// system), then `settings.module.packet_count` echoes are sent.
@@ -18,16 +59,43 @@ pub async fn icmp(
     host: &Host,
     settings: &IcmpSettings,
 ) -> IcmpResult {
+    icmp_echoes(dns, pinger, host, settings).await.to_result()
+}
+
+/// [`icmp`], keeping every echo (for `probermesh ping` and tests).
+pub async fn icmp_echoes(
+    dns: &dyn DnsResolver,
+    pinger: &dyn IcmpPinger,
+    host: &Host,
+    settings: &IcmpSettings,
+) -> IcmpEchoes {
     let (addr, resolve) = match host {
         Host::Ip(addr) => (*addr, Duration::ZERO),
         Host::Name(name) => match dns.resolve(name, IpPreference::default()).await {
             Ok(resolution) => (resolution.addr, resolution.elapsed),
-            Err(failure) => return IcmpResult::failed(failure.elapsed, IcmpFailure::Resolve),
+            Err(failure) => {
+                return IcmpEchoes {
+                    resolve: failure.elapsed,
+                    addr: None,
+                    outcome: Err(ProbeFailure {
+                        failure: IcmpFailure::Resolve,
+                        detail: failure.to_string(),
+                    }),
+                };
+            }
         },
     };
-    match pinger.ping(addr, settings).await {
-        Ok(series) => series.to_result(resolve),
-        Err(error) => IcmpResult::failed(resolve, error.failure()),
+    let outcome = pinger
+        .ping(addr, settings)
+        .await
+        .map_err(|error| ProbeFailure {
+            failure: error.failure(),
+            detail: error.to_string(),
+        });
+    IcmpEchoes {
+        resolve,
+        addr: Some(addr),
+        outcome,
     }
 }
 

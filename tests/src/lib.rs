@@ -2,7 +2,11 @@
 //!
 //! [`scenario`] runs the data-driven aggregation scenarios of `fixtures/aggregation/`: reports
 //! go in, the aggregator's snapshot is checked series by series.
+//! [`netns`] builds ground-truth hosts in network namespaces; [`dns_stub`] is a name server on
+//! loopback with a known answer delay.
 
+pub mod dns_stub;
+pub mod netns;
 pub mod scenario;
 
 use std::path::PathBuf;

@@ -152,7 +152,10 @@ impl IcmpSocket {
 
     /// Receives one datagram into `buf`, waiting at most [`RECEIVE_WAKEUP`]
     /// (`ErrorKind::WouldBlock` or `TimedOut` when nothing came).
-    #[expect(clippy::ptr_arg, reason = "nix's recvmsg takes the control buffer as a Vec")]
+    #[expect(
+        clippy::ptr_arg,
+        reason = "nix's recvmsg takes the control buffer as a Vec"
+    )]
     pub(crate) fn receive(&self, buf: &mut [u8], control: &mut Vec<u8>) -> io::Result<Received> {
         let mut iov = [IoSliceMut::new(buf)];
         let msg = recvmsg::<SockaddrStorage>(

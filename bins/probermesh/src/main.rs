@@ -1,7 +1,10 @@
 //! The `probermesh` binary. It parses the command line, calls into `probermesh-core` and
 //! `probermesh-adapters`, and maps errors to exit codes; it holds no domain logic.
 //!
-//! Today it validates probe files; the server, agent and demo arrive with the product work.
+//! Today it validates probe files and pings (`probermesh ping`, the agent's ICMP engine on
+//! the command line); the server, agent and demo arrive with the product work.
+
+mod ping;
 
 use std::fs;
 use std::io::Write;
@@ -24,6 +27,7 @@ struct Cli {
 #[argh(subcommand)]
 enum Command {
     CheckProbeFile(CheckProbeFile),
+    Ping(ping::Ping),
     Version(Version),
 }
 
@@ -41,14 +45,15 @@ struct CheckProbeFile {
 #[argh(subcommand, name = "version")]
 struct Version {}
 
-/// Exit code for a bad command line or a bad configuration file (sysexits EX_USAGE / EX_CONFIG
-/// are 64 / 78; we use 64 for both, as linkerd does).
+/// Exit code for a bad command line, a bad configuration file or a failed command (sysexits
+/// EX_USAGE / EX_CONFIG are 64 / 78; we use 64 for all, as linkerd does).
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     let outcome = match cli.command {
         Command::CheckProbeFile(args) => check_probe_file(&args),
+        Command::Ping(args) => ping::run(&args),
         Command::Version(_) => print_line(&format!("probermesh {}", env!("CARGO_PKG_VERSION"))),
     };
     match outcome {
@@ -60,7 +65,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_line(line: &str) -> Result<()> {
+pub(crate) fn print_line(line: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}").context("writing to stdout")
 }

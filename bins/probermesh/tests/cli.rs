@@ -1,0 +1,105 @@
+//! The `probermesh` binary as a user runs it: exit codes and the error texts they read.
+//! The ICMP permission cases run in a fresh network namespace (`unshare -n`) as user nobody
+//! (`setpriv`), so they do not depend on this machine's `ping_group_range`; they need root to
+//! set that up, as CI has.
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
+
+fn fixture(path: &str) -> String {
+    format!("{}/../../fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs `sh -c script` in a new network namespace; `$BIN` is the binary.
+fn in_fresh_netns(script: &str) -> Output {
+    Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .env("BIN", BIN)
+        .output()
+        .expect("unshare (util-linux) runs")
+}
+
+const AS_NOBODY: &str = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+
+#[test]
+fn without_icmp_permission_the_error_says_how_to_fix_it() {
+    let output = in_fresh_netns(&format!("{AS_NOBODY} \"$BIN\" ping -c 1 127.0.0.1"));
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{stdout}{stderr}");
+    assert!(stdout.contains("CAP_NET_RAW"), "{stdout}");
+    assert!(stdout.contains("net.ipv4.ping_group_range"), "{stdout}");
+    assert!(stderr.contains("could not be probed"), "{stderr}");
+}
+
+#[test]
+fn unprivileged_datagram_sockets_work_when_the_group_range_allows() {
+    let output = in_fresh_netns(&format!(
+        "ip link set lo up && sysctl -q -w net.ipv4.ping_group_range='0 2147483647' && \
+         {AS_NOBODY} \"$BIN\" ping --socket datagram -c 3 -i 5 --json 127.0.0.1 ::1"
+    ));
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for line in lines {
+        assert!(line.contains("\"sent\":3,\"received\":3"), "{line}");
+    }
+}
+
+#[test]
+fn ping_rejects_bad_arguments_with_a_message() {
+    for (args, expected) in [
+        (vec!["ping", "-c", "0", "127.0.0.1"], "-c 0 is out of range"),
+        (vec!["ping", "-s", "8", "127.0.0.1"], "-s 8 is out of range"),
+        (
+            vec!["ping", "--socket", "magic", "127.0.0.1"],
+            "\"magic\" is not one of",
+        ),
+        (vec!["ping", "bad host!"], "target \"bad host!\""),
+        (vec!["ping"], "name at least one target"),
+    ] {
+        let output = Command::new(BIN).args(&args).output().unwrap();
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn check_probe_file_accepts_the_go_example_and_names_the_error_place() {
+    let ok = Command::new(BIN)
+        .args([
+            "check-probe-file",
+            &fixture("probe-files/valid/go-readme-example.yaml"),
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&ok);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(stdout.contains("ok, 2 blocks, 4 targets"), "{stdout}");
+
+    let bad_file = fixture("probe-files/invalid/yaml-syntax.yaml");
+    let bad = Command::new(BIN)
+        .args(["check-probe-file", &bad_file])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&bad);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(stderr.contains("yaml-syntax.yaml:5:11"), "{stderr}");
+
+    let missing = Command::new(BIN)
+        .args(["check-probe-file", "/nonexistent/probe.yaml"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&missing);
+    assert_eq!(missing.status.code(), Some(64));
+    assert!(stderr.contains("/nonexistent/probe.yaml"), "{stderr}");
+}
