@@ -284,6 +284,21 @@ impl Flight {
         self.complete_if_done(id);
     }
 
+    /// Probe `id` reached its timeout: it sends no more and every packet still outstanding
+    /// is lost.
+    pub(crate) fn time_out(&mut self, id: u64) {
+        if let Some(probe) = self.probes.get_mut(&id) {
+            for packet in &mut probe.packets {
+                if matches!(packet, Packet::Sent { .. }) {
+                    *packet = Packet::Resolved;
+                }
+            }
+            probe.outstanding = 0;
+            probe.sending_done = true;
+        }
+        self.complete_if_done(id);
+    }
+
     /// Probes still running.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -419,6 +434,27 @@ mod tests {
         assert_eq!(series.packets_sent, 3);
         assert_eq!(series.rtts.len(), 1);
         assert_eq!(series.errors, vec![unreachable]);
+    }
+
+    #[test]
+    fn the_probe_timeout_loses_what_is_outstanding() {
+        let mut flight = Flight::default();
+        let (id, mut rx) = probe(&mut flight, 5);
+        let base = flight.get(id).unwrap().base_sequence;
+        flight.sent(id, 0, 10);
+        flight.sent(id, 1, 20);
+        assert_eq!(
+            flight.reply(id, 0, addr(), base, 30, None),
+            Matched::Resolved
+        );
+        flight.time_out(id);
+        let series = rx.try_recv().unwrap().unwrap();
+        assert_eq!((series.packets_sent, series.rtts.len()), (2, 1));
+        // A late reply finds nothing.
+        assert_eq!(
+            flight.reply(id, 1, addr(), base.wrapping_add(1), 40, None),
+            Matched::Stray
+        );
     }
 
     #[test]

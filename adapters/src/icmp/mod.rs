@@ -23,14 +23,13 @@
 
 mod flight;
 pub(crate) mod packet;
+mod scheduler;
 mod socket;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,7 +39,8 @@ use probermesh_core::ports::{EchoSeries, IcmpPinger, PingError};
 use tokio::sync::oneshot;
 
 use flight::{Flight, Matched, echo_error};
-use packet::{Family, Incoming, PayloadTag};
+use packet::{Family, Incoming};
+use scheduler::Scheduler;
 use socket::{IcmpSocket, control_buffer};
 pub use socket::{OpenError, SocketKind, SocketMode};
 
@@ -145,7 +145,7 @@ impl IcmpPinger for IcmpEngine {
     }
 }
 
-fn stopped() -> PingError {
+pub(super) fn stopped() -> PingError {
     PingError::Send {
         detail: "the ICMP engine stopped".to_owned(),
     }
@@ -153,14 +153,14 @@ fn stopped() -> PingError {
 
 /// A request to run one probe.
 #[derive(Debug)]
-struct StartProbe {
-    addr: IpAddr,
-    count: u32,
-    interval: Duration,
-    payload_len: usize,
-    ttl: u8,
-    timeout: Duration,
-    done: oneshot::Sender<Result<EchoSeries, PingError>>,
+pub(super) struct StartProbe {
+    pub(super) addr: IpAddr,
+    pub(super) count: u32,
+    pub(super) interval: Duration,
+    pub(super) payload_len: usize,
+    pub(super) ttl: u8,
+    pub(super) timeout: Duration,
+    pub(super) done: oneshot::Sender<Result<EchoSeries, PingError>>,
 }
 
 /// The socket, threads and in-flight table of one family.
@@ -180,24 +180,24 @@ impl Drop for FamilyEngine {
 
 /// State shared by the two threads of a family.
 #[derive(Debug)]
-struct Shared {
-    socket: Arc<IcmpSocket>,
+pub(super) struct Shared {
+    pub(super) socket: Arc<IcmpSocket>,
     flight: Mutex<Flight>,
     /// Monotonic zero of the `*_ns` times.
     epoch: Instant,
     /// Our payload token and (raw sockets) identifier.
-    token: u64,
-    identifier: u16,
-    family: Family,
-    stop: Arc<AtomicBool>,
+    pub(super) token: u64,
+    pub(super) identifier: u16,
+    pub(super) family: Family,
+    pub(super) stop: Arc<AtomicBool>,
 }
 
 impl Shared {
-    fn flight(&self) -> MutexGuard<'_, Flight> {
+    pub(super) fn flight(&self) -> MutexGuard<'_, Flight> {
         self.flight.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn now_ns(&self) -> u64 {
+    pub(super) fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
@@ -319,226 +319,6 @@ fn receive_loop(shared: &Shared) {
                     .error(tag, original_destination, sequence, error);
             }
             Incoming::Ignored => {}
-        }
-    }
-}
-
-// === Sending ===
-
-/// What the scheduler does at an instant.
-#[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd)]
-enum Action {
-    Send { probe_id: u64, index: u32 },
-    Expire { probe_id: u64, index: u32 },
-}
-
-/// The sending plan of one probe, known only to the scheduler.
-#[derive(Clone, Copy, Debug)]
-struct Plan {
-    started: Instant,
-    deadline: Instant,
-    count: u32,
-    interval: Duration,
-    payload_len: usize,
-    ttl: u8,
-}
-
-/// A token bucket: `rate` tokens per second, at most `burst` saved up.
-#[derive(Debug)]
-struct Pacer {
-    tokens: f64,
-    burst: f64,
-    rate: f64,
-    updated: Instant,
-}
-
-impl Pacer {
-    fn new(rate: u32, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self {
-            tokens: burst,
-            burst,
-            rate: f64::from(rate.max(1)),
-            updated: now,
-        }
-    }
-
-    /// Takes a token, or says when the next one will be there.
-    fn take(&mut self, now: Instant) -> Result<(), Instant> {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Scheduler {
-    shared: Arc<Shared>,
-    config: IcmpEngineConfig,
-    queue: BinaryHeap<Reverse<(Instant, Action)>>,
-    plans: HashMap<u64, Plan>,
-    pacer: Pacer,
-    packet: Vec<u8>,
-    ttl: u8,
-}
-
-impl Scheduler {
-    fn new(shared: Arc<Shared>, config: IcmpEngineConfig) -> Self {
-        Self {
-            shared,
-            config,
-            queue: BinaryHeap::new(),
-            plans: HashMap::new(),
-            pacer: Pacer::new(
-                config.max_packets_per_second,
-                config.max_burst,
-                Instant::now(),
-            ),
-            packet: Vec::with_capacity(128),
-            ttl: IcmpSettings::DEFAULT_TTL,
-        }
-    }
-
-    fn run(mut self, inbox: &mpsc::Receiver<StartProbe>) {
-        loop {
-            let wait = self.queue.peek().map_or(Duration::from_secs(3600), |next| {
-                next.0.0.saturating_duration_since(Instant::now())
-            });
-            match inbox.recv_timeout(wait) {
-                Ok(start) => {
-                    self.start(start);
-                    while let Ok(start) = inbox.try_recv() {
-                        self.start(start);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            self.run_due(Instant::now());
-        }
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.flight().abort_all(&stopped());
-    }
-
-    fn start(&mut self, start: StartProbe) {
-        let now = Instant::now();
-        let probe_id = self
-            .shared
-            .flight()
-            .add(start.addr, start.count, start.done);
-        if start.count == 0 {
-            return;
-        }
-        self.plans.insert(
-            probe_id,
-            Plan {
-                started: now,
-                deadline: now + start.timeout,
-                count: start.count,
-                interval: start.interval,
-                payload_len: start.payload_len,
-                ttl: start.ttl,
-            },
-        );
-        self.queue
-            .push(Reverse((now, Action::Send { probe_id, index: 0 })));
-    }
-
-    fn run_due(&mut self, now: Instant) {
-        while let Some(Reverse((at, action))) = self.queue.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.queue.pop();
-            match action {
-                Action::Send { probe_id, index } => self.send(probe_id, index, at),
-                Action::Expire { probe_id, index } => {
-                    self.shared.flight().expire(probe_id, index);
-                }
-            }
-        }
-    }
-
-    fn send(&mut self, probe_id: u64, index: u32, due: Instant) {
-        let Some(plan) = self.plans.get(&probe_id).copied() else {
-            return;
-        };
-        let now = Instant::now();
-        if now >= plan.deadline {
-            self.plans.remove(&probe_id);
-            self.shared.flight().sending_done(probe_id);
-            return;
-        }
-        if let Err(next_token) = self.pacer.take(now) {
-            self.queue
-                .push(Reverse((next_token, Action::Send { probe_id, index })));
-            return;
-        }
-        if plan.ttl != self.ttl {
-            match self.shared.socket.set_ttl(plan.ttl) {
-                Ok(()) => self.ttl = plan.ttl,
-                Err(e) => tracing::warn!(error = %e, ttl = plan.ttl, "cannot set the ICMP TTL"),
-            }
-        }
-        let sent = {
-            let mut flight = self.shared.flight();
-            let Some(probe) = flight.get(probe_id) else {
-                self.plans.remove(&probe_id);
-                return;
-            };
-            let (addr, sequence) = (probe.addr, probe.sequence_of(index));
-            packet::build_echo_request(
-                &mut self.packet,
-                self.shared.family,
-                self.shared.identifier,
-                sequence,
-                PayloadTag {
-                    token: self.shared.token,
-                    probe_id,
-                    index,
-                },
-                plan.payload_len,
-            );
-            // The send time is taken as late as possible, and recorded before the reply
-            // can be processed (the receiver needs this lock).
-            let at_ns = self.shared.now_ns();
-            match self.shared.socket.send_to(&self.packet, addr) {
-                Ok(_) => {
-                    flight.sent(probe_id, index, at_ns);
-                    true
-                }
-                Err(e) => {
-                    tracing::debug!(target_addr = %addr, error = %e, "ICMP send failed");
-                    flight.send_failed(probe_id, e.to_string());
-                    false
-                }
-            }
-        };
-        if sent {
-            let expires = (now + self.config.reply_timeout).min(plan.deadline);
-            self.queue
-                .push(Reverse((expires, Action::Expire { probe_id, index })));
-        }
-        let next = index + 1;
-        if next < plan.count {
-            // Scheduled from the start, so pacing delays do not accumulate into drift.
-            let nominal = plan.started + plan.interval.saturating_mul(next);
-            self.queue.push(Reverse((
-                nominal.max(due),
-                Action::Send {
-                    probe_id,
-                    index: next,
-                },
-            )));
-        } else {
-            self.plans.remove(&probe_id);
-            self.shared.flight().sending_done(probe_id);
         }
     }
 }
