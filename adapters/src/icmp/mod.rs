@@ -7,8 +7,8 @@
 //!   send time just before `sendto`, and expires each packet `reply_timeout` after it left (a
 //!   lost packet never holds its probe for the whole probe timeout);
 //! - the **receiver** blocks in `recvmsg`, takes the kernel's receive timestamp
-//!   (`SO_TIMESTAMPNS`), classifies the datagram ([`packet`]) and records it in the
-//!   in-flight table ([`flight`]);
+//!   (`SO_TIMESTAMPNS`), classifies the datagram (`packet`) and records it in the
+//!   in-flight table (`flight`);
 //! - a probe completes, and its `ping` future returns, as soon as every packet it sent is
 //!   answered, refused by an ICMP error, or expired.
 //!
