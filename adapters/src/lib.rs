@@ -12,6 +12,7 @@
 //! their own issues.
 
 pub mod dns;
+pub mod http;
 pub mod icmp;
 
 pub use probermesh_core as core;
