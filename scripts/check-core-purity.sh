@@ -18,3 +18,11 @@ if [ -n "$bad" ]; then
   exit 1
 fi
 echo "core purity: ok ($count packages in probermesh-core's tree, none forbidden)"
+
+# Companion invariant: only the ring crypto provider is linked anywhere in the workspace
+# (two rustls providers are a runtime panic, not a compile error).
+if grep -q '^name = "aws-lc' Cargo.lock; then
+  echo "aws-lc-rs is in Cargo.lock: some dependency enabled it; use default-features = false and ring" >&2
+  exit 1
+fi
+echo "crypto provider: ring only"

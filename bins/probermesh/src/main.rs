@@ -1,9 +1,10 @@
 //! The `probermesh` binary. It parses the command line, calls into `probermesh-core` and
 //! `probermesh-adapters`, and maps errors to exit codes; it holds no domain logic.
 //!
-//! Today it validates probe files and pings (`probermesh ping`, the agent's ICMP engine on
-//! the command line); the server, agent and demo arrive with the product work.
+//! Today it validates probe files, pings (`probermesh ping`, the agent's ICMP engine on the
+//! command line) and probes URLs (`probermesh http-probe`, the agent's HTTP prober); the server, agent and demo arrive with the product work.
 
+mod http_probe;
 mod ping;
 
 use std::fs;
@@ -27,6 +28,7 @@ struct Cli {
 #[argh(subcommand)]
 enum Command {
     CheckProbeFile(CheckProbeFile),
+    HttpProbe(http_probe::HttpProbe),
     Ping(ping::Ping),
     Version(Version),
 }
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     let outcome = match cli.command {
         Command::CheckProbeFile(args) => check_probe_file(&args),
+        Command::HttpProbe(args) => http_probe::run(&args),
         Command::Ping(args) => ping::run(&args),
         Command::Version(_) => print_line(&format!("probermesh {}", env!("CARGO_PKG_VERSION"))),
     };
