@@ -3,6 +3,8 @@
 //! memory.
 
 use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use probermesh_core::model::HttpFailure;
 use probermesh_core::model::http_module::Compression;
@@ -17,14 +19,15 @@ struct Sink {
     keep_cap: u64,
     limit: Option<u64>,
     total: u64,
-    over_limit: bool,
+    /// Shared with the reader, which cannot reach the sink once a decoder fails.
+    over_limit: Arc<AtomicBool>,
 }
 
 impl Write for Sink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.total += data.len() as u64;
         if self.limit.is_some_and(|limit| self.total > limit) {
-            self.over_limit = true;
+            self.over_limit.store(true, Ordering::Relaxed);
             return Err(io::Error::other("body size limit exceeded"));
         }
         if let Some(kept) = &mut self.kept {
@@ -62,6 +65,7 @@ impl std::fmt::Debug for Decoder {
 #[derive(Debug)]
 pub(crate) struct BodyReader {
     decoder: Decoder,
+    over_limit: Arc<AtomicBool>,
 }
 
 /// What [`BodyReader::finish`] hands back.
@@ -80,6 +84,7 @@ impl BodyReader {
         limit: Option<u64>,
         keep: bool,
     ) -> Result<Self, HttpFailure> {
+        let over_limit = Arc::new(AtomicBool::new(false));
         let sink = Sink {
             kept: keep.then(Vec::new),
             keep_cap: limit
@@ -87,7 +92,7 @@ impl BodyReader {
                 .min(MAX_KEPT_BODY_BYTES),
             limit,
             total: 0,
-            over_limit: false,
+            over_limit: Arc::clone(&over_limit),
         };
         let encoding = content_encoding.map(str::trim).filter(|e| !e.is_empty());
         let decoder = match (compression, encoding) {
@@ -104,16 +109,20 @@ impl BodyReader {
             // Encoded although we did not ask (or with another algorithm): blackbox fails too.
             _ => return Err(HttpFailure::Compression),
         };
-        Ok(Self { decoder })
+        Ok(Self {
+            decoder,
+            over_limit,
+        })
     }
 
     /// Feeds one chunk of the body as received.
     pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<(), HttpFailure> {
+        // Decoders buffer: flush so the limit is enforced as the body arrives.
         let written = match &mut self.decoder {
             Decoder::Identity(sink) => sink.write_all(chunk),
-            Decoder::Gzip(d) => d.write_all(chunk),
-            Decoder::Deflate(d) => d.write_all(chunk),
-            Decoder::Brotli(d) => d.write_all(chunk),
+            Decoder::Gzip(d) => d.write_all(chunk).and_then(|()| d.flush()),
+            Decoder::Deflate(d) => d.write_all(chunk).and_then(|()| d.flush()),
+            Decoder::Brotli(d) => d.write_all(chunk).and_then(|()| d.flush()),
         };
         written.map_err(|_| self.failure())
     }
@@ -130,18 +139,13 @@ impl BodyReader {
         };
         match sink {
             Ok(sink) => Ok(Body { kept: sink.kept }),
+            Err(_) if self.over_limit.load(Ordering::Relaxed) => Err(HttpFailure::BodyTooLarge),
             Err(_) => Err(HttpFailure::Compression),
         }
     }
 
     fn failure(&self) -> HttpFailure {
-        let sink = match &self.decoder {
-            Decoder::Identity(sink) => sink,
-            Decoder::Gzip(d) => d.get_ref(),
-            Decoder::Deflate(d) => d.get_ref(),
-            Decoder::Brotli(d) => d.get_ref(),
-        };
-        if sink.over_limit {
+        if self.over_limit.load(Ordering::Relaxed) {
             HttpFailure::BodyTooLarge
         } else {
             HttpFailure::Compression

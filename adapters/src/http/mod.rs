@@ -3,7 +3,7 @@
 //! We dial ourselves so each phase is measured where it happens:
 //! `resolve` (the [`DnsResolver`] port, timed), `connect` (TCP, and the proxy's CONNECT when
 //! there is one), `tls` (the tokio-rustls handshake), `processing` (request written → first
-//! response byte, noted at the socket by [`timed_io`]) and `transfer` (first byte → end of
+//! response byte, noted at the socket by `timed_io`) and `transfer` (first byte → end of
 //! body). The Host header and SNI keep the URL's host while we connect to the resolved
 //! address, as the Go system does. Redirects are followed (at most 10) and every phase is
 //! summed over the hops, as blackbox_exporter does.
