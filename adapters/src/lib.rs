@@ -14,5 +14,6 @@
 pub mod dns;
 pub mod http;
 pub mod icmp;
+pub mod metrics;
 
 pub use probermesh_core as core;

@@ -62,6 +62,7 @@
 //! # #[cfg(not(feature = "fake"))] fn main() {}
 //! ```
 
+pub mod agent;
 pub mod aggregate;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
@@ -71,6 +72,7 @@ pub mod pool;
 pub mod ports;
 pub mod probe;
 pub mod probe_file;
+pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod wire;

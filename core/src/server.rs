@@ -1,0 +1,395 @@
+//! The server's session logic, sans-IO: what to do with each link event and each timer tick.
+//! It owns the [`Aggregator`] and the [`TargetPool`], remembers which pool revision every
+//! connected agent holds, and answers with the messages to send. The server driver only moves
+//! events in and messages out; everything it decides is here, tested without sockets.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::aggregate::{Aggregator, Intake};
+use crate::model::{AgentId, AgentVersion, ProbeConfig, Region, UnixMillis};
+use crate::pool::{PoolRevision, TargetPool};
+use crate::ports::{ConnectionId, LinkEvent};
+use crate::snapshot::Snapshot;
+use crate::wire::{AgentMessage, ServerMessage, results_into_domain};
+
+/// One connected agent.
+#[derive(Clone, Debug)]
+struct Session {
+    agent: AgentId,
+    version: AgentVersion,
+    /// The pool revision last sent to it.
+    sent: Option<PoolRevision>,
+}
+
+/// What the driver must do after an input. (Result batches are acknowledged by the link
+/// adapter when it hands them out, so no `Ack` appears here.)
+#[derive(Debug, Default, PartialEq)]
+pub struct Actions {
+    /// Messages to send, in order.
+    pub send: Vec<(ConnectionId, ServerMessage)>,
+    /// Connections to close, with the reason (a protocol violation).
+    pub close: Vec<(ConnectionId, String)>,
+    /// What the last result batches did (for the log and the dropped-points counter).
+    pub intake: Intake,
+}
+
+/// The server's state between events.
+#[derive(Debug)]
+pub struct ServerState {
+    aggregator: Aggregator,
+    pool: TargetPool,
+    sessions: HashMap<ConnectionId, Session>,
+}
+
+impl ServerState {
+    /// A server aggregating with `aggregator` and handing out `pool`.
+    #[must_use]
+    pub fn new(aggregator: Aggregator, pool: TargetPool) -> Self {
+        Self {
+            aggregator,
+            pool,
+            sessions: HashMap::new(),
+        }
+    }
+
+    /// Handles one event of the agent links at `now`.
+    pub fn handle_event(&mut self, now: UnixMillis, event: LinkEvent) -> Actions {
+        let mut actions = Actions::default();
+        match event {
+            LinkEvent::Connected {
+                connection,
+                agent,
+                version,
+                ..
+            } => {
+                self.aggregator.handle_heartbeat(now, &agent, &version);
+                self.sessions.insert(
+                    connection,
+                    Session {
+                        agent,
+                        version,
+                        sent: None,
+                    },
+                );
+                // A new agent can change every region's pool (dynamic discovery).
+                self.push_changed_pools(now, &mut actions);
+            }
+            LinkEvent::Message {
+                connection,
+                message,
+                ..
+            } => self.handle_message(now, connection, message, &mut actions),
+            LinkEvent::Disconnected { connection, .. } => {
+                // Liveness runs out on its own (ratio × window), as decided.
+                self.sessions.remove(&connection);
+            }
+        }
+        actions
+    }
+
+    fn handle_message(
+        &mut self,
+        now: UnixMillis,
+        connection: ConnectionId,
+        message: AgentMessage,
+        actions: &mut Actions,
+    ) {
+        let Some(session) = self.sessions.get(&connection) else {
+            actions
+                .close
+                .push((connection, "message before the hello".to_owned()));
+            return;
+        };
+        let agent = session.agent.clone();
+        match message {
+            AgentMessage::Heartbeat { .. } => {
+                let version = session.version.clone();
+                self.aggregator.handle_heartbeat(now, &agent, &version);
+            }
+            AgentMessage::ResultBatch { seq, results } => {
+                match results_into_domain(results, &agent) {
+                    Ok(results) => {
+                        let intake = self.aggregator.handle_results(now, results);
+                        actions.intake.accepted += intake.accepted;
+                        actions.intake.dropped_late += intake.dropped_late;
+                        actions.intake.dropped_future += intake.dropped_future;
+                        actions.intake.dropped_duplicate += intake.dropped_duplicate;
+                        // The link acknowledged the batch when it handed it out.
+                    }
+                    Err(error) => actions
+                        .close
+                        .push((connection, format!("result batch {seq}: {error}"))),
+                }
+            }
+            AgentMessage::PoolRequest { known_revision } => {
+                let live = self.aggregator.live_agents(now);
+                let revision = self.pool.revision_for(&agent.region, &live);
+                if revision.0 != known_revision
+                    && let Some(session) = self.sessions.get_mut(&connection)
+                {
+                    let configs = self.pool.targets_for(&agent.region, &live);
+                    session.sent = Some(revision);
+                    actions
+                        .send
+                        .push((connection, pool_message(revision, &configs)));
+                }
+            }
+            AgentMessage::Hello { .. } => actions
+                .close
+                .push((connection, "a second hello".to_owned())),
+            // Tasks and upgrades arrive with their issues; their messages are carried already.
+            AgentMessage::TaskResult { .. } | AgentMessage::UpgradeStatus { .. } => {}
+        }
+    }
+
+    /// Settles due windows, expires series and pushes the pools that changed.
+    pub fn handle_timeout(&mut self, now: UnixMillis) -> Actions {
+        self.aggregator.handle_timeout(now);
+        let mut actions = Actions::default();
+        self.push_changed_pools(now, &mut actions);
+        actions
+    }
+
+    /// When [`Self::handle_timeout`] is next due.
+    #[must_use]
+    pub fn next_timeout(&self) -> UnixMillis {
+        self.aggregator.next_timeout()
+    }
+
+    /// Replaces the probe file's blocks (a reload) and pushes what changed. Dynamic targets
+    /// are derived from live agents, so they survive.
+    pub fn reload(&mut self, now: UnixMillis, configs: Vec<ProbeConfig>) -> Actions {
+        self.pool.replace_file_configs(configs);
+        let mut actions = Actions::default();
+        self.push_changed_pools(now, &mut actions);
+        actions
+    }
+
+    /// Every series to expose.
+    #[must_use]
+    pub fn snapshot(&self, now: UnixMillis) -> Snapshot {
+        self.aggregator.snapshot(now)
+    }
+
+    /// The whole pool by region (`/-/targets`).
+    #[must_use]
+    pub fn targets(&self, now: UnixMillis) -> BTreeMap<Region, Vec<ProbeConfig>> {
+        self.pool.regions(&self.aggregator.live_agents(now))
+    }
+
+    /// Agents connected right now.
+    #[must_use]
+    pub fn connected(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn push_changed_pools(&mut self, now: UnixMillis, actions: &mut Actions) {
+        let live = self.aggregator.live_agents(now);
+        // Sessions of one region share a pool: compute each region's once.
+        let mut by_region: HashMap<Region, (PoolRevision, Option<ServerMessage>)> = HashMap::new();
+        let mut connections: Vec<&ConnectionId> = self.sessions.keys().collect();
+        connections.sort();
+        let connections: Vec<ConnectionId> = connections.into_iter().copied().collect();
+        for connection in connections {
+            let Some(session) = self.sessions.get_mut(&connection) else {
+                continue;
+            };
+            let region = session.agent.region.clone();
+            let (revision, message) = by_region
+                .entry(region.clone())
+                .or_insert_with(|| (self.pool.revision_for(&region, &live), None));
+            if session.sent == Some(*revision) {
+                continue;
+            }
+            let message = message.get_or_insert_with(|| {
+                pool_message(*revision, &self.pool.targets_for(&region, &live))
+            });
+            session.sent = Some(*revision);
+            actions.send.push((connection, message.clone()));
+        }
+    }
+}
+
+fn pool_message(revision: PoolRevision, configs: &[ProbeConfig]) -> ServerMessage {
+    ServerMessage::TargetPool {
+        revision: revision.0,
+        configs: configs.iter().map(Into::into).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::AggregatorConfig;
+    use crate::model::{
+        IcmpModule, IcmpResult, ProbeKind, ProbeModule, ProbeOutcome, ProbeResult, Target,
+    };
+    use crate::pool::Discovery;
+    use crate::wire::ProbeResultV1;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn agent(region: &str, ip: &str) -> AgentId {
+        AgentId::new(Region::new(region).unwrap(), ip.parse().unwrap())
+    }
+
+    fn server(discovery: Discovery) -> ServerState {
+        let aggregator = Aggregator::new(AggregatorConfig::default(), UnixMillis(T0)).unwrap();
+        let http = ProbeConfig {
+            region: Region::new("web").unwrap(),
+            targets: vec![Target::parse(ProbeKind::Http, "http://198.18.9.9/").unwrap()],
+            module: ProbeModule::Http(crate::model::HttpModule::default()),
+        };
+        ServerState::new(aggregator, TargetPool::new(vec![http], discovery, false))
+    }
+
+    fn connect(state: &mut ServerState, id: u64, who: &AgentId, now: u64) -> Actions {
+        state.handle_event(
+            UnixMillis(now),
+            LinkEvent::Connected {
+                connection: ConnectionId(id),
+                agent: who.clone(),
+                version: AgentVersion::new("1.0.0"),
+                observed_addr: SocketAddr::new(who.ip, 40_000),
+            },
+        )
+    }
+
+    fn pool_targets(message: &ServerMessage) -> Vec<String> {
+        match message {
+            ServerMessage::TargetPool { configs, .. } => {
+                crate::wire::pool_into_domain(configs.clone())
+                    .unwrap()
+                    .iter()
+                    .flat_map(|c| {
+                        c.targets
+                            .iter()
+                            .map(|t| t.raw().to_owned())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            }
+            other => panic!("not a pool: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_agent_gets_its_pool_and_other_regions_learn_about_it() {
+        let mut state = server(Discovery::Dynamic);
+        let eu = agent("eu", "198.18.1.1");
+        let us = agent("us", "198.18.2.1");
+        let first = connect(&mut state, 1, &eu, T0);
+        assert_eq!(first.send.len(), 1);
+        assert_eq!(pool_targets(&first.send[0].1), vec!["http://198.18.9.9/"]);
+        // The US agent arrives: it gets EU's address, and EU gets the US address.
+        let second = connect(&mut state, 2, &us, T0 + 1);
+        let mut by_connection: Vec<(u64, Vec<String>)> = second
+            .send
+            .iter()
+            .map(|(c, m)| (c.0, pool_targets(m)))
+            .collect();
+        by_connection.sort();
+        assert_eq!(by_connection.len(), 2);
+        assert!(
+            by_connection[0].1.contains(&"198.18.2.1".to_owned()),
+            "{by_connection:?}"
+        );
+        assert!(
+            by_connection[1].1.contains(&"198.18.1.1".to_owned()),
+            "{by_connection:?}"
+        );
+        // Nothing changed: a tick pushes nothing.
+        assert!(state.handle_timeout(UnixMillis(T0 + 2)).send.is_empty());
+    }
+
+    #[test]
+    fn results_are_counted_once() {
+        let mut state = server(Discovery::Dynamic);
+        let eu = agent("eu", "198.18.1.1");
+        connect(&mut state, 1, &eu, T0);
+        let result = ProbeResult {
+            source: eu.clone(),
+            target_region: Region::new("us").unwrap(),
+            target: "198.18.2.1".to_owned(),
+            round_start: UnixMillis(T0),
+            outcome: ProbeOutcome::Icmp(IcmpResult::measured(
+                Duration::ZERO,
+                4,
+                &[Duration::from_millis(10); 4],
+            )),
+        };
+        let batch = |seq| LinkEvent::Message {
+            connection: ConnectionId(1),
+            agent: eu.clone(),
+            message: AgentMessage::ResultBatch {
+                seq,
+                results: vec![ProbeResultV1::from(&result)],
+            },
+        };
+        let first = state.handle_event(UnixMillis(T0 + 100), batch(7));
+        assert_eq!(first.intake.accepted, 1);
+        assert!(first.send.is_empty(), "the link acks, not the session");
+        // The same results again (a resend to a restarted link): not counted twice.
+        let again = state.handle_event(UnixMillis(T0 + 200), batch(8));
+        assert_eq!(
+            (again.intake.accepted, again.intake.dropped_duplicate),
+            (0, 1)
+        );
+    }
+
+    #[test]
+    fn a_result_for_another_source_or_before_hello_closes_the_connection() {
+        let mut state = server(Discovery::Dynamic);
+        let stranger = state.handle_event(
+            UnixMillis(T0),
+            LinkEvent::Message {
+                connection: ConnectionId(9),
+                agent: agent("eu", "198.18.1.1"),
+                message: AgentMessage::Heartbeat { sent_at_ms: T0 },
+            },
+        );
+        assert_eq!(stranger.close.len(), 1);
+    }
+
+    #[test]
+    fn pool_requests_are_answered_only_when_stale_and_reload_pushes() {
+        let mut state = server(Discovery::Static);
+        let eu = agent("eu", "198.18.1.1");
+        let hello = connect(&mut state, 1, &eu, T0);
+        let ServerMessage::TargetPool { revision, .. } = hello.send[0].1.clone() else {
+            panic!("expected a pool");
+        };
+        let request = |known| LinkEvent::Message {
+            connection: ConnectionId(1),
+            agent: eu.clone(),
+            message: AgentMessage::PoolRequest {
+                known_revision: known,
+            },
+        };
+        assert!(
+            state
+                .handle_event(UnixMillis(T0 + 1), request(revision))
+                .send
+                .is_empty()
+        );
+        assert_eq!(
+            state
+                .handle_event(UnixMillis(T0 + 1), request(0))
+                .send
+                .len(),
+            1
+        );
+
+        let icmp = ProbeConfig {
+            region: Region::new("virtual").unwrap(),
+            targets: vec![Target::parse(ProbeKind::Icmp, "198.18.7.7").unwrap()],
+            module: ProbeModule::Icmp(IcmpModule::default()),
+        };
+        let pushed = state.reload(UnixMillis(T0 + 2), vec![icmp]);
+        assert_eq!(pushed.send.len(), 1);
+        assert_eq!(pool_targets(&pushed.send[0].1), vec!["198.18.7.7"]);
+        assert_eq!(state.targets(UnixMillis(T0 + 2)).len(), 1);
+    }
+}
