@@ -11,6 +11,7 @@
 //! HTTP timing (hyper-util), the agent↔server link (quinn) and the metrics export arrive with
 //! their own issues.
 
+pub mod admin;
 pub mod dns;
 pub mod http;
 pub mod icmp;
