@@ -7,6 +7,9 @@
 //!   address family for every target, over socket2 (and nix for kernel timestamps).
 //! - [`dns`]: timed name resolution ([`dns::HickoryDns`], port `DnsResolver`) over
 //!   hickory-resolver.
+//! - [`identity`]: who an agent is: its region ([`identity::detect_region`]: flag,
+//!   `PROBER_REGION`, cloud metadata, default) and its IP ([`identity::agent_ip`]: override,
+//!   intranet route, the server's view, an echo service).
 //!
 //! HTTP timing (hyper-util), the agent↔server link (quinn) and the metrics export arrive with
 //! their own issues.
@@ -15,6 +18,7 @@ pub mod admin;
 pub mod dns;
 pub mod http;
 pub mod icmp;
+pub mod identity;
 pub mod metrics;
 
 pub use probermesh_core as core;
