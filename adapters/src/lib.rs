@@ -8,10 +8,13 @@
 //! - [`dns`]: timed name resolution ([`dns::HickoryDns`], port `DnsResolver`) over
 //!   hickory-resolver.
 //!
-//! HTTP timing (hyper-util), the agent↔server link (quinn) and the metrics export arrive with
-//! their own issues.
+//! - [`link`]: the agent↔server link over QUIC and TLS 1.3 ([`link::AgentLink`], port
+//!   `ServerLink`; [`link::ReportServer`], port `ReportSource`), over quinn and rustls (ring).
+//!
+//! HTTP timing (hyper-util) and the metrics export arrive with their own issues.
 
 pub mod dns;
 pub mod icmp;
+pub mod link;
 
 pub use probermesh_core as core;
