@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use probermesh_core::delivery::{Outbox, OutboxStats};
 use probermesh_core::ports::{LinkError, ReceivedPool, ServerLink};
@@ -20,9 +19,6 @@ use super::backoff::Backoff;
 use super::config::AgentLinkConfig;
 use super::session::{self, SessionEnd};
 use super::tls::{TlsSetupError, client_crypto};
-
-/// How long closing waits for the connection to be torn down cleanly.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Control messages waiting to be written.
 const CONTROL_QUEUE_LEN: usize = 64;
@@ -263,10 +259,10 @@ async fn supervise(
                     server_version: session.server_version.clone(),
                     observed_addr: SocketAddrV1::from(session.observed_addr),
                 }));
-                let endpoint = session.endpoint.clone();
+                // The close frame goes out even when the endpoint handle is dropped: quinn's
+                // driver runs until the closed connection has drained.
                 let end = session.run(&shared, &config, &mut control, &mut stop).await;
                 shared.connected.store(false, Ordering::Relaxed);
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await;
                 match end {
                     SessionEnd::Stopped => return,
                     SessionEnd::ServerFinished => {

@@ -28,7 +28,8 @@ use super::handshake::refused;
 /// A connection that passed the handshake.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) endpoint: Endpoint,
+    /// Kept for the connection's lifetime (the socket it runs on).
+    endpoint: Endpoint,
     pub(crate) conn: Connection,
     send: SendStream,
     recv: RecvStream,
@@ -185,7 +186,11 @@ impl Session {
         stop: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
         let Self {
-            conn, send, recv, ..
+            endpoint: _endpoint,
+            conn,
+            send,
+            recv,
+            ..
         } = self;
         let reader = read_loop(shared, config, &conn, recv);
         let writer = write_loop(shared, config, send, control);

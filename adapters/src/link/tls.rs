@@ -129,11 +129,18 @@ pub fn client_crypto(
 }
 
 /// The pinned leaf certificate differs from the expected one.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("server certificate fingerprint {actual} does not match the pinned {expected}")]
 struct FingerprintMismatch {
     expected: Sha256Fingerprint,
     actual: Sha256Fingerprint,
+}
+
+/// quinn reports TLS errors with `Debug`: make that the readable sentence too.
+impl std::fmt::Debug for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
 }
 
 /// Accepts the leaf certificate whose fingerprint is `expected`, or any when `None`
