@@ -10,15 +10,15 @@
 //! - [`identity`]: who an agent is: its region ([`identity::detect_region`]: flag,
 //!   `PROBER_REGION`, cloud metadata, default) and its IP ([`identity::agent_ip`]: override,
 //!   intranet route, the server's view, an echo service).
-//!
-//! HTTP timing (hyper-util), the agent↔server link (quinn) and the metrics export arrive with
-//! their own issues.
+//! - [`link`]: the agent↔server link over QUIC and TLS 1.3 ([`link::AgentLink`], port
+//!   `ServerLink`; [`link::ReportServer`], port `ReportSource`), over quinn and rustls (ring).
 
 pub mod admin;
 pub mod dns;
 pub mod http;
 pub mod icmp;
 pub mod identity;
+pub mod link;
 pub mod metrics;
 
 pub use probermesh_core as core;

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -30,11 +30,11 @@ use crate::model::{HttpFailure, HttpModule, HttpPhases, HttpResult, HttpUrl, Icm
 use crate::ports::{
     BinaryUpdater, ConnectionId, DnsFailure, DnsFailureKind, DnsResolver, EchoSeries, ExportError,
     HttpProber, IcmpPinger, IpPreference, LinkError, LinkEvent, MetricsExporter, PingError,
-    ReportSource, Resolution, ServerLink, TaskOutput, TaskRunner, TaskSpec, UpdateError,
-    UpgradeApplied, UpgradePlan,
+    ReceivedPool, ReportSource, Resolution, ServerLink, TaskOutput, TaskRunner, TaskSpec,
+    UpdateError, UpgradeApplied, UpgradePlan,
 };
 use crate::snapshot::Snapshot;
-use crate::wire::{AgentMessage, ServerMessage};
+use crate::wire::{AgentMessage, ProbeResultV1, ServerMessage};
 
 /// Locks `mutex`, taking the data over even if a panicking thread poisoned it.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,7 +227,8 @@ impl HttpProber for FakeHttpProber {
 /// it waits, as an idle real link does, and wakes when a message is pushed or the link is
 /// disconnected; so with `pollster::block_on`, push before receiving.
 /// While disconnected, `send` and `recv` fail with [`LinkError::Disconnected`] and nothing is
-/// recorded or taken.
+/// recorded or taken. `enqueue_results` records results whether connected or not (the real link
+/// buffers them); the latest pool and the observed address are whatever the test set.
 #[derive(Debug, Default)]
 pub struct FakeServerLink {
     state: Mutex<LinkState>,
@@ -237,6 +238,9 @@ pub struct FakeServerLink {
 struct LinkState {
     incoming: VecDeque<ServerMessage>,
     sent: Vec<AgentMessage>,
+    enqueued: Vec<ProbeResultV1>,
+    pool: Option<ReceivedPool>,
+    observed_addr: Option<SocketAddr>,
     disconnected: bool,
     waiting: Vec<Waker>,
 }
@@ -267,6 +271,22 @@ impl FakeServerLink {
         lock(&self.state).sent.clone()
     }
 
+    /// Every result enqueued, in order.
+    #[must_use]
+    pub fn enqueued(&self) -> Vec<ProbeResultV1> {
+        lock(&self.state).enqueued.clone()
+    }
+
+    /// Sets what `latest_pool` answers.
+    pub fn set_latest_pool(&self, pool: Option<ReceivedPool>) {
+        lock(&self.state).pool = pool;
+    }
+
+    /// Sets what `observed_addr` answers.
+    pub fn set_observed_addr(&self, addr: Option<SocketAddr>) {
+        lock(&self.state).observed_addr = addr;
+    }
+
     /// Cuts (`true`) or restores (`false`) the link; a waiting `recv` wakes and fails.
     pub fn set_disconnected(&self, disconnected: bool) {
         let mut state = lock(&self.state);
@@ -277,6 +297,18 @@ impl FakeServerLink {
 
 #[async_trait::async_trait]
 impl ServerLink for FakeServerLink {
+    fn enqueue_results(&self, results: Vec<ProbeResultV1>) {
+        lock(&self.state).enqueued.extend(results);
+    }
+
+    fn latest_pool(&self) -> Option<ReceivedPool> {
+        lock(&self.state).pool.clone()
+    }
+
+    fn observed_addr(&self) -> Option<SocketAddr> {
+        lock(&self.state).observed_addr
+    }
+
     async fn send(&self, msg: AgentMessage) -> Result<(), LinkError> {
         let mut state = lock(&self.state);
         if state.disconnected {
@@ -621,6 +653,41 @@ mod tests {
         link.set_disconnected(false);
         assert_eq!(block_on(link.recv()), Ok(ServerMessage::Ack { seq: 2 }));
         assert_eq!(link.sent(), [AgentMessage::Heartbeat { sent_at_ms: 10 }]);
+    }
+
+    #[test]
+    fn server_link_records_results_and_answers_pool_and_address() {
+        let link = FakeServerLink::new();
+        assert_eq!(link.latest_pool(), None);
+        assert_eq!(link.observed_addr(), None);
+        link.set_disconnected(true);
+        let result = crate::wire::ProbeResultV1 {
+            target_region: "eu".into(),
+            target: "10.0.0.1".into(),
+            round_start_ms: 1,
+            outcome: crate::wire::OutcomeV1::Icmp {
+                resolve_ns: 0,
+                failure: None,
+                packets_sent: 1,
+                packets_received: 0,
+                rtt: None,
+                histogram_counts: vec![0; crate::wire::HISTOGRAM_LEN],
+                histogram_sum_ns: 0,
+            },
+        };
+        link.enqueue_results(vec![result.clone()]);
+        assert_eq!(link.enqueued(), [result], "recorded while disconnected too");
+        let pool = ReceivedPool {
+            revision: 3,
+            configs: Arc::new(Vec::new()),
+        };
+        link.set_latest_pool(Some(pool.clone()));
+        link.set_observed_addr(Some(SocketAddr::new(ip("203.0.113.7"), 4433)));
+        assert_eq!(link.latest_pool(), Some(pool));
+        assert_eq!(
+            link.observed_addr(),
+            Some(SocketAddr::new(ip("203.0.113.7"), 4433))
+        );
     }
 
     /// Counts how often it is woken.

@@ -12,6 +12,8 @@
 //! - [`matcher`]: the task region matcher (`=`, `!=`, `=~`, `!~`);
 //! - [`probe_file`]: the server's probe file (the Go YAML schema);
 //! - [`wire`]: the agent↔server protocol messages and their framing;
+//! - [`delivery`]: the agent's result outbox and the server's deduplication (sequence numbers,
+//!   acknowledgements, bounded buffering);
 //! - [`ports`]: the traits the I/O adapters implement; with the `fake` feature, the `fake`
 //!   module holds hand-written fakes of each that record what they were asked.
 //!
@@ -64,6 +66,7 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod delivery;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod matcher;

@@ -13,14 +13,16 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::http_module::IpProtocol;
 use crate::model::{
     AgentId, AgentVersion, HttpModule, HttpResult, HttpUrl, IcmpFailure, IcmpResult, IcmpSettings,
+    ProbeConfig,
 };
 use crate::snapshot::Snapshot;
-use crate::wire::{AgentMessage, ServerMessage};
+use crate::wire::{AgentMessage, ProbeResultV1, ServerMessage};
 
 // === DNS ===
 
@@ -256,31 +258,64 @@ pub trait HttpProber: Send + Sync {
 
 /// The agent's side of its link to the server.
 ///
-/// Implemented by the `quic` adapter with quinn (TLS 1.3, authenticated agents).
-/// Both methods take `&self`: implementations synchronise internally, so an agent can send
-/// and receive concurrently from two tasks.
-/// An `Err` means the link is unusable; the agent keeps probing, buffers results and
-/// reconnects (decision 11).
+/// Implemented by the `link` adapter with quinn (TLS 1.3, token-authenticated agents). The
+/// adapter owns the connection: it says `Hello`, reconnects with backoff on its own, sends
+/// heartbeats, asks for the target pool after each `Welcome`, and delivers results reliably
+/// (see [`crate::delivery`]). Every method takes `&self`: implementations synchronise
+/// internally, so an agent can enqueue, send and receive from several tasks at once.
 #[async_trait::async_trait]
 pub trait ServerLink: Send + Sync {
-    /// Sends one message to the server; `Ok` means it was handed to the transport.
+    /// Hands probe results over for delivery. Never waits and never fails: while the server is
+    /// unreachable they are buffered (bounded; the oldest go first when full, counted), and
+    /// they are resent after every reconnect until the server acknowledges them.
+    fn enqueue_results(&self, results: Vec<ProbeResultV1>);
+
+    /// Sends one control message (`Heartbeat`, `PoolRequest`, `TaskResult`, `UpgradeStatus`)
+    /// on the current connection; `Ok` means it was handed to the transport.
+    /// [`LinkError::Disconnected`] while there is no connection (control messages are not
+    /// buffered); `Hello` and `ResultBatch` belong to the link and are refused with
+    /// [`LinkError::Protocol`].
     async fn send(&self, msg: AgentMessage) -> Result<(), LinkError>;
 
-    /// Waits for the next message from the server.
+    /// Waits for the next message from the server for the agent: `Welcome` at every
+    /// (re)connection, `TargetPool` (already validated), `Task`, `UpgradeOffer`; `Ack`s are
+    /// consumed by the link. An `Err` reports one failed connection or attempt (refused, TLS,
+    /// lost); the link keeps reconnecting, so the caller just calls `recv` again.
     async fn recv(&self) -> Result<ServerMessage, LinkError>;
+
+    /// The latest valid target pool received, kept while the server is unreachable
+    /// (decision 11); `None` until the first one arrives.
+    fn latest_pool(&self) -> Option<ReceivedPool>;
+
+    /// The address the server last saw this agent connect from (its `Welcome`), kept while
+    /// disconnected; the public-IP mode uses it (decision 12).
+    fn observed_addr(&self) -> Option<SocketAddr>;
+}
+
+/// A target pool as an agent received it, validated into domain types.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct ReceivedPool {
+    /// The server's revision of the pool.
+    pub revision: u64,
+    /// The pool's blocks.
+    pub configs: Arc<Vec<ProbeConfig>>,
 }
 
 /// The server's side of every agent link: connection events in, messages out.
 ///
-/// Implemented by the `quic` adapter with quinn; the adapter authenticates each agent and
-/// reports the address it sees it connect from.
+/// Implemented by the `link` adapter with quinn; the adapter authenticates each agent,
+/// reports the address it sees it connect from, and handles result batches: a `ResultBatch`
+/// is acknowledged to its agent when `next_event` hands it out, and a batch that agent
+/// instance already delivered (a resend after a reconnect) is acknowledged again but not
+/// handed out (see [`crate::delivery`]).
 #[async_trait::async_trait]
 pub trait ReportSource: Send + Sync {
     /// Waits for the next connection event; `None` once the source is closed for good
-    /// (the server is shutting down).
+    /// (the server is shutting down). `Hello` is never a `Message`: it is `Connected`.
     async fn next_event(&self) -> Option<LinkEvent>;
 
-    /// Sends one message to the agent on `connection`. An `Err` concerns that connection only.
+    /// Sends one message to the agent on `connection` (for example a `TargetPool` whenever the
+    /// pool changes). An `Err` concerns that connection only.
     async fn send_to(&self, connection: ConnectionId, msg: ServerMessage) -> Result<(), LinkError>;
 }
 

@@ -35,6 +35,19 @@ pub fn encode_frame<T: Serialize>(msg: &T, max_frame_len: usize) -> Result<Vec<u
     Ok(frame)
 }
 
+/// Encodes `AgentMessage::ResultBatch { seq, results }` as one frame from borrowed results
+/// (the same bytes as [`encode_frame`] of the owned message).
+///
+/// # Errors
+/// As [`encode_frame`].
+pub fn encode_result_batch_frame(
+    seq: u64,
+    results: &[super::ProbeResultV1],
+    max_frame_len: usize,
+) -> Result<Vec<u8>, WireError> {
+    encode_frame(&super::ResultBatchRef { seq, results }, max_frame_len)
+}
+
 /// Decodes one frame body (without its length prefix) as a `T`.
 ///
 /// # Errors

@@ -34,13 +34,14 @@ mod tests;
 pub use convert::{pool_into_domain, results_into_domain};
 pub use frame::{
     DEFAULT_MAX_FRAME_LEN, FrameDecoder, LEN_PREFIX_BYTES, decode_frame, encode_frame,
+    encode_result_batch_frame,
 };
 pub use v1::{
     AgentMessage, BasicAuthV1, CompressionV1, HeaderMatchV1, HeaderV1, HttpClientConfigV1,
     HttpFailureV1, HttpModuleV1, HttpPhasesV1, HttpVersionV1, IcmpFailureV1, IcmpModuleV1,
     IpAddrV1, IpProtocolV1, OutcomeV1, ProbeConfigV1, ProbeKindV1, ProbeResultV1, RefusalV1,
-    RttSummaryV1, SecretSourceV1, ServerMessage, SocketAddrV1, TlsConfigV1, TlsInfoV1,
-    TlsMinVersionV1, TlsVersionV1, UpgradeStateV1, WireSecret,
+    ResultBatchRef, RttSummaryV1, SecretSourceV1, ServerMessage, SocketAddrV1, TlsConfigV1,
+    TlsInfoV1, TlsMinVersionV1, TlsVersionV1, UpgradeStateV1, WireSecret,
 };
 
 /// The protocol version this build speaks, sent in `Hello` and `Welcome`.

@@ -792,6 +792,17 @@ proptest! {
     }
 
     #[test]
+    fn a_borrowed_batch_encodes_like_the_owned_one(
+        seq in any::<u64>(),
+        results in vec(arb_result(), 0..4),
+    ) {
+        let borrowed = encode_result_batch_frame(seq, &results, DEFAULT_MAX_FRAME_LEN).unwrap();
+        let owned = encode_frame(&AgentMessage::ResultBatch { seq, results }, DEFAULT_MAX_FRAME_LEN)
+            .unwrap();
+        prop_assert_eq!(borrowed, owned);
+    }
+
+    #[test]
     fn server_messages_survive_framing_in_any_chunking(
         msgs in vec(arb_server_message(), 1..4),
         chunk_sizes in vec(1usize..64, 1..8),

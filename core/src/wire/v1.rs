@@ -82,6 +82,30 @@ pub enum AgentMessage {
     },
 }
 
+/// A borrowed [`AgentMessage::ResultBatch`]: serialises to exactly the same bytes, so an agent
+/// can encode the batches it keeps for resending without cloning their results.
+///
+/// The variant index (2) and field order are those of [`AgentMessage::ResultBatch`]; the test
+/// `a_borrowed_batch_encodes_like_the_owned_one` fails if the two ever differ.
+#[derive(Clone, Copy, Debug)]
+pub struct ResultBatchRef<'a> {
+    /// Per-instance sequence number.
+    pub seq: u64,
+    /// The results.
+    pub results: &'a [ProbeResultV1],
+}
+
+impl Serialize for ResultBatchRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant as _;
+        let mut variant =
+            serializer.serialize_struct_variant("AgentMessage", 2, "ResultBatch", 2)?;
+        variant.serialize_field("seq", &self.seq)?;
+        variant.serialize_field("results", self.results)?;
+        variant.end()
+    }
+}
+
 /// Everything the server sends to an agent.
 ///
 /// A closed enum: variants are only ever appended, with a protocol version bump.

@@ -1,0 +1,114 @@
+//! Frames over a QUIC stream: `core::wire` length-prefixed frames read from a `RecvStream`
+//! through a [`FrameDecoder`] (bounded by the maximum frame size), and written to a
+//! `SendStream`.
+
+use probermesh_core::wire::{
+    FrameDecoder, LEN_PREFIX_BYTES, WireError, decode_frame, encode_frame,
+};
+use quinn::{ReadError, ReadExactError, RecvStream, SendStream, WriteError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Bytes asked from the stream per read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Why no frame could be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// The bytes are not a valid frame (too large, undecodable, trailing bytes).
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// The stream ended in the middle of a frame.
+    #[error("the stream ended inside a frame ({buffered_bytes} bytes of it received)")]
+    Truncated {
+        /// Bytes of the incomplete frame.
+        buffered_bytes: usize,
+    },
+    /// Reading failed (connection lost, stream reset).
+    #[error("reading the stream failed: {0}")]
+    Read(#[from] ReadError),
+}
+
+/// Reads messages from a stream, one frame at a time.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    stream: RecvStream,
+    decoder: FrameDecoder,
+    chunk: Vec<u8>,
+}
+
+impl FrameReader {
+    /// A reader accepting frames of up to `max_frame_len` bytes.
+    pub(crate) fn new(stream: RecvStream, max_frame_len: usize) -> Self {
+        Self {
+            stream,
+            decoder: FrameDecoder::new(max_frame_len),
+            chunk: vec![0; READ_CHUNK_BYTES],
+        }
+    }
+
+    /// The next message; `Ok(None)` when the peer finished the stream at a frame boundary.
+    /// Cancel-safe: bytes read are kept in the decoder.
+    pub(crate) async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        loop {
+            if let Some(msg) = self.decoder.next_frame()? {
+                return Ok(Some(msg));
+            }
+            match self.stream.read(&mut self.chunk).await? {
+                Some(n) => self.decoder.push(&self.chunk[..n]),
+                None if self.decoder.buffered_len() == 0 => return Ok(None),
+                None => {
+                    return Err(FrameError::Truncated {
+                        buffered_bytes: self.decoder.buffered_len(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Reads exactly one frame of at most `max_frame_len` bytes from the start of `stream`
+/// (the `Hello` or its answer), consuming nothing beyond it.
+pub(crate) async fn read_first_frame<T: DeserializeOwned>(
+    stream: &mut RecvStream,
+    max_frame_len: usize,
+) -> Result<T, FrameError> {
+    let mut prefix = [0u8; LEN_PREFIX_BYTES];
+    read_exact(stream, &mut prefix).await?;
+    let len = u64::from(u32::from_be_bytes(prefix));
+    if len > max_frame_len as u64 {
+        return Err(WireError::FrameTooLarge { len, max_frame_len }.into());
+    }
+    let mut body = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+    read_exact(stream, &mut body).await?;
+    Ok(decode_frame(&body)?)
+}
+
+async fn read_exact(stream: &mut RecvStream, buf: &mut [u8]) -> Result<(), FrameError> {
+    stream.read_exact(buf).await.map_err(|e| match e {
+        ReadExactError::FinishedEarly(n) => FrameError::Truncated { buffered_bytes: n },
+        ReadExactError::ReadError(e) => FrameError::Read(e),
+    })
+}
+
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteFrameError {
+    /// The message does not fit in a frame.
+    #[error("{0}")]
+    Encode(#[from] WireError),
+    /// Writing failed (connection lost, stream stopped).
+    #[error("writing the stream failed: {0}")]
+    Write(#[from] WriteError),
+}
+
+/// Encodes `msg` and writes it as one frame.
+pub(crate) async fn write_message<T: Serialize>(
+    stream: &mut SendStream,
+    msg: &T,
+    max_frame_len: usize,
+) -> Result<(), WriteFrameError> {
+    let frame = encode_frame(msg, max_frame_len)?;
+    stream.write_all(&frame).await?;
+    Ok(())
+}

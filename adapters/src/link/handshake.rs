@@ -1,0 +1,240 @@
+//! The link's handshake, server side, and the words both sides use for a refusal.
+//!
+//! After TLS, the agent opens the connection's one bidirectional stream and sends `Hello` as
+//! its first frame; the server answers `Welcome` (with the address it sees) or `Refused`. The
+//! whole exchange, TLS included, must finish within the handshake timeout. Before the `Hello`
+//! is checked nothing the peer sends reaches the event queue, and the first frame may be at
+//! most [`MAX_HELLO_FRAME_LEN`] bytes.
+
+use std::sync::Arc;
+
+use probermesh_core::model::{AgentId, AgentVersion, Region};
+use probermesh_core::ports::LinkError;
+use probermesh_core::wire::{
+    AgentMessage, PROTOCOL_VERSION, RefusalV1, ServerMessage, WireError, encode_frame,
+};
+use quinn::{Connection, Incoming, RecvStream, SendStream};
+use tokio::time::{Instant, timeout_at};
+
+use super::close::{CloseCode, close};
+use super::config::MAX_HELLO_FRAME_LEN;
+use super::framed::{FrameError, read_first_frame};
+use super::server::{Shared, bump};
+
+/// How long the server waits, after sending `Refused`, for the agent to read it and hang up.
+const REFUSAL_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An authenticated agent connection.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub(crate) conn: Connection,
+    pub(crate) send: SendStream,
+    pub(crate) recv: RecvStream,
+    pub(crate) hello: AcceptedHello,
+}
+
+/// What a valid `Hello` said, and the `Welcome` to answer.
+#[derive(Debug)]
+pub(crate) struct AcceptedHello {
+    pub(crate) agent: AgentId,
+    pub(crate) version: AgentVersion,
+    pub(crate) instance_id: u64,
+    pub(crate) welcome: ServerMessage,
+}
+
+/// The text of a refusal, for the agent's error and both sides' logs.
+#[must_use]
+pub fn describe_refusal(reason: &RefusalV1) -> String {
+    match reason {
+        RefusalV1::BadToken => "bad token: the server did not accept this agent's token".into(),
+        RefusalV1::VersionMismatch { server, agent } => format!(
+            "protocol version mismatch: the server speaks v{server}, the agent speaks v{agent}; \
+             run the same protocol version on both"
+        ),
+        RefusalV1::Other(text) => text.clone(),
+    }
+}
+
+/// The agent's error for a refusal.
+#[must_use]
+pub(crate) fn refused(reason: &RefusalV1) -> LinkError {
+    LinkError::Refused {
+        reason: describe_refusal(reason),
+    }
+}
+
+/// Runs the server side of the handshake; `None` when the connection was refused or failed
+/// (it is closed, logged and counted then).
+pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<Accepted> {
+    let remote = incoming.remote_address();
+    let deadline = Instant::now() + shared.config.limits.handshake_timeout;
+    let failed = |what: &str, detail: &dyn std::fmt::Display| {
+        bump(&shared.counters.handshake_failures);
+        tracing::info!(%remote, error = %detail, "{what}");
+    };
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(e) => {
+            failed("connection attempt failed", &e);
+            return None;
+        }
+    };
+    let conn = match timeout_at(deadline, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            failed("TLS handshake failed", &e);
+            return None;
+        }
+        Err(_) => {
+            failed("TLS handshake timed out", &"timeout");
+            return None;
+        }
+    };
+    let timed_out = |conn: &Connection, what: &str| {
+        failed(what, &"timeout");
+        close(conn, CloseCode::HandshakeTimeout, what);
+    };
+    let (mut send, mut recv) = match timeout_at(deadline, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            failed("the agent opened no stream", &e);
+            return None;
+        }
+        Err(_) => {
+            timed_out(&conn, "no stream opened within the handshake timeout");
+            return None;
+        }
+    };
+    let first = match timeout_at(
+        deadline,
+        read_first_frame::<AgentMessage>(&mut recv, MAX_HELLO_FRAME_LEN),
+    )
+    .await
+    {
+        Ok(Ok(msg)) => msg,
+        Ok(Err(FrameError::Read(e))) => {
+            failed("the agent left before its Hello", &e);
+            return None;
+        }
+        Ok(Err(e)) => {
+            failed("bad first frame", &e);
+            close(
+                &conn,
+                CloseCode::Protocol,
+                &format!("protocol violation: {e}"),
+            );
+            return None;
+        }
+        Err(_) => {
+            timed_out(&conn, "no Hello within the handshake timeout");
+            return None;
+        }
+    };
+    match check_hello(shared, first, remote) {
+        Ok(hello) => Some(Accepted {
+            conn,
+            send,
+            recv,
+            hello,
+        }),
+        Err(Rejection::Protocol(detail)) => {
+            failed("bad first frame", &detail);
+            close(
+                &conn,
+                CloseCode::Protocol,
+                &format!("protocol violation: {detail}"),
+            );
+            None
+        }
+        Err(Rejection::Refused(reason)) => {
+            let text = describe_refusal(&reason);
+            if let Ok(frame) = encode_frame(&ServerMessage::Refused { reason }, usize::MAX)
+                && send.write_all(&frame).await.is_ok()
+            {
+                let _ = send.finish();
+                // Let the agent read the refusal and hang up itself.
+                let _ = tokio::time::timeout(REFUSAL_READ_TIMEOUT, conn.closed()).await;
+            }
+            close(&conn, CloseCode::Refused, &text);
+            None
+        }
+    }
+}
+
+/// Why a first frame was not accepted.
+enum Rejection {
+    /// Not a valid `Hello` at all: closed without an answer.
+    Protocol(String),
+    /// A `Hello` the server says no to, with `Refused`.
+    Refused(RefusalV1),
+}
+
+/// Checks the first message: a `Hello` within limits, our protocol version, the right token,
+/// a valid region. Logs and counts refusals (never the token).
+fn check_hello(
+    shared: &Shared,
+    first: AgentMessage,
+    remote: std::net::SocketAddr,
+) -> Result<AcceptedHello, Rejection> {
+    first
+        .check_limits()
+        .map_err(|e: WireError| Rejection::Protocol(e.to_string()))?;
+    let AgentMessage::Hello {
+        protocol_version,
+        agent_version,
+        region,
+        ip,
+        instance_id,
+        token,
+    } = first
+    else {
+        return Err(Rejection::Protocol(
+            "the first message must be a Hello".into(),
+        ));
+    };
+    let version = AgentVersion::new(&agent_version);
+    if protocol_version != PROTOCOL_VERSION {
+        bump(&shared.counters.refused_version);
+        let reason = RefusalV1::VersionMismatch {
+            server: PROTOCOL_VERSION,
+            agent: protocol_version,
+        };
+        tracing::warn!(
+            %remote,
+            region = %region.escape_debug(),
+            agent_version = %version,
+            "agent refused: {}",
+            describe_refusal(&reason)
+        );
+        return Err(Rejection::Refused(reason));
+    }
+    if !shared.config.token.matches(token.expose()) {
+        bump(&shared.counters.refused_bad_token);
+        tracing::warn!(
+            %remote,
+            region = %region.escape_debug(),
+            agent_version = %version,
+            "agent refused: bad token"
+        );
+        return Err(Rejection::Refused(RefusalV1::BadToken));
+    }
+    let region = match Region::new(&region) {
+        Ok(region) => region,
+        Err(e) => {
+            bump(&shared.counters.refused_other);
+            let text = format!("invalid region in Hello: {e}");
+            tracing::warn!(%remote, "agent refused: {text}");
+            return Err(Rejection::Refused(RefusalV1::Other(text)));
+        }
+    };
+    Ok(AcceptedHello {
+        agent: AgentId::new(region, ip.into()),
+        version,
+        instance_id,
+        welcome: ServerMessage::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            server_version: shared.config.server_version.clone(),
+            observed_addr: remote.into(),
+        },
+    })
+}

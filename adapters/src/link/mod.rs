@@ -1,0 +1,38 @@
+//! The agent↔server link over QUIC (quinn) with TLS 1.3: ports `ServerLink` (agent side,
+//! [`AgentLink`]) and `ReportSource` (server side, [`ReportServer`]), carrying
+//! `core::wire` frames. The design, guarantees and limits are in `docs/link.md`.
+//!
+//! - Security: the server's certificate comes from PEM files or is generated once and kept
+//!   ([`cert`]); agents verify it with a CA file or a pinned SHA-256 fingerprint ([`tls`]) and
+//!   authenticate with a shared token compared in constant time ([`token`]).
+//! - Protocol: one bidirectional stream per connection, opened by the agent; `Hello` first,
+//!   within the handshake timeout ([`handshake`]); length-prefixed frames both ways, bounded by
+//!   the maximum frame size ([`framed`]); a bad frame closes that connection with a code and a
+//!   reason ([`close`]).
+//! - Resilience: agents reconnect with backoff and jitter ([`backoff`]), buffer results in
+//!   core's `Outbox` and resend unacknowledged batches; the server deduplicates with core's
+//!   `Deduplicator` ([`server`], [`session`]).
+
+pub mod agent;
+pub mod backoff;
+pub mod cert;
+pub mod close;
+pub mod config;
+pub mod fingerprint;
+mod framed;
+pub mod handshake;
+pub mod server;
+mod session;
+pub mod tls;
+pub mod token;
+
+pub use agent::{AgentLink, AgentLinkStats};
+pub use backoff::BackoffConfig;
+pub use cert::{CertError, CertificateSource, ServerCertificate};
+pub use close::CloseCode;
+pub use config::{AgentIdentity, AgentLinkConfig, LinkLimits, MAX_HELLO_FRAME_LEN, ServerConfig};
+pub use fingerprint::{FingerprintError, Sha256Fingerprint};
+pub use handshake::describe_refusal;
+pub use server::{ReportServer, ServerSetupError, ServerStats};
+pub use tls::{ALPN, ServerVerification, TlsSetupError, client_crypto, server_crypto};
+pub use token::{TOKEN_ENV_VAR, Token, TokenError};

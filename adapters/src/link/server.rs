@@ -1,0 +1,555 @@
+//! The server's end of the link: [`ReportServer`], port `ReportSource`.
+//!
+//! One QUIC endpoint accepts every agent. Each connection gets a task that runs the handshake
+//! ([`super::handshake`]) and then reads the agent's frames into one event queue, and a writer
+//! task that owns the send half of the stream. `next_event` hands the events out; that is where
+//! result batches are deduplicated (per agent instance and `seq`) and acknowledged, so an `Ack`
+//! means "handed to the server driver". A bad frame closes that connection only.
+//!
+//! [`ReportServer::shutdown`] is graceful: it stops handing out events, lets every writer flush
+//! the acks already queued, finishes the streams and waits (briefly) for the agents to read them
+//! and hang up, so no batch is both delivered here and resent to the next server process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use probermesh_core::delivery::Deduplicator;
+use probermesh_core::model::AgentId;
+use probermesh_core::ports::{ConnectionId, LinkError, LinkEvent, ReportSource};
+use probermesh_core::wire::{AgentMessage, ServerMessage, encode_frame};
+use quinn::{Connection, Endpoint, SendStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::cert::{CertError, ServerCertificate};
+use super::close::{CloseCode, close};
+use super::config::ServerConfig;
+use super::fingerprint::Sha256Fingerprint;
+use super::framed::{FrameError, FrameReader};
+use super::handshake::{self, Accepted};
+use super::tls::{TlsSetupError, server_crypto};
+
+/// How long a writer waits, after finishing its stream, for the agent to read it and hang up.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest chunk of queued frames written at once, in bytes.
+const WRITE_COALESCE_BYTES: usize = 256 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerSetupError {
+    /// The certificate could not be loaded or generated.
+    #[error("server certificate: {0}")]
+    Certificate(#[from] CertError),
+    /// The TLS configuration was refused.
+    #[error("{0}")]
+    Tls(#[from] TlsSetupError),
+    /// The UDP socket could not be bound (or no tokio runtime is running).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+/// Counters of the server's link, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct ServerStats {
+    /// Agents that completed the handshake.
+    pub accepted: u64,
+    /// Connections open now (handshaking or authenticated).
+    pub open_connections: u64,
+    /// Agents refused for a wrong or missing token.
+    pub refused_bad_token: u64,
+    /// Agents refused for speaking another protocol version.
+    pub refused_version: u64,
+    /// Agents refused for another reason (invalid region, …).
+    pub refused_other: u64,
+    /// Connection attempts refused because `max_connections` were open.
+    pub refused_capacity: u64,
+    /// Connections that failed before a `Hello` (TLS failure, timeout, wrong first frame).
+    pub handshake_failures: u64,
+    /// Connections closed for a bad frame after the handshake.
+    pub protocol_errors: u64,
+    /// Connections closed because the agent did not read its messages.
+    pub slow_readers: u64,
+    /// Result batches received again (after a reconnect) and acknowledged without delivery.
+    pub duplicate_batches: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused_bad_token: AtomicU64,
+    pub(crate) refused_version: AtomicU64,
+    pub(crate) refused_other: AtomicU64,
+    pub(crate) refused_capacity: AtomicU64,
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) slow_readers: AtomicU64,
+    pub(crate) duplicate_batches: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What identifies an agent process for deduplication.
+#[derive(Clone, Debug, Eq, Hash, PartialEq)]
+struct InstanceKey {
+    agent: AgentId,
+    instance_id: u64,
+}
+
+/// An event waiting for `next_event`, with the instance it came from.
+#[derive(Debug)]
+struct Queued {
+    event: LinkEvent,
+    instance_id: u64,
+}
+
+/// An authenticated connection.
+#[derive(Debug)]
+struct Registered {
+    conn: Connection,
+    /// Encoded frames for the writer.
+    frames: mpsc::Sender<Vec<u8>>,
+    writer: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    /// Set by `shutdown`: no event is handed out and no connection registered any more.
+    closing: bool,
+    connections: HashMap<ConnectionId, Registered>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    registry: Mutex<Registry>,
+    dedup: Mutex<Deduplicator<InstanceKey>>,
+    pub(crate) counters: Counters,
+    open_connections: AtomicUsize,
+    next_connection_id: AtomicU64,
+    events: mpsc::Sender<Queued>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The server's end of every agent link (port `ReportSource`).
+#[derive(Debug)]
+pub struct ReportServer {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    events: tokio::sync::Mutex<mpsc::Receiver<Queued>>,
+    fingerprint: Sha256Fingerprint,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ReportServer {
+    /// Loads (or generates) the certificate, binds the UDP socket and starts accepting agents.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServerSetupError`] naming the certificate file, the TLS problem or the address.
+    pub fn bind(config: ServerConfig) -> Result<Self, ServerSetupError> {
+        let cert = ServerCertificate::load(&config.certificate)?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(&cert)?)
+            .map_err(|e| TlsSetupError::Quic(e.to_string()))?;
+        let mut quic = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        quic.transport_config(config.limits.transport(1));
+        let endpoint = Endpoint::server(quic, config.listen_addr).map_err(|source| {
+            ServerSetupError::Bind {
+                addr: config.listen_addr,
+                source,
+            }
+        })?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| ServerSetupError::Bind {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let (events_tx, events_rx) = mpsc::channel(config.event_queue_len.max(1));
+        let shared = Arc::new(Shared {
+            dedup: Mutex::new(Deduplicator::new(
+                config.max_tracked_instances,
+                config.dedup_window_batches,
+            )),
+            config,
+            registry: Mutex::new(Registry::default()),
+            counters: Counters::default(),
+            open_connections: AtomicUsize::new(0),
+            next_connection_id: AtomicU64::new(1),
+            events: events_tx,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), Arc::clone(&shared), stop_rx));
+        tracing::info!(
+            %local_addr,
+            fingerprint = %cert.fingerprint(),
+            "agent link listening (QUIC, TLS 1.3)"
+        );
+        Ok(Self {
+            endpoint,
+            shared,
+            events: tokio::sync::Mutex::new(events_rx),
+            fingerprint: cert.fingerprint(),
+            local_addr,
+            stop,
+            accept_task: Mutex::new(Some(accept_task)),
+        })
+    }
+
+    /// The SHA-256 fingerprint of the server's leaf certificate (hex with colons when
+    /// displayed), for the operator to pin on agents.
+    #[must_use]
+    pub fn fingerprint(&self) -> Sha256Fingerprint {
+        self.fingerprint
+    }
+
+    /// The address the endpoint is bound to (with the real port when 0 was asked for).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServerStats {
+            accepted: get(&c.accepted),
+            open_connections: self.shared.open_connections.load(Ordering::Relaxed) as u64,
+            refused_bad_token: get(&c.refused_bad_token),
+            refused_version: get(&c.refused_version),
+            refused_other: get(&c.refused_other),
+            refused_capacity: get(&c.refused_capacity),
+            handshake_failures: get(&c.handshake_failures),
+            protocol_errors: get(&c.protocol_errors),
+            slow_readers: get(&c.slow_readers),
+            duplicate_batches: get(&c.duplicate_batches),
+        }
+    }
+
+    /// Stops gracefully: no event is handed out any more (those queued are dropped, never
+    /// acknowledged, so agents resend them to the next server), every acknowledgement already
+    /// queued is written, streams are finished, and agents get up to 2 s to read them and hang
+    /// up before their connections are closed.
+    pub async fn shutdown(&self) {
+        let writers = self.close_registry();
+        let _ = self.stop.send(true);
+        let accept_task = lock(&self.accept_task).take();
+        if let Some(task) = accept_task {
+            let _ = task.await;
+        }
+        for writer in writers {
+            let _ = writer.await;
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(CloseCode::ServerShutdown.code()),
+            b"server shutting down",
+        );
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.endpoint.wait_idle()).await;
+        tracing::info!(local_addr = %self.local_addr, "agent link stopped");
+    }
+
+    /// Marks the registry closing and takes every connection's writer out of it; dropping the
+    /// frame senders lets each writer drain its queue and finish.
+    fn close_registry(&self) -> Vec<JoinHandle<()>> {
+        let mut registry = lock(&self.shared.registry);
+        registry.closing = true;
+        registry
+            .connections
+            .drain()
+            .map(|(_, registered)| registered.writer)
+            .collect()
+    }
+
+    /// Queues `frame` for `connection`; a full queue disconnects the agent.
+    fn queue_frame(&self, connection: ConnectionId, frame: Vec<u8>) -> Result<(), LinkError> {
+        let registry = lock(&self.shared.registry);
+        let Some(registered) = registry.connections.get(&connection) else {
+            return Err(LinkError::Disconnected);
+        };
+        queue_on(&self.shared, connection, registered, frame)
+    }
+}
+
+/// Queues a frame on a registered connection; closes the connection when its queue is full.
+fn queue_on(
+    shared: &Shared,
+    connection: ConnectionId,
+    registered: &Registered,
+    frame: Vec<u8>,
+) -> Result<(), LinkError> {
+    match registered.frames.try_send(frame) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            bump(&shared.counters.slow_readers);
+            tracing::warn!(%connection, "agent does not read its messages; disconnecting it");
+            close(
+                &registered.conn,
+                CloseCode::SlowReader,
+                "send queue full: the agent does not read",
+            );
+            Err(LinkError::Io {
+                detail: "the agent's send queue is full".into(),
+            })
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkError::Disconnected),
+    }
+}
+
+impl Drop for ReportServer {
+    /// Without `shutdown`: stop at once (like a crash, but without leaving tasks behind).
+    fn drop(&mut self) {
+        drop(self.close_registry());
+        let _ = self.stop.send(true);
+        if let Some(task) = lock(&self.accept_task).take() {
+            task.abort();
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(CloseCode::ServerShutdown.code()),
+            b"server stopped",
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl ReportSource for ReportServer {
+    async fn next_event(&self) -> Option<LinkEvent> {
+        let mut stopped = self.stop.subscribe();
+        let mut events = self.events.lock().await;
+        loop {
+            if *stopped.borrow_and_update() {
+                return None;
+            }
+            let queued = tokio::select! {
+                queued = events.recv() => queued?,
+                _ = stopped.changed() => return None,
+            };
+            let registry = lock(&self.shared.registry);
+            if registry.closing {
+                return None;
+            }
+            let LinkEvent::Message {
+                connection,
+                agent,
+                message: AgentMessage::ResultBatch { seq, .. },
+            } = &queued.event
+            else {
+                return Some(queued.event);
+            };
+            let key = InstanceKey {
+                agent: agent.clone(),
+                instance_id: queued.instance_id,
+            };
+            let first = lock(&self.shared.dedup).first_delivery(&key, *seq);
+            if let Some(registered) = registry.connections.get(connection)
+                && let Ok(ack) = encode_frame(&ServerMessage::Ack { seq: *seq }, usize::MAX)
+            {
+                // A lost ack only means a resend, which is recognised below next time.
+                let _ = queue_on(&self.shared, *connection, registered, ack);
+            }
+            if first {
+                return Some(queued.event);
+            }
+            bump(&self.shared.counters.duplicate_batches);
+            tracing::debug!(%connection, seq, "duplicate result batch acknowledged again");
+        }
+    }
+
+    async fn send_to(&self, connection: ConnectionId, msg: ServerMessage) -> Result<(), LinkError> {
+        let frame =
+            encode_frame(&msg, self.shared.config.limits.max_frame_len_bytes).map_err(|e| {
+                LinkError::Protocol {
+                    detail: format!("cannot send to {connection}: {e}"),
+                }
+            })?;
+        self.queue_frame(connection, frame)
+    }
+}
+
+/// Accepts connections until told to stop; then aborts every connection's reading task.
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if shared.open_connections.load(Ordering::Relaxed) >= shared.config.max_connections {
+                    bump(&shared.counters.refused_capacity);
+                    tracing::warn!(
+                        remote = %incoming.remote_address(),
+                        max_connections = shared.config.max_connections,
+                        "connection refused: too many connections"
+                    );
+                    incoming.refuse();
+                    continue;
+                }
+                shared.open_connections.fetch_add(1, Ordering::Relaxed);
+                let shared = Arc::clone(&shared);
+                tasks.spawn(async move {
+                    serve(&shared, incoming).await;
+                    shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One connection: handshake, then read frames into the event queue until it ends.
+async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
+    let Some(Accepted {
+        conn,
+        send,
+        recv,
+        hello,
+    }) = handshake::accept(shared, incoming).await
+    else {
+        return;
+    };
+    let connection = ConnectionId(shared.next_connection_id.fetch_add(1, Ordering::Relaxed));
+    let remote = conn.remote_address();
+    let (frames_tx, frames_rx) = mpsc::channel(shared.config.send_queue_len.max(2));
+    let welcome = encode_frame(&hello.welcome, usize::MAX);
+    let Ok(welcome) = welcome else { return };
+    let _ = frames_tx.try_send(welcome);
+    {
+        let mut registry = lock(&shared.registry);
+        if registry.closing {
+            close(&conn, CloseCode::ServerShutdown, "server shutting down");
+            return;
+        }
+        let writer = tokio::spawn(write_loop(send, frames_rx, conn.clone()));
+        registry.connections.insert(
+            connection,
+            Registered {
+                conn: conn.clone(),
+                frames: frames_tx,
+                writer,
+            },
+        );
+    }
+    bump(&shared.counters.accepted);
+    tracing::info!(
+        %connection,
+        agent = %hello.agent,
+        version = %hello.version,
+        %remote,
+        "agent connected"
+    );
+    let agent = hello.agent.clone();
+    let instance_id = hello.instance_id;
+    let queue = |event| Queued { event, instance_id };
+    if shared
+        .events
+        .send(queue(LinkEvent::Connected {
+            connection,
+            agent: agent.clone(),
+            version: hello.version,
+            observed_addr: remote,
+        }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut reader = FrameReader::new(recv, shared.config.limits.max_frame_len_bytes);
+    loop {
+        match reader.next::<AgentMessage>().await {
+            Ok(Some(message)) => {
+                if let Err(e) = message.check_limits() {
+                    protocol_error(shared, &conn, connection, &agent, &e.to_string());
+                    break;
+                }
+                if matches!(message, AgentMessage::Hello { .. }) {
+                    protocol_error(shared, &conn, connection, &agent, "a second Hello");
+                    break;
+                }
+                let event = LinkEvent::Message {
+                    connection,
+                    agent: agent.clone(),
+                    message,
+                };
+                if shared.events.send(queue(event)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => {
+                tracing::info!(%connection, agent = %agent, "agent finished its stream");
+                close(&conn, CloseCode::Done, "");
+                break;
+            }
+            Err(FrameError::Read(e)) => {
+                tracing::info!(%connection, agent = %agent, error = %e, "agent disconnected");
+                break;
+            }
+            Err(e @ (FrameError::Wire(_) | FrameError::Truncated { .. })) => {
+                protocol_error(shared, &conn, connection, &agent, &e.to_string());
+                break;
+            }
+        }
+    }
+    // Dropping the frame sender lets the writer finish the stream.
+    lock(&shared.registry).connections.remove(&connection);
+    let _ = shared
+        .events
+        .send(queue(LinkEvent::Disconnected { connection, agent }))
+        .await;
+}
+
+fn protocol_error(
+    shared: &Shared,
+    conn: &Connection,
+    connection: ConnectionId,
+    agent: &AgentId,
+    detail: &str,
+) {
+    bump(&shared.counters.protocol_errors);
+    tracing::warn!(%connection, %agent, error = detail, "protocol violation: closing the connection");
+    close(
+        conn,
+        CloseCode::Protocol,
+        &format!("protocol violation: {detail}"),
+    );
+}
+
+/// Writes queued frames (coalescing what is waiting) until every sender is gone; then finishes
+/// the stream and waits for the agent to hang up.
+async fn write_loop(mut send: SendStream, mut frames: mpsc::Receiver<Vec<u8>>, conn: Connection) {
+    while let Some(mut chunk) = frames.recv().await {
+        while chunk.len() < WRITE_COALESCE_BYTES
+            && let Ok(more) = frames.try_recv()
+        {
+            chunk.extend_from_slice(&more);
+        }
+        if let Err(e) = send.write_all(&chunk).await {
+            tracing::debug!(error = %e, "writing to an agent failed");
+            return;
+        }
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, conn.closed()).await;
+    close(
+        &conn,
+        CloseCode::ServerShutdown,
+        "server finished the stream",
+    );
+}

@@ -1,0 +1,209 @@
+//! TLS 1.3 for the link: the server's rustls configuration, and how an agent verifies the
+//! server (a CA file, a pinned certificate fingerprint, or, for labs only, not at all).
+//!
+//! Every configuration is built with the ring provider explicitly
+//! (`builder_with_provider`), so a second crypto provider turned on by some later dependency
+//! can never make rustls panic at run time, and only TLS 1.3 is offered. Even the pinning and
+//! insecure verifiers check the handshake signature with the certificate's key, so a peer that
+//! presents a copied certificate without its private key fails.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+
+use super::cert::ServerCertificate;
+use super::fingerprint::Sha256Fingerprint;
+
+/// The ALPN protocol of the link; a peer speaking anything else fails the handshake.
+pub const ALPN: &[u8] = b"probermesh/1";
+
+/// How an agent verifies the server's certificate. There is no default: the operator chooses.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum ServerVerification {
+    /// Verify the chain against the CA certificates in this PEM file, and the server name.
+    CaFile(PathBuf),
+    /// Accept exactly the leaf certificate with this SHA-256 fingerprint (the server prints it
+    /// at start); names and validity dates are not checked.
+    PinnedSha256(Sha256Fingerprint),
+    /// Accept any certificate. For labs only: the link is encrypted but anyone on the path can
+    /// impersonate the server. Logged as a warning at every start.
+    Insecure,
+}
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The CA file could not be read or holds no certificate.
+    #[error("CA file {path}: {detail}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// rustls refused the configuration (a key that does not match the certificate, …).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// quinn refused the rustls configuration.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+/// The ring provider every configuration of the link uses.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's rustls configuration: TLS 1.3 only, no client certificates (agents prove
+/// themselves with the token inside the encrypted connection), ALPN [`ALPN`].
+///
+/// # Errors
+/// [`TlsSetupError::Rustls`] when the key does not fit the certificate.
+pub fn server_crypto(cert: &ServerCertificate) -> Result<rustls::ServerConfig, TlsSetupError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// An agent's rustls configuration for `verification`: TLS 1.3 only, ALPN [`ALPN`].
+/// [`ServerVerification::Insecure`] logs a warning here, so at every start.
+///
+/// # Errors
+/// [`TlsSetupError::CaFile`] for an unreadable or empty CA file.
+pub fn client_crypto(
+    verification: &ServerVerification,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut config = match verification {
+        ServerVerification::CaFile(path) => {
+            let ca_err = |detail: String| TlsSetupError::CaFile {
+                path: path.clone(),
+                detail,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ca_err(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ca_err(e.to_string()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(ca_err(format!(
+                    "no usable CA certificate ({ignored} unparsable)"
+                )));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        ServerVerification::PinnedSha256(expected) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                expected: Some(*expected),
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        ServerVerification::Insecure => {
+            tracing::warn!(
+                "the server's certificate is NOT verified (insecure mode): anyone on the path \
+                 can impersonate the server and read the agent token; pin the fingerprint or \
+                 give a CA file outside labs"
+            );
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    expected: None,
+                    provider: provider(),
+                }))
+                .with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The pinned leaf certificate differs from the expected one.
+#[derive(thiserror::Error)]
+#[error("server certificate fingerprint {actual} does not match the pinned {expected}")]
+struct FingerprintMismatch {
+    expected: Sha256Fingerprint,
+    actual: Sha256Fingerprint,
+}
+
+/// quinn reports TLS errors with `Debug`: make that the readable sentence too.
+impl std::fmt::Debug for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// Accepts the leaf certificate whose fingerprint is `expected`, or any when `None`
+/// (insecure mode); handshake signatures are always verified with the certificate's key.
+#[derive(Debug)]
+struct PinnedVerifier {
+    expected: Option<Sha256Fingerprint>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(expected) = self.expected else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let actual = Sha256Fingerprint::of_der(end_entity);
+        if actual == expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(FingerprintMismatch { expected, actual })),
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,1117 @@
+//! The QUIC link end to end on 127.0.0.1: real agents (`AgentLink`) and hand-made QUIC clients
+//! against a real `ReportServer`. Each test asserts what reaches the server's event queue,
+//! what the agent sees, and how bad peers are closed; timeouts are only hang guards.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use probermesh_adapters::link::{
+    AgentIdentity, AgentLink, AgentLinkConfig, BackoffConfig, CertificateSource, CloseCode,
+    ReportServer, ServerConfig, ServerVerification, Sha256Fingerprint, Token, client_crypto,
+    describe_refusal,
+};
+use probermesh_core::model::{AgentId, AgentVersion, Region};
+use probermesh_core::ports::{LinkError, LinkEvent, ReportSource, ServerLink};
+use probermesh_core::wire::{
+    AgentMessage, HISTOGRAM_LEN, IcmpModuleV1, OutcomeV1, PROTOCOL_VERSION, ProbeConfigV1,
+    ProbeKindV1, ProbeResultV1, RefusalV1, ServerMessage, WireSecret, encode_frame,
+};
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::task::JoinHandle;
+
+const TOKEN: &str = "s3cret-token";
+
+/// Generous bound on anything that should happen quickly; only a guard against hangs.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+// === helpers ===
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "probermesh-link-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn server_config(data_dir: &Path, listen_addr: SocketAddr) -> ServerConfig {
+    let mut config = ServerConfig::new(
+        listen_addr,
+        CertificateSource::Generated {
+            data_dir: data_dir.to_owned(),
+            names: vec!["localhost".into()],
+        },
+        Token::new(TOKEN, "test").expect("token"),
+    );
+    config.server_version = "0.1.0-test".into();
+    config
+}
+
+/// Binds a server, retrying while the port is still held by a server that just stopped.
+async fn start_server(config: ServerConfig) -> Arc<ReportServer> {
+    let mut attempts = 0;
+    loop {
+        match ReportServer::bind(config.clone()) {
+            Ok(server) => return Arc::new(server),
+            Err(e) if attempts < 100 => {
+                attempts += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot start the server: {e}"),
+        }
+    }
+}
+
+async fn new_server(dir: &TempDir) -> Arc<ReportServer> {
+    start_server(server_config(
+        dir.path(),
+        "127.0.0.1:0".parse().expect("addr"),
+    ))
+    .await
+}
+
+fn agent_id(region: &str, ip: &str) -> AgentId {
+    AgentId::new(
+        Region::new(region).expect("region"),
+        ip.parse().expect("ip"),
+    )
+}
+
+fn agent_config(
+    server_addr: SocketAddr,
+    region: &str,
+    verification: ServerVerification,
+) -> AgentLinkConfig {
+    let identity = AgentIdentity::new(agent_id(region, "10.0.0.1"), AgentVersion::new("0.1.0"))
+        .expect("randomness");
+    let mut config = AgentLinkConfig::new(
+        server_addr.to_string(),
+        verification,
+        Token::new(TOKEN, "test").expect("token"),
+        identity,
+    );
+    // Fast retries keep the tests short; the defaults are 0.5 s to 30 s.
+    config.backoff = BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(400),
+        jitter_fraction: 0.2,
+    };
+    config
+}
+
+fn pinned(server: &ReportServer) -> ServerVerification {
+    ServerVerification::PinnedSha256(server.fingerprint())
+}
+
+fn start_agent(config: AgentLinkConfig) -> AgentLink {
+    AgentLink::start(config).expect("agent link starts")
+}
+
+/// An ICMP result whose `round_start_ms` is its unique id.
+fn result(id: u64) -> ProbeResultV1 {
+    let mut histogram_counts = vec![0; HISTOGRAM_LEN];
+    histogram_counts[5] = 3;
+    ProbeResultV1 {
+        target_region: "us".into(),
+        target: "10.0.1.1".into(),
+        round_start_ms: id,
+        outcome: OutcomeV1::Icmp {
+            resolve_ns: 1_000,
+            failure: None,
+            packets_sent: 3,
+            packets_received: 3,
+            rtt: None,
+            histogram_counts,
+            histogram_sum_ns: 3_000_000,
+        },
+    }
+}
+
+fn results(ids: std::ops::Range<u64>) -> Vec<ProbeResultV1> {
+    ids.map(result).collect()
+}
+
+/// Waits for `future` within the hang guard.
+async fn guarded<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(HANG_GUARD, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `condition` until it holds (within the hang guard).
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    guarded(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Everything a server handed out, recorded by a task that drains `next_event`.
+#[derive(Clone, Default)]
+struct Recorded(Arc<Mutex<Vec<LinkEvent>>>);
+
+impl Recorded {
+    fn events(&self) -> Vec<LinkEvent> {
+        self.0.lock().expect("lock").clone()
+    }
+
+    /// The ids of every delivered result, in order.
+    fn result_ids(&self) -> Vec<u64> {
+        self.events()
+            .iter()
+            .filter_map(|e| match e {
+                LinkEvent::Message {
+                    message: AgentMessage::ResultBatch { results, .. },
+                    ..
+                } => Some(results.iter().map(|r| r.round_start_ms).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn connected(&self) -> Vec<(AgentId, SocketAddr)> {
+        self.events()
+            .iter()
+            .filter_map(|e| match e {
+                LinkEvent::Connected {
+                    agent,
+                    observed_addr,
+                    ..
+                } => Some((agent.clone(), *observed_addr)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn record(server: &Arc<ReportServer>) -> (Recorded, JoinHandle<()>) {
+    let recorded = Recorded::default();
+    let sink = recorded.clone();
+    let server = Arc::clone(server);
+    let task = tokio::spawn(async move {
+        while let Some(event) = server.next_event().await {
+            sink.0.lock().expect("lock").push(event);
+        }
+    });
+    (recorded, task)
+}
+
+/// Log lines captured for the current thread (tests run on a current-thread runtime, so the
+/// link's tasks log here too).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+/// A QUIC client that speaks the link's TLS but writes whatever the test wants.
+struct RawClient {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+async fn raw_client(server: &ReportServer) -> RawClient {
+    let crypto = client_crypto(&pinned(server)).expect("client crypto");
+    let client = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(crypto).expect("quic client config"),
+    ));
+    let endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    let conn = endpoint
+        .connect_with(client, server.local_addr(), "localhost")
+        .expect("connect")
+        .await
+        .expect("TLS handshake");
+    let (send, recv) = conn.open_bi().await.expect("open stream");
+    RawClient {
+        _endpoint: endpoint,
+        conn,
+        send,
+        recv,
+    }
+}
+
+fn hello(protocol_version: u16, token: &str) -> AgentMessage {
+    AgentMessage::Hello {
+        protocol_version,
+        agent_version: "0.1.0".into(),
+        region: "raw".into(),
+        ip: "10.9.9.9".parse::<IpAddr>().expect("ip").into(),
+        instance_id: 42,
+        token: WireSecret::new(token.into()),
+    }
+}
+
+impl RawClient {
+    async fn write(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.expect("write");
+    }
+
+    async fn say(&mut self, msg: &AgentMessage) {
+        let frame = encode_frame(msg, usize::MAX).expect("encode");
+        self.write(&frame).await;
+    }
+
+    /// Reads one server message.
+    async fn read(&mut self) -> ServerMessage {
+        let mut prefix = [0u8; 4];
+        self.recv
+            .read_exact(&mut prefix)
+            .await
+            .expect("read prefix");
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        self.recv.read_exact(&mut body).await.expect("read body");
+        probermesh_core::wire::decode_frame(&body).expect("decode")
+    }
+
+    /// Waits for the server to close the connection; returns its close code and reason.
+    async fn closed(&self) -> (CloseCode, String) {
+        let err = guarded("the server to close the connection", self.conn.closed()).await;
+        CloseCode::of_error(&err)
+            .unwrap_or_else(|| panic!("not closed by the server with a code: {err}"))
+    }
+}
+
+/// One healthy agent delivering `n` results while something else happens; asserts they all
+/// arrive exactly once.
+async fn healthy_agent_delivers(server: &ReportServer, recorded: &Recorded, base: u64, n: u64) {
+    let agent = start_agent(agent_config(server.local_addr(), "healthy", pinned(server)));
+    agent.enqueue_results(results(base..base + n));
+    eventually("the healthy agent's results", || {
+        recorded
+            .result_ids()
+            .iter()
+            .filter(|id| (base..base + n).contains(id))
+            .count() as u64
+            == n
+    })
+    .await;
+    eventually("the healthy agent's acks", || {
+        agent.stats().outbox.buffered_results == 0
+    })
+    .await;
+    agent.close().await;
+}
+
+// === the happy path ===
+
+#[tokio::test]
+async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() {
+    let dir = TempDir::new("flow");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    let agent = start_agent(agent_config(server.local_addr(), "eu", pinned(&server)));
+
+    // The agent introduces itself; the server sees its address and tells it.
+    eventually("Connected", || !recorded.connected().is_empty()).await;
+    let (id, observed) = recorded.connected()[0].clone();
+    assert_eq!(id, agent_id("eu", "10.0.0.1"));
+    assert_eq!(observed.ip(), "127.0.0.1".parse::<IpAddr>().expect("ip"));
+    let welcome = guarded("Welcome", agent.recv()).await.expect("welcome");
+    assert!(matches!(
+        welcome,
+        ServerMessage::Welcome { protocol_version: PROTOCOL_VERSION, ref server_version, observed_addr }
+            if server_version == "0.1.0-test" && SocketAddr::from(observed_addr) == observed
+    ));
+    assert_eq!(agent.observed_addr(), Some(observed));
+
+    // It asks for the pool and says it is alive.
+    eventually("PoolRequest and Heartbeat", || {
+        let events = recorded.events();
+        let has = |f: fn(&AgentMessage) -> bool| {
+            events
+                .iter()
+                .any(|e| matches!(e, LinkEvent::Message { message, .. } if f(message)))
+        };
+        has(|m| matches!(m, AgentMessage::PoolRequest { known_revision: 0 }))
+            && has(|m| matches!(m, AgentMessage::Heartbeat { .. }))
+    })
+    .await;
+
+    // The server pushes a pool; the agent keeps it.
+    let connection = match &recorded.events()[0] {
+        LinkEvent::Connected { connection, .. } => *connection,
+        other => panic!("first event is not Connected: {other:?}"),
+    };
+    let configs = vec![ProbeConfigV1 {
+        region: "us".into(),
+        kind: ProbeKindV1::Icmp,
+        targets: vec!["10.0.1.1".into()],
+        icmp: Some(IcmpModuleV1 {
+            packet_count: 3,
+            interval_ns: 1_000_000_000,
+            payload_size: 56,
+        }),
+        http: None,
+    }];
+    server
+        .send_to(
+            connection,
+            ServerMessage::TargetPool {
+                revision: 7,
+                configs: configs.clone(),
+            },
+        )
+        .await
+        .expect("push the pool");
+    let pushed = guarded("TargetPool", agent.recv()).await.expect("pool");
+    assert_eq!(
+        pushed,
+        ServerMessage::TargetPool {
+            revision: 7,
+            configs
+        }
+    );
+    let pool = agent.latest_pool().expect("a pool");
+    assert_eq!(pool.revision, 7);
+    assert_eq!(pool.configs.len(), 1);
+    assert_eq!(pool.configs[0].targets.len(), 1);
+
+    // Results arrive once each, in batches with increasing seq, and are acknowledged.
+    agent.enqueue_results(results(0..2_500));
+    eventually("2,500 results", || recorded.result_ids().len() >= 2_500).await;
+    eventually("every batch acknowledged", || {
+        agent.stats().outbox.buffered_results == 0
+    })
+    .await;
+    assert_eq!(recorded.result_ids(), (0..2_500).collect::<Vec<_>>());
+    let seqs: Vec<u64> = recorded
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Message {
+                message: AgentMessage::ResultBatch { seq, .. },
+                ..
+            } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let stats = agent.stats();
+    assert_eq!(stats.outbox.acked_results, 2_500);
+    assert_eq!(stats.outbox.dropped_results, 0);
+    assert!(stats.connected);
+
+    // Control messages go through `send`; the link's own messages do not.
+    agent
+        .send(AgentMessage::PoolRequest { known_revision: 7 })
+        .await
+        .expect("send");
+    assert!(matches!(
+        agent
+            .send(AgentMessage::ResultBatch {
+                seq: 1,
+                results: vec![]
+            })
+            .await,
+        Err(LinkError::Protocol { .. })
+    ));
+    eventually("the second PoolRequest", || {
+        recorded.events().iter().any(|e| {
+            matches!(
+                e,
+                LinkEvent::Message {
+                    message: AgentMessage::PoolRequest { known_revision: 7 },
+                    ..
+                }
+            )
+        })
+    })
+    .await;
+
+    // A clean close is a Disconnected event.
+    agent.close().await;
+    eventually("Disconnected", || {
+        recorded
+            .events()
+            .iter()
+            .any(|e| matches!(e, LinkEvent::Disconnected { .. }))
+    })
+    .await;
+    assert_eq!(server.stats().accepted, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ca_file_verifies_the_server_by_name() {
+    let dir = TempDir::new("ca");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    // The generated certificate is self-signed: it is its own CA.
+    let ca_file = dir.path().join("server-cert.pem");
+    let mut config = agent_config(
+        server.local_addr(),
+        "ca",
+        ServerVerification::CaFile(ca_file.clone()),
+    );
+    config.server_name = Some("localhost".into());
+    let agent = start_agent(config);
+    agent.enqueue_results(results(0..10));
+    eventually("results over a CA-verified link", || {
+        recorded.result_ids().len() == 10
+    })
+    .await;
+    agent.close().await;
+
+    // A name the certificate does not hold fails.
+    let mut wrong = agent_config(
+        server.local_addr(),
+        "ca",
+        ServerVerification::CaFile(ca_file),
+    );
+    wrong.server_name = Some("elsewhere.example".into());
+    let agent = start_agent(wrong);
+    let err = guarded("a TLS failure", agent.recv())
+        .await
+        .expect_err("must fail");
+    assert!(
+        matches!(err, LinkError::Io { ref detail } if detail.contains("certificate")),
+        "{err}"
+    );
+    server.shutdown().await;
+}
+
+// === security ===
+
+#[tokio::test]
+async fn a_wrong_or_missing_token_is_refused_on_both_sides_and_nothing_is_delivered() {
+    let (logs, _guard) = capture_logs();
+    let dir = TempDir::new("token");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+
+    let mut config = agent_config(server.local_addr(), "intruder", pinned(&server));
+    config.token = Token::new("not-the-token", "test").expect("token");
+    let intruder = start_agent(config);
+    intruder.enqueue_results(results(0..100));
+    let err = guarded("the refusal", intruder.recv())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, LinkError::Refused { ref reason } if reason.contains("bad token")),
+        "{err}"
+    );
+    assert!(!intruder.stats().connected);
+    assert_eq!(
+        intruder.stats().outbox.buffered_results,
+        100,
+        "kept, not sent"
+    );
+    intruder.close().await;
+
+    // No token at all (a hand-made Hello with an empty one).
+    let mut raw = raw_client(&server).await;
+    raw.say(&hello(PROTOCOL_VERSION, "")).await;
+    assert_eq!(
+        raw.read().await,
+        ServerMessage::Refused {
+            reason: RefusalV1::BadToken
+        }
+    );
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::Refused);
+    assert!(reason.contains("bad token"), "{reason}");
+
+    eventually("both refusals counted", || {
+        server.stats().refused_bad_token >= 2
+    })
+    .await;
+    // Nothing of theirs was delivered: the first event is the next good agent's.
+    healthy_agent_delivers(&server, &recorded, 1_000, 10).await;
+    let first = recorded.events().first().cloned().expect("an event");
+    assert!(
+        matches!(first, LinkEvent::Connected { ref agent, .. } if agent.region.as_str() == "healthy"),
+        "{first:?}"
+    );
+    assert!(!recorded.result_ids().iter().any(|id| *id < 1_000));
+
+    let text = logs.text();
+    assert!(text.contains("agent refused: bad token"), "{text}");
+    assert!(
+        text.contains("the server refused this agent: bad token"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not-the-token"),
+        "the token leaked into the log"
+    );
+    assert!(!text.contains(TOKEN), "the token leaked into the log");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_pinned_fingerprint_fails_before_any_token_is_sent() {
+    let dir = TempDir::new("pin");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    let wrong = Sha256Fingerprint::of_der(b"some other certificate");
+    let agent = start_agent(agent_config(
+        server.local_addr(),
+        "pinned",
+        ServerVerification::PinnedSha256(wrong),
+    ));
+    agent.enqueue_results(results(0..5));
+    let err = guarded("the TLS failure", agent.recv())
+        .await
+        .expect_err("must fail");
+    let LinkError::Io { detail } = &err else {
+        panic!("expected an I/O error, got {err}");
+    };
+    assert!(detail.contains("does not match the pinned"), "{detail}");
+    assert!(detail.contains(&wrong.to_string()), "{detail}");
+    assert!(
+        detail.contains(&server.fingerprint().to_string()),
+        "{detail}"
+    );
+    agent.close().await;
+    eventually("the failed handshake counted", || {
+        server.stats().handshake_failures >= 1
+    })
+    .await;
+    healthy_agent_delivers(&server, &recorded, 1_000, 10).await;
+    assert_eq!(server.stats().accepted, 1, "only the healthy agent");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn insecure_mode_warns_at_every_start() {
+    let (logs, _guard) = capture_logs();
+    let dir = TempDir::new("insecure");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    for round in 0..2 {
+        let agent = start_agent(agent_config(
+            server.local_addr(),
+            "lab",
+            ServerVerification::Insecure,
+        ));
+        agent.enqueue_results(results(round * 10..round * 10 + 10));
+        eventually("results over an insecure link", || {
+            recorded.result_ids().len() as u64 == (round + 1) * 10
+        })
+        .await;
+        agent.close().await;
+    }
+    assert_eq!(
+        logs.text()
+            .matches("is NOT verified (insecure mode)")
+            .count(),
+        2
+    );
+    server.shutdown().await;
+}
+
+// === protocol ===
+
+#[tokio::test]
+async fn a_version_mismatch_is_refused_naming_both_versions_on_both_sides() {
+    let (logs, _guard) = capture_logs();
+    let dir = TempDir::new("version");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    let newer = PROTOCOL_VERSION + 1;
+    let mut raw = raw_client(&server).await;
+    raw.say(&hello(newer, TOKEN)).await;
+    let reason = match raw.read().await {
+        ServerMessage::Refused { reason } => reason,
+        other => panic!("expected Refused, got {other:?}"),
+    };
+    assert_eq!(
+        reason,
+        RefusalV1::VersionMismatch {
+            server: PROTOCOL_VERSION,
+            agent: newer
+        }
+    );
+    // What the agent reports for it.
+    let text = describe_refusal(&reason);
+    assert!(
+        text.contains(&format!("server speaks v{PROTOCOL_VERSION}")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("agent speaks v{newer}")), "{text}");
+    let (code, close_reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::Refused);
+    assert_eq!(close_reason, text);
+    let log = logs.text();
+    assert!(
+        log.contains(&format!(
+            "server speaks v{PROTOCOL_VERSION}, the agent speaks v{newer}"
+        )),
+        "{log}"
+    );
+    assert_eq!(server.stats().refused_version, 1);
+    assert!(recorded.events().is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_only_that_connection() {
+    let dir = TempDir::new("oversized");
+    let mut config = server_config(dir.path(), "127.0.0.1:0".parse().expect("addr"));
+    config.limits.max_frame_len_bytes = 64 * 1024;
+    let server = start_server(config).await;
+    let (recorded, _task) = record(&server);
+    let healthy = start_agent(agent_config(
+        server.local_addr(),
+        "healthy",
+        pinned(&server),
+    ));
+    healthy.enqueue_results(results(0..10));
+    eventually("results before", || recorded.result_ids().len() == 10).await;
+
+    // An authenticated peer announces a frame above the limit.
+    let mut raw = raw_client(&server).await;
+    raw.say(&hello(PROTOCOL_VERSION, TOKEN)).await;
+    assert!(matches!(raw.read().await, ServerMessage::Welcome { .. }));
+    raw.write(&(64 * 1024 + 1u32).to_be_bytes()).await;
+    raw.write(&[0u8; 1024]).await;
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::Protocol);
+    assert!(
+        reason.contains("exceeds the limit of 65536 bytes"),
+        "{reason}"
+    );
+
+    // A Hello larger than the pre-authentication limit is refused the same way.
+    let mut raw = raw_client(&server).await;
+    raw.write(&(1u32 << 20).to_be_bytes()).await;
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::Protocol);
+    assert!(reason.contains("exceeds the limit"), "{reason}");
+
+    // Everyone else goes on.
+    healthy.enqueue_results(results(10..20));
+    eventually("results after", || recorded.result_ids().len() == 20).await;
+    assert_eq!(recorded.result_ids(), (0..20).collect::<Vec<_>>());
+    assert_eq!(
+        healthy.stats().connections,
+        1,
+        "the healthy agent was never disconnected"
+    );
+    assert!(server.stats().protocol_errors >= 1);
+    healthy.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_bytes_close_only_that_connection() {
+    let dir = TempDir::new("garbage");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    let healthy = start_agent(agent_config(
+        server.local_addr(),
+        "healthy",
+        pinned(&server),
+    ));
+    healthy.enqueue_results(results(0..10));
+    eventually("results before", || recorded.result_ids().len() == 10).await;
+
+    // Garbage instead of a Hello.
+    let mut raw = raw_client(&server).await;
+    raw.write(&[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x99]).await;
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::Protocol);
+    assert!(reason.contains("cannot decode frame"), "{reason}");
+
+    // A valid Hello, then garbage.
+    let mut raw = raw_client(&server).await;
+    raw.say(&hello(PROTOCOL_VERSION, TOKEN)).await;
+    assert!(matches!(raw.read().await, ServerMessage::Welcome { .. }));
+    raw.write(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::Protocol);
+    assert!(reason.contains("protocol violation"), "{reason}");
+
+    // A valid frame over a limit (`check_limits`): a huge batch is refused as a whole.
+    let mut raw = raw_client(&server).await;
+    raw.say(&hello(PROTOCOL_VERSION, TOKEN)).await;
+    assert!(matches!(raw.read().await, ServerMessage::Welcome { .. }));
+    raw.say(&AgentMessage::UpgradeStatus {
+        offer_id: 1,
+        version: "x".repeat(probermesh_core::wire::MAX_TEXT_LEN + 1),
+        state: probermesh_core::wire::UpgradeStateV1::Verified,
+    })
+    .await;
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::Protocol);
+    assert!(reason.contains("upgrade_status.version"), "{reason}");
+
+    healthy.enqueue_results(results(10..20));
+    eventually("results after", || recorded.result_ids().len() == 20).await;
+    assert_eq!(healthy.stats().connections, 1);
+    // The raw peers that passed the Hello connected and disconnected, and delivered nothing.
+    let raw_messages = recorded
+        .events()
+        .iter()
+        .filter(|e| matches!(e, LinkEvent::Message { agent, .. } if agent.region.as_str() == "raw"))
+        .count();
+    assert_eq!(raw_messages, 0);
+    assert_eq!(server.stats().protocol_errors, 2);
+    assert_eq!(server.stats().handshake_failures, 1);
+    healthy.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_at_the_handshake_timeout() {
+    let dir = TempDir::new("silent");
+    let mut config = server_config(dir.path(), "127.0.0.1:0".parse().expect("addr"));
+    config.limits.handshake_timeout = Duration::from_millis(300);
+    let server = start_server(config).await;
+    let raw = raw_client(&server).await; // opens a stream but never writes
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::HandshakeTimeout);
+    assert!(reason.contains("within the handshake timeout"), "{reason}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_maximum_are_refused() {
+    let dir = TempDir::new("max");
+    let mut config = server_config(dir.path(), "127.0.0.1:0".parse().expect("addr"));
+    config.max_connections = 1;
+    let server = start_server(config).await;
+    let (recorded, _task) = record(&server);
+    let first = start_agent(agent_config(server.local_addr(), "first", pinned(&server)));
+    eventually("the first agent", || recorded.connected().len() == 1).await;
+    let second = start_agent(agent_config(server.local_addr(), "second", pinned(&server)));
+    let err = guarded("the refusal", async {
+        loop {
+            match second.recv().await {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(err, LinkError::Io { ref detail } if detail.contains("refused")),
+        "{err}"
+    );
+    assert!(server.stats().refused_capacity >= 1);
+    // When the first leaves, the second gets in (it keeps retrying).
+    first.close().await;
+    eventually("the second agent", || recorded.connected().len() == 2).await;
+    second.close().await;
+    server.shutdown().await;
+}
+
+// === resilience ===
+
+#[tokio::test]
+async fn results_made_while_the_server_is_away_are_delivered_when_it_comes_back() {
+    let dir = TempDir::new("away");
+    // Take a free port, then leave it: nothing listens there yet.
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port");
+    let fingerprint = {
+        // Generate the certificate now so the agent can pin it before the server runs.
+        let cert =
+            probermesh_adapters::link::ServerCertificate::load(&CertificateSource::Generated {
+                data_dir: dir.path().to_owned(),
+                names: vec!["localhost".into()],
+            })
+            .expect("certificate");
+        cert.fingerprint()
+    };
+    let mut config = agent_config(
+        addr,
+        "patient",
+        ServerVerification::PinnedSha256(fingerprint),
+    );
+    config.limits.handshake_timeout = Duration::from_millis(500);
+    let agent = start_agent(config);
+    agent.enqueue_results(results(0..3_000));
+    eventually("a failed attempt", || agent.stats().failures >= 1).await;
+    assert_eq!(agent.stats().outbox.buffered_results, 3_000);
+
+    let server = start_server(server_config(dir.path(), addr)).await;
+    let (recorded, _task) = record(&server);
+    eventually("the buffered results", || {
+        recorded.result_ids().len() == 3_000
+    })
+    .await;
+    assert_eq!(recorded.result_ids(), (0..3_000).collect::<Vec<_>>());
+    eventually("acknowledged", || {
+        agent.stats().outbox.buffered_results == 0
+    })
+    .await;
+
+    // The pool survives the server going away again.
+    let connection = match &recorded.events()[0] {
+        LinkEvent::Connected { connection, .. } => *connection,
+        other => panic!("{other:?}"),
+    };
+    server
+        .send_to(
+            connection,
+            ServerMessage::TargetPool {
+                revision: 2,
+                configs: vec![],
+            },
+        )
+        .await
+        .expect("pool");
+    eventually("the pool", || agent.latest_pool().is_some()).await;
+    server.shutdown().await;
+    eventually("the disconnect", || !agent.stats().connected).await;
+    assert_eq!(agent.latest_pool().map(|p| p.revision), Some(2));
+    assert!(agent.observed_addr().is_some());
+    agent.close().await;
+}
+
+#[tokio::test]
+async fn a_full_buffer_drops_the_oldest_results_and_counts_them() {
+    let dir = TempDir::new("full");
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port");
+    let cert = probermesh_adapters::link::ServerCertificate::load(&CertificateSource::Generated {
+        data_dir: dir.path().to_owned(),
+        names: vec!["localhost".into()],
+    })
+    .expect("certificate");
+    let mut config = agent_config(
+        addr,
+        "full",
+        ServerVerification::PinnedSha256(cert.fingerprint()),
+    );
+    config.outbox.capacity_results = 1_000;
+    config.limits.handshake_timeout = Duration::from_millis(500);
+    let agent = start_agent(config);
+    agent.enqueue_results(results(0..1_500));
+    let stats = agent.stats().outbox;
+    assert_eq!(
+        (stats.buffered_results, stats.dropped_results),
+        (1_000, 500)
+    );
+
+    let server = start_server(server_config(dir.path(), addr)).await;
+    let (recorded, _task) = record(&server);
+    eventually("the kept results", || recorded.result_ids().len() == 1_000).await;
+    assert_eq!(
+        recorded.result_ids(),
+        (500..1_500).collect::<Vec<_>>(),
+        "the newest are kept"
+    );
+    agent.close().await;
+    server.shutdown().await;
+}
+
+/// What a restart in the middle of a stream did to the results.
+struct RestartOutcome {
+    duplicated: usize,
+    lost: usize,
+    delivered_by_first: usize,
+    delivered_by_second: usize,
+}
+
+/// Three agents stream results without pause; the first server stops (cleanly, or at once as
+/// in a crash) in the middle, and a second one (as empty as a new process) takes over on the
+/// same address with the same certificate. Counts every result id over both servers.
+async fn restart_mid_stream(graceful: bool) -> RestartOutcome {
+    const AGENTS: u64 = 3;
+    const PER_AGENT: u64 = 20_000;
+    const CHUNK: u64 = 100;
+    let dir = TempDir::new("restart");
+    let first = new_server(&dir).await;
+    let addr = first.local_addr();
+    let (recorded_first, task_first) = record(&first);
+
+    let mut agents = Vec::new();
+    let mut producers = Vec::new();
+    for a in 0..AGENTS {
+        let mut config = agent_config(addr, &format!("r{a}"), pinned(&first));
+        config.outbox.max_batch_results = 250;
+        let agent = Arc::new(start_agent(config));
+        let producer = {
+            let agent = Arc::clone(&agent);
+            tokio::spawn(async move {
+                let base = a * 1_000_000;
+                for start in (0..PER_AGENT).step_by(CHUNK as usize) {
+                    agent.enqueue_results(results(base + start..base + start + CHUNK));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        agents.push(agent);
+        producers.push(producer);
+    }
+
+    // Stop once the first server has taken part of the stream.
+    eventually("part of the stream", || {
+        recorded_first.result_ids().len() >= 5_000
+    })
+    .await;
+    if graceful {
+        first.shutdown().await;
+        guarded("the first recorder", task_first)
+            .await
+            .expect("recorder");
+    } else {
+        // A crash: the driver stops taking events and the server goes away at once.
+        task_first.abort();
+        let _ = task_first.await;
+    }
+    drop(first);
+    let second = start_server(server_config(dir.path(), addr)).await;
+    let (recorded_second, _task) = record(&second);
+
+    for producer in producers {
+        guarded("the producers", producer).await.expect("producer");
+    }
+    let total = AGENTS * PER_AGENT;
+    eventually("every result acknowledged", || {
+        agents
+            .iter()
+            .all(|a| a.stats().outbox.buffered_results == 0)
+    })
+    .await;
+
+    let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
+    for id in recorded_first
+        .result_ids()
+        .into_iter()
+        .chain(recorded_second.result_ids())
+    {
+        *counts.entry(id).or_default() += 1;
+    }
+    let expected: HashSet<u64> = (0..AGENTS)
+        .flat_map(|a| (0..PER_AGENT).map(move |n| a * 1_000_000 + n))
+        .collect();
+    assert!(
+        counts.keys().all(|id| expected.contains(id)),
+        "an unknown id"
+    );
+    assert_eq!(expected.len() as u64, total);
+    for agent in &agents {
+        let stats = agent.stats();
+        assert_eq!(stats.outbox.dropped_results, 0);
+        assert!(stats.connections >= 2, "every agent reconnected");
+    }
+    for agent in agents {
+        agent.close().await;
+    }
+    second.shutdown().await;
+    RestartOutcome {
+        duplicated: counts.values().filter(|n| **n > 1).count(),
+        lost: expected
+            .iter()
+            .filter(|id| !counts.contains_key(id))
+            .count(),
+        delivered_by_first: recorded_first.result_ids().len(),
+        delivered_by_second: recorded_second.result_ids().len(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let outcome = restart_mid_stream(true).await;
+    assert_eq!(outcome.lost, 0, "results lost");
+    assert_eq!(outcome.duplicated, 0, "results delivered twice");
+    assert!(outcome.delivered_by_first > 0 && outcome.delivered_by_second > 0);
+}
+
+/// A crash cannot be exactly-once (an Ack in flight dies with the server), but nothing is
+/// lost: every batch the crashed server did not acknowledge is resent to the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_crash_mid_stream_loses_nothing() {
+    let outcome = restart_mid_stream(false).await;
+    assert_eq!(outcome.lost, 0, "results lost");
+    assert!(outcome.delivered_by_first > 0 && outcome.delivered_by_second > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_agents_deliver_concurrently() {
+    const AGENTS: u64 = 200;
+    const PER_AGENT: u64 = 100;
+    let dir = TempDir::new("many");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    let agents: Vec<AgentLink> = (0..AGENTS)
+        .map(|a| {
+            let mut config =
+                agent_config(server.local_addr(), &format!("region-{a}"), pinned(&server));
+            config.identity.agent.ip = format!("10.1.{}.{}", a / 256, a % 256).parse().expect("ip");
+            let agent = start_agent(config);
+            agent.enqueue_results(results(a * 1_000..a * 1_000 + PER_AGENT));
+            agent
+        })
+        .collect();
+    eventually("every result", || {
+        recorded.result_ids().len() as u64 >= AGENTS * PER_AGENT
+    })
+    .await;
+    let ids = recorded.result_ids();
+    let distinct: HashSet<_> = ids.iter().collect();
+    assert_eq!(ids.len() as u64, AGENTS * PER_AGENT);
+    assert_eq!(distinct.len(), ids.len());
+    let connected: HashSet<AgentId> = recorded.connected().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(connected.len() as u64, AGENTS);
+    assert_eq!(server.stats().open_connections, AGENTS);
+    for agent in &agents {
+        eventually("acks", || agent.stats().outbox.buffered_results == 0).await;
+    }
+    for agent in agents {
+        agent.close().await;
+    }
+    server.shutdown().await;
+}
