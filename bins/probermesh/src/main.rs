@@ -1,11 +1,18 @@
 //! The `probermesh` binary. It parses the command line, calls into `probermesh-core` and
 //! `probermesh-adapters`, and maps errors to exit codes; it holds no domain logic.
 //!
-//! Today it validates probe files, pings (`probermesh ping`, the agent's ICMP engine on the
-//! command line) and probes URLs (`probermesh http-probe`, the agent's HTTP prober); the server, agent and demo arrive with the product work.
+//! Subcommands: `server`, `agent`, `demo` (a whole mesh on loopback), `version`, and the
+//! operator tools `ping`, `http-probe` and `check-probe-file`. The Go system's command line
+//! (`probermesh -mode agent -agent.region=eu …`) is translated into the same subcommands
+//! (see `cli::legacy`), so both spellings start the same code.
 
+mod agent;
+mod cli;
+mod demo;
 mod http_probe;
+mod logging;
 mod ping;
+mod server;
 
 use std::fs;
 use std::io::Write;
@@ -27,6 +34,9 @@ struct Cli {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 enum Command {
+    Server(cli::ServerArgs),
+    Agent(cli::AgentArgs),
+    Demo(demo::DemoArgs),
     CheckProbeFile(CheckProbeFile),
     HttpProbe(http_probe::HttpProbe),
     Ping(ping::Ping),
@@ -51,14 +61,51 @@ struct Version {}
 /// EX_USAGE / EX_CONFIG are 64 / 78; we use 64 for all, as linkerd does).
 const EXIT_CONFIG: u8 = 64;
 
+/// Exit code of a bad Go-style command line, as Go's `flag` package.
+const EXIT_USAGE: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli: Cli = argh::from_env();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = if cli::legacy::is_legacy(&args) {
+        match cli::legacy::translate(&args) {
+            Ok(cli::legacy::Legacy::Run(translated)) => {
+                let words: Vec<&str> = translated.iter().map(String::as_str).collect();
+                match Cli::from_args(&["probermesh"], &words) {
+                    Ok(cli) => cli,
+                    Err(early) => {
+                        eprintln!("{}", early.output);
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                }
+            }
+            Ok(cli::legacy::Legacy::Version) => {
+                return exit(print_line(&format!(
+                    "probermesh version {}",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+            Ok(cli::legacy::Legacy::Help) => return exit(print_line(&cli::legacy::usage())),
+            Err(error) => {
+                eprintln!("{error}\n\n{}", cli::legacy::usage());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        argh::from_env()
+    };
     let outcome = match cli.command {
+        Command::Server(args) => with_runtime(server::run(args)),
+        Command::Agent(args) => with_runtime(agent::run(args)),
+        Command::Demo(args) => with_runtime(demo::run(args)),
         Command::CheckProbeFile(args) => check_probe_file(&args),
         Command::HttpProbe(args) => http_probe::run(&args),
         Command::Ping(args) => ping::run(&args),
         Command::Version(_) => print_line(&format!("probermesh {}", env!("CARGO_PKG_VERSION"))),
     };
+    exit(outcome)
+}
+
+fn exit(outcome: Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -66,6 +113,15 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Runs `job` on a multi-threaded tokio runtime.
+fn with_runtime(job: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(job)
 }
 
 pub(crate) fn print_line(line: &str) -> Result<()> {

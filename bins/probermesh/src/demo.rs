@@ -1,0 +1,243 @@
+//! `probermesh demo`: a whole mesh on one machine with no setup. A server and six agents of
+//! three regions run in this process on loopback, each agent with its own 127.0.0.x address,
+//! over the real QUIC link (pinned certificate, token); they ping each other and probe the
+//! server's own HTTP endpoint. Every window a region × region table of RTT and loss is
+//! printed, and `/metrics` is served as in production.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use argh::FromArgs;
+use probermesh_adapters::link::{
+    AgentIdentity, AgentLink, AgentLinkConfig, CertificateSource, ServerConfig, ServerVerification,
+    Token,
+};
+use probermesh_core::aggregate::{self as families, AggregationMethod, AggregatorConfig};
+use probermesh_core::model::{
+    AgentId, AgentVersion, HttpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
+};
+use probermesh_core::pool::{Discovery, TargetPool};
+use probermesh_core::ports::ServerLink;
+use probermesh_core::snapshot::Snapshot;
+use probermesh_core::wire::ProbeResultV1;
+use tokio::sync::mpsc;
+
+use crate::agent::{Probers, probe_rounds};
+use crate::print_line;
+use crate::server::{RunningServer, ServerParts};
+
+/// Run a demo mesh on this machine: a server and agents of three regions on loopback, with a
+/// live region × region table of RTT and loss, and /metrics served.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "demo")]
+pub(crate) struct DemoArgs {
+    /// where /metrics is served (default 127.0.0.1:6001)
+    #[argh(option, default = "String::from(\"127.0.0.1:6001\")")]
+    http_listen_addr: String,
+    /// probe interval and aggregation window in seconds (default 5)
+    #[argh(option, default = "5")]
+    interval_s: u64,
+    /// stop after this many seconds (default: run until Ctrl-C)
+    #[argh(option)]
+    duration_s: Option<u64>,
+}
+
+const REGIONS: [&str; 3] = ["cn-beijing", "eu-frankfurt", "us-virginia"];
+const AGENTS_PER_REGION: u8 = 2;
+
+/// Runs the demo.
+pub(crate) async fn run(args: DemoArgs) -> Result<()> {
+    let _log = crate::logging::init("demo", 3, "")?;
+    let interval = Duration::from_secs(args.interval_s.max(1));
+    let data_dir = std::env::temp_dir().join(format!("probermesh-demo-{}", std::process::id()));
+    let token = Token::new(&random_token()?, "the demo").context("a demo token")?;
+    let server = RunningServer::start(ServerParts {
+        link: ServerConfig::new(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            CertificateSource::Generated {
+                data_dir: data_dir.clone(),
+                names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            },
+            token.clone(),
+        ),
+        aggregator: AggregatorConfig {
+            window: interval,
+            method: AggregationMethod::Robust,
+            ..AggregatorConfig::default()
+        },
+        pool: TargetPool::new(Vec::new(), Discovery::Dynamic, false),
+        probe_file: None,
+        http_listen_addr: args.http_listen_addr.clone(),
+        admin_token: None,
+    })
+    .await?;
+    // The agents also probe the server's own health endpoint, as a URL target of region `web`.
+    let health = format!("http://{}/-/healthy", server.http_addr());
+    server.set_file_configs(vec![ProbeConfig {
+        region: Region::new("web")?,
+        targets: vec![Target::parse(ProbeKind::Http, &health)?],
+        module: ProbeModule::Http(HttpModule::default()),
+    }]);
+    let fingerprint = server
+        .fingerprint()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let probers = Arc::new(Probers::system()?);
+    let mut links = Vec::new();
+    let mut tasks = Vec::new();
+    for (r, region) in REGIONS.iter().enumerate() {
+        for n in 1..=AGENTS_PER_REGION {
+            // 127.0.0.11, .12 for the first region, .21, .22 for the second, …
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, (r as u8 + 1) * 10 + n));
+            let me = AgentId::new(Region::new(region)?, ip);
+            let identity =
+                AgentIdentity::new(me.clone(), AgentVersion::new(env!("CARGO_PKG_VERSION")))
+                    .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let mut config = AgentLinkConfig::new(
+                server.link_addr().to_string(),
+                ServerVerification::PinnedSha256(fingerprint),
+                token.clone(),
+                identity,
+            );
+            config.heartbeat_interval = interval;
+            let link = Arc::new(AgentLink::start(config).context("starting a demo agent")?);
+            let (results_tx, mut results_rx) = mpsc::channel(4096);
+            let pool_link = Arc::clone(&link);
+            tasks.push(tokio::spawn(probe_rounds(
+                Arc::clone(&probers),
+                me,
+                interval,
+                move || {
+                    pool_link
+                        .latest_pool()
+                        .map(|pool| pool.configs.as_ref().clone())
+                        .unwrap_or_default()
+                },
+                results_tx,
+            )));
+            let sender = Arc::clone(&link);
+            tasks.push(tokio::spawn(async move {
+                while let Some(result) = results_rx.recv().await {
+                    sender.enqueue_results(vec![ProbeResultV1::from(&result)]);
+                }
+            }));
+            let receiver = Arc::clone(&link);
+            tasks.push(tokio::spawn(async move {
+                while let Ok(_message) = receiver.recv().await {}
+            }));
+            links.push(link);
+        }
+    }
+    print_line(&format!(
+        "ProberMesh demo: {} agents in {} regions on loopback, window {}s; /metrics at http://{}/metrics",
+        links.len(),
+        REGIONS.len(),
+        interval.as_secs(),
+        server.http_addr()
+    ))?;
+    print_line("The first numbers appear after two windows. Ctrl-C stops.")?;
+
+    let started = tokio::time::Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let table = render_table(&server.snapshot());
+        if tty {
+            print_line("\x1b[2J\x1b[H")?;
+        }
+        print_line(&table)?;
+        if args
+            .duration_s
+            .is_some_and(|limit| started.elapsed() >= Duration::from_secs(limit))
+        {
+            break;
+        }
+    }
+    for task in tasks {
+        task.abort();
+    }
+    for link in links {
+        link.close().await;
+    }
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The region × region table of mean RTT and loss, plus the HTTP line and live agents.
+pub(crate) fn render_table(snapshot: &Snapshot) -> String {
+    let mut cells: BTreeMap<(String, String), (Option<f64>, Option<f64>)> = BTreeMap::new();
+    if let Some(rtt) = snapshot.family(families::ICMP_DURATION) {
+        for series in &rtt.series {
+            if let ([phase, source, target], Some(v)) = (&series.label_values[..], series.number())
+                && phase == "rtt"
+            {
+                cells.entry((source.clone(), target.clone())).or_default().0 = Some(v);
+            }
+        }
+    }
+    if let Some(loss) = snapshot.family(families::ICMP_LOSS) {
+        for series in &loss.series {
+            if let ([source, target], Some(v)) = (&series.label_values[..], series.number()) {
+                cells.entry((source.clone(), target.clone())).or_default().1 = Some(v);
+            }
+        }
+    }
+    let mut out = String::from("ICMP: mean RTT / loss, source (rows) → target (columns)\n");
+    out.push_str(&format!("{:<14}", ""));
+    for target in REGIONS {
+        out.push_str(&format!("{target:>22}"));
+    }
+    out.push('\n');
+    for source in REGIONS {
+        out.push_str(&format!("{source:<14}"));
+        for target in REGIONS {
+            let cell = match cells.get(&(source.to_owned(), target.to_owned())) {
+                Some((Some(rtt), Some(loss))) => format!("{:.3} ms / {loss:.1} %", rtt * 1e3),
+                Some((None, Some(loss))) => format!("— / {loss:.1} %"),
+                _ if source == target => "(own region)".to_owned(),
+                _ => "…".to_owned(),
+            };
+            out.push_str(&format!("{cell:>22}"));
+        }
+        out.push('\n');
+    }
+    let failed = snapshot.family(families::ICMP_FAILED).map_or(0.0, |f| {
+        f.series.iter().filter_map(|s| s.number()).sum::<f64>()
+    });
+    if failed > 0.0 {
+        out.push_str(&format!(
+            "ICMP failures in the last window: {failed} (no ICMP permission? run as root, or \
+             `sudo setcap cap_net_raw+ep <binary>`, or `sudo sysctl -w \
+             net.ipv4.ping_group_range=\"0 2147483647\"`)\n"
+        ));
+    }
+    if let Some(http) = snapshot.family(families::HTTP_STATUS) {
+        for series in &http.series {
+            if let ([source, url, _], Some(code)) = (&series.label_values[..], series.number()) {
+                out.push_str(&format!("HTTP {source} → {url}: status {code}\n"));
+            }
+        }
+    }
+    let alive = snapshot.family(families::AGENT_ALIVE).map_or(0, |f| {
+        f.series.iter().filter(|s| s.number() == Some(1.0)).count()
+    });
+    out.push_str(&format!("agents alive: {alive}\n"));
+    out
+}

@@ -1,0 +1,319 @@
+//! `probermesh server`: wires the QUIC report server, core's [`ServerState`] (aggregation,
+//! pools) and the HTTP endpoints, and runs the two loops that feed the state: link events,
+//! and the window timer. Reload on SIGHUP or `/-/reload`; graceful stop on SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use probermesh_adapters::admin::{AdminApi, AdminServer};
+use probermesh_adapters::link::{CertificateSource, ReportServer, ServerConfig, Token};
+use probermesh_adapters::metrics;
+use probermesh_core::aggregate::{Aggregator, AggregatorConfig};
+use probermesh_core::model::{ProbeConfig, UnixMillis};
+use probermesh_core::pool::TargetPool;
+use probermesh_core::ports::ReportSource;
+use probermesh_core::probe_file::parse_probe_file;
+use probermesh_core::server::{Actions, ServerState};
+use serde::Serialize;
+
+use crate::cli::{ServerArgs, read_token};
+use crate::logging;
+
+/// The wall clock as core wants it.
+pub(crate) fn now() -> UnixMillis {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    UnixMillis(millis)
+}
+
+/// Reads and validates a probe file.
+pub(crate) fn load_probe_file(path: &Path) -> Result<Vec<ProbeConfig>> {
+    let name = path.display().to_string();
+    let yaml =
+        std::fs::read_to_string(path).with_context(|| format!("reading probe file {name}"))?;
+    let file = parse_probe_file(&name, &yaml).map_err(anyhow::Error::new)?;
+    Ok(file.configs)
+}
+
+/// Resolves `host:port` (the Go default `localhost:6000` included) to one socket address.
+pub(crate) async fn resolve_listen(flag: &str, addr: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("invalid value {addr:?} for flag -{flag}"))?
+        .next()
+        .with_context(|| format!("-{flag} {addr:?} resolves to no address"))
+}
+
+/// Everything the loops and the endpoints share.
+struct Shared {
+    state: Mutex<ServerState>,
+    link: Arc<ReportServer>,
+    probe_file: Option<PathBuf>,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn perform(&self, actions: Actions) {
+        for (connection, reason) in actions.close {
+            tracing::warn!(%connection, %reason, "protocol violation; the agent's message was dropped");
+        }
+        let intake = actions.intake;
+        if intake.dropped_late + intake.dropped_future > 0 {
+            tracing::info!(
+                late = intake.dropped_late,
+                future = intake.dropped_future,
+                "results outside the open windows dropped (check the agents' clocks)"
+            );
+        }
+        for (connection, message) in actions.send {
+            if let Err(error) = self.link.send_to(connection, message).await {
+                tracing::debug!(%connection, %error, "sending to an agent failed");
+            }
+        }
+    }
+
+    async fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.probe_file else {
+            return Err("no -server.probe.file to reload".to_owned());
+        };
+        match load_probe_file(path) {
+            Ok(configs) => {
+                let blocks = configs.len();
+                let actions = self.state().reload(now(), configs);
+                self.perform(actions).await;
+                tracing::warn!(file = %path.display(), blocks, "probe file reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "reload failed; the running pool stays");
+                Err(format!("{error:#}"))
+            }
+        }
+    }
+}
+
+/// The Go `/-/targets` shape: `{region: [{"prober_type": "icmp", "targets": [...]}]}`.
+#[derive(Serialize)]
+struct TargetsEntry<'a> {
+    prober_type: &'a str,
+    targets: Vec<&'a str>,
+}
+
+struct Admin(Arc<Shared>);
+
+#[async_trait::async_trait]
+impl AdminApi for Admin {
+    fn metrics(&self) -> Vec<u8> {
+        let snapshot = self.0.state().snapshot(now());
+        metrics::render(&snapshot)
+    }
+
+    fn targets_json(&self) -> String {
+        let regions = self.0.state().targets(now());
+        let shaped: BTreeMap<&str, Vec<TargetsEntry<'_>>> = regions
+            .iter()
+            .map(|(region, configs)| {
+                let entries = configs
+                    .iter()
+                    .map(|config| TargetsEntry {
+                        prober_type: config.kind().as_str(),
+                        targets: config.targets.iter().map(|t| t.raw()).collect(),
+                    })
+                    .collect();
+                (region.as_str(), entries)
+            })
+            .collect();
+        serde_json::to_string(&shaped).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    async fn reload(&self) -> Result<(), String> {
+        self.0.reload().await
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// A started server: its link, endpoints and loops.
+pub(crate) struct RunningServer {
+    shared: Arc<Shared>,
+    admin: AdminServer,
+    events: tokio::task::JoinHandle<()>,
+    timer: tokio::task::JoinHandle<()>,
+}
+
+/// What a server is started from (the flags, or the demo's choices).
+pub(crate) struct ServerParts {
+    pub(crate) link: ServerConfig,
+    pub(crate) aggregator: AggregatorConfig,
+    pub(crate) pool: TargetPool,
+    pub(crate) probe_file: Option<PathBuf>,
+    pub(crate) http_listen_addr: String,
+    pub(crate) admin_token: Option<String>,
+}
+
+impl RunningServer {
+    /// Binds the link and the endpoints and starts the loops.
+    pub(crate) async fn start(parts: ServerParts) -> Result<Self> {
+        let link = Arc::new(ReportServer::bind(parts.link).context("starting the agent link")?);
+        let aggregator =
+            Aggregator::new(parts.aggregator, now()).context("the aggregation settings")?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ServerState::new(aggregator, parts.pool)),
+            link,
+            probe_file: parts.probe_file,
+        });
+        let admin = AdminServer::start(
+            &parts.http_listen_addr,
+            Arc::new(Admin(Arc::clone(&shared))),
+            parts.admin_token,
+        )
+        .await?;
+        let events = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                while let Some(event) = shared.link.next_event().await {
+                    let actions = shared.state().handle_event(now(), event);
+                    shared.perform(actions).await;
+                }
+            })
+        };
+        let timer = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                loop {
+                    let due = shared.state().next_timeout();
+                    let wait =
+                        Duration::from_millis(due.as_millis().saturating_sub(now().as_millis()));
+                    tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+                    let actions = shared.state().handle_timeout(now());
+                    shared.perform(actions).await;
+                }
+            })
+        };
+        Ok(Self {
+            shared,
+            admin,
+            events,
+            timer,
+        })
+    }
+
+    /// The agent link's address.
+    pub(crate) fn link_addr(&self) -> SocketAddr {
+        self.shared.link.local_addr()
+    }
+
+    /// The SHA-256 fingerprint agents pin.
+    pub(crate) fn fingerprint(&self) -> String {
+        self.shared.link.fingerprint().to_string()
+    }
+
+    /// The HTTP endpoints' address.
+    pub(crate) fn http_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// Replaces the probe-file blocks (the demo sets its own) and pushes the change.
+    pub(crate) fn set_file_configs(&self, configs: Vec<ProbeConfig>) {
+        let actions = self.shared.state().reload(now(), configs);
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move { shared.perform(actions).await });
+    }
+
+    /// The series the server would expose now.
+    pub(crate) fn snapshot(&self) -> probermesh_core::snapshot::Snapshot {
+        self.shared.state().snapshot(now())
+    }
+
+    /// Stops everything, closing agent connections cleanly.
+    pub(crate) async fn stop(self) {
+        self.admin.stop();
+        self.timer.abort();
+        self.shared.link.shutdown().await;
+        self.events.abort();
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub(crate) async fn run(args: ServerArgs) -> Result<()> {
+    let choices = args.choices()?;
+    let _log = logging::init("server", args.log_level, &args.log_dir)?;
+    let file_configs = match &args.probe_file {
+        Some(path) => load_probe_file(path)?,
+        None => Vec::new(),
+    };
+    let token = Token::load(args.auth_token_file.as_deref()).context("the agents' token")?;
+    let admin_token = match &args.admin_token_file {
+        Some(path) => read_token(path)?,
+        None => token.expose().to_owned(),
+    };
+    if args.task {
+        tracing::warn!(
+            meta_dir = %args.task_meta_dir.display(),
+            "-server.task: remote tasks are not implemented in this version; /-/task answers 404"
+        );
+    }
+    let listen = resolve_listen("server.rpc.listen.addr", &args.rpc_listen_addr).await?;
+    let certificate = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert_file), Some(key_file)) => CertificateSource::Files {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        },
+        _ => CertificateSource::Generated {
+            data_dir: args.data_dir.clone(),
+            names: vec!["localhost".to_owned(), listen.ip().to_string()],
+        },
+    };
+    let server = RunningServer::start(ServerParts {
+        link: ServerConfig::new(listen, certificate, token),
+        aggregator: AggregatorConfig {
+            window: choices.window,
+            series_ttl_ratio: args.series_cache_ratio,
+            method: choices.method,
+            task_enabled: args.task,
+            probe_self_enabled: args.probe_self,
+            ..AggregatorConfig::default()
+        },
+        pool: TargetPool::new(file_configs, choices.discovery, args.probe_self),
+        probe_file: args.probe_file.clone(),
+        http_listen_addr: args.http_listen_addr.clone(),
+        admin_token: Some(admin_token),
+    })
+    .await?;
+    tracing::warn!(
+        link = %server.link_addr(),
+        fingerprint = %server.fingerprint(),
+        http = %server.http_addr(),
+        method = choices.method.as_str(),
+        "server started; agents pin the fingerprint with -agent.tls.server-fingerprint"
+    );
+    wait_for_signals(&server.shared).await?;
+    tracing::warn!("shutting down");
+    server.stop().await;
+    Ok(())
+}
+
+/// Reloads on SIGHUP; returns on SIGINT or SIGTERM.
+async fn wait_for_signals(shared: &Shared) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => { let _ = shared.reload().await; }
+            _ = terminate.recv() => return Ok(()),
+            result = tokio::signal::ctrl_c() => return result.context("waiting for SIGINT"),
+        }
+    }
+}
