@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command (README.md): formatting, lints, every test, docs, and the
-# architecture checks. CI (.ci/run) installs what this needs and runs it.
+# architecture checks. Installs the Debian packages the tests use when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n=== %s\n' "$*"; }
+
+step "test packages"
+bash scripts/test-packages.sh
 
 step "format"
 cargo fmt --all -- --check

@@ -36,8 +36,8 @@ pub const HTTP_OUTLIER: &str = "prober_http_outlier";
 pub const AGENT_ALIVE: &str = "prober_agent_is_alive";
 /// `prober_server_receive_points` (a counter without `_total`, as in the Go system).
 pub const RECEIVE_POINTS: &str = "prober_server_receive_points";
-/// `prober_server_dropped_points` (ours).
-pub const DROPPED_POINTS: &str = "prober_server_dropped_points";
+/// `prober_server_dropped_points_total` (ours).
+pub const DROPPED_POINTS: &str = "prober_server_dropped_points_total";
 /// `prober_server_task_enabled`.
 pub const TASK_ENABLED: &str = "prober_server_task_enabled";
 /// `prober_server_probe_self_enabled`.

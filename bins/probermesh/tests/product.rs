@@ -1,0 +1,545 @@
+//! The product as a user runs it: a `probermesh` server and four agents in two regions as real
+//! processes on loopback (each agent with its own 127.0.0.x address), scraped series by
+//! series, checked by `promtool`, scraped by a real Prometheus, with agents killed and a broken
+//! probe file reloaded. Short windows (2 s) keep it fast; every wait is a bounded poll.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
+const TOKEN: &str = "lab-token-0123456789";
+
+/// A child process killed when dropped (also when the test panics).
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port")
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("pm-product-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    TempDir(dir)
+}
+
+/// A plain HTTP/1.1 request; returns (status, body).
+fn http(method: &str, addr: SocketAddr, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    // Chunked bodies: good enough to search in (the chunk sizes stay in the text).
+    Some((status, body))
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of the sample `name{labels}` (labels as written in the exposition, sorted).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+struct Mesh {
+    http: SocketAddr,
+    link_port: u16,
+    fingerprint: String,
+    server: Process,
+    agents: Vec<(String, Process)>,
+    probe_file: PathBuf,
+    _dir: TempDir,
+}
+
+fn fingerprint_of(data_dir: &Path) -> String {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(data_dir.join("server-cert.pem"))
+        .expect("the generated certificate");
+    probermesh_adapters::link::Sha256Fingerprint::of_der(&der).to_string()
+}
+
+fn start_server(
+    name: &str,
+    legacy: bool,
+    probe_file_text: &str,
+) -> (Process, SocketAddr, u16, PathBuf, TempDir) {
+    let dir = temp_dir(name);
+    let probe_file = dir.0.join("probe.yaml");
+    std::fs::write(&probe_file, probe_file_text).expect("writing the probe file");
+    let http_port = free_tcp_port();
+    let link_port = free_udp_port();
+    let data_dir = dir.0.join("data");
+    let mut command = Command::new(BIN);
+    if legacy {
+        command.args([
+            "-mode",
+            "server",
+            &format!("-server.rpc.listen.addr=127.0.0.1:{link_port}"),
+            &format!("-server.http.listen.addr=127.0.0.1:{http_port}"),
+            "-server.aggregation.interval=2s",
+            "-server.series.cache.ratio=3",
+            &format!("-server.probe.file={}", probe_file.display()),
+            &format!("-server.data.dir={}", data_dir.display()),
+        ]);
+    } else {
+        command.args([
+            "server",
+            "--rpc-listen-addr",
+            &format!("127.0.0.1:{link_port}"),
+            "--http-listen-addr",
+            &format!("127.0.0.1:{http_port}"),
+            "--aggregation-interval",
+            "2s",
+            "--series-cache-ratio",
+            "3",
+            "--probe-file",
+            &probe_file.display().to_string(),
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ]);
+    }
+    let child = command
+        .env("PROBERMESH_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the server starts");
+    let server = Process(child);
+    let http_addr: SocketAddr = format!("127.0.0.1:{http_port}")
+        .parse()
+        .expect("an address");
+    wait_for("the server to be ready", Duration::from_secs(20), || {
+        http("GET", http_addr, "/-/ready", None).filter(|(s, _)| *s == 200)
+    });
+    (server, http_addr, link_port, probe_file, dir)
+}
+
+fn start_agent(region: &str, ip: &str, link_port: u16, fingerprint: &str, legacy: bool) -> Process {
+    let mut command = Command::new(BIN);
+    if legacy {
+        command.args([
+            "-mode",
+            "agent",
+            &format!("-agent.region={region}"),
+            &format!("-agent.ip={ip}"),
+            &format!("-agent.rpc.report.addr=127.0.0.1:{link_port}"),
+            "-agent.probe.interval=2s",
+            &format!("-agent.tls.server-fingerprint={fingerprint}"),
+        ]);
+    } else {
+        command.args([
+            "agent",
+            "--region",
+            region,
+            "--ip",
+            ip,
+            "--rpc-report-addr",
+            &format!("127.0.0.1:{link_port}"),
+            "--probe-interval",
+            "2s",
+            "--tls-server-fingerprint",
+            fingerprint,
+        ]);
+    }
+    Process(
+        command
+            .env("PROBERMESH_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("an agent starts"),
+    )
+}
+
+fn mesh(name: &str, legacy_server: bool) -> Mesh {
+    let (server, http, link_port, probe_file, dir) = start_server(
+        name,
+        legacy_server,
+        "prober_configs:\n  - prober_type: icmp\n    region: virtual\n    targets: [127.0.0.99]\n",
+    );
+    let fingerprint = fingerprint_of(&dir.0.join("data"));
+    let agents = [
+        ("eu", "127.0.0.11"),
+        ("eu", "127.0.0.12"),
+        ("us", "127.0.0.21"),
+        ("us", "127.0.0.22"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (region, ip))| {
+        (
+            (*ip).to_owned(),
+            start_agent(region, ip, link_port, &fingerprint, i % 2 == 0),
+        )
+    })
+    .collect();
+    Mesh {
+        http,
+        link_port,
+        fingerprint,
+        server,
+        agents,
+        probe_file,
+        _dir: dir,
+    }
+}
+
+fn metrics(mesh: &Mesh) -> String {
+    http("GET", mesh.http, "/metrics", None)
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+const EU_US: &str = r#"{source_region="eu",target_region="us"}"#;
+const US_EU: &str = r#"{source_region="us",target_region="eu"}"#;
+
+#[test]
+fn a_mesh_of_real_processes_exposes_the_go_metrics_and_survives_faults() {
+    let mut mesh = mesh("main", true);
+    let text = wait_for(
+        "eu→us and us→eu series",
+        Duration::from_secs(40),
+        || {
+            let text = metrics(&mesh);
+            (sample(&text, &format!("prober_icmp_packet_loss_rate{EU_US}")).is_some()
+                && sample(&text, &format!("prober_icmp_packet_loss_rate{US_EU}")).is_some())
+            .then_some(text)
+        },
+    );
+
+    // Series by series (spec §3.1 with decisions.md's fixes).
+    for pair in [EU_US, US_EU] {
+        assert_eq!(
+            sample(&text, &format!("prober_icmp_packet_loss_rate{pair}")),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("prober_icmp_failed{pair}")),
+            Some(0.0)
+        );
+        let jitter =
+            sample(&text, &format!("prober_icmp_jitter_stddev_seconds{pair}")).expect("jitter");
+        assert!((0.0..0.05).contains(&jitter), "jitter {jitter}");
+        let inner = &pair[1..pair.len() - 1];
+        for phase in ["resolve", "rtt", "min", "max"] {
+            let v = sample(
+                &text,
+                &format!("prober_icmp_duration_seconds{{phase=\"{phase}\",{inner}}}"),
+            )
+            .unwrap_or_else(|| panic!("phase {phase} of {pair}: {text}"));
+            assert!((0.0..0.05).contains(&v), "{phase} {v}");
+        }
+        let inf = sample(
+            &text,
+            &format!("prober_icmp_duration_seconds_total_bucket{{{inner},le=\"+Inf\"}}"),
+        )
+        .expect("+Inf bucket");
+        let count = sample(
+            &text,
+            &format!("prober_icmp_duration_seconds_total_count{{{inner}}}"),
+        )
+        .expect("count");
+        assert_eq!(inf, count);
+        assert!(count >= 64.0, "at least one probe's echoes: {count}");
+    }
+    assert!(text.contains("# TYPE prober_icmp_duration_seconds_total histogram"));
+    assert!(text.contains("# TYPE prober_server_receive_points counter"));
+    assert_eq!(text.matches("prober_icmp_duration_seconds_total_bucket{source_region=\"eu\",target_region=\"us\",le=").count(), 20);
+    let received = sample(&text, r#"prober_server_receive_points{prober_type="icmp"}"#)
+        .expect("receive points");
+    assert!(received >= 4.0);
+    for (_, ip) in [
+        ("eu", "127.0.0.11"),
+        ("eu", "127.0.0.12"),
+        ("us", "127.0.0.21"),
+        ("us", "127.0.0.22"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with("prober_agent_is_alive{")
+                && l.contains(&format!("ip=\"{ip}\""))
+                && l.ends_with(" 1")),
+            "agent {ip} alive: {text}"
+        );
+    }
+    assert_eq!(sample(&text, "prober_server_task_enabled"), Some(0.0));
+    assert_eq!(sample(&text, "prober_server_probe_self_enabled"), Some(0.0));
+    // The virtual region of the file is probed by every region.
+    assert!(text.contains("target_region=\"virtual\""), "{text}");
+
+    // promtool: only the two inherited lint findings may appear.
+    let scrape = std::env::temp_dir().join(format!("pm-scrape-{}.txt", std::process::id()));
+    std::fs::write(&scrape, &text).expect("writing the scrape");
+    let _scrape_file = TempDir(scrape.clone());
+    let promtool = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", scrape.display()))
+        .output()
+        .expect("promtool runs (Debian package prometheus)");
+    let findings = String::from_utf8_lossy(&promtool.stdout).to_string()
+        + &String::from_utf8_lossy(&promtool.stderr);
+    let unexpected: Vec<&str> = findings
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.contains("prober_server_receive_points counter metrics should have \"_total\" suffix"))
+        .filter(|l| !l.contains("prober_icmp_duration_seconds_total non-counter metrics should not have \"_total\" suffix"))
+        .collect();
+    assert!(unexpected.is_empty(), "promtool: {findings}");
+
+    // /-/targets keeps the Go shape.
+    let (status, targets) = http("GET", mesh.http, "/-/targets", None).expect("targets");
+    assert_eq!(status, 200);
+    assert!(
+        targets.contains(r#""virtual":[{"prober_type":"icmp","targets":["127.0.0.99"]}]"#),
+        "{targets}"
+    );
+
+    // A broken probe file: reload refuses with the place of the error; the pool stays.
+    std::fs::write(
+        &mesh.probe_file,
+        "prober_configs:\n  - prober_type: icmp\n    regin: oops\n",
+    )
+    .expect("breaking the file");
+    let (status, answer) = http("POST", mesh.http, "/-/reload", Some(TOKEN)).expect("reload");
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer.contains("probe.yaml:3"), "{answer}");
+    assert_eq!(
+        http("POST", mesh.http, "/-/reload", None).map(|r| r.0),
+        Some(401)
+    );
+    let (_, targets) = http("GET", mesh.http, "/-/targets", None).expect("targets");
+    assert!(
+        targets.contains("127.0.0.99"),
+        "the old pool stays: {targets}"
+    );
+    // Dynamic targets survive, and a fixed file reloads.
+    assert!(targets.contains("127.0.0.21"), "{targets}");
+    std::fs::write(
+        &mesh.probe_file,
+        "prober_configs:\n  - prober_type: icmp\n    region: virtual\n    targets: [127.0.0.98]\n",
+    )
+    .expect("fixing the file");
+    let (status, _) = http("POST", mesh.http, "/-/reload", Some(TOKEN)).expect("reload");
+    assert_eq!(status, 200);
+    let (_, targets) = http("GET", mesh.http, "/-/targets", None).expect("targets");
+    assert!(
+        targets.contains("127.0.0.98") && !targets.contains("127.0.0.99"),
+        "{targets}"
+    );
+
+    // Killing both US agents: they turn not-alive, and the pairs they fed expire on time
+    // (ratio 3 × window 2 s = 6 s after their last update, plus the settling of a window).
+    let killed_at = Instant::now();
+    mesh.agents.retain(|(ip, _)| !ip.starts_with("127.0.0.2"));
+    wait_for(
+        "the US agents to turn not-alive",
+        Duration::from_secs(30),
+        || {
+            let text = metrics(&mesh);
+            text.lines()
+                .any(|l| {
+                    l.starts_with("prober_agent_is_alive{")
+                        && l.contains("ip=\"127.0.0.21\"")
+                        && l.ends_with(" 0")
+                })
+                .then_some(())
+        },
+    );
+    wait_for("us→eu series to expire", Duration::from_secs(30), || {
+        sample(
+            &metrics(&mesh),
+            &format!("prober_icmp_packet_loss_rate{US_EU}"),
+        )
+        .is_none()
+        .then_some(())
+    });
+    let expired_after = killed_at.elapsed();
+    assert!(
+        expired_after >= Duration::from_secs(4),
+        "expired too early: {expired_after:?}"
+    );
+    let _ = (&mesh.server, mesh.link_port, &mesh.fingerprint);
+}
+
+#[test]
+fn subcommand_flags_start_the_same_server_and_prometheus_can_query_it() {
+    let mesh = mesh("prom", false);
+    wait_for("eu→us series", Duration::from_secs(40), || {
+        sample(
+            &metrics(&mesh),
+            &format!("prober_icmp_packet_loss_rate{EU_US}"),
+        )
+    });
+    let dir = temp_dir("prometheus");
+    let prom_port = free_tcp_port();
+    std::fs::write(
+        dir.0.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: probermesh\n    static_configs:\n      - targets: ['{}']\n",
+            mesh.http
+        ),
+    )
+    .expect("a Prometheus configuration");
+    let _prometheus = Process(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.0.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus runs (Debian package prometheus)"),
+    );
+    let prom: SocketAddr = format!("127.0.0.1:{prom_port}")
+        .parse()
+        .expect("an address");
+    let query = |q: &str| -> Option<f64> {
+        let encoded: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = http("GET", prom, &format!("/api/v1/query?query={encoded}"), None)?;
+        if status != 200 || !body.contains("\"status\":\"success\"") {
+            return None;
+        }
+        // The first sample value: ..."value":[<ts>,"<v>"]...
+        let value = body.split("\"value\":[").nth(1)?.split(',').nth(1)?;
+        value
+            .trim_start_matches('"')
+            .split('"')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let loss = wait_for(
+        "Prometheus to answer the loss",
+        Duration::from_secs(40),
+        || query(r#"prober_icmp_packet_loss_rate{source_region="eu",target_region="us"}"#),
+    );
+    assert!((0.0..=100.0).contains(&loss), "loss {loss}");
+    let p90 = wait_for(
+        "Prometheus to answer the RTT quantile",
+        Duration::from_secs(60),
+        || {
+            query("histogram_quantile(0.9, rate(prober_icmp_duration_seconds_total_bucket[1m]))")
+                .filter(|v| v.is_finite())
+        },
+    );
+    assert!(p90 > 0.0 && p90 < 0.05, "p90 RTT on loopback {p90} s");
+}
+
+#[test]
+fn bad_flags_fail_with_a_message_and_a_nonzero_exit() {
+    for (args, expected, code) in [
+        (
+            vec!["-server.nope=1"],
+            "flag provided but not defined: -server.nope",
+            2,
+        ),
+        (vec!["-mode", "proxy"], "-mode", 2),
+        (
+            vec!["-server.aggregation.method=median"],
+            "robust or mean",
+            64,
+        ),
+        (
+            vec!["-server.aggregation.interval=fast"],
+            "-server.aggregation.interval",
+            64,
+        ),
+        (
+            vec!["-mode", "agent", "-agent.region=eu"],
+            "must verify the server",
+            64,
+        ),
+        (
+            vec![
+                "-mode",
+                "agent",
+                "-agent.tls.insecure",
+                "-agent.probe.interval=1",
+            ],
+            "-agent.probe.interval",
+            64,
+        ),
+    ] {
+        let output = Command::new(BIN)
+            .args(&args)
+            .env("PROBERMESH_TOKEN", TOKEN)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let version = Command::new(BIN).arg("-v").output().expect("runs");
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let help = Command::new(BIN).arg("-h").output().expect("runs");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("-agent.rpc.report.addr"));
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use, when missing (needs root and apt): ping (the RTT
+# reference), nft (loss and reject rules), ip (network namespaces), setpriv and unshare (the
+# ICMP permission tests), curl (the HTTP phase reference), prometheus (promtool, and a real
+# Prometheus scraping the server). Called by scripts/test.sh, so the README's test command
+# works on a fresh machine.
+set -euo pipefail
+packages="iputils-ping nftables iproute2 util-linux curl prometheus"
+missing=""
+for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "the tests need these Debian packages:$missing (install them as root)" >&2
+    exit 1
+  fi
+  echo "installing:$missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  # The package starts a Prometheus on :9090; the tests start their own on free ports.
+  systemctl stop prometheus 2>/dev/null || pkill -x prometheus 2>/dev/null || true
+fi
