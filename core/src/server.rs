@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::aggregate::{Aggregator, Intake};
+use crate::aggregate::{Aggregator, Intake, SnapshotPart};
 use crate::model::{AgentId, AgentVersion, ProbeConfig, Region, UnixMillis};
 use crate::pool::{PoolRevision, TargetPool};
 use crate::ports::{ConnectionId, LinkEvent};
@@ -169,6 +169,12 @@ impl ServerState {
     #[must_use]
     pub fn snapshot(&self, now: UnixMillis) -> Snapshot {
         self.aggregator.snapshot(now)
+    }
+
+    /// Part of the series to expose (see [`SnapshotPart`]).
+    #[must_use]
+    pub fn snapshot_part(&self, now: UnixMillis, part: SnapshotPart) -> Snapshot {
+        self.aggregator.snapshot_part(now, part)
     }
 
     /// The whole pool by region (`/-/targets`).

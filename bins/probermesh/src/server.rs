@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use probermesh_adapters::admin::{AdminApi, AdminServer};
 use probermesh_adapters::link::{CertificateSource, ReportServer, ServerConfig, Token};
 use probermesh_adapters::metrics;
-use probermesh_core::aggregate::{Aggregator, AggregatorConfig};
+use probermesh_core::aggregate::{Aggregator, AggregatorConfig, SnapshotPart};
 use probermesh_core::model::{ProbeConfig, UnixMillis};
 use probermesh_core::pool::TargetPool;
 use probermesh_core::ports::ReportSource;
@@ -54,11 +54,39 @@ struct Shared {
     state: Mutex<ServerState>,
     link: Arc<ReportServer>,
     probe_file: Option<PathBuf>,
+    /// The settled families (per pair, per URL) rendered once per window by the timer loop;
+    /// a scrape adds only the live families (liveness, counters) to it.
+    settled_text: Mutex<Arc<Vec<u8>>>,
 }
 
 impl Shared {
     fn state(&self) -> std::sync::MutexGuard<'_, ServerState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Renders the settled families again (after a window settled or series expired).
+    fn refresh_settled_text(&self) {
+        let snapshot = self.state().snapshot_part(now(), SnapshotPart::Settled);
+        let text = Arc::new(metrics::render(&snapshot));
+        *self
+            .settled_text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = text;
+    }
+
+    /// The `/metrics` body: the cached settled part and the live part rendered now.
+    fn scrape(&self) -> Vec<u8> {
+        let live = self.state().snapshot_part(now(), SnapshotPart::Live);
+        let settled = Arc::clone(
+            &self
+                .settled_text
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut body = Vec::with_capacity(settled.len() + 4096);
+        body.extend_from_slice(&settled);
+        body.extend_from_slice(&metrics::render(&live));
+        body
     }
 
     async fn perform(&self, actions: Actions) {
@@ -112,8 +140,7 @@ struct Admin(Arc<Shared>);
 #[async_trait::async_trait]
 impl AdminApi for Admin {
     fn metrics(&self) -> Vec<u8> {
-        let snapshot = self.0.state().snapshot(now());
-        metrics::render(&snapshot)
+        self.0.scrape()
     }
 
     fn targets_json(&self) -> String {
@@ -171,6 +198,7 @@ impl RunningServer {
             state: Mutex::new(ServerState::new(aggregator, parts.pool)),
             link,
             probe_file: parts.probe_file,
+            settled_text: Mutex::new(Arc::new(Vec::new())),
         });
         let admin = AdminServer::start(
             &parts.http_listen_addr,
@@ -196,6 +224,10 @@ impl RunningServer {
                         Duration::from_millis(due.as_millis().saturating_sub(now().as_millis()));
                     tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
                     let actions = shared.state().handle_timeout(now());
+                    let renderer = Arc::clone(&shared);
+                    // Off the async workers: a big mesh takes a few hundred milliseconds.
+                    let _ =
+                        tokio::task::spawn_blocking(move || renderer.refresh_settled_text()).await;
                     shared.perform(actions).await;
                 }
             })

@@ -82,10 +82,28 @@ pub(crate) struct RenderInput<'a> {
 }
 
 /// Renders every family, in a fixed order, series sorted by label values.
-pub(crate) fn render(input: &RenderInput<'_>) -> Snapshot {
-    let mut families = icmp_families(input.series);
-    families.extend(http_families(input.series));
-    families.extend(server_families(input));
+/// Which families a snapshot holds.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum SnapshotPart {
+    /// Every family.
+    All,
+    /// The per-pair and per-URL families: they change only when a window settles or series
+    /// expire (`handle_timeout`), so an exporter may render them once per window.
+    Settled,
+    /// Agent liveness, the receive and drop counters and the settings gauges: they change
+    /// with every heartbeat and batch.
+    Live,
+}
+
+pub(crate) fn render(input: &RenderInput<'_>, part: SnapshotPart) -> Snapshot {
+    let mut families = Vec::new();
+    if part != SnapshotPart::Live {
+        families.extend(icmp_families(input.series));
+        families.extend(http_families(input.series));
+    }
+    if part != SnapshotPart::Settled {
+        families.extend(server_families(input));
+    }
     for family in &mut families {
         family
             .series

@@ -299,15 +299,25 @@ impl Aggregator {
     /// Every series to expose at `now`.
     #[must_use]
     pub fn snapshot(&self, now: UnixMillis) -> Snapshot {
-        families::render(&families::RenderInput {
-            now,
-            ttl: self.config.series_ttl(),
-            series: &self.series,
-            liveness: &self.liveness,
-            counters: &self.counters,
-            task_enabled: self.config.task_enabled,
-            probe_self_enabled: self.config.probe_self_enabled,
-        })
+        self.snapshot_part(now, SnapshotPart::All)
+    }
+
+    /// Part of the series to expose at `now` (see [`SnapshotPart`]): an exporter can render
+    /// the settled part once per window and only the live part at every scrape.
+    #[must_use]
+    pub fn snapshot_part(&self, now: UnixMillis, part: SnapshotPart) -> Snapshot {
+        families::render(
+            &families::RenderInput {
+                now,
+                ttl: self.config.series_ttl(),
+                series: &self.series,
+                liveness: &self.liveness,
+                counters: &self.counters,
+                task_enabled: self.config.task_enabled,
+                probe_self_enabled: self.config.probe_self_enabled,
+            },
+            part,
+        )
     }
 
     fn settle(&mut self, now: UnixMillis, results: &HashMap<ResultKey, ProbeOutcome>) {
