@@ -1115,3 +1115,23 @@ async fn two_hundred_agents_deliver_concurrently() {
     }
     server.shutdown().await;
 }
+
+#[test]
+fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+    let config = agent_config(
+        "127.0.0.1:9".parse().expect("addr"),
+        "eu",
+        ServerVerification::Insecure,
+    );
+    assert!(matches!(
+        AgentLink::start(config),
+        Err(probermesh_adapters::link::AgentSetupError::NoRuntime)
+    ));
+    let dir = TempDir::new("no-runtime");
+    let err = ReportServer::bind(server_config(
+        dir.path(),
+        "127.0.0.1:0".parse().expect("addr"),
+    ))
+    .expect_err("no runtime");
+    assert!(err.to_string().contains("runtime"), "{err}");
+}

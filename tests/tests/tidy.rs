@@ -74,3 +74,18 @@ fn core_depends_only_on_allowed_crates() {
         );
     }
 }
+
+#[test]
+fn the_lockfile_has_no_aws_lc() {
+    // Two rustls crypto providers in one build make rustls panic at run time; the link and
+    // every TLS user build with ring explicitly (see docs/link.md).
+    let lock = fs::read_to_string(repo().join("Cargo.lock")).expect("Cargo.lock");
+    let offenders: Vec<&str> = lock
+        .lines()
+        .filter(|line| line.starts_with("name = ") && line.contains("aws-lc"))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "Cargo.lock pulls in aws-lc: {offenders:?}; turn off default features and use ring"
+    );
+}

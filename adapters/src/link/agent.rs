@@ -1,6 +1,6 @@
 //! The agent's end of the link: [`AgentLink`], port `ServerLink`.
 //!
-//! A background task keeps one connection to the server: it connects ([`super::session`]),
+//! A background task keeps one connection to the server: it connects (module `session`),
 //! runs the connection until it ends, waits with exponential backoff and jitter, and connects
 //! again, forever, until the link is closed or dropped. Results go into the [`Outbox`] whatever
 //! the connection's state; the latest target pool and observed address survive disconnections.
@@ -22,6 +22,17 @@ use super::tls::{TlsSetupError, client_crypto};
 
 /// Control messages waiting to be written.
 const CONTROL_QUEUE_LEN: usize = 64;
+
+/// Why the agent's link could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentSetupError {
+    /// The TLS configuration could not be built (an unusable CA file, …).
+    #[error("{0}")]
+    Tls(#[from] TlsSetupError),
+    /// `AgentLink::start` was called outside a tokio runtime.
+    #[error("the agent link needs a running tokio runtime")]
+    NoRuntime,
+}
 
 /// Counters of an agent's link.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
@@ -88,11 +99,14 @@ pub struct AgentLink {
 
 impl AgentLink {
     /// Starts the link: builds the TLS configuration (an insecure one logs a warning now) and
-    /// spawns the task that connects and reconnects. Must be called inside a tokio runtime.
+    /// spawns, on the current tokio runtime, the task that connects and reconnects.
     ///
     /// # Errors
-    /// [`TlsSetupError`] for an unusable CA file.
-    pub fn start(config: AgentLinkConfig) -> Result<Self, TlsSetupError> {
+    /// [`AgentSetupError::Tls`] for an unusable CA file, [`AgentSetupError::NoRuntime`]
+    /// outside a tokio runtime.
+    pub fn start(config: AgentLinkConfig) -> Result<Self, AgentSetupError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| AgentSetupError::NoRuntime)?;
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(client_crypto(&config.verification)?)
                 .map_err(|e| TlsSetupError::Quic(e.to_string()))?;
@@ -112,7 +126,7 @@ impl AgentLink {
         });
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_LEN);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(
+        let task = runtime.spawn(supervise(
             Arc::clone(&shared),
             config,
             client,

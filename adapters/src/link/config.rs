@@ -54,7 +54,8 @@ impl Default for LinkLimits {
 impl LinkLimits {
     /// quinn's transport settings: the idle timeout, keep-alives, flow-control windows, and
     /// the streams the peer may open (`peer_bidi_streams`, no unidirectional ones).
-    pub(crate) fn transport(&self, peer_bidi_streams: u32) -> Arc<TransportConfig> {
+    #[must_use]
+    pub fn transport(&self, peer_bidi_streams: u32) -> Arc<TransportConfig> {
         let mut transport = TransportConfig::default();
         let idle = IdleTimeout::try_from(self.idle_timeout)
             .unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(30_000)));

@@ -7,11 +7,11 @@
 //!   authenticate with a shared token compared in constant time ([`token`]).
 //! - Protocol: one bidirectional stream per connection, opened by the agent; `Hello` first,
 //!   within the handshake timeout ([`handshake`]); length-prefixed frames both ways, bounded by
-//!   the maximum frame size ([`framed`]); a bad frame closes that connection with a code and a
+//!   the maximum frame size (`framed`); a bad frame closes that connection with a code and a
 //!   reason ([`close`]).
 //! - Resilience: agents reconnect with backoff and jitter ([`backoff`]), buffer results in
 //!   core's `Outbox` and resend unacknowledged batches; the server deduplicates with core's
-//!   `Deduplicator` ([`server`], [`session`]).
+//!   `Deduplicator` ([`server`], `session`).
 
 pub mod agent;
 pub mod backoff;
@@ -26,7 +26,7 @@ mod session;
 pub mod tls;
 pub mod token;
 
-pub use agent::{AgentLink, AgentLinkStats};
+pub use agent::{AgentLink, AgentLinkStats, AgentSetupError};
 pub use backoff::BackoffConfig;
 pub use cert::{CertError, CertificateSource, ServerCertificate};
 pub use close::CloseCode;

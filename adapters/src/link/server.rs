@@ -457,62 +457,87 @@ async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
     );
     let agent = hello.agent.clone();
     let instance_id = hello.instance_id;
-    let queue = |event| Queued { event, instance_id };
-    if shared
+    let connected = LinkEvent::Connected {
+        connection,
+        agent: agent.clone(),
+        version: hello.version,
+        observed_addr: remote,
+    };
+    let announced = shared
         .events
-        .send(queue(LinkEvent::Connected {
-            connection,
-            agent: agent.clone(),
-            version: hello.version,
-            observed_addr: remote,
-        }))
+        .send(Queued {
+            event: connected,
+            instance_id,
+        })
         .await
-        .is_err()
-    {
-        return;
+        .is_ok();
+    if announced {
+        read_agent(shared, &conn, connection, &agent, instance_id, recv).await;
     }
+    // Dropping the frame sender lets the writer finish the stream.
+    lock(&shared.registry).connections.remove(&connection);
+    if announced {
+        let _ = shared
+            .events
+            .send(Queued {
+                event: LinkEvent::Disconnected { connection, agent },
+                instance_id,
+            })
+            .await;
+    }
+}
+
+/// Reads an authenticated agent's frames into the event queue until the connection ends or
+/// breaks the protocol (then it is closed with code `Protocol`).
+async fn read_agent(
+    shared: &Shared,
+    conn: &Connection,
+    connection: ConnectionId,
+    agent: &AgentId,
+    instance_id: u64,
+    recv: quinn::RecvStream,
+) {
     let mut reader = FrameReader::new(recv, shared.config.limits.max_frame_len_bytes);
     loop {
         match reader.next::<AgentMessage>().await {
             Ok(Some(message)) => {
                 if let Err(e) = message.check_limits() {
-                    protocol_error(shared, &conn, connection, &agent, &e.to_string());
-                    break;
+                    protocol_error(shared, conn, connection, agent, &e.to_string());
+                    return;
                 }
                 if matches!(message, AgentMessage::Hello { .. }) {
-                    protocol_error(shared, &conn, connection, &agent, "a second Hello");
-                    break;
+                    protocol_error(shared, conn, connection, agent, "a second Hello");
+                    return;
                 }
                 let event = LinkEvent::Message {
                     connection,
                     agent: agent.clone(),
                     message,
                 };
-                if shared.events.send(queue(event)).await.is_err() {
-                    break;
+                if shared
+                    .events
+                    .send(Queued { event, instance_id })
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
             }
             Ok(None) => {
-                tracing::info!(%connection, agent = %agent, "agent finished its stream");
-                close(&conn, CloseCode::Done, "");
-                break;
+                tracing::info!(%connection, %agent, "agent finished its stream");
+                close(conn, CloseCode::Done, "");
+                return;
             }
             Err(FrameError::Read(e)) => {
-                tracing::info!(%connection, agent = %agent, error = %e, "agent disconnected");
-                break;
+                tracing::info!(%connection, %agent, error = %e, "agent disconnected");
+                return;
             }
             Err(e @ (FrameError::Wire(_) | FrameError::Truncated { .. })) => {
-                protocol_error(shared, &conn, connection, &agent, &e.to_string());
-                break;
+                protocol_error(shared, conn, connection, agent, &e.to_string());
+                return;
             }
         }
     }
-    // Dropping the frame sender lets the writer finish the stream.
-    lock(&shared.registry).connections.remove(&connection);
-    let _ = shared
-        .events
-        .send(queue(LinkEvent::Disconnected { connection, agent }))
-        .await;
 }
 
 fn protocol_error(

@@ -144,6 +144,7 @@ impl Outbox {
                 match encode_result_batch_frame(
                     seq,
                     &batch.results,
+                    &[],
                     self.config.max_frame_len_bytes,
                 ) {
                     Ok(frame) => {
@@ -221,8 +222,10 @@ impl Outbox {
         let mut n_results = self.pending.len().min(self.config.max_batch_results);
         while n_results > 0 {
             let seq = self.next_seq;
-            let slice = &self.pending.make_contiguous()[..n_results];
-            match encode_result_batch_frame(seq, slice, self.config.max_frame_len_bytes) {
+            let (front, back) = self.pending.as_slices();
+            let head = &front[..n_results.min(front.len())];
+            let tail = &back[..n_results - head.len()];
+            match encode_result_batch_frame(seq, head, tail, self.config.max_frame_len_bytes) {
                 Ok(frame) => {
                     let results: Vec<ProbeResultV1> = self.pending.drain(..n_results).collect();
                     self.unacked.push_back(Batch { seq, results });
@@ -407,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_batch_too_large_for_a_frame_is_cut_and_a_result_too_large_alone_is_dropped() {
-        let one = encode_result_batch_frame(1, &ids(0..1), usize::MAX)
+        let one = encode_result_batch_frame(1, &ids(0..1), &[], usize::MAX)
             .unwrap()
             .len();
         let mut outbox = Outbox::new(OutboxConfig {
@@ -432,6 +435,33 @@ mod tests {
         assert_eq!(tiny.next_frame(), None);
         assert_eq!(tiny.stats().unencodable_results, 3);
         assert!(tiny.is_empty());
+    }
+
+    proptest! {
+        /// Batches cut from a ring buffer that has wrapped around carry the results in order.
+        #[test]
+        fn batches_carry_results_in_order_across_the_ring(
+            chunks in proptest::collection::vec(1u64..40, 1..40),
+            batch in 1usize..16,
+        ) {
+            let mut outbox = outbox(10_000, batch, 1_000);
+            let mut next_id = 0;
+            let mut seen = Vec::new();
+            for n in chunks {
+                outbox.push(ids(next_id..next_id + n));
+                next_id += n;
+                // Take one batch per push, so the deque's head moves and it wraps.
+                if let Some(b) = outbox.next_frame() {
+                    let (seq, got) = decode(&b);
+                    outbox.ack(seq);
+                    seen.extend(got);
+                }
+            }
+            while let Some(b) = outbox.next_frame() {
+                seen.extend(decode(&b).1);
+            }
+            prop_assert_eq!(seen, (0..next_id).collect::<Vec<_>>());
+        }
     }
 
     proptest! {

@@ -20,8 +20,18 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
 /// [`WireError::FrameTooLarge`] when the body would exceed `max_frame_len` (a frame is never
 /// truncated), [`WireError::Encode`] when serde fails.
 pub fn encode_frame<T: Serialize>(msg: &T, max_frame_len: usize) -> Result<Vec<u8>, WireError> {
-    let mut frame =
-        postcard::to_extend(msg, vec![0u8; LEN_PREFIX_BYTES]).map_err(WireError::Encode)?;
+    finish_frame(
+        postcard::to_extend(msg, vec![0u8; LEN_PREFIX_BYTES]),
+        max_frame_len,
+    )
+}
+
+/// Checks the body length of a serialised frame and writes its prefix.
+fn finish_frame(
+    serialised: postcard::Result<Vec<u8>>,
+    max_frame_len: usize,
+) -> Result<Vec<u8>, WireError> {
+    let mut frame = serialised.map_err(WireError::Encode)?;
     let body_len = frame.len() - LEN_PREFIX_BYTES;
     let too_large = || WireError::FrameTooLarge {
         len: body_len as u64,
@@ -35,17 +45,27 @@ pub fn encode_frame<T: Serialize>(msg: &T, max_frame_len: usize) -> Result<Vec<u
     Ok(frame)
 }
 
-/// Encodes `AgentMessage::ResultBatch { seq, results }` as one frame from borrowed results
-/// (the same bytes as [`encode_frame`] of the owned message).
+/// Encodes `AgentMessage::ResultBatch { seq, results }` as one frame from borrowed results,
+/// `head` then `tail` (the same bytes as [`encode_frame`] of the owned message).
 ///
 /// # Errors
 /// As [`encode_frame`].
 pub fn encode_result_batch_frame(
     seq: u64,
-    results: &[super::ProbeResultV1],
+    head: &[super::ProbeResultV1],
+    tail: &[super::ProbeResultV1],
     max_frame_len: usize,
 ) -> Result<Vec<u8>, WireError> {
-    encode_frame(&super::ResultBatchRef { seq, results }, max_frame_len)
+    /// A typical ICMP result takes about 70 bytes; reserving that avoids most regrowth.
+    const TYPICAL_RESULT_BYTES: usize = 96;
+    let capacity =
+        LEN_PREFIX_BYTES + 16 + (head.len() + tail.len()).saturating_mul(TYPICAL_RESULT_BYTES);
+    let mut out = Vec::with_capacity(capacity.min(max_frame_len.saturating_add(LEN_PREFIX_BYTES)));
+    out.resize(LEN_PREFIX_BYTES, 0);
+    finish_frame(
+        postcard::to_extend(&super::ResultBatchRef { seq, head, tail }, out),
+        max_frame_len,
+    )
 }
 
 /// Decodes one frame body (without its length prefix) as a `T`.

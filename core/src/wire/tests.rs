@@ -795,8 +795,12 @@ proptest! {
     fn a_borrowed_batch_encodes_like_the_owned_one(
         seq in any::<u64>(),
         results in vec(arb_result(), 0..4),
+        split in any::<prop::sample::Index>(),
     ) {
-        let borrowed = encode_result_batch_frame(seq, &results, DEFAULT_MAX_FRAME_LEN).unwrap();
+        let split = split.index(results.len() + 1);
+        let borrowed =
+            encode_result_batch_frame(seq, &results[..split], &results[split..], DEFAULT_MAX_FRAME_LEN)
+                .unwrap();
         let owned = encode_frame(&AgentMessage::ResultBatch { seq, results }, DEFAULT_MAX_FRAME_LEN)
             .unwrap();
         prop_assert_eq!(borrowed, owned);

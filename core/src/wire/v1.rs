@@ -83,7 +83,8 @@ pub enum AgentMessage {
 }
 
 /// A borrowed [`AgentMessage::ResultBatch`]: serialises to exactly the same bytes, so an agent
-/// can encode the batches it keeps for resending without cloning their results.
+/// can encode the batches it keeps for resending without cloning their results. The results
+/// are `head` followed by `tail` (the two halves of a ring buffer; either may be empty).
 ///
 /// The variant index (2) and field order are those of [`AgentMessage::ResultBatch`]; the test
 /// `a_borrowed_batch_encodes_like_the_owned_one` fails if the two ever differ.
@@ -91,8 +92,20 @@ pub enum AgentMessage {
 pub struct ResultBatchRef<'a> {
     /// Per-instance sequence number.
     pub seq: u64,
-    /// The results.
-    pub results: &'a [ProbeResultV1],
+    /// The first results.
+    pub head: &'a [ProbeResultV1],
+    /// The results after `head`.
+    pub tail: &'a [ProbeResultV1],
+}
+
+/// The results of a [`ResultBatchRef`] as one sequence.
+struct ResultsRef<'a>(&'a [ProbeResultV1], &'a [ProbeResultV1]);
+
+impl Serialize for ResultsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // `Chain` of two slice iterators knows its exact length, as postcard needs.
+        serializer.collect_seq(self.0.iter().chain(self.1))
+    }
 }
 
 impl Serialize for ResultBatchRef<'_> {
@@ -101,7 +114,7 @@ impl Serialize for ResultBatchRef<'_> {
         let mut variant =
             serializer.serialize_struct_variant("AgentMessage", 2, "ResultBatch", 2)?;
         variant.serialize_field("seq", &self.seq)?;
-        variant.serialize_field("results", self.results)?;
+        variant.serialize_field("results", &ResultsRef(self.head, self.tail))?;
         variant.end()
     }
 }
