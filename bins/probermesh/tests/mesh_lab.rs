@@ -1,0 +1,410 @@
+//! The mesh lab: a server and agents of several regions, each in its own network namespace on
+//! one L2 segment (198.18.0.0/24, `probermesh_tests::lab`), with faults injected per host, and
+//! the server's numbers checked against the injected truth. Windows are 2 s; the server is
+//! scraped from inside its namespace. Needs root (as CI has); fails loudly without it.
+//!
+//! Tolerances are five standard errors of the packets behind each number plus a stated
+//! allowance for the userspace responder's timer, so a chance failure is below one in a million.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use probermesh_tests::lab::Lab;
+
+const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
+const TOKEN: &str = "lab-token-0123456789";
+const SERVER: &str = "198.18.0.1";
+
+/// The echo responder, built next to this binary by `cargo test --workspace`.
+fn responder() -> PathBuf {
+    let path = Path::new(BIN).with_file_name("icmp-responder");
+    assert!(
+        path.exists(),
+        "{} is missing: run the lab through `cargo test --workspace` (scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+struct Mesh {
+    lab: Lab,
+    server: usize,
+    data_dir: PathBuf,
+    fingerprint: String,
+    /// (host index, region, name) of every agent.
+    agents: Vec<(usize, &'static str, String)>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn start_server(lab: &mut Lab, host: usize, data_dir: &Path, method: &str) {
+    lab.host_mut(host)
+        .spawn(
+            "server",
+            &[
+                BIN,
+                "-mode",
+                "server",
+                &format!("-server.rpc.listen.addr={SERVER}:6000"),
+                &format!("-server.http.listen.addr={SERVER}:6001"),
+                "-server.aggregation.interval=2s",
+                "-server.series.cache.ratio=3",
+                &format!("-server.aggregation.method={method}"),
+                &format!("-server.data.dir={}", data_dir.display()),
+            ],
+            &[("PROBERMESH_TOKEN", TOKEN)],
+        )
+        .expect("the server starts");
+}
+
+impl Mesh {
+    /// A server at 198.18.0.1 and agents at `198.18.0.<octet>` of the given regions.
+    fn start(name: &str, method: &str, agents: &[(&'static str, u8)]) -> Self {
+        let mut lab = Lab::new().expect("a lab (needs root)");
+        let server = lab.add_host(1).expect("the server host");
+        let data_dir = std::env::temp_dir().join(format!("pm-lab-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        start_server(&mut lab, server, &data_dir, method);
+        let mut mesh = Self {
+            lab,
+            server,
+            fingerprint: String::new(),
+            data_dir,
+            agents: Vec::new(),
+        };
+        mesh.wait_ready();
+        mesh.fingerprint = fingerprint_of(&mesh.data_dir);
+        for (region, octet) in agents {
+            let host = mesh.lab.add_host(*octet).expect("an agent host");
+            mesh.agents
+                .push((host, region, format!("198.18.0.{octet}")));
+        }
+        for (host, region, _) in mesh.agents.clone() {
+            mesh.start_agent(host, region);
+        }
+        mesh
+    }
+
+    fn start_agent(&mut self, host: usize, region: &str) {
+        let fingerprint = self.fingerprint.clone();
+        self.lab
+            .host_mut(host)
+            .spawn(
+                "agent",
+                &[
+                    BIN,
+                    "-mode",
+                    "agent",
+                    &format!("-agent.region={region}"),
+                    &format!("-agent.rpc.report.addr={SERVER}:6000"),
+                    "-agent.probe.interval=2s",
+                    &format!("-agent.tls.server-fingerprint={fingerprint}"),
+                ],
+                &[("PROBERMESH_TOKEN", TOKEN)],
+            )
+            .expect("an agent starts");
+    }
+
+    fn host_of(&self, ip: &str) -> usize {
+        self.agents
+            .iter()
+            .find(|(_, _, a)| a == ip)
+            .map(|(h, _, _)| *h)
+            .expect("a known agent")
+    }
+
+    fn curl(&self, path: &str) -> Option<String> {
+        let output = self
+            .lab
+            .host(self.server)
+            .exec(&[
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+                &format!("http://{SERVER}:6001{path}"),
+            ])
+            .ok()?;
+        Some(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn wait_ready(&self) {
+        wait_for("the server", Duration::from_secs(20), || {
+            self.curl("/-/ready")
+        });
+    }
+
+    fn metrics(&self) -> String {
+        self.curl("/metrics").unwrap_or_default()
+    }
+}
+
+fn fingerprint_of(data_dir: &Path) -> String {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(data_dir.join("server-cert.pem"))
+        .expect("the generated certificate");
+    probermesh_adapters::link::Sha256Fingerprint::of_der(&der).to_string()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn pair(name: &str, source: &str, target: &str) -> String {
+    format!("{name}{{source_region=\"{source}\",target_region=\"{target}\"}}")
+}
+
+fn phase(name: &str, phase: &str, source: &str, target: &str) -> String {
+    format!("{name}{{phase=\"{phase}\",source_region=\"{source}\",target_region=\"{target}\"}}")
+}
+
+/// `windows` values of each series, one per 2-second window, after all are present.
+fn collect(mesh: &Mesh, series: &[String], windows: usize) -> Vec<Vec<f64>> {
+    wait_for("every series", Duration::from_secs(60), || {
+        let text = mesh.metrics();
+        series
+            .iter()
+            .all(|s| sample(&text, s).is_some())
+            .then_some(())
+    });
+    let mut values = vec![Vec::new(); series.len()];
+    for _ in 0..windows {
+        std::thread::sleep(Duration::from_millis(2_000));
+        let text = mesh.metrics();
+        for (i, s) in series.iter().enumerate() {
+            if let Some(v) = sample(&text, s) {
+                values[i].push(v);
+            }
+        }
+    }
+    values
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+#[test]
+fn loss_delay_and_jitter_match_the_injected_faults_and_a_dark_region_expires() {
+    let mut mesh = Mesh::start(
+        "truth",
+        "robust",
+        &[
+            ("a", 11),
+            ("a", 12),
+            ("b", 21),
+            ("b", 22),
+            ("c", 31),
+            ("c", 32),
+        ],
+    );
+    // Region c drops one echo request in ten; region b answers after 5 ms ± 2 ms (uniform).
+    for ip in ["198.18.0.31", "198.18.0.32"] {
+        mesh.lab
+            .host(mesh.host_of(ip))
+            .nft("table inet lab {\n chain input {\n type filter hook input priority 0;\n icmp type echo-request numgen random mod 10 == 0 drop\n }\n}\n")
+            .expect("the loss rule");
+    }
+    let responder = responder();
+    for ip in ["198.18.0.21", "198.18.0.22"] {
+        let host = mesh.host_of(ip);
+        mesh.lab
+            .host(host)
+            .sysctl("net.ipv4.icmp_echo_ignore_all", "1")
+            .expect("sysctl");
+        mesh.lab
+            .host_mut(host)
+            .spawn(
+                "responder",
+                &[&responder.display().to_string(), "5", "2"],
+                &[],
+            )
+            .expect("the responder");
+    }
+    let series = vec![
+        pair("prober_icmp_packet_loss_rate", "a", "c"),
+        pair("prober_icmp_packet_loss_rate", "b", "c"),
+        phase("prober_icmp_duration_seconds", "rtt", "a", "b"),
+        phase("prober_icmp_duration_seconds", "rtt", "c", "b"),
+        pair("prober_icmp_jitter_stddev_seconds", "a", "b"),
+        pair("prober_icmp_packet_loss_rate", "b", "a"),
+    ];
+    let windows = 6;
+    // Skip the first windows: they may hold rounds from before the faults were in place.
+    std::thread::sleep(Duration::from_secs(6));
+    let values = collect(&mesh, &series, windows);
+
+    // Loss: 2 sources × 2 targets × 64 echoes per window; SE of the mean over the windows.
+    let packets = 256.0 * values[0].len() as f64;
+    let loss_tolerance = 100.0 * 5.0 * (0.1 * 0.9 / packets).sqrt();
+    for (i, name) in [(0, "a→c"), (1, "b→c")] {
+        let measured = mean(&values[i]);
+        assert!(
+            (measured - 10.0).abs() <= loss_tolerance,
+            "{name} loss {measured:.2} %, injected 10 ± {loss_tolerance:.2}"
+        );
+    }
+    // RTT: uniform ± 2 ms has σ = 1.155 ms; 256 echoes a window; plus 0.5 ms for the
+    // responder's timer and the path.
+    let sigma = 2.0 / 3f64.sqrt();
+    let echoes = 256.0 * values[2].len() as f64;
+    let rtt_tolerance = 5.0 * sigma / echoes.sqrt() + 0.5;
+    for (i, name) in [(2, "a→b"), (3, "c→b")] {
+        let measured = mean(&values[i]) * 1e3;
+        assert!(
+            (measured - 5.0).abs() <= rtt_tolerance,
+            "{name} RTT {measured:.3} ms, injected 5 ± {rtt_tolerance:.3}"
+        );
+    }
+    // Jitter (mean of per-probe population stddev over 64 echoes): σ, within 0.4 ms.
+    let jitter = mean(&values[4]) * 1e3;
+    assert!(
+        (jitter - sigma).abs() <= 0.4,
+        "a→b jitter {jitter:.3} ms, injected {sigma:.3}"
+    );
+    // An untouched path stays clean.
+    assert!(mean(&values[5]) <= 1.0, "b→a loss {:?}", values[5]);
+
+    // Region c goes dark: its agents stop and its hosts answer nothing.
+    let dark_at = Instant::now();
+    for ip in ["198.18.0.31", "198.18.0.32"] {
+        let host = mesh.host_of(ip);
+        mesh.lab.host_mut(host).kill("agent");
+        mesh.lab
+            .host(host)
+            .nft("table inet lab {\n chain input {\n type filter hook input priority 0;\n policy drop;\n }\n}\n")
+            .expect("the blackout rule");
+    }
+    // Within two windows (plus the one a window takes to settle): 100 % loss and failures.
+    let (loss, failed) = wait_for("a→c total loss", Duration::from_secs(10), || {
+        let text = mesh.metrics();
+        let loss = sample(&text, &pair("prober_icmp_packet_loss_rate", "a", "c"))?;
+        let failed = sample(&text, &pair("prober_icmp_failed", "a", "c"))?;
+        (loss == 100.0 && failed > 0.0).then_some((loss, failed))
+    });
+    assert!(
+        dark_at.elapsed() <= Duration::from_secs(8),
+        "{loss} {failed} after {:?}",
+        dark_at.elapsed()
+    );
+    // Its agents turn not-alive after ratio × window (6 s), and its own series expire then.
+    wait_for(
+        "c's agents to turn not-alive",
+        Duration::from_secs(20),
+        || {
+            let text = mesh.metrics();
+            text.lines()
+                .any(|l| {
+                    l.starts_with("prober_agent_is_alive{")
+                        && l.contains("ip=\"198.18.0.31\"")
+                        && l.ends_with(" 0")
+                })
+                .then_some(())
+        },
+    );
+    wait_for("c→a to expire", Duration::from_secs(20), || {
+        sample(
+            &mesh.metrics(),
+            &pair("prober_icmp_packet_loss_rate", "c", "a"),
+        )
+        .is_none()
+        .then_some(())
+    });
+    assert!(
+        dark_at.elapsed() >= Duration::from_secs(5),
+        "expired before ratio × window: {:?}",
+        dark_at.elapsed()
+    );
+}
+
+#[test]
+fn one_broken_host_moves_the_mean_but_not_the_robust_estimate() {
+    let mut mesh = Mesh::start(
+        "broken",
+        "robust",
+        &[
+            ("a", 11),
+            ("a", 12),
+            ("a", 13),
+            ("b", 21),
+            ("b", 22),
+            ("b", 23),
+        ],
+    );
+    // 198.18.0.13's network loses every ICMP packet that comes to it (echo requests from
+    // others, and the replies to its own probes); its link to the server is fine.
+    mesh.lab
+        .host(mesh.host_of("198.18.0.13"))
+        .nft("table inet lab {\n chain input {\n type filter hook input priority 0;\n meta l4proto icmp drop\n }\n}\n")
+        .expect("the broken host");
+    std::thread::sleep(Duration::from_secs(6));
+    let series = vec![
+        pair("prober_icmp_packet_loss_rate", "b", "a"),
+        pair("prober_icmp_packet_loss_rate", "a", "b"),
+    ];
+    let robust = collect(&mesh, &series, 4);
+    for (values, name) in robust.iter().zip(["b→a", "a→b"]) {
+        assert!(
+            mean(values) <= 2.0,
+            "robust {name} loss {values:?} should stay at the true 0 %"
+        );
+    }
+    let text = mesh.metrics();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("prober_icmp_outlier{") && l.contains("host=\"198.18.0.13\"")),
+        "the broken host is reported: {text}"
+    );
+
+    // The same mesh under the Go math: restart the server (same certificate) with `mean`;
+    // the agents reconnect on their own.
+    let received_before =
+        sample(&text, "prober_server_receive_points{prober_type=\"icmp\"}").unwrap_or(0.0);
+    mesh.lab.host_mut(mesh.server).kill("server");
+    let data_dir = mesh.data_dir.clone();
+    let server = mesh.server;
+    start_server(&mut mesh.lab, server, &data_dir, "mean");
+    mesh.wait_ready();
+    let mean_values = collect(&mesh, &series, 4);
+    for (values, name) in mean_values.iter().zip(["b→a", "a→b"]) {
+        // One path in three is fully lost: 33.3 %, give or take the odd lost echo.
+        let measured = mean(values);
+        assert!(
+            (measured - 33.3).abs() <= 3.0,
+            "mean {name} loss {measured:.1} % should show the broken host"
+        );
+    }
+    let text = mesh.metrics();
+    let duplicates = sample(
+        &text,
+        "prober_server_dropped_points_total{reason=\"duplicate\"}",
+    )
+    .unwrap_or(0.0);
+    assert_eq!(duplicates, 0.0, "nothing counted twice across the restart");
+    let received_after =
+        sample(&text, "prober_server_receive_points{prober_type=\"icmp\"}").unwrap_or(0.0);
+    assert!(received_after > 0.0 && received_before > 0.0);
+}
