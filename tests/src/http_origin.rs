@@ -151,11 +151,24 @@ pub enum Security {
     MutualTls,
 }
 
+/// What the origin really did for one `/delay` request: timers run late on a busy machine,
+/// so tests compare a prober with these, not with the nominal delays.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DelayTiming {
+    /// From the request's arrival to the headers handed to the connection.
+    pub headers_after: Duration,
+    /// From then to the last chunk handed over.
+    pub body_span: Duration,
+}
+
+type Timings = Arc<std::sync::Mutex<Vec<DelayTiming>>>;
+
 /// A running origin.
 #[derive(Debug)]
 pub struct Origin {
     addr: SocketAddr,
     tls: bool,
+    timings: Timings,
     _stop: oneshot::Sender<()>,
 }
 
@@ -175,6 +188,8 @@ impl Origin {
         };
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
+        let timings: Timings = Arc::default();
+        let recorder = Arc::clone(&timings);
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -190,14 +205,15 @@ impl Origin {
                         };
                         let _ = tcp.set_nodelay(true);
                         let acceptor = acceptor.clone();
+                        let recorder = Arc::clone(&recorder);
                         tokio::spawn(async move {
                             match acceptor {
                                 Some(acceptor) => {
                                     if let Ok(tls) = acceptor.accept(tcp).await {
-                                        serve_connection(TokioIo::new(tls)).await;
+                                        serve_connection(TokioIo::new(tls), recorder).await;
                                     }
                                 }
-                                None => serve_connection(TokioIo::new(tcp)).await,
+                                None => serve_connection(TokioIo::new(tcp), recorder).await,
                             }
                         });
                     }
@@ -212,8 +228,18 @@ impl Origin {
         Self {
             addr,
             tls: security != Security::Plain,
+            timings,
             _stop: stop,
         }
+    }
+
+    /// What the origin really did for each `/delay` request so far, in completion order.
+    #[must_use]
+    pub fn delay_timings(&self) -> Vec<DelayTiming> {
+        self.timings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Where it listens.
@@ -258,12 +284,13 @@ fn tls_acceptor(pki: &TestPki, require_client_cert: bool) -> tokio_rustls::TlsAc
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-async fn serve_connection<I>(io: TokioIo<I>)
+async fn serve_connection<I>(io: TokioIo<I>, timings: Timings)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let service = hyper::service::service_fn(move |request| route(request, Arc::clone(&timings)));
     let _ = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, hyper::service::service_fn(route))
+        .serve_connection(io, service)
         .await;
 }
 
@@ -286,7 +313,7 @@ fn number(request: &Request<Incoming>, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn route(request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(request: Request<Incoming>, timings: Timings) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     let mut response = Response::new(full(""));
     if path == "/delay" {
@@ -298,6 +325,7 @@ async fn route(request: Request<Incoming>) -> Result<Response<Body>, Infallible>
         let arrived = tokio::time::Instant::now();
         let headers_at = arrived + Duration::from_millis(headers_ms);
         tokio::time::sleep_until(headers_at).await;
+        let headers_sent = tokio::time::Instant::now();
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         tokio::spawn(async move {
             for i in 1..=chunks {
@@ -306,6 +334,13 @@ async fn route(request: Request<Incoming>) -> Result<Response<Body>, Infallible>
                     return;
                 }
             }
+            timings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(DelayTiming {
+                    headers_after: headers_sent - arrived,
+                    body_span: headers_sent.elapsed(),
+                });
         });
         *response.body_mut() = ChannelBody(rx).boxed();
     } else if let Some(code) = path.strip_prefix("/status/") {
