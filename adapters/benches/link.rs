@@ -85,6 +85,15 @@ impl Measured {
     fn server_cpu_ms_per_1000(&self) -> f64 {
         self.server_cpu.as_secs_f64() * 1_000.0 / (self.results as f64 / 1_000.0)
     }
+
+    /// Everything but the server thread: the agents (or bare clients), producing and sending.
+    fn agents_cpu_ms_per_1000(&self) -> f64 {
+        self.process_cpu
+            .saturating_sub(self.server_cpu)
+            .as_secs_f64()
+            * 1_000.0
+            / (self.results as f64 / 1_000.0)
+    }
 }
 
 /// Counters a server thread publishes: results (or bytes) taken, and its own CPU time.
@@ -387,10 +396,11 @@ fn main() {
         ("bare quinn stream, same bytes", &bare),
     ] {
         println!(
-            "| {name} | {:.0} | {:.1} | {:.3} | {:.2} | {:.2} |",
+            "| {name} | {:.0} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} |",
             m.results_per_sec(),
             m.results_per_sec() * bytes_per_result / 1e6,
             m.server_cpu_ms_per_1000(),
+            m.agents_cpu_ms_per_1000(),
             cores(m),
             process(m),
         );

@@ -475,6 +475,58 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     })
     .await;
 
+    // Task and upgrade messages are carried both ways, unchanged.
+    let task = ServerMessage::Task {
+        task_id: 9,
+        command: "uptime".into(),
+        timeout_ms: 30_000,
+        output_limit_bytes: 4_096,
+    };
+    server
+        .send_to(connection, task.clone())
+        .await
+        .expect("task");
+    assert_eq!(guarded("Task", agent.recv()).await.expect("task"), task);
+    let offer = ServerMessage::UpgradeOffer {
+        offer_id: 3,
+        version: "0.2.0".into(),
+        url: "https://example.invalid/probermesh".into(),
+        sha256: [7; 32],
+    };
+    server
+        .send_to(connection, offer.clone())
+        .await
+        .expect("offer");
+    assert_eq!(
+        guarded("UpgradeOffer", agent.recv()).await.expect("offer"),
+        offer
+    );
+    let task_result = AgentMessage::TaskResult {
+        task_id: 9,
+        exit_code: Some(0),
+        timed_out: false,
+        stdout: b"up 3 days".to_vec(),
+        stderr: vec![],
+        truncated: false,
+        duration_ms: 12,
+    };
+    let status = AgentMessage::UpgradeStatus {
+        offer_id: 3,
+        version: "0.2.0".into(),
+        state: probermesh_core::wire::UpgradeStateV1::Verified,
+    };
+    agent.send(task_result.clone()).await.expect("task result");
+    agent.send(status.clone()).await.expect("upgrade status");
+    eventually("TaskResult and UpgradeStatus", || {
+        let events = recorded.events();
+        [&task_result, &status].iter().all(|wanted| {
+            events
+                .iter()
+                .any(|e| matches!(e, LinkEvent::Message { message, .. } if message == *wanted))
+        })
+    })
+    .await;
+
     // A clean close is a Disconnected event.
     agent.close().await;
     eventually("Disconnected", || {
@@ -699,6 +751,89 @@ async fn a_version_mismatch_is_refused_naming_both_versions_on_both_sides() {
     assert_eq!(server.stats().refused_version, 1);
     assert!(recorded.events().is_empty());
     server.shutdown().await;
+}
+
+/// The agent's side of a version mismatch: a stand-in server speaking the next protocol
+/// version refuses our agent, which reports both versions.
+#[tokio::test]
+async fn an_agent_refused_for_its_version_names_both_versions() {
+    let (logs, _guard) = capture_logs();
+    let dir = TempDir::new("agent-version");
+    let cert = probermesh_adapters::link::ServerCertificate::load(&CertificateSource::Generated {
+        data_dir: dir.path().to_owned(),
+        names: vec!["localhost".into()],
+    })
+    .expect("certificate");
+    let crypto = probermesh_adapters::link::server_crypto(&cert).expect("server crypto");
+    let config = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(crypto).expect("quic server crypto"),
+    ));
+    let endpoint =
+        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let addr = endpoint.local_addr().expect("addr");
+    let newer = PROTOCOL_VERSION + 1;
+    let stand_in = tokio::spawn(async move {
+        let conn = endpoint
+            .accept()
+            .await
+            .expect("incoming")
+            .await
+            .expect("handshake");
+        let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+        let mut prefix = [0u8; 4];
+        recv.read_exact(&mut prefix).await.expect("prefix");
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        recv.read_exact(&mut body).await.expect("hello");
+        let hello: AgentMessage = probermesh_core::wire::decode_frame(&body).expect("decode");
+        let AgentMessage::Hello {
+            protocol_version, ..
+        } = hello
+        else {
+            panic!("not a Hello");
+        };
+        let refusal = ServerMessage::Refused {
+            reason: RefusalV1::VersionMismatch {
+                server: newer,
+                agent: protocol_version,
+            },
+        };
+        send.write_all(&encode_frame(&refusal, usize::MAX).expect("encode"))
+            .await
+            .expect("write");
+        let _ = send.finish();
+        conn.closed().await;
+        endpoint
+    });
+    let agent = start_agent(agent_config(
+        addr,
+        "old",
+        ServerVerification::PinnedSha256(cert.fingerprint()),
+    ));
+    let err = guarded("the refusal", agent.recv())
+        .await
+        .expect_err("refused");
+    let LinkError::Refused { reason } = &err else {
+        panic!("expected a refusal, got {err}");
+    };
+    assert!(
+        reason.contains(&format!("the server speaks v{newer}")),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(&format!("the agent speaks v{PROTOCOL_VERSION}")),
+        "{reason}"
+    );
+    agent.close().await;
+    drop(
+        guarded("the stand-in server", stand_in)
+            .await
+            .expect("stand-in"),
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("the server refused this agent: protocol version mismatch"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
