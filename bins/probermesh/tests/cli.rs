@@ -103,3 +103,45 @@ fn check_probe_file_accepts_the_go_example_and_names_the_error_place() {
     assert_eq!(missing.status.code(), Some(64));
     assert!(stderr.contains("/nonexistent/probe.yaml"), "{stderr}");
 }
+
+#[test]
+fn the_demo_shows_a_region_table_and_serves_http() {
+    let output = Command::new(BIN)
+        .args([
+            "demo",
+            "--interval-s",
+            "1",
+            "--duration-s",
+            "7",
+            "--http-listen-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("the demo runs");
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(" ms / 0.0 %"),
+        "RTT and loss cells: {stdout}"
+    );
+    assert!(stdout.contains("agents alive: 6"), "{stdout}");
+    assert!(stdout.contains("/-/healthy: status 200"), "{stdout}");
+}
+
+#[test]
+fn without_icmp_permission_the_demo_says_how_and_keeps_http() {
+    let output = in_fresh_netns(&format!(
+        "ip link set lo up && {AS_NOBODY} \"$BIN\" demo --interval-s 1 --duration-s 7 \
+         --http-listen-addr 127.0.0.1:0"
+    ));
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ping_group_range"),
+        "the fix is shown: {stdout}"
+    );
+    assert!(
+        stdout.contains("/-/healthy: status 200"),
+        "HTTP keeps running: {stdout}"
+    );
+}
