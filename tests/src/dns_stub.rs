@@ -25,7 +25,19 @@ impl DnsStub {
     /// # Errors
     /// When the socket cannot be bound.
     pub fn start(names: &[(&str, Ipv4Addr)], delay: Duration) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        Self::start_on(names, delay, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The same, listening on `bind` (the lab binds port 53 of its namespace's address).
+    ///
+    /// # Errors
+    /// When the socket cannot be bound.
+    pub fn start_on(
+        names: &[(&str, Ipv4Addr)],
+        delay: Duration,
+        bind: SocketAddr,
+    ) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(bind)?;
         socket.set_read_timeout(Some(Duration::from_millis(100)))?;
         let addr = socket.local_addr()?;
         let names: Arc<HashMap<String, Ipv4Addr>> = Arc::new(

@@ -73,11 +73,19 @@ impl TestPki {
     /// When key generation or the temporary directory fails (a broken test machine).
     #[must_use]
     pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
+        Self::in_dir(std::env::temp_dir().join(format!(
             "pm-pki-{}-{}",
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
+        )))
+    }
+
+    /// The same, written into `dir` (removed when the value is dropped).
+    ///
+    /// # Panics
+    /// When key generation or the directory fails (a broken test machine).
+    #[must_use]
+    pub fn in_dir(dir: PathBuf) -> Self {
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let ca_key = KeyPair::generate().expect("a CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -90,9 +98,12 @@ impl TestPki {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let leaf_key = KeyPair::generate().expect("a leaf key");
-        let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("leaf params");
+        let mut leaf_params = CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "origin.lab".to_owned(),
+        ])
+        .expect("leaf params");
         leaf_params.not_after = date_time_ymd(2030, 1, 2);
         leaf_params.distinguished_name = named("localhost");
         leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -179,6 +190,15 @@ impl Origin {
     /// When it cannot bind or a TLS mode lacks `pki`.
     #[must_use]
     pub fn start(security: Security, pki: Option<&TestPki>) -> Self {
+        Self::start_on(security, pki, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts an origin listening on `bind` (the lab binds its namespace's address).
+    ///
+    /// # Panics
+    /// When it cannot bind or a TLS mode lacks `pki`.
+    #[must_use]
+    pub fn start_on(security: Security, pki: Option<&TestPki>, bind: SocketAddr) -> Self {
         let acceptor = match security {
             Security::Plain => None,
             Security::Tls | Security::MutualTls => {
@@ -196,7 +216,7 @@ impl Origin {
                 .build()
                 .expect("an origin runtime");
             runtime.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+                let listener = TcpListener::bind(bind).await.expect("a port");
                 let _ = addr_tx.send(listener.local_addr().expect("an address"));
                 let serve = async {
                     loop {

@@ -138,6 +138,7 @@ impl Drop for Lab {
         for host in &mut self.hosts {
             host.kill_all();
             let _ = run("ip", &["netns", "del", &host.ns]);
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&host.ns));
         }
         let _ = run("ip", &["netns", "del", &self.bridge_ns]);
     }
@@ -191,6 +192,20 @@ impl LabHost {
             let _ = child.wait();
         }
         self.children.clear();
+    }
+
+    /// Makes `ip netns exec` give this namespace its own `/etc/resolv.conf` naming `server`
+    /// (removed with the lab).
+    ///
+    /// # Errors
+    /// When `/etc/netns/<ns>/` cannot be written.
+    pub fn set_resolver(&self, server: Ipv4Addr) -> io::Result<()> {
+        let dir = std::path::Path::new("/etc/netns").join(&self.ns);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {server}\noptions timeout:2 attempts:2\n"),
+        )
     }
 
     /// Sets a `net.*` sysctl in the namespace.

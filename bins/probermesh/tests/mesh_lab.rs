@@ -42,33 +42,57 @@ impl Drop for Mesh {
 }
 
 fn start_server(lab: &mut Lab, host: usize, data_dir: &Path, method: &str) {
+    start_server_with(lab, host, data_dir, method, None);
+}
+
+fn start_server_with(
+    lab: &mut Lab,
+    host: usize,
+    data_dir: &Path,
+    method: &str,
+    probe_file: Option<&Path>,
+) {
+    let mut command: Vec<String> = vec![
+        BIN.to_owned(),
+        "-mode".to_owned(),
+        "server".to_owned(),
+        format!("-server.rpc.listen.addr={SERVER}:6000"),
+        format!("-server.http.listen.addr={SERVER}:6001"),
+        "-server.aggregation.interval=2s".to_owned(),
+        "-server.series.cache.ratio=3".to_owned(),
+        format!("-server.aggregation.method={method}"),
+        format!("-server.data.dir={}", data_dir.display()),
+    ];
+    if let Some(path) = probe_file {
+        command.push(format!("-server.probe.file={}", path.display()));
+    }
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
     lab.host_mut(host)
-        .spawn(
-            "server",
-            &[
-                BIN,
-                "-mode",
-                "server",
-                &format!("-server.rpc.listen.addr={SERVER}:6000"),
-                &format!("-server.http.listen.addr={SERVER}:6001"),
-                "-server.aggregation.interval=2s",
-                "-server.series.cache.ratio=3",
-                &format!("-server.aggregation.method={method}"),
-                &format!("-server.data.dir={}", data_dir.display()),
-            ],
-            &[("PROBERMESH_TOKEN", TOKEN)],
-        )
+        .spawn("server", &command, &[("PROBERMESH_TOKEN", TOKEN)])
         .expect("the server starts");
 }
 
 impl Mesh {
     /// A server at 198.18.0.1 and agents at `198.18.0.<octet>` of the given regions.
     fn start(name: &str, method: &str, agents: &[(&'static str, u8)]) -> Self {
+        Self::start_with(name, method, agents, |_, _| None)
+    }
+
+    /// As [`Mesh::start`]; `setup` runs after the server host exists and before anything
+    /// starts, and may return a probe file for the server.
+    fn start_with(
+        name: &str,
+        method: &str,
+        agents: &[(&'static str, u8)],
+        setup: impl FnOnce(&mut Lab, &Path) -> Option<PathBuf>,
+    ) -> Self {
         let mut lab = Lab::new().expect("a lab (needs root)");
         let server = lab.add_host(1).expect("the server host");
         let data_dir = std::env::temp_dir().join(format!("pm-lab-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
-        start_server(&mut lab, server, &data_dir, method);
+        std::fs::create_dir_all(&data_dir).expect("the lab's directory");
+        let probe_file = setup(&mut lab, &data_dir);
+        start_server_with(&mut lab, server, &data_dir, method, probe_file.as_deref());
         let mut mesh = Self {
             lab,
             server,
@@ -80,6 +104,11 @@ impl Mesh {
         mesh.fingerprint = fingerprint_of(&mesh.data_dir);
         for (region, octet) in agents {
             let host = mesh.lab.add_host(*octet).expect("an agent host");
+            // Names resolve through the lab's DNS server, when there is one (198.18.0.60).
+            mesh.lab
+                .host(host)
+                .set_resolver(std::net::Ipv4Addr::new(198, 18, 0, 60))
+                .expect("the agent's resolver");
             mesh.agents
                 .push((host, region, format!("198.18.0.{octet}")));
         }
@@ -407,4 +436,226 @@ fn one_broken_host_moves_the_mean_but_not_the_robust_estimate() {
     let received_after =
         sample(&text, "prober_server_receive_points{prober_type=\"icmp\"}").unwrap_or(0.0);
     assert!(received_after > 0.0 && received_before > 0.0);
+}
+
+/// The value of `name` with exactly these labels (in any order).
+fn labelled(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (label_text, value) = rest.rsplit_once("} ")?;
+        let all = labels
+            .iter()
+            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+        let count = label_text.matches("=\"").count();
+        (all && count == labels.len())
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn http_phases_dns_status_certificates_and_failures_from_two_regions() {
+    let services_bin = Path::new(BIN).with_file_name("lab_services");
+    assert!(
+        services_bin.exists(),
+        "{} is missing: run through `cargo test --workspace`",
+        services_bin.display()
+    );
+    const PLAIN: &str =
+        "http://origin.lab:8080/delay?headers_ms=40&chunks=3&chunk_ms=20&chunk_bytes=100";
+    const MISSING: &str = "http://origin.lab:8080/status/404";
+    const REFUSED: &str = "http://198.18.0.60:9/";
+    const TLS: &str = "https://origin.lab:8443/status/200";
+    let mesh = Mesh::start_with(
+        "http",
+        "robust",
+        &[("a", 11), ("a", 12), ("b", 21), ("b", 22)],
+        |lab, dir| {
+            let services = lab.add_host(60).expect("the services host");
+            let pki_dir = dir.join("pki");
+            lab.host_mut(services)
+                .spawn(
+                    "services",
+                    &[
+                        &services_bin.display().to_string(),
+                        "198.18.0.60",
+                        &pki_dir.display().to_string(),
+                        "30",
+                    ],
+                    &[],
+                )
+                .expect("the lab services");
+            let probe_file = dir.join("probe.yaml");
+            std::fs::write(
+            &probe_file,
+            format!(
+                "prober_configs:\n  - prober_type: http\n    region: web\n    targets:\n      - {PLAIN}\n      - {MISSING}\n      - {REFUSED}\n  - prober_type: http\n    region: web-tls\n    http:\n      http_client_config:\n        tls_config:\n          ca_file: {}\n    targets:\n      - {TLS}\n",
+                pki_dir.join("ca.pem").display()
+            ),
+        )
+        .expect("the probe file");
+            Some(probe_file)
+        },
+    );
+    // Every series, from both regions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = mesh.metrics();
+        let ready = ["a", "b"].iter().all(|r| {
+            let url = |target: &'static str, region: &'static str| {
+                [
+                    ("source_region", *r),
+                    ("target_addr", target),
+                    ("target_region", region),
+                ]
+            };
+            let [s, a, t] = url(PLAIN, "web");
+            labelled(
+                &text,
+                "prober_http_duration_seconds",
+                &[("phase", "processing"), s, a, t],
+            )
+            .is_some()
+                && {
+                    let [s, a, t] = url(TLS, "web-tls");
+                    labelled(
+                        &text,
+                        "prober_http_ssl_earliest_cert_expiry",
+                        &[s, a, t, ("version", "TLS 1.3")],
+                    )
+                    .is_some()
+                }
+                && {
+                    let [s, a, t] = url(REFUSED, "web");
+                    labelled(
+                        &text,
+                        "prober_http_failed",
+                        &[("failed_reason", "connect refused"), s, a, t],
+                    )
+                    .is_some()
+                }
+        });
+        if ready {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HTTP series from both regions never came: {}",
+            text.lines()
+                .filter(|l| l.starts_with("prober_http") || l.starts_with("prober_agent"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for region in ["a", "b"] {
+        let phase = |name: &str| {
+            labelled(
+                &text,
+                "prober_http_duration_seconds",
+                &[
+                    ("phase", name),
+                    ("source_region", region),
+                    ("target_addr", PLAIN),
+                    ("target_region", "web"),
+                ],
+            )
+            .unwrap_or_else(|| panic!("{name} from {region}: {text}"))
+                * 1e3
+        };
+        // The origin's timers may run late by a millisecond or two under load: 5 ms.
+        let (processing, transfer, resolve) =
+            (phase("processing"), phase("transfer"), phase("resolve"));
+        assert!(
+            (processing - 40.0).abs() <= 5.0,
+            "{region} processing {processing:.2} ms, injected 40"
+        );
+        assert!(
+            (transfer - 60.0).abs() <= 5.0,
+            "{region} transfer {transfer:.2} ms, injected 3 × 20"
+        );
+        // A lookup cannot beat the server's delay; the resolver's own work (hickory builds
+        // and parses the messages, a UDP round trip through the lab) adds a few milliseconds.
+        assert!(
+            (29.0..=45.0).contains(&resolve),
+            "{region} resolve {resolve:.2} ms, injected DNS delay 30"
+        );
+        assert_eq!(
+            labelled(
+                &text,
+                "prober_http_status_code",
+                &[
+                    ("source_region", region),
+                    ("target_addr", PLAIN),
+                    ("target_region", "web")
+                ]
+            ),
+            Some(200.0)
+        );
+        assert_eq!(
+            labelled(
+                &text,
+                "prober_http_status_code",
+                &[
+                    ("source_region", region),
+                    ("target_addr", MISSING),
+                    ("target_region", "web")
+                ]
+            ),
+            Some(404.0)
+        );
+        assert!(
+            labelled(
+                &text,
+                "prober_http_failed",
+                &[
+                    ("failed_reason", "invalid resp code: 404"),
+                    ("source_region", region),
+                    ("target_addr", MISSING),
+                    ("target_region", "web")
+                ]
+            )
+            .is_some_and(|v| v >= 1.0),
+            "{text}"
+        );
+        assert!(
+            labelled(
+                &text,
+                "prober_http_failed",
+                &[
+                    ("failed_reason", "connect refused"),
+                    ("source_region", region),
+                    ("target_addr", REFUSED),
+                    ("target_region", "web")
+                ]
+            )
+            .is_some_and(|v| v >= 1.0)
+        );
+        assert_eq!(
+            labelled(
+                &text,
+                "prober_http_ssl_earliest_cert_expiry",
+                &[
+                    ("source_region", region),
+                    ("target_addr", TLS),
+                    ("target_region", "web-tls"),
+                    ("version", "TLS 1.3")
+                ]
+            ),
+            Some(probermesh_tests::http_origin::LEAF_NOT_AFTER_UNIX_SECS as f64)
+        );
+        assert_eq!(
+            labelled(
+                &text,
+                "prober_http_failed",
+                &[
+                    ("failed_reason", "success"),
+                    ("source_region", region),
+                    ("target_addr", TLS),
+                    ("target_region", "web-tls")
+                ]
+            ),
+            Some(0.0)
+        );
+    }
 }
