@@ -161,6 +161,64 @@ impl Mesh {
         Some(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Starts Prometheus in the server's namespace, scraping it every second.
+    fn start_prometheus(&mut self) {
+        let config = self.data_dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: probermesh\n    static_configs:\n      - targets: ['{SERVER}:6001']\n"),
+        )
+        .expect("the Prometheus configuration");
+        let storage = self.data_dir.join("tsdb");
+        let server = self.server;
+        self.lab
+            .host_mut(server)
+            .spawn(
+                "prometheus",
+                &[
+                    "prometheus",
+                    &format!("--config.file={}", config.display()),
+                    &format!("--storage.tsdb.path={}", storage.display()),
+                    &format!("--web.listen-address={SERVER}:9090"),
+                ],
+                &[],
+            )
+            .expect("prometheus starts (Debian package prometheus)");
+    }
+
+    /// The first value of an instant query to the lab's Prometheus (waits until it answers).
+    fn query(&self, promql: &str) -> f64 {
+        wait_for(
+            &format!("Prometheus to answer {promql}"),
+            Duration::from_secs(30),
+            || {
+                let output = self
+                    .lab
+                    .host(self.server)
+                    .exec(&[
+                        "curl",
+                        "-sf",
+                        "--max-time",
+                        "5",
+                        "--get",
+                        "--data-urlencode",
+                        &format!("query={promql}"),
+                        &format!("http://{SERVER}:9090/api/v1/query"),
+                    ])
+                    .ok()?;
+                let body = String::from_utf8_lossy(&output.stdout).into_owned();
+                let value = body.split("\"value\":[").nth(1)?.split(',').nth(1)?;
+                let value: f64 = value
+                    .trim_start_matches('"')
+                    .split('"')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                value.is_finite().then_some(value)
+            },
+        )
+    }
+
     fn wait_ready(&self) {
         wait_for("the server", Duration::from_secs(20), || {
             self.curl("/-/ready")
@@ -250,6 +308,9 @@ fn loss_delay_and_jitter_match_the_injected_faults_and_a_dark_region_expires() {
             ("c", 32),
         ],
     );
+    // A real Prometheus scrapes the server all along, as a user's would; the main figures
+    // are read back through its query API too.
+    mesh.start_prometheus();
     // Region c drops one echo request in ten; region b answers after 5 ms ± 2 ms (uniform).
     for ip in ["198.18.0.31", "198.18.0.32"] {
         mesh.lab
@@ -316,6 +377,26 @@ fn loss_delay_and_jitter_match_the_injected_faults_and_a_dark_region_expires() {
     );
     // An untouched path stays clean.
     assert!(mean(&values[5]) <= 1.0, "b→a loss {:?}", values[5]);
+
+    // The same through Prometheus, as a dashboard reads them.
+    let loss = mesh.query(
+        r#"avg_over_time(prober_icmp_packet_loss_rate{source_region="a",target_region="c"}[12s])"#,
+    );
+    assert!(
+        (loss - 10.0).abs() <= loss_tolerance,
+        "Prometheus a→c loss {loss:.2} %"
+    );
+    let rtt = mesh.query(r#"avg_over_time(prober_icmp_duration_seconds{phase="rtt",source_region="a",target_region="b"}[12s])"#) * 1e3;
+    assert!(
+        (rtt - 5.0).abs() <= rtt_tolerance,
+        "Prometheus a→b RTT {rtt:.3} ms"
+    );
+    // The histogram holds every echo: its median lies in the bucket holding 5 ms (3.2–6.4 ms).
+    let median = mesh.query(r#"histogram_quantile(0.5, sum by (le) (rate(prober_icmp_duration_seconds_total_bucket{source_region="a",target_region="b"}[20s])))"#) * 1e3;
+    assert!(
+        (3.2..=6.4).contains(&median),
+        "Prometheus a→b median RTT {median:.3} ms"
+    );
 
     // Region c goes dark: its agents stop and its hosts answer nothing.
     let dark_at = Instant::now();
