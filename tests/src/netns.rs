@@ -39,7 +39,8 @@ pub fn run(program: &str, args: &[&str]) -> io::Result<Output> {
     Ok(output)
 }
 
-/// Removes namespaces left behind by test processes that no longer exist.
+/// Removes namespaces left behind by test processes that no longer exist (an interrupted
+/// run), killing the processes still running inside them.
 pub fn remove_stale() {
     let Ok(output) = run("ip", &["netns", "list"]) else {
         return;
@@ -56,7 +57,14 @@ pub fn remove_stale() {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // An interrupted run leaves its processes running inside: stop them first.
+            if let Ok(pids) = run("ip", &["netns", "pids", name]) {
+                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    let _ = run("kill", &["-9", pid]);
+                }
+            }
             let _ = run("ip", &["netns", "del", name]);
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(name));
         }
     }
 }
