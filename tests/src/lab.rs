@@ -175,6 +175,19 @@ impl LabHost {
         Ok(())
     }
 
+    /// Stops the process started as `name` with SIGTERM (a graceful stop), waiting for it.
+    pub fn terminate(&mut self, name: &str) {
+        for (child_name, child) in &mut self.children {
+            if child_name == name {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = child.wait();
+            }
+        }
+        self.children.retain(|(child_name, _)| child_name != name);
+    }
+
     /// Kills the process started as `name`.
     pub fn kill(&mut self, name: &str) {
         for (child_name, child) in &mut self.children {

@@ -493,11 +493,27 @@ fn one_broken_host_moves_the_mean_but_not_the_robust_estimate() {
     // the agents reconnect on their own.
     let received_before =
         sample(&text, "prober_server_receive_points{prober_type=\"icmp\"}").unwrap_or(0.0);
-    mesh.lab.host_mut(mesh.server).kill("server");
+    // A graceful restart (SIGTERM): the server closes every connection, so agents reconnect
+    // at once instead of after the link's idle timeout.
+    mesh.lab.host_mut(mesh.server).terminate("server");
     let data_dir = mesh.data_dir.clone();
     let server = mesh.server;
     start_server(&mut mesh.lab, server, &data_dir, "mean");
     mesh.wait_ready();
+    // The new server knows an agent as a target only once that agent has reconnected: wait
+    // for all six in the pool, then for the windows of full rounds to settle.
+    wait_for(
+        "every agent back in the pool",
+        Duration::from_secs(30),
+        || {
+            let targets = mesh.curl("/-/targets")?;
+            mesh.agents
+                .iter()
+                .all(|(_, _, ip)| targets.contains(ip.as_str()))
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(6));
     let mean_values = collect(&mesh, &series, 4);
     for (values, name) in mean_values.iter().zip(["b→a", "a→b"]) {
         // One path in three is fully lost: 33.3 %, give or take the odd lost echo.
