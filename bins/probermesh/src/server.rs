@@ -20,7 +20,7 @@ use probermesh_core::probe_file::parse_probe_file;
 use probermesh_core::server::{Actions, ServerState};
 use serde::Serialize;
 
-use crate::cli::{ServerArgs, read_token};
+use crate::cli::ServerArgs;
 use crate::logging;
 
 /// The wall clock as core wants it.
@@ -185,7 +185,7 @@ pub(crate) struct ServerParts {
     pub(crate) pool: TargetPool,
     pub(crate) probe_file: Option<PathBuf>,
     pub(crate) http_listen_addr: String,
-    pub(crate) admin_token: Option<String>,
+    pub(crate) admin_token: Option<Token>,
 }
 
 impl RunningServer {
@@ -286,8 +286,8 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     };
     let token = Token::load(args.auth_token_file.as_deref()).context("the agents' token")?;
     let admin_token = match &args.admin_token_file {
-        Some(path) => read_token(path)?,
-        None => token.expose().to_owned(),
+        Some(path) => Token::from_file(path).context("the admin token")?,
+        None => token.clone(),
     };
     if args.task {
         tracing::warn!(

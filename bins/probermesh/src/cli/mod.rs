@@ -8,7 +8,7 @@ pub(crate) mod legacy;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use argh::FromArgs;
 use probermesh_core::aggregate::AggregationMethod;
 use probermesh_core::pool::Discovery;
@@ -225,16 +225,4 @@ impl AgentArgs {
             sync_interval,
         })
     }
-}
-
-/// Reads a token file: the content without one trailing newline; must not be empty.
-pub(crate) fn read_token(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading token file {}", path.display()))?;
-    let token = text.strip_suffix('\n').unwrap_or(&text);
-    let token = token.strip_suffix('\r').unwrap_or(token);
-    if token.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(token.to_owned())
 }
