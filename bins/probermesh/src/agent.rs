@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::AgentArgs;
 use crate::logging;
-use crate::server::now;
+use crate::server::{now, resolve_addr};
 
 /// The probers an agent runs.
 pub(crate) struct Probers {
@@ -143,21 +143,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         ),
         None => None,
     };
-    let server_addr = tokio::net::lookup_host(&args.rpc_report_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "invalid value {:?} for flag -agent.rpc.report.addr",
-                args.rpc_report_addr
-            )
-        })?
-        .next()
-        .with_context(|| {
-            format!(
-                "-agent.rpc.report.addr {:?} resolves to no address",
-                args.rpc_report_addr
-            )
-        })?;
+    let server_addr = resolve_addr("agent.rpc.report.addr", &args.rpc_report_addr).await?;
     let token = Token::load(args.auth_token_file.as_deref()).context("the agent's token")?;
     let verification = if let Some(ca) = &args.tls_ca_file {
         ServerVerification::CaFile(ca.clone())
@@ -211,89 +197,117 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
     }
     tracing::warn!(agent = %me, ip_source = ?chosen.source, server = %args.rpc_report_addr, "agent started");
 
-    let probers = Arc::new(Probers::system()?);
-    let (results_tx, mut results_rx) = mpsc::channel::<ProbeResult>(4096);
-    let pool_link = Arc::clone(&link);
-    let rounds = tokio::spawn(probe_rounds(
-        probers,
-        me,
-        choices.probe_interval,
-        move || {
-            pool_link
-                .latest_pool()
-                .map(|pool| pool.configs.as_ref().clone())
-                .unwrap_or_default()
-        },
-        results_tx,
-    ));
-    let sender_link = Arc::clone(&link);
-    let batcher = tokio::spawn(async move {
-        let mut batch = Vec::new();
-        loop {
-            let flush = tokio::time::sleep(Duration::from_millis(500));
-            tokio::select! {
-                received = results_rx.recv() => match received {
-                    Some(result) => batch.push(ProbeResultV1::from(&result)),
-                    None => return,
-                },
-                () = flush => {}
-            }
-            if !batch.is_empty() && (batch.len() >= 1_000 || results_rx.is_empty()) {
-                sender_link.enqueue_results(std::mem::take(&mut batch));
-            }
-        }
-    });
-    // Pools are pushed when they change; asking every -agent.sync.interval as well covers a
-    // push lost with a connection.
-    let sync_link = Arc::clone(&link);
-    let sync_interval = choices.sync_interval;
-    let syncer = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(sync_interval);
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            let known_revision = sync_link.latest_pool().map_or(0, |pool| pool.revision);
-            let _ = sync_link
-                .send(AgentMessage::PoolRequest { known_revision })
-                .await;
-        }
-    });
     if args.upgrade {
         tracing::warn!(
             interval = %args.upgrade_interval,
             "-agent.upgrade: self-upgrade is not implemented in this version; the flag is accepted and ignored"
         );
     }
-    let receiver_link = Arc::clone(&link);
-    let receiver = tokio::spawn(async move {
-        loop {
-            match receiver_link.recv().await {
-                Ok(ServerMessage::Welcome {
-                    observed_addr,
-                    server_version,
-                    ..
-                }) => {
-                    tracing::info!(%server_version, observed = ?observed_addr, "connected to the server");
-                }
-                Ok(ServerMessage::TargetPool { revision, configs }) => {
-                    tracing::info!(revision, blocks = configs.len(), "target pool updated");
-                }
-                Ok(other) => tracing::debug!(?other, "server message not handled by this version"),
-                Err(error) => {
-                    tracing::warn!(%error, "link to the server");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    });
+    let probers = Arc::new(Probers::system()?);
+    let loops = AgentLoops::spawn(
+        Arc::clone(&link),
+        probers,
+        me,
+        choices.probe_interval,
+        choices.sync_interval,
+    );
     wait_for_stop().await?;
     tracing::warn!("shutting down");
-    rounds.abort();
-    syncer.abort();
-    receiver.abort();
-    batcher.abort();
+    loops.abort();
     link.close().await;
     Ok(())
+}
+
+/// The loops of one agent over its link: probe rounds over the latest pool, batching of
+/// their results into the link, a pool request every `sync_interval`, and the server's
+/// messages. The agent and the demo run the same loops.
+pub(crate) struct AgentLoops(Vec<tokio::task::JoinHandle<()>>);
+
+impl AgentLoops {
+    pub(crate) fn spawn(
+        link: Arc<AgentLink>,
+        probers: Arc<Probers>,
+        me: AgentId,
+        probe_interval: Duration,
+        sync_interval: Duration,
+    ) -> Self {
+        let (results_tx, mut results_rx) = mpsc::channel::<ProbeResult>(4096);
+        let pool_link = Arc::clone(&link);
+        let rounds = tokio::spawn(probe_rounds(
+            probers,
+            me,
+            probe_interval,
+            move || {
+                pool_link
+                    .latest_pool()
+                    .map(|pool| pool.configs.as_ref().clone())
+                    .unwrap_or_default()
+            },
+            results_tx,
+        ));
+        let sender_link = Arc::clone(&link);
+        let batcher = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            loop {
+                let flush = tokio::time::sleep(Duration::from_millis(500));
+                tokio::select! {
+                    received = results_rx.recv() => match received {
+                        Some(result) => batch.push(ProbeResultV1::from(&result)),
+                        None => return,
+                    },
+                    () = flush => {}
+                }
+                if !batch.is_empty() && (batch.len() >= 1_000 || results_rx.is_empty()) {
+                    sender_link.enqueue_results(std::mem::take(&mut batch));
+                }
+            }
+        });
+        // Pools are pushed when they change; asking every sync interval as well covers a
+        // push lost with a connection.
+        let sync_link = Arc::clone(&link);
+        let syncer = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(sync_interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let known_revision = sync_link.latest_pool().map_or(0, |pool| pool.revision);
+                let _ = sync_link
+                    .send(AgentMessage::PoolRequest { known_revision })
+                    .await;
+            }
+        });
+        let receiver = tokio::spawn(async move {
+            loop {
+                match link.recv().await {
+                    Ok(ServerMessage::Welcome {
+                        observed_addr,
+                        server_version,
+                        ..
+                    }) => {
+                        tracing::info!(%server_version, observed = ?observed_addr, "connected to the server");
+                    }
+                    Ok(ServerMessage::TargetPool { revision, configs }) => {
+                        tracing::info!(revision, blocks = configs.len(), "target pool updated");
+                    }
+                    Ok(other) => {
+                        tracing::debug!(?other, "server message not handled by this version");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "link to the server");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Self(vec![rounds, batcher, syncer, receiver])
+    }
+
+    /// Stops every loop.
+    pub(crate) fn abort(&self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 async fn wait_for_stop() -> Result<()> {

@@ -21,12 +21,9 @@ use probermesh_core::model::{
     AgentId, AgentVersion, HttpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
 };
 use probermesh_core::pool::{Discovery, TargetPool};
-use probermesh_core::ports::ServerLink;
 use probermesh_core::snapshot::Snapshot;
-use probermesh_core::wire::ProbeResultV1;
-use tokio::sync::mpsc;
 
-use crate::agent::{Probers, probe_rounds};
+use crate::agent::{AgentLoops, Probers};
 use crate::print_line;
 use crate::server::{RunningServer, ServerParts};
 
@@ -89,7 +86,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
 
     let probers = Arc::new(Probers::system()?);
     let mut links = Vec::new();
-    let mut tasks = Vec::new();
+    let mut loops = Vec::new();
     for (r, region) in REGIONS.iter().enumerate() {
         for n in 1..=AGENTS_PER_REGION {
             // 127.0.0.11, .12 for the first region, .21, .22 for the second, …
@@ -106,30 +103,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             );
             config.heartbeat_interval = interval;
             let link = Arc::new(AgentLink::start(config).context("starting a demo agent")?);
-            let (results_tx, mut results_rx) = mpsc::channel(4096);
-            let pool_link = Arc::clone(&link);
-            tasks.push(tokio::spawn(probe_rounds(
+            loops.push(AgentLoops::spawn(
+                Arc::clone(&link),
                 Arc::clone(&probers),
                 me,
                 interval,
-                move || {
-                    pool_link
-                        .latest_pool()
-                        .map(|pool| pool.configs.as_ref().clone())
-                        .unwrap_or_default()
-                },
-                results_tx,
-            )));
-            let sender = Arc::clone(&link);
-            tasks.push(tokio::spawn(async move {
-                while let Some(result) = results_rx.recv().await {
-                    sender.enqueue_results(vec![ProbeResultV1::from(&result)]);
-                }
-            }));
-            let receiver = Arc::clone(&link);
-            tasks.push(tokio::spawn(async move {
-                while let Ok(_message) = receiver.recv().await {}
-            }));
+                Duration::from_secs(60),
+            ));
             links.push(link);
         }
     }
@@ -163,8 +143,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             break;
         }
     }
-    for task in tasks {
-        task.abort();
+    for agent in &loops {
+        agent.abort();
     }
     for link in links {
         link.close().await;

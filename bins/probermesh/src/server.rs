@@ -40,8 +40,9 @@ pub(crate) fn load_probe_file(path: &Path) -> Result<Vec<ProbeConfig>> {
     Ok(file.configs)
 }
 
-/// Resolves `host:port` (the Go default `localhost:6000` included) to one socket address.
-pub(crate) async fn resolve_listen(flag: &str, addr: &str) -> Result<SocketAddr> {
+/// Resolves `host:port` (the Go default `localhost:6000` included) to one socket address;
+/// errors name the flag `-{flag}`.
+pub(crate) async fn resolve_addr(flag: &str, addr: &str) -> Result<SocketAddr> {
     tokio::net::lookup_host(addr)
         .await
         .with_context(|| format!("invalid value {addr:?} for flag -{flag}"))?
@@ -295,7 +296,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             "-server.task: remote tasks are not implemented in this version; /-/task answers 404"
         );
     }
-    let listen = resolve_listen("server.rpc.listen.addr", &args.rpc_listen_addr).await?;
+    let listen = resolve_addr("server.rpc.listen.addr", &args.rpc_listen_addr).await?;
     let certificate = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert_file), Some(key_file)) => CertificateSource::Files {
             cert_file: cert_file.clone(),
