@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use probermesh_tests::harness::{sample, server_fingerprint, wait_for};
 use probermesh_tests::lab::Lab;
 
 const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
@@ -101,7 +102,7 @@ impl Mesh {
             agents: Vec::new(),
         };
         mesh.wait_ready();
-        mesh.fingerprint = fingerprint_of(&mesh.data_dir);
+        mesh.fingerprint = server_fingerprint(&mesh.data_dir);
         for (region, octet) in agents {
             let host = mesh.lab.add_host(*octet).expect("an agent host");
             // Names resolve through the lab's DNS server, when there is one (198.18.0.60).
@@ -228,36 +229,6 @@ impl Mesh {
     fn metrics(&self) -> String {
         self.curl("/metrics").unwrap_or_default()
     }
-}
-
-fn fingerprint_of(data_dir: &Path) -> String {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_file(data_dir.join("server-cert.pem"))
-        .expect("the generated certificate");
-    probermesh_adapters::link::Sha256Fingerprint::of_der(&der).to_string()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 fn pair(name: &str, source: &str, target: &str) -> String {

@@ -5,9 +5,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use probermesh_tests::harness::{sample, server_fingerprint, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
 const TOKEN: &str = "lab-token-0123456789";
@@ -73,29 +75,6 @@ fn http(method: &str, addr: SocketAddr, path: &str, bearer: Option<&str>) -> Opt
     Some((status, body))
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The value of the sample `name{labels}` (labels as written in the exposition, sorted).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 struct Mesh {
     http: SocketAddr,
     link_port: u16,
@@ -104,14 +83,6 @@ struct Mesh {
     agents: Vec<(String, Process)>,
     probe_file: PathBuf,
     _dir: TempDir,
-}
-
-fn fingerprint_of(data_dir: &Path) -> String {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::from_pem_file(data_dir.join("server-cert.pem"))
-        .expect("the generated certificate");
-    probermesh_adapters::link::Sha256Fingerprint::of_der(&der).to_string()
 }
 
 fn start_server(
@@ -213,7 +184,7 @@ fn mesh(name: &str, legacy_server: bool) -> Mesh {
         legacy_server,
         "prober_configs:\n  - prober_type: icmp\n    region: virtual\n    targets: [127.0.0.99]\n",
     );
-    let fingerprint = fingerprint_of(&dir.0.join("data"));
+    let fingerprint = server_fingerprint(&dir.0.join("data"));
     let agents = [
         ("eu", "127.0.0.11"),
         ("eu", "127.0.0.12"),
