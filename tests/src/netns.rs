@@ -69,13 +69,162 @@ pub fn remove_stale() {
     }
 }
 
+/// A network namespace owned by a test: commands run in it, processes started in it (each
+/// under a label), faults set in it. Dropping it kills its processes, deletes it (and with
+/// it the namespace end of every veth pair) and removes its `/etc/netns/<name>/` files.
+#[derive(Debug)]
+pub struct Namespace {
+    name: String,
+    children: Vec<(String, Child)>,
+}
+
+impl Namespace {
+    /// Creates the namespace `name`.
+    ///
+    /// # Errors
+    /// When not root (the message says so), or when `ip` fails.
+    pub fn create(name: String) -> io::Result<Self> {
+        run("ip", &["netns", "add", &name]).map_err(|e| {
+            io::Error::other(format!(
+                "{e}\nlab tests create network namespaces and need root (CAP_SYS_ADMIN, \
+                 CAP_NET_ADMIN); run them as root, as CI does"
+            ))
+        })?;
+        Ok(Self {
+            name,
+            children: Vec::new(),
+        })
+    }
+
+    /// The namespace's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace and waits for it.
+    ///
+    /// # Errors
+    /// When it cannot start or fails.
+    pub fn exec(&self, command: &[&str]) -> io::Result<Output> {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(command);
+        run("ip", &args)
+    }
+
+    /// Starts a long-running command inside the namespace under `label` (stopped by
+    /// [`Self::kill`], [`Self::terminate`] or the drop), with `env` added to its environment.
+    ///
+    /// # Errors
+    /// When it cannot start.
+    pub fn spawn(&mut self, label: &str, command: &[&str], env: &[(&str, &str)]) -> io::Result<()> {
+        let mut process = Command::new("ip");
+        process
+            .args(["netns", "exec", &self.name])
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (key, value) in env {
+            process.env(key, value);
+        }
+        self.children.push((label.to_owned(), process.spawn()?));
+        Ok(())
+    }
+
+    /// Stops the process started as `label` with SIGTERM (a graceful stop), waiting for it.
+    pub fn terminate(&mut self, label: &str) {
+        for (child_label, child) in &mut self.children {
+            if child_label == label {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = child.wait();
+            }
+        }
+        self.children
+            .retain(|(child_label, _)| child_label != label);
+    }
+
+    /// Kills the process started as `label`.
+    pub fn kill(&mut self, label: &str) {
+        for (child_label, child) in &mut self.children {
+            if child_label == label {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        self.children
+            .retain(|(child_label, _)| child_label != label);
+    }
+
+    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
+    ///
+    /// # Errors
+    /// When `sysctl` fails.
+    pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Loads an nftables ruleset (text, as for `nft -f`) inside the namespace.
+    ///
+    /// # Errors
+    /// When `nft` rejects it.
+    pub fn nft(&self, ruleset: &str) -> io::Result<()> {
+        let path = std::env::temp_dir().join(format!("{}.nft", self.name));
+        std::fs::write(&path, ruleset)?;
+        let result = self.exec(&["nft", "-f", &path.display().to_string()]);
+        let _ = std::fs::remove_file(&path);
+        result.map(drop)
+    }
+
+    /// Makes `ip netns exec` give this namespace its own `/etc/resolv.conf` naming `server`.
+    ///
+    /// # Errors
+    /// When `/etc/netns/<name>/` cannot be written.
+    pub fn set_resolver(&self, server: Ipv4Addr) -> io::Result<()> {
+        let dir = std::path::Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {server}\noptions timeout:2 attempts:2\n"),
+        )
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = run("ip", &["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.name));
+    }
+}
+
 /// A host in its own namespace, at `198.18.<subnet>.2/24`, reachable from the test's
-/// namespace through a veth pair whose local end is `198.18.<subnet>.1/24`.
+/// namespace through a veth pair whose local end is `198.18.<subnet>.1/24`. It derefs to its
+/// [`Namespace`] for commands, processes and faults.
 #[derive(Debug)]
 pub struct Host {
-    name: String,
+    ns: Namespace,
     subnet: u8,
-    children: Vec<Child>,
+}
+
+impl std::ops::Deref for Host {
+    type Target = Namespace;
+
+    fn deref(&self) -> &Namespace {
+        &self.ns
+    }
+}
+
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut Namespace {
+        &mut self.ns
+    }
 }
 
 impl Host {
@@ -88,26 +237,26 @@ impl Host {
         remove_stale();
         let pid = std::process::id();
         let index = NEXT_INDEX.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{PREFIX}{pid}n{index}");
-        run("ip", &["netns", "add", &name]).map_err(|e| {
-            io::Error::other(format!(
-                "{e}\nlab tests create network namespaces and need root (CAP_SYS_ADMIN, \
-                 CAP_NET_ADMIN); run them as root, as CI does"
-            ))
-        })?;
         // From here on, Drop cleans up.
         let host = Self {
-            name,
+            ns: Namespace::create(format!("{PREFIX}{pid}n{index}"))?,
             subnet,
-            children: Vec::new(),
         };
         let outside = format!("{PREFIX}{pid}o{index}");
         let inside = format!("{PREFIX}{pid}i{index}");
         run(
             "ip",
             &[
-                "link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns",
-                &host.name,
+                "link",
+                "add",
+                &outside,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &inside,
+                "netns",
+                host.name(),
             ],
         )?;
         run(
@@ -144,70 +293,5 @@ impl Host {
     #[must_use]
     pub fn absent_addr(&self) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, self.subnet, 77)
-    }
-
-    /// The namespace's name.
-    #[must_use]
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Runs a command inside the namespace and waits for it.
-    ///
-    /// # Errors
-    /// When it cannot start or fails.
-    pub fn exec(&self, command: &[&str]) -> io::Result<Output> {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(command);
-        run("ip", &args)
-    }
-
-    /// Starts a long-running command inside the namespace; it is killed when the host is
-    /// dropped.
-    ///
-    /// # Errors
-    /// When it cannot start.
-    pub fn spawn(&mut self, command: &[&str]) -> io::Result<()> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        self.children.push(child);
-        Ok(())
-    }
-
-    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
-    ///
-    /// # Errors
-    /// When `sysctl` fails.
-    pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
-        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")])
-            .map(drop)
-    }
-
-    /// Loads an nftables ruleset (text, as for `nft -f`) inside the namespace.
-    ///
-    /// # Errors
-    /// When `nft` rejects it.
-    pub fn nft(&self, ruleset: &str) -> io::Result<()> {
-        let path = std::env::temp_dir().join(format!("{}.nft", self.name));
-        std::fs::write(&path, ruleset)?;
-        let result = self.exec(&["nft", "-f", &path.display().to_string()]);
-        let _ = std::fs::remove_file(&path);
-        result.map(drop)
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Deleting the namespace destroys its veth end, and with it the local end.
-        let _ = run("ip", &["netns", "del", &self.name]);
     }
 }

@@ -106,11 +106,15 @@ fn measured_delay_and_jitter_match_the_responder() {
     host.sysctl("net.ipv4.icmp_echo_ignore_all", "1")
         .expect("silencing the kernel's echo replies");
     let (delay_ms, jitter_ms) = (20.0, 10.0);
-    host.spawn(&[
-        env!("CARGO_BIN_EXE_icmp-responder"),
-        &delay_ms.to_string(),
-        &jitter_ms.to_string(),
-    ])
+    host.spawn(
+        "responder",
+        &[
+            env!("CARGO_BIN_EXE_icmp-responder"),
+            &delay_ms.to_string(),
+            &jitter_ms.to_string(),
+        ],
+        &[],
+    )
     .expect("the responder");
     let engine = IcmpEngine::new(IcmpEngineConfig::default());
     let addr: IpAddr = host.addr().into();
