@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use probermesh_adapters::metrics::render;
+use probermesh_adapters::metrics::{PrometheusExporter, render};
 use probermesh_core::aggregate::{AggregationMethod, Aggregator, AggregatorConfig, SnapshotPart};
 use probermesh_core::model::{
     AgentId, HttpPhases, HttpResult, IcmpResult, ProbeOutcome, ProbeResult, Region, TlsInfo,
@@ -115,15 +115,10 @@ fn bench(c: &mut Criterion) {
     group.bench_function("full_render", |b| {
         b.iter(|| render(&aggregator.snapshot(now)))
     });
-    let settled = render(&aggregator.snapshot_part(now, SnapshotPart::Settled));
+    let exporter = PrometheusExporter::new();
+    exporter.publish(&aggregator.snapshot_part(now, SnapshotPart::Settled));
     group.bench_function("scrape", |b| {
-        b.iter(|| {
-            let live = render(&aggregator.snapshot_part(now, SnapshotPart::Live));
-            let mut body = Vec::with_capacity(settled.len() + live.len());
-            body.extend_from_slice(&settled);
-            body.extend_from_slice(&live);
-            body
-        })
+        b.iter(|| exporter.scrape(&aggregator.snapshot_part(now, SnapshotPart::Live)))
     });
     group.finish();
 }

@@ -22,41 +22,51 @@ use prometheus::{Encoder, TextEncoder};
 /// The content type of a scrape answer.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Holds the latest snapshot and renders it on demand.
+/// Holds the rendered text of the last published snapshot. A server publishes the families
+/// that change only when a window settles (the big part) once per window, and each scrape
+/// appends the few live families rendered then ([`PrometheusExporter::scrape`]).
 #[derive(Debug, Default)]
 pub struct PrometheusExporter {
-    latest: RwLock<Arc<Snapshot>>,
+    published: RwLock<Arc<Vec<u8>>>,
 }
 
 impl PrometheusExporter {
-    /// An exporter with nothing published yet (a scrape answers no series).
+    /// An exporter with nothing published yet (a scrape answers only the live part).
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The latest published snapshot.
-    #[must_use]
-    pub fn latest(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.latest.read().unwrap_or_else(PoisonError::into_inner))
+    /// Renders `snapshot` and keeps the text for the following scrapes.
+    pub fn publish(&self, snapshot: &Snapshot) {
+        let text = Arc::new(render(snapshot));
+        *self
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = text;
     }
 
-    /// Replaces the snapshot.
-    pub fn publish(&self, snapshot: Snapshot) {
-        *self.latest.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
-    }
-
-    /// The latest snapshot in the Prometheus text format.
+    /// A scrape's body: the published text followed by `live` rendered now.
     #[must_use]
-    pub fn render(&self) -> Vec<u8> {
-        render(&self.latest())
+    pub fn scrape(&self, live: &Snapshot) -> Vec<u8> {
+        let published = Arc::clone(
+            &self
+                .published
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let live = render(live);
+        let mut body = Vec::with_capacity(published.len() + live.len());
+        body.extend_from_slice(&published);
+        body.extend_from_slice(&live);
+        body
     }
 }
 
 #[async_trait::async_trait]
 impl MetricsExporter for PrometheusExporter {
     async fn export(&self, snapshot: &Snapshot) -> Result<(), ExportError> {
-        self.publish(snapshot.clone());
+        self.publish(snapshot);
         Ok(())
     }
 }
@@ -237,10 +247,11 @@ mod tests {
     #[tokio::test]
     async fn export_replaces_the_published_snapshot() {
         let exporter = PrometheusExporter::new();
-        assert!(exporter.render().is_empty());
+        let empty = Snapshot::default();
+        assert!(exporter.scrape(&empty).is_empty());
         exporter.export(&snapshot()).await.unwrap();
         assert!(
-            String::from_utf8(exporter.render())
+            String::from_utf8(exporter.scrape(&empty))
                 .unwrap()
                 .contains("prober_server_receive_points")
         );

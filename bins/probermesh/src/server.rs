@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use probermesh_adapters::admin::{AdminApi, AdminServer};
 use probermesh_adapters::link::{CertificateSource, ReportServer, ServerConfig, Token};
-use probermesh_adapters::metrics;
+use probermesh_adapters::metrics::PrometheusExporter;
 use probermesh_core::aggregate::{Aggregator, AggregatorConfig, SnapshotPart};
 use probermesh_core::model::{ProbeConfig, UnixMillis};
 use probermesh_core::pool::TargetPool;
@@ -55,9 +55,9 @@ struct Shared {
     state: Mutex<ServerState>,
     link: Arc<ReportServer>,
     probe_file: Option<PathBuf>,
-    /// The settled families (per pair, per URL) rendered once per window by the timer loop;
-    /// a scrape adds only the live families (liveness, counters) to it.
-    settled_text: Mutex<Arc<Vec<u8>>>,
+    /// Holds the settled families (per pair, per URL) published once per window by the
+    /// timer loop; a scrape adds only the live families (liveness, counters).
+    exporter: PrometheusExporter,
 }
 
 impl Shared {
@@ -65,29 +65,16 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Renders the settled families again (after a window settled or series expired).
+    /// Publishes the settled families again (after a window settled or series expired).
     fn refresh_settled_text(&self) {
         let snapshot = self.state().snapshot_part(now(), SnapshotPart::Settled);
-        let text = Arc::new(metrics::render(&snapshot));
-        *self
-            .settled_text
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = text;
+        self.exporter.publish(&snapshot);
     }
 
-    /// The `/metrics` body: the cached settled part and the live part rendered now.
+    /// The `/metrics` body: the published settled part and the live part rendered now.
     fn scrape(&self) -> Vec<u8> {
         let live = self.state().snapshot_part(now(), SnapshotPart::Live);
-        let settled = Arc::clone(
-            &self
-                .settled_text
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        let mut body = Vec::with_capacity(settled.len() + 4096);
-        body.extend_from_slice(&settled);
-        body.extend_from_slice(&metrics::render(&live));
-        body
+        self.exporter.scrape(&live)
     }
 
     async fn perform(&self, actions: Actions) {
@@ -199,7 +186,7 @@ impl RunningServer {
             state: Mutex::new(ServerState::new(aggregator, parts.pool)),
             link,
             probe_file: parts.probe_file,
-            settled_text: Mutex::new(Arc::new(Vec::new())),
+            exporter: PrometheusExporter::new(),
         });
         let admin = AdminServer::start(
             &parts.http_listen_addr,
