@@ -87,12 +87,13 @@ pub(crate) async fn run_probe(probers: &Probers, me: &AgentId, probe: PlannedPro
     }
 }
 
-/// Runs probe rounds for ever over `pool()`, sending each result to `results`.
-pub(crate) async fn probe_rounds(
+/// Runs probe rounds for ever over `pool()` (the shared latest pool, not a copy), sending
+/// each result to `results`.
+async fn probe_rounds(
     probers: Arc<Probers>,
     me: AgentId,
     interval: Duration,
-    pool: impl Fn() -> Vec<probermesh_core::model::ProbeConfig>,
+    pool: impl Fn() -> Arc<Vec<probermesh_core::model::ProbeConfig>>,
     results: mpsc::Sender<ProbeResult>,
 ) {
     loop {
@@ -240,7 +241,7 @@ impl AgentLoops {
             move || {
                 pool_link
                     .latest_pool()
-                    .map(|pool| pool.configs.as_ref().clone())
+                    .map(|pool| pool.configs)
                     .unwrap_or_default()
             },
             results_tx,
