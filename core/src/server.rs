@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::aggregate::{Aggregator, Intake, SnapshotPart};
-use crate::model::{AgentId, AgentVersion, ProbeConfig, Region, UnixMillis};
+use crate::aggregate::{Aggregator, Counters, Intake, SnapshotPart};
+use crate::model::{AgentId, AgentVersion, ProbeConfig, ProbeResult, Region, UnixMillis};
 use crate::pool::{PoolRevision, TargetPool};
 use crate::ports::{ConnectionId, LinkEvent};
 use crate::snapshot::Snapshot;
@@ -163,6 +163,24 @@ impl ServerState {
         let mut actions = Actions::default();
         self.push_changed_pools(now, &mut actions);
         actions
+    }
+
+    /// The aggregator's running totals (received and dropped results).
+    #[must_use]
+    pub fn counters(&self) -> Counters {
+        self.aggregator.counters()
+    }
+
+    /// Empties the unsettled windows for a stopping server to hand over (see
+    /// [`Aggregator::take_open_results`]).
+    pub fn take_open_results(&mut self) -> Vec<ProbeResult> {
+        self.aggregator.take_open_results()
+    }
+
+    /// Files the results the previous server handed over (see
+    /// [`Aggregator::resume_results`]).
+    pub fn resume_results(&mut self, now: UnixMillis, results: Vec<ProbeResult>) -> Intake {
+        self.aggregator.resume_results(now, results)
     }
 
     /// Every series to expose.

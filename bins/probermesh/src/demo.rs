@@ -70,6 +70,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         probe_file: None,
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: None,
+        handoff_file: None,
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.

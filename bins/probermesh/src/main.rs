@@ -9,6 +9,7 @@
 mod agent;
 mod cli;
 mod demo;
+mod handoff;
 mod http_probe;
 mod logging;
 mod ping;

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use probermesh_adapters::admin::{AdminApi, AdminServer};
 use probermesh_adapters::link::{CertificateSource, ReportServer, ServerConfig, Token};
 use probermesh_adapters::metrics::PrometheusExporter;
-use probermesh_core::aggregate::{Aggregator, AggregatorConfig, SnapshotPart};
+use probermesh_core::aggregate::{Aggregator, AggregatorConfig, Counters, SnapshotPart};
 use probermesh_core::model::{ProbeConfig, UnixMillis};
 use probermesh_core::pool::TargetPool;
 use probermesh_core::ports::ReportSource;
@@ -21,6 +21,7 @@ use probermesh_core::server::{Actions, ServerState};
 use serde::Serialize;
 
 use crate::cli::ServerArgs;
+use crate::handoff;
 use crate::logging;
 
 /// The wall clock as core wants it.
@@ -164,6 +165,18 @@ pub(crate) struct RunningServer {
     admin: AdminServer,
     events: tokio::task::JoinHandle<()>,
     timer: tokio::task::JoinHandle<()>,
+    handoff_file: Option<PathBuf>,
+}
+
+/// What a server did over its life, logged when it stops.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StopReport {
+    /// Results received and dropped, by the aggregator's counters.
+    pub(crate) counters: Counters,
+    /// Result batches sent again by agents and recognised by the link.
+    pub(crate) duplicate_batches: u64,
+    /// Results of the unsettled windows written to the handoff file.
+    pub(crate) handed_over: usize,
 }
 
 /// What a server is started from (the flags, or the demo's choices).
@@ -174,6 +187,9 @@ pub(crate) struct ServerParts {
     pub(crate) probe_file: Option<PathBuf>,
     pub(crate) http_listen_addr: String,
     pub(crate) admin_token: Option<Token>,
+    /// Where unsettled windows are handed to the next server (`None`: they are dropped at
+    /// stop, as the demo does).
+    pub(crate) handoff_file: Option<PathBuf>,
 }
 
 impl RunningServer {
@@ -182,8 +198,12 @@ impl RunningServer {
         let link = Arc::new(ReportServer::bind(parts.link).context("starting the agent link")?);
         let aggregator =
             Aggregator::new(parts.aggregator, now()).context("the aggregation settings")?;
+        let mut state = ServerState::new(aggregator, parts.pool);
+        if let Some(path) = &parts.handoff_file {
+            resume_handoff(&mut state, path);
+        }
         let shared = Arc::new(Shared {
-            state: Mutex::new(ServerState::new(aggregator, parts.pool)),
+            state: Mutex::new(state),
             link,
             probe_file: parts.probe_file,
             exporter: PrometheusExporter::new(),
@@ -225,6 +245,7 @@ impl RunningServer {
             admin,
             events,
             timer,
+            handoff_file: parts.handoff_file,
         })
     }
 
@@ -255,12 +276,68 @@ impl RunningServer {
         self.shared.state().snapshot(now())
     }
 
-    /// Stops everything, closing agent connections cleanly.
-    pub(crate) async fn stop(self) {
+    /// Stops everything: agent connections are closed cleanly (every result handed to the
+    /// state is acknowledged, the rest is resent by agents to the next server), then the
+    /// results of the unsettled windows go to the handoff file.
+    pub(crate) async fn stop(mut self) -> StopReport {
         self.admin.stop();
         self.timer.abort();
         self.shared.link.shutdown().await;
-        self.events.abort();
+        // The event loop ends by itself once the link hands out nothing more; wait for it so
+        // every acknowledged result is filed before the windows are taken.
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.events)
+            .await
+            .is_err()
+        {
+            tracing::error!("the event loop did not finish within 5 s; stopping it");
+            self.events.abort();
+        }
+        let (counters, open) = {
+            let mut state = self.shared.state();
+            (state.counters(), state.take_open_results())
+        };
+        let mut handed_over = 0;
+        match &self.handoff_file {
+            Some(path) if !open.is_empty() => match handoff::save(path, now(), &open) {
+                Ok(()) => {
+                    handed_over = open.len();
+                    tracing::info!(file = %path.display(), results = handed_over, "unsettled windows handed over to the next server");
+                }
+                Err(error) => tracing::error!(
+                    error = %format!("{error:#}"),
+                    lost = open.len(),
+                    "cannot hand the unsettled windows over; their results are lost"
+                ),
+            },
+            _ => {}
+        }
+        StopReport {
+            counters,
+            duplicate_batches: self.shared.link.stats().duplicate_batches,
+            handed_over,
+        }
+    }
+}
+
+/// Files the results a previous server left in `path`, before any result comes over the link.
+fn resume_handoff(state: &mut ServerState, path: &Path) {
+    match handoff::take(path) {
+        Ok(None) => {}
+        Ok(Some(windows)) => {
+            let offered = windows.results.len();
+            let intake = state.resume_results(now(), windows.results);
+            tracing::warn!(
+                file = %path.display(),
+                saved_at_ms = windows.saved_at.as_millis(),
+                resumed = intake.accepted,
+                late = intake.dropped_late,
+                offered,
+                "resumed the previous server's unsettled windows"
+            );
+        }
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "previous server's windows not resumed")
+        }
     }
 }
 
@@ -308,6 +385,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         probe_file: args.probe_file.clone(),
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: Some(admin_token),
+        handoff_file: Some(handoff::path_in(&args.data_dir)),
     })
     .await?;
     tracing::warn!(
@@ -319,7 +397,18 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     );
     wait_for_signals(&server.shared).await?;
     tracing::warn!("shutting down");
-    server.stop().await;
+    let report = server.stop().await;
+    let c = report.counters;
+    tracing::warn!(
+        received_icmp = c.received_icmp,
+        received_http = c.received_http,
+        dropped_late = c.dropped_late,
+        dropped_future = c.dropped_future,
+        dropped_duplicate = c.dropped_duplicate,
+        duplicate_batches = report.duplicate_batches,
+        handed_over = report.handed_over,
+        "server stopped"
+    );
     Ok(())
 }
 

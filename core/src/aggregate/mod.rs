@@ -151,14 +151,20 @@ pub struct Intake {
     pub dropped_duplicate: u64,
 }
 
-/// Running totals exposed as counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) received_icmp: u64,
-    pub(crate) received_http: u64,
-    pub(crate) dropped_late: u64,
-    pub(crate) dropped_future: u64,
-    pub(crate) dropped_duplicate: u64,
+/// Running totals since the aggregator was created, exposed as `prober_server_receive_points`
+/// and `prober_server_dropped_points_total`.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct Counters {
+    /// ICMP results received over the link (handed-over ones are not counted again).
+    pub received_icmp: u64,
+    /// HTTP results received over the link.
+    pub received_http: u64,
+    /// Results whose window had settled.
+    pub dropped_late: u64,
+    /// Results more than one window ahead of the clock.
+    pub dropped_future: u64,
+    /// Results filed already (same agent, target and round).
+    pub dropped_duplicate: u64,
 }
 
 /// Identity of one result inside a window: one agent probes one target once per round.
@@ -209,6 +215,18 @@ impl Aggregator {
         &self.config
     }
 
+    /// The running totals.
+    #[must_use]
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Results held in unsettled windows.
+    #[must_use]
+    pub fn open_results(&self) -> usize {
+        self.open.values().map(HashMap::len).sum()
+    }
+
     /// Records a heartbeat of `agent` running `version`.
     pub fn handle_heartbeat(&mut self, now: UnixMillis, agent: &AgentId, version: &AgentVersion) {
         self.liveness.handle_heartbeat(now, agent, version);
@@ -220,12 +238,55 @@ impl Aggregator {
         now: UnixMillis,
         results: impl IntoIterator<Item = ProbeResult>,
     ) -> Intake {
+        self.file(now, results, true)
+    }
+
+    /// Files the results a previous server handed over ([`Self::take_open_results`]) in their
+    /// windows. They were received (and counted) by that server, so they do not count in
+    /// `prober_server_receive_points` again; those whose window has settled here already are
+    /// dropped as late, and any also received over the link count once.
+    pub fn resume_results(
+        &mut self,
+        now: UnixMillis,
+        results: impl IntoIterator<Item = ProbeResult>,
+    ) -> Intake {
+        self.file(now, results, false)
+    }
+
+    /// Empties every unsettled window and returns its results, for a server that stops to hand
+    /// them to the next one ([`Self::resume_results`]). The windows are not settled: the next
+    /// server settles them, with whatever arrives there too.
+    pub fn take_open_results(&mut self) -> Vec<ProbeResult> {
+        let open = std::mem::take(&mut self.open);
+        let mut results = Vec::with_capacity(open.values().map(HashMap::len).sum());
+        for window in open.into_values() {
+            for ((source, target_region, target, round_start), outcome) in window {
+                results.push(ProbeResult {
+                    source,
+                    target_region,
+                    target,
+                    round_start,
+                    outcome,
+                });
+            }
+        }
+        results
+    }
+
+    fn file(
+        &mut self,
+        now: UnixMillis,
+        results: impl IntoIterator<Item = ProbeResult>,
+        count_received: bool,
+    ) -> Intake {
         let mut intake = Intake::default();
         let newest_allowed = now.as_millis() / self.window_ms + 1;
         for result in results {
-            match result.outcome.kind() {
-                ProbeKind::Icmp => self.counters.received_icmp += 1,
-                ProbeKind::Http => self.counters.received_http += 1,
+            if count_received {
+                match result.outcome.kind() {
+                    ProbeKind::Icmp => self.counters.received_icmp += 1,
+                    ProbeKind::Http => self.counters.received_http += 1,
+                }
             }
             let index = result.round_start.as_millis() / self.window_ms;
             if index < self.first_unsettled {
@@ -453,6 +514,95 @@ mod tests {
         assert_eq!(
             snapshot.number(DROPPED_POINTS, &[("reason", "duplicate")]),
             Some(1.0)
+        );
+    }
+
+    /// Everything but the receive counter, which counts per server process.
+    fn settled_series(agg: &Aggregator, now_ms: u64) -> Snapshot {
+        let mut snapshot = agg.snapshot(UnixMillis(now_ms));
+        snapshot.families.retain(|f| f.name != RECEIVE_POINTS);
+        snapshot
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// A server that stops mid-run and hands its open windows to the next one publishes
+        /// exactly what one server running throughout would have.
+        #[test]
+        fn a_handover_publishes_what_an_uninterrupted_server_would(
+            received in proptest::collection::vec(0usize..=10, 18),
+            delays_ms in proptest::collection::vec(0u64..WINDOW_MS, 18),
+            restart_offset_ms in 0u64..WINDOW_MS,
+        ) {
+            let start = 100 * WINDOW_MS;
+            let restart = start + WINDOW_MS + restart_offset_ms;
+            // Three rounds of three agents probing two targets, each result arriving within a
+            // window of its round's start, in arrival order.
+            let mut arrivals: Vec<(u64, ProbeResult)> = Vec::new();
+            for (i, (received, delay)) in received.iter().zip(&delays_ms).enumerate() {
+                let round_start = start + (i as u64 / 6) * WINDOW_MS;
+                let source = agent("a", 1 + (i % 3) as u8);
+                let target = if i % 6 < 3 { "t1" } else { "t2" };
+                arrivals.push((round_start + delay, icmp(&source, target, round_start, *received)));
+            }
+            arrivals.sort_by_key(|(at, _)| *at);
+
+            let mut throughout = aggregator(start);
+            let mut before = aggregator(start);
+            let mut after: Option<Aggregator> = None;
+            for (at, result) in arrivals {
+                throughout.handle_results(UnixMillis(at), [result.clone()]);
+                if at < restart {
+                    before.handle_results(UnixMillis(at), [result]);
+                } else {
+                    let next = after.get_or_insert_with(|| {
+                        let mut next = aggregator(restart);
+                        let intake = next.resume_results(UnixMillis(restart), before.take_open_results());
+                        assert_eq!(intake.dropped_late + intake.dropped_duplicate, 0);
+                        next
+                    });
+                    next.handle_results(UnixMillis(at), [result]);
+                }
+            }
+            let mut after = after.unwrap_or_else(|| {
+                let mut next = aggregator(restart);
+                next.resume_results(UnixMillis(restart), before.take_open_results());
+                next
+            });
+            for k in 2..=5 {
+                let at = start + k * WINDOW_MS;
+                throughout.handle_timeout(UnixMillis(at));
+                after.handle_timeout(UnixMillis(at));
+                proptest::prop_assert_eq!(settled_series(&after, at), settled_series(&throughout, at));
+            }
+            proptest::prop_assert!(before.take_open_results().is_empty());
+        }
+    }
+
+    #[test]
+    fn handed_over_results_are_not_received_twice_and_old_ones_are_late() {
+        let start = 100 * WINDOW_MS;
+        let a1 = agent("a", 1);
+        let mut before = aggregator(start);
+        before.handle_results(UnixMillis(start + 10), [icmp(&a1, "t", start, 9)]);
+        let open = before.take_open_results();
+        assert_eq!(open, vec![icmp(&a1, "t", start, 9)]);
+        // The next server starts two windows later: that window has settled for it.
+        let mut next = aggregator(start + 3 * WINDOW_MS);
+        let intake = next.resume_results(UnixMillis(start + 3 * WINDOW_MS), open.clone());
+        assert_eq!(intake.dropped_late, 1);
+        let mut soon = aggregator(start + WINDOW_MS);
+        let intake = soon.resume_results(UnixMillis(start + WINDOW_MS), open);
+        assert_eq!(intake.accepted, 1);
+        // The agent resends it (its ack was lost): filed once.
+        let intake = soon.handle_results(UnixMillis(start + WINDOW_MS), [icmp(&a1, "t", start, 9)]);
+        assert_eq!(intake.dropped_duplicate, 1);
+        let snapshot = soon.snapshot(UnixMillis(start + WINDOW_MS));
+        assert_eq!(
+            snapshot.number(RECEIVE_POINTS, &[("prober_type", "icmp")]),
+            Some(1.0),
+            "only the resend came over the link"
         );
     }
 

@@ -7,6 +7,8 @@
 //!   They are separate from the domain types in [`crate::model`], which never derive serde.
 //! - [`frame`]: a frame is a 4-byte big-endian body length followed by a postcard body;
 //!   [`encode_frame`] writes one, [`FrameDecoder`] splits a byte stream into messages.
+//! - [`handoff`]: the file a gracefully stopping server leaves for the next one (the results of
+//!   its unsettled windows), in v1 DTOs.
 //! - [`convert`]: conversions between DTOs and domain types. Going out (`From<&Domain>`) cannot
 //!   fail; coming in (`into_domain`) validates everything, because the bytes come from the network.
 //!
@@ -26,6 +28,7 @@
 
 pub mod convert;
 pub mod frame;
+pub mod handoff;
 pub mod v1;
 
 #[cfg(test)]
@@ -36,6 +39,7 @@ pub use frame::{
     DEFAULT_MAX_FRAME_LEN, FrameDecoder, LEN_PREFIX_BYTES, decode_frame, encode_frame,
     encode_result_batch_frame,
 };
+pub use handoff::{OpenWindows, decode_open_windows, encode_open_windows};
 pub use v1::{
     AgentMessage, BasicAuthV1, CompressionV1, HeaderMatchV1, HeaderV1, HttpClientConfigV1,
     HttpFailureV1, HttpModuleV1, HttpPhasesV1, HttpVersionV1, IcmpFailureV1, IcmpModuleV1,

@@ -12,6 +12,7 @@ use proptest::option;
 use proptest::prelude::*;
 use regex::Regex;
 
+use super::handoff::{OPEN_WINDOWS_FORMAT, OPEN_WINDOWS_MAGIC, OpenWindowsV1, SourceResultsV1};
 use super::*;
 use crate::model::http_module::{
     BasicAuth, Compression, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol, Secret,
@@ -1687,4 +1688,110 @@ fn message_limits_name_the_field() {
     assert!(golden_hello().check_limits().is_ok());
     assert!(golden_result_batch().check_limits().is_ok());
     assert!(golden_target_pool().check_limits().is_ok());
+}
+
+// === The open-windows handoff file ===
+
+/// Two agents' results: the golden batch from `source()` and its ICMP result from a second.
+fn golden_open_windows() -> Vec<ProbeResult> {
+    let AgentMessage::ResultBatch { results, .. } = golden_result_batch() else {
+        unreachable!()
+    };
+    let other = AgentId::new(
+        Region::new("cn-beijing").unwrap(),
+        IpAddr::from([10, 0, 1, 1]),
+    );
+    let mut all = results_into_domain(results[..1].to_vec(), &other).unwrap();
+    all.extend(results_into_domain(results, &source()).unwrap());
+    all
+}
+
+#[test]
+fn golden_open_windows_file_is_the_promised_bytes() {
+    let path = fixtures_dir().join("v1").join("open_windows.hex");
+    let bytes = encode_open_windows(UnixMillis(1_700_000_002_000), &golden_open_windows()).unwrap();
+    if update_golden() {
+        std::fs::write(
+            &path,
+            to_hex(
+                "open-windows file, format 1, saved at 1700000002000: cn-beijing/10.0.1.1 with the golden ICMP result, cn-shanghai/10.0.0.1 with both golden results",
+                &bytes,
+            ),
+        )
+        .unwrap();
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        from_hex(&text),
+        bytes,
+        "the handoff format changed; a server must read what the previous release wrote"
+    );
+    let back = decode_open_windows(&from_hex(&text)).unwrap();
+    assert_eq!(back.saved_at, UnixMillis(1_700_000_002_000));
+    assert_eq!(back.results, golden_open_windows());
+}
+
+#[test]
+fn foreign_or_newer_handoff_files_are_refused_by_name() {
+    let bytes = encode_open_windows(UnixMillis(1), &golden_open_windows()).unwrap();
+    let field_of = |bytes: &[u8]| match decode_open_windows(bytes) {
+        Err(WireError::Invalid { field, .. }) => field,
+        other => panic!("expected an invalid field, got {other:?}"),
+    };
+    assert_eq!(field_of(b"PK\x03\x04 a zip file"), "magic");
+    assert_eq!(field_of(&[]), "magic");
+    let mut newer = bytes.clone();
+    newer[OPEN_WINDOWS_MAGIC.len() + 1] = 2;
+    assert_eq!(field_of(&newer), "format");
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert_eq!(
+        decode_open_windows(&trailing),
+        Err(WireError::TrailingBytes { n_trailing: 1 })
+    );
+    // A result that breaks a domain rule is named by its place in the file.
+    let mut body = OpenWindowsV1 {
+        saved_at_ms: 1,
+        sources: vec![SourceResultsV1 {
+            region: "cn-shanghai".into(),
+            ip: IpAddrV1::from(IpAddr::from([10, 0, 0, 1])),
+            results: vec![golden_icmp_result()],
+        }],
+    };
+    body.sources[0].results[0].target_region = "no spaces allowed".into();
+    let mut bad = OPEN_WINDOWS_MAGIC.to_vec();
+    bad.extend_from_slice(&OPEN_WINDOWS_FORMAT.to_be_bytes());
+    let bad = postcard::to_extend(&body, bad).unwrap();
+    assert_eq!(field_of(&bad), "sources[0].results[0].target_region");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn results_survive_the_handoff_file(
+        results in vec(arb_probe_result(), 0..6),
+        saved_at in any::<u64>(),
+    ) {
+        let bytes = encode_open_windows(UnixMillis(saved_at), &results).unwrap();
+        let back = decode_open_windows(&bytes).unwrap();
+        prop_assert_eq!(back.saved_at, UnixMillis(saved_at));
+        // Grouped by agent; a stable sort keeps each agent's results in their order.
+        let mut expected = results;
+        expected.sort_by(|a, b| a.source.cmp(&b.source));
+        prop_assert_eq!(back.results, expected);
+    }
+
+    #[test]
+    fn damaged_handoff_files_are_refused_without_panicking(
+        cut in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let bytes = encode_open_windows(UnixMillis(7), &golden_open_windows()).unwrap();
+        prop_assert!(decode_open_windows(&bytes[..cut.index(bytes.len())]).is_err());
+        let mut mutated = bytes.clone();
+        mutated[at.index(bytes.len())] = byte;
+        let _ = decode_open_windows(&mutated);
+    }
 }

@@ -1,0 +1,141 @@
+//! The open-windows handoff file: what a server that stops gracefully writes so that the next
+//! server on the same data directory aggregates the results it had already acknowledged but
+//! not yet settled (the current window and the one before it).
+//!
+//! Without it a restart would lose up to two windows of acknowledged results: agents forget a
+//! result once it is acknowledged, and the stopping server never settles those windows. The
+//! file is part of the compatibility promise like the frames (a server of the next release
+//! reads what this one wrote), so it is postcard DTOs of protocol v1 behind a magic and a
+//! format number; `fixtures/wire/v1/open_windows.hex` pins its bytes.
+
+use serde::{Deserialize, Serialize};
+
+use super::{IpAddrV1, ProbeResultV1, WireError};
+use crate::model::{AgentId, ProbeResult, Region, UnixMillis};
+
+/// First bytes of every handoff file.
+pub const OPEN_WINDOWS_MAGIC: [u8; 8] = *b"PMOPENW\0";
+/// The format written after the magic (a big-endian `u16`).
+pub const OPEN_WINDOWS_FORMAT: u16 = 1;
+/// Most results a handoff file may hold (two windows of a very large mesh).
+pub const MAX_OPEN_WINDOW_RESULTS: usize = 4_000_000;
+
+/// The body of a handoff file.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct OpenWindowsV1 {
+    /// When the stopping server wrote it, in Unix milliseconds.
+    pub saved_at_ms: u64,
+    /// The results, grouped by the agent that probed them.
+    pub sources: Vec<SourceResultsV1>,
+}
+
+/// The results of one agent.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct SourceResultsV1 {
+    /// The agent's region.
+    pub region: String,
+    /// The agent's address.
+    pub ip: IpAddrV1,
+    /// Its results.
+    pub results: Vec<ProbeResultV1>,
+}
+
+/// What a handoff file held.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenWindows {
+    /// When it was written.
+    pub saved_at: UnixMillis,
+    /// The results, validated like those of a `ResultBatch`.
+    pub results: Vec<ProbeResult>,
+}
+
+/// The bytes of a handoff file holding `results`, written at `saved_at`.
+///
+/// # Errors
+/// [`WireError::Encode`] when postcard cannot serialise (it does not for these types).
+pub fn encode_open_windows(
+    saved_at: UnixMillis,
+    results: &[ProbeResult],
+) -> Result<Vec<u8>, WireError> {
+    let mut sources: Vec<SourceResultsV1> = Vec::new();
+    let mut sorted: Vec<&ProbeResult> = results.iter().collect();
+    sorted.sort_by(|a, b| a.source.cmp(&b.source));
+    for result in sorted {
+        let same_source = sources.last().is_some_and(|last| {
+            last.region == result.source.region.as_str()
+                && std::net::IpAddr::from(last.ip) == result.source.ip
+        });
+        if !same_source {
+            sources.push(SourceResultsV1 {
+                region: result.source.region.as_str().to_owned(),
+                ip: result.source.ip.into(),
+                results: Vec::new(),
+            });
+        }
+        if let Some(last) = sources.last_mut() {
+            last.results.push(ProbeResultV1::from(result));
+        }
+    }
+    let body = OpenWindowsV1 {
+        saved_at_ms: saved_at.as_millis(),
+        sources,
+    };
+    let mut bytes = OPEN_WINDOWS_MAGIC.to_vec();
+    bytes.extend_from_slice(&OPEN_WINDOWS_FORMAT.to_be_bytes());
+    postcard::to_extend(&body, bytes).map_err(WireError::Encode)
+}
+
+/// Reads a handoff file's bytes back into validated results.
+///
+/// # Errors
+/// [`WireError::Invalid`] naming `magic` or `format` for a file that is not one of ours (or of
+/// a newer format), or the offending field (`sources[1].results[4].outcome`); `Decode` or
+/// `TrailingBytes` for a damaged body.
+pub fn decode_open_windows(bytes: &[u8]) -> Result<OpenWindows, WireError> {
+    let header_len = OPEN_WINDOWS_MAGIC.len() + 2;
+    if bytes.len() < header_len || bytes[..OPEN_WINDOWS_MAGIC.len()] != OPEN_WINDOWS_MAGIC {
+        return Err(WireError::invalid(
+            "magic",
+            "not a ProberMesh open-windows file",
+        ));
+    }
+    let format = u16::from_be_bytes([bytes[header_len - 2], bytes[header_len - 1]]);
+    if format != OPEN_WINDOWS_FORMAT {
+        return Err(WireError::invalid(
+            "format",
+            format!("format {format} is not {OPEN_WINDOWS_FORMAT}, the one this version reads"),
+        ));
+    }
+    let (body, rest): (OpenWindowsV1, &[u8]) =
+        postcard::take_from_bytes(&bytes[header_len..]).map_err(WireError::Decode)?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes {
+            n_trailing: rest.len(),
+        });
+    }
+    let total: usize = body.sources.iter().map(|s| s.results.len()).sum();
+    if total > MAX_OPEN_WINDOW_RESULTS {
+        return Err(WireError::invalid(
+            "sources",
+            format!("{total} results exceed the limit of {MAX_OPEN_WINDOW_RESULTS}"),
+        ));
+    }
+    let mut results = Vec::with_capacity(total);
+    for (source_idx, group) in body.sources.into_iter().enumerate() {
+        let region = Region::new(&group.region).map_err(|e| {
+            WireError::invalid(format!("sources[{source_idx}].region"), e.to_string())
+        })?;
+        let source = AgentId::new(region, group.ip.into());
+        for (result_idx, result) in group.results.into_iter().enumerate() {
+            results.push(
+                result.into_domain(source.clone()).map_err(|e| {
+                    e.within(&format!("sources[{source_idx}].results[{result_idx}]"))
+                })?,
+            );
+        }
+    }
+    Ok(OpenWindows {
+        saved_at: UnixMillis(body.saved_at_ms),
+        results,
+    })
+}
