@@ -1017,6 +1017,15 @@ async fn results_made_while_the_server_is_away_are_delivered_when_it_comes_back(
     agent.enqueue_results(results(0..3_000));
     eventually("a failed attempt", || agent.stats().failures >= 1).await;
     assert_eq!(agent.stats().outbox.buffered_results, 3_000);
+    // A drain while the server is away gives up at its timeout, reporting what is held.
+    let drained = guarded("a drain", agent.drain(Duration::from_millis(300))).await;
+    assert_eq!(
+        (
+            drained.outbox.buffered_results,
+            drained.outbox.acked_results
+        ),
+        (3_000, 0)
+    );
 
     let server = start_server(server_config(dir.path(), addr)).await;
     let (recorded, _task) = record(&server);
@@ -1025,10 +1034,15 @@ async fn results_made_while_the_server_is_away_are_delivered_when_it_comes_back(
     })
     .await;
     assert_eq!(recorded.result_ids(), (0..3_000).collect::<Vec<_>>());
-    eventually("acknowledged", || {
-        agent.stats().outbox.buffered_results == 0
-    })
-    .await;
+    // A drain returns once everything is acknowledged.
+    let drained = guarded("a drain", agent.drain(Duration::from_secs(20))).await;
+    assert_eq!(
+        (
+            drained.outbox.buffered_results,
+            drained.outbox.acked_results
+        ),
+        (0, 3_000)
+    );
 
     // The pool survives the server going away again.
     let connection = match &recorded.events()[0] {

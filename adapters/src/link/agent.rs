@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use probermesh_core::delivery::{Outbox, OutboxStats};
 use probermesh_core::ports::{LinkError, ReceivedPool, ServerLink};
@@ -22,6 +23,8 @@ use super::tls::{TlsSetupError, client_crypto};
 
 /// Control messages waiting to be written.
 const CONTROL_QUEUE_LEN: usize = 64;
+/// How often [`AgentLink::drain`] looks at the outbox.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Why the agent's link could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,8 +156,19 @@ impl AgentLink {
         }
     }
 
+    /// Waits until every result handed to the link is acknowledged by the server, or until
+    /// `timeout` has passed (the server may be away), and returns the counters then. A
+    /// graceful stop calls it before [`Self::close`].
+    pub async fn drain(&self, timeout: Duration) -> AgentLinkStats {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.shared.outbox().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        self.stats()
+    }
+
     /// Stops the link: closes the connection (code `Done`) and ends the background task.
-    /// Results not acknowledged yet are lost with the process.
+    /// Results not acknowledged yet are lost with the process (see [`Self::drain`]).
     pub async fn close(&self) {
         let _ = self.stop.send(true);
         let task = lock(&self.task).take();

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,13 +16,15 @@ use probermesh_adapters::identity::{
     DetectionTimeouts, IpOptions, MetadataEndpoint, NetworkType, agent_ip, detect_region,
 };
 use probermesh_adapters::link::{
-    AgentIdentity, AgentLink, AgentLinkConfig, ServerVerification, Sha256Fingerprint, Token,
+    AgentIdentity, AgentLink, AgentLinkConfig, AgentLinkStats, ServerVerification,
+    Sha256Fingerprint, Token,
 };
 use probermesh_core::agent::{PlannedProbe, ProbeHow, plan_round, round_start};
 use probermesh_core::model::{AgentId, AgentVersion, ProbeOutcome, ProbeResult, UnixMillis};
 use probermesh_core::ports::{DnsResolver, HttpProber, IcmpPinger, ServerLink};
 use probermesh_core::wire::{AgentMessage, ProbeResultV1, ServerMessage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::cli::AgentArgs;
 use crate::logging;
@@ -88,13 +91,16 @@ pub(crate) async fn run_probe(probers: &Probers, me: &AgentId, probe: PlannedPro
 }
 
 /// Runs probe rounds for ever over `pool()` (the shared latest pool, not a copy), sending
-/// each result to `results`.
+/// each result to `results` and counting it in `produced`. Once `stopping` turns true, probes
+/// not started yet are dropped; those in flight finish and send their result.
 async fn probe_rounds(
     probers: Arc<Probers>,
     me: AgentId,
     interval: Duration,
     pool: impl Fn() -> Arc<Vec<probermesh_core::model::ProbeConfig>>,
     results: mpsc::Sender<ProbeResult>,
+    produced: Arc<AtomicU64>,
+    stopping: watch::Receiver<bool>,
 ) {
     loop {
         let round = round_start(now(), interval);
@@ -106,9 +112,14 @@ async fn probe_rounds(
         );
         for probe in plan {
             let (probers, me, results) = (Arc::clone(&probers), me.clone(), results.clone());
+            let (produced, mut stopping) = (Arc::clone(&produced), stopping.clone());
             tokio::spawn(async move {
-                sleep_until(probe.start_at).await;
+                tokio::select! {
+                    () = sleep_until(probe.start_at) => {}
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
                 let result = run_probe(&probers, &me, probe).await;
+                produced.fetch_add(1, Ordering::Relaxed);
                 let _ = results.send(result).await;
             });
         }
@@ -213,16 +224,65 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         choices.sync_interval,
     );
     wait_for_stop().await?;
-    tracing::warn!("shutting down");
-    loops.abort();
+    tracing::warn!("shutting down: finishing the probes in flight and delivering their results");
+    let report = loops
+        .stop(
+            &link,
+            choices.probe_interval + IN_FLIGHT_GRACE,
+            DRAIN_TIMEOUT,
+        )
+        .await;
     link.close().await;
+    let outbox = report.link.outbox;
+    tracing::warn!(
+        produced = report.produced,
+        acknowledged = outbox.acked_results,
+        dropped_full = outbox.dropped_results,
+        dropped_unencodable = outbox.unencodable_results,
+        unsent = report.unsent(),
+        "agent stopped"
+    );
     Ok(())
+}
+
+/// How much longer than a probe interval a graceful stop waits for the probes in flight (a
+/// probe's timeout is at most its interval; the ICMP engine adds its reply timeout).
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a graceful stop waits for the server to acknowledge the last results.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an agent did over its life, logged when it stops.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StopReport {
+    /// Results its probes produced.
+    pub(crate) produced: u64,
+    /// The link's counters after the drain.
+    pub(crate) link: AgentLinkStats,
+}
+
+impl StopReport {
+    /// Results produced but neither acknowledged nor counted as dropped: still buffered when
+    /// the drain gave up (the server away), or never handed to the link.
+    pub(crate) fn unsent(&self) -> u64 {
+        let outbox = &self.link.outbox;
+        self.produced.saturating_sub(
+            outbox.acked_results + outbox.dropped_results + outbox.unencodable_results,
+        )
+    }
 }
 
 /// The loops of one agent over its link: probe rounds over the latest pool, batching of
 /// their results into the link, a pool request every `sync_interval`, and the server's
 /// messages. The agent and the demo run the same loops.
-pub(crate) struct AgentLoops(Vec<tokio::task::JoinHandle<()>>);
+pub(crate) struct AgentLoops {
+    rounds: JoinHandle<()>,
+    batcher: JoinHandle<()>,
+    /// The pool syncer and the receiver of server messages.
+    others: Vec<JoinHandle<()>>,
+    stopping: watch::Sender<bool>,
+    produced: Arc<AtomicU64>,
+}
 
 impl AgentLoops {
     pub(crate) fn spawn(
@@ -233,6 +293,8 @@ impl AgentLoops {
         sync_interval: Duration,
     ) -> Self {
         let (results_tx, mut results_rx) = mpsc::channel::<ProbeResult>(4096);
+        let (stopping, stopping_rx) = watch::channel(false);
+        let produced = Arc::new(AtomicU64::new(0));
         let pool_link = Arc::clone(&link);
         let rounds = tokio::spawn(probe_rounds(
             probers,
@@ -245,6 +307,8 @@ impl AgentLoops {
                     .unwrap_or_default()
             },
             results_tx,
+            Arc::clone(&produced),
+            stopping_rx,
         ));
         let sender_link = Arc::clone(&link);
         let batcher = tokio::spawn(async move {
@@ -254,7 +318,11 @@ impl AgentLoops {
                 tokio::select! {
                     received = results_rx.recv() => match received {
                         Some(result) => batch.push(ProbeResultV1::from(&result)),
-                        None => return,
+                        None => {
+                            // Every probe has ended (a stop): hand over the rest.
+                            sender_link.enqueue_results(std::mem::take(&mut batch));
+                            return;
+                        }
                     },
                     () = flush => {}
                 }
@@ -300,13 +368,55 @@ impl AgentLoops {
                 }
             }
         });
-        Self(vec![rounds, batcher, syncer, receiver])
+        Self {
+            rounds,
+            batcher,
+            others: vec![syncer, receiver],
+            stopping,
+            produced,
+        }
     }
 
-    /// Stops every loop.
+    /// Stops every loop at once: probes in flight and results not yet acknowledged are lost.
     pub(crate) fn abort(&self) {
-        for task in &self.0 {
+        for task in [&self.rounds, &self.batcher]
+            .into_iter()
+            .chain(&self.others)
+        {
             task.abort();
+        }
+    }
+
+    /// Stops gracefully: starts no more probes, waits up to `in_flight_timeout` for those
+    /// running to finish and hand their results to `link`, then up to `drain_timeout` for the
+    /// server to acknowledge everything.
+    pub(crate) async fn stop(
+        self,
+        link: &AgentLink,
+        in_flight_timeout: Duration,
+        drain_timeout: Duration,
+    ) -> StopReport {
+        let _ = self.stopping.send(true);
+        self.rounds.abort();
+        // The batcher returns once the last probe in flight has sent its result.
+        let mut batcher = self.batcher;
+        if tokio::time::timeout(in_flight_timeout, &mut batcher)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?in_flight_timeout,
+                "probes still running at stop; their results are not sent"
+            );
+            batcher.abort();
+        }
+        let link_stats = link.drain(drain_timeout).await;
+        for task in &self.others {
+            task.abort();
+        }
+        StopReport {
+            produced: self.produced.load(Ordering::Relaxed),
+            link: link_stats,
         }
     }
 }
