@@ -118,13 +118,41 @@ impl Namespace {
     /// # Errors
     /// When it cannot start.
     pub fn spawn(&mut self, label: &str, command: &[&str], env: &[(&str, &str)]) -> io::Result<()> {
+        self.spawn_to(label, command, env, Stdio::null())
+    }
+
+    /// As [`Self::spawn`], appending the command's standard error to the file `log`.
+    ///
+    /// # Errors
+    /// When the log cannot be opened or the command cannot start.
+    pub fn spawn_logged(
+        &mut self,
+        label: &str,
+        command: &[&str],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> io::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        self.spawn_to(label, command, env, Stdio::from(file))
+    }
+
+    fn spawn_to(
+        &mut self,
+        label: &str,
+        command: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> io::Result<()> {
         let mut process = Command::new("ip");
         process
             .args(["netns", "exec", &self.name])
             .args(command)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         for (key, value) in env {
             process.env(key, value);
         }

@@ -68,8 +68,17 @@ fn start_server_with(
         command.push(format!("-server.probe.file={}", path.display()));
     }
     let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    // Each start logs to its own file: server-1.log, server-2.log, …
+    let starts = (1..)
+        .find(|n| !data_dir.join(format!("server-{n}.log")).exists())
+        .unwrap_or(1);
     lab.host_mut(host)
-        .spawn("server", &command, &[("PROBERMESH_TOKEN", TOKEN)])
+        .spawn_logged(
+            "server",
+            &command,
+            &[("PROBERMESH_TOKEN", TOKEN)],
+            &data_dir.join(format!("server-{starts}.log")),
+        )
         .expect("the server starts");
 }
 
@@ -121,9 +130,10 @@ impl Mesh {
 
     fn start_agent(&mut self, host: usize, region: &str) {
         let fingerprint = self.fingerprint.clone();
+        let log = self.agent_log(host);
         self.lab
             .host_mut(host)
-            .spawn(
+            .spawn_logged(
                 "agent",
                 &[
                     BIN,
@@ -135,8 +145,14 @@ impl Mesh {
                     &format!("-agent.tls.server-fingerprint={fingerprint}"),
                 ],
                 &[("PROBERMESH_TOKEN", TOKEN)],
+                &log,
             )
             .expect("an agent starts");
+    }
+
+    /// The standard error of the agent on `host`.
+    fn agent_log(&self, host: usize) -> PathBuf {
+        self.data_dir.join(format!("agent-{host}.log"))
     }
 
     fn host_of(&self, ip: &str) -> usize {
@@ -218,6 +234,17 @@ impl Mesh {
                 value.is_finite().then_some(value)
             },
         )
+    }
+
+    /// Waits until every agent is in the server's pool (connected and heard from).
+    fn wait_all_in_pool(&self) {
+        wait_for("every agent in the pool", Duration::from_secs(30), || {
+            let targets = self.curl("/-/targets")?;
+            self.agents
+                .iter()
+                .all(|(_, _, ip)| targets.contains(ip.as_str()))
+                .then_some(())
+        });
     }
 
     fn wait_ready(&self) {
@@ -473,17 +500,7 @@ fn one_broken_host_moves_the_mean_but_not_the_robust_estimate() {
     mesh.wait_ready();
     // The new server knows an agent as a target only once that agent has reconnected: wait
     // for all six in the pool, then for the windows of full rounds to settle.
-    wait_for(
-        "every agent back in the pool",
-        Duration::from_secs(30),
-        || {
-            let targets = mesh.curl("/-/targets")?;
-            mesh.agents
-                .iter()
-                .all(|(_, _, ip)| targets.contains(ip.as_str()))
-                .then_some(())
-        },
-    );
+    mesh.wait_all_in_pool();
     std::thread::sleep(Duration::from_secs(6));
     let mean_values = collect(&mesh, &series, 4);
     for (values, name) in mean_values.iter().zip(["b→a", "a→b"]) {
@@ -504,6 +521,140 @@ fn one_broken_host_moves_the_mean_but_not_the_robust_estimate() {
     let received_after =
         sample(&text, "prober_server_receive_points{prober_type=\"icmp\"}").unwrap_or(0.0);
     assert!(received_after > 0.0 && received_before > 0.0);
+}
+
+/// The numeric `key=value` fields of every line of `log` holding `message`.
+fn logged(log: &Path, message: &str) -> Vec<std::collections::HashMap<String, u64>> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|line| line.contains(message))
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|field| {
+                    let (key, value) = field.split_once('=')?;
+                    Some((key.to_owned(), value.parse().ok()?))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The one line of `log` holding `message`, as fields (fails naming the log otherwise).
+fn logged_once(log: &Path, message: &str) -> std::collections::HashMap<String, u64> {
+    let mut lines = logged(log, message);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one {message:?} line expected in {}:\n{}",
+        log.display(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    lines.remove(0)
+}
+
+/// Sleeps until `phase` into the next 2 s window of the wall clock.
+fn sleep_until_window_phase(phase: Duration) {
+    let window_ms = 2_000u128;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis();
+    let into = now_ms % window_ms;
+    let target = phase.as_millis() % window_ms;
+    let wait = (target + window_ms - into) % window_ms;
+    std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0)));
+}
+
+#[test]
+fn a_restarted_server_loses_no_result_and_counts_none_twice() {
+    let mut mesh = Mesh::start(
+        "restart",
+        "robust",
+        &[("a", 31), ("a", 32), ("b", 41), ("b", 42)],
+    );
+    mesh.wait_all_in_pool();
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Graceful restart, 0.6 s into a window: the previous round's results are in, the
+    // current round's are arriving. The stopping server hands its two unsettled windows to
+    // the next through the data directory; agents resend what was not acknowledged.
+    sleep_until_window_phase(Duration::from_millis(600));
+    let stopped_at = Instant::now();
+    mesh.lab.host_mut(mesh.server).terminate("server");
+    let (data_dir, server) = (mesh.data_dir.clone(), mesh.server);
+    start_server(&mut mesh.lab, server, &data_dir, "robust");
+    mesh.wait_ready();
+    mesh.wait_all_in_pool();
+    let outage = stopped_at.elapsed();
+    std::thread::sleep(Duration::from_secs(6));
+
+    // Stop every agent gracefully: each finishes its probes in flight and waits for their
+    // acknowledgement. Then let the last windows settle.
+    for (host, _, _) in mesh.agents.clone() {
+        mesh.lab.host_mut(host).terminate("agent");
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let metrics = mesh.metrics();
+    mesh.lab.host_mut(mesh.server).terminate("server");
+
+    let mut produced = 0;
+    for (host, _, ip) in &mesh.agents {
+        let agent = logged_once(&mesh.agent_log(*host), "agent stopped");
+        assert_eq!(
+            (agent["unsent"], agent["dropped_full"]),
+            (0, 0),
+            "agent {ip} delivered everything: {agent:?}"
+        );
+        assert_eq!(
+            agent["produced"], agent["acknowledged"],
+            "agent {ip}: {agent:?}"
+        );
+        assert!(agent["produced"] > 0, "agent {ip} probed: {agent:?}");
+        produced += agent["produced"];
+    }
+    let first = logged_once(&data_dir.join("server-1.log"), "server stopped");
+    let second = logged_once(&data_dir.join("server-2.log"), "server stopped");
+    let resumed = logged_once(
+        &data_dir.join("server-2.log"),
+        "resumed the previous server's unsettled windows",
+    );
+    assert!(
+        first["handed_over"] > 0,
+        "the first server stopped with open windows: {first:?}"
+    );
+    assert_eq!(
+        (resumed["resumed"], resumed["late"]),
+        (first["handed_over"], 0),
+        "the second server filed everything handed over (outage {outage:?}): {resumed:?}"
+    );
+    for server in [&first, &second] {
+        assert_eq!(
+            (server["dropped_late"], server["dropped_future"]),
+            (0, 0),
+            "no result missed its window (outage {outage:?}): {server:?}"
+        );
+    }
+    // Every result produced was filed exactly once: those received twice (their ack lost
+    // with the first server's connections) were recognised as duplicates.
+    let filed = first["received_icmp"] + second["received_icmp"]
+        - first["dropped_duplicate"]
+        - second["dropped_duplicate"];
+    assert_eq!(
+        filed, produced,
+        "results filed once vs produced by the agents: first server {first:?}, second {second:?}"
+    );
+    // The exposition agrees with the log.
+    assert_eq!(
+        sample(
+            &metrics,
+            "prober_server_receive_points{prober_type=\"icmp\"}"
+        ),
+        Some(second["received_icmp"] as f64)
+    );
+    eprintln!(
+        "restart: outage {outage:?}, {produced} results produced, {} handed over, duplicates {} + {}",
+        first["handed_over"], first["dropped_duplicate"], second["dropped_duplicate"]
+    );
 }
 
 /// The value of `name` with exactly these labels (in any order).
