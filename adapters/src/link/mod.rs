@@ -11,7 +11,9 @@
 //!   reason ([`close`]).
 //! - Resilience: agents reconnect with backoff and jitter ([`backoff`]), buffer results in
 //!   core's `Outbox` and resend unacknowledged batches; the server deduplicates with core's
-//!   `Deduplicator` ([`server`], `session`).
+//!   `Deduplicator` ([`server`], `session`). A restarted server resets the connections of the
+//!   process before it (keys derived from its certificate, `stable_keys`), so agents of a
+//!   crashed server reconnect at once instead of at the idle timeout.
 
 pub mod agent;
 pub mod backoff;
@@ -23,6 +25,7 @@ mod framed;
 pub mod handshake;
 pub mod server;
 mod session;
+mod stable_keys;
 pub mod tls;
 pub mod token;
 

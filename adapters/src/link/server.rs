@@ -30,6 +30,7 @@ use super::config::ServerConfig;
 use super::fingerprint::Sha256Fingerprint;
 use super::framed::{FrameError, FrameReader};
 use super::handshake::{self, Accepted};
+use super::stable_keys;
 use super::tls::{TlsSetupError, server_crypto};
 
 /// How long a writer waits, after finishing its stream, for the agent to read it and hang up.
@@ -47,7 +48,7 @@ pub enum ServerSetupError {
     /// The TLS configuration was refused.
     #[error("{0}")]
     Tls(#[from] TlsSetupError),
-    /// The UDP socket could not be bound (or no tokio runtime is running).
+    /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
@@ -55,6 +56,9 @@ pub enum ServerSetupError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// `ReportServer::bind` was called outside a tokio runtime.
+    #[error("the report server needs a running tokio runtime")]
+    NoRuntime,
 }
 
 /// Counters of the server's link, for logs and tests.
@@ -163,17 +167,28 @@ impl ReportServer {
     /// # Errors
     /// [`ServerSetupError`] naming the certificate file, the TLS problem or the address.
     pub fn bind(config: ServerConfig) -> Result<Self, ServerSetupError> {
+        tokio::runtime::Handle::try_current().map_err(|_| ServerSetupError::NoRuntime)?;
         let cert = ServerCertificate::load(&config.certificate)?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(&cert)?)
             .map_err(|e| TlsSetupError::Quic(e.to_string()))?;
         let mut quic = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         quic.transport_config(config.limits.transport(1));
-        let endpoint = Endpoint::server(quic, config.listen_addr).map_err(|source| {
-            ServerSetupError::Bind {
+        // Keys derived from the certificate's private key: a restarted server resets the
+        // connections of the process before it, so agents reconnect at once (stable_keys).
+        let endpoint_config = stable_keys::endpoint_config(cert.key.secret_der());
+        let endpoint = std::net::UdpSocket::bind(config.listen_addr)
+            .and_then(|socket| {
+                Endpoint::new(
+                    endpoint_config,
+                    Some(quic),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+            })
+            .map_err(|source| ServerSetupError::Bind {
                 addr: config.listen_addr,
                 source,
-            }
-        })?;
+            })?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| ServerSetupError::Bind {

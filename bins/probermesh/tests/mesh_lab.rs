@@ -657,6 +657,57 @@ fn a_restarted_server_loses_no_result_and_counts_none_twice() {
     );
 }
 
+#[test]
+fn agents_of_a_crashed_server_reconnect_to_its_replacement_at_once() {
+    let mut mesh = Mesh::start("crash", "robust", &[("a", 51), ("b", 61)]);
+    mesh.wait_all_in_pool();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // SIGKILL: no connection is closed. The replacement derives its stateless-reset and
+    // connection-ID keys from the same certificate, so it resets the agents' old connections
+    // at their next packet instead of leaving them to the link's 30 s idle timeout.
+    sleep_until_window_phase(Duration::from_millis(600));
+    let crashed_at = Instant::now();
+    mesh.lab.host_mut(mesh.server).kill("server");
+    let (data_dir, server) = (mesh.data_dir.clone(), mesh.server);
+    start_server(&mut mesh.lab, server, &data_dir, "robust");
+    mesh.wait_ready();
+    wait_for(
+        "every agent back, well before the 30 s idle timeout",
+        Duration::from_secs(15),
+        || {
+            let targets = mesh.curl("/-/targets")?;
+            mesh.agents
+                .iter()
+                .all(|(_, _, ip)| targets.contains(ip.as_str()))
+                .then_some(())
+        },
+    );
+    let outage = crashed_at.elapsed();
+    std::thread::sleep(Duration::from_secs(4));
+    for (host, _, _) in mesh.agents.clone() {
+        mesh.lab.host_mut(host).terminate("agent");
+    }
+    for (host, _, ip) in &mesh.agents {
+        let log = mesh.agent_log(*host);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("lost the connection to the server")
+                    && l.contains("reset by peer")),
+            "agent {ip} saw its connection reset by the replacement (outage {outage:?}):\n{text}"
+        );
+        // Whatever the crashed server had not acknowledged was resent to the replacement.
+        let agent = logged_once(&log, "agent stopped");
+        assert_eq!(
+            agent["produced"], agent["acknowledged"],
+            "agent {ip}: {agent:?}"
+        );
+        assert_eq!(agent["unsent"], 0, "agent {ip}: {agent:?}");
+    }
+    eprintln!("crash: agents back after {outage:?}");
+}
+
 /// The value of `name` with exactly these labels (in any order).
 fn labelled(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics.lines().find_map(|line| {
