@@ -27,6 +27,15 @@ fn responder() -> PathBuf {
     path
 }
 
+/// How [`Mesh::replace_server`] stops the running server.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// SIGTERM.
+    Graceful,
+    /// SIGKILL.
+    Crash,
+}
+
 struct Mesh {
     lab: Lab,
     server: usize,
@@ -238,13 +247,38 @@ impl Mesh {
 
     /// Waits until every agent is in the server's pool (connected and heard from).
     fn wait_all_in_pool(&self) {
-        wait_for("every agent in the pool", Duration::from_secs(30), || {
-            let targets = self.curl("/-/targets")?;
-            self.agents
-                .iter()
-                .all(|(_, _, ip)| targets.contains(ip.as_str()))
-                .then_some(())
-        });
+        self.wait_all_in_pool_within(Duration::from_secs(30));
+    }
+
+    fn wait_all_in_pool_within(&self, timeout: Duration) {
+        wait_for(
+            &format!("every agent in the pool within {timeout:?}"),
+            timeout,
+            || {
+                let targets = self.curl("/-/targets")?;
+                self.agents
+                    .iter()
+                    .all(|(_, _, ip)| targets.contains(ip.as_str()))
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Stops the server 0.6 s into a window (the previous round's results are in, the
+    /// current round's are arriving) and starts another with `method` on the same data
+    /// directory; returns when the stop began, once the new server is ready.
+    fn replace_server(&mut self, stop: Stop, method: &str) -> Instant {
+        sleep_until_window_phase(Duration::from_millis(600));
+        let stopped_at = Instant::now();
+        let host = self.lab.host_mut(self.server);
+        match stop {
+            Stop::Graceful => host.terminate("server"),
+            Stop::Crash => host.kill("server"),
+        }
+        let (data_dir, server) = (self.data_dir.clone(), self.server);
+        start_server(&mut self.lab, server, &data_dir, method);
+        self.wait_ready();
+        stopped_at
     }
 
     fn wait_ready(&self) {
@@ -492,12 +526,8 @@ fn one_broken_host_moves_the_mean_but_not_the_robust_estimate() {
     let received_before =
         sample(&text, "prober_server_receive_points{prober_type=\"icmp\"}").unwrap_or(0.0);
     // A graceful restart (SIGTERM): the server closes every connection, so agents reconnect
-    // at once instead of after the link's idle timeout.
-    mesh.lab.host_mut(mesh.server).terminate("server");
-    let data_dir = mesh.data_dir.clone();
-    let server = mesh.server;
-    start_server(&mut mesh.lab, server, &data_dir, "mean");
-    mesh.wait_ready();
+    // at once.
+    mesh.replace_server(Stop::Graceful, "mean");
     // The new server knows an agent as a target only once that agent has reconnected: wait
     // for all six in the pool, then for the windows of full rounds to settle.
     mesh.wait_all_in_pool();
@@ -575,17 +605,12 @@ fn a_restarted_server_loses_no_result_and_counts_none_twice() {
     mesh.wait_all_in_pool();
     std::thread::sleep(Duration::from_secs(5));
 
-    // Graceful restart, 0.6 s into a window: the previous round's results are in, the
-    // current round's are arriving. The stopping server hands its two unsettled windows to
-    // the next through the data directory; agents resend what was not acknowledged.
-    sleep_until_window_phase(Duration::from_millis(600));
-    let stopped_at = Instant::now();
-    mesh.lab.host_mut(mesh.server).terminate("server");
-    let (data_dir, server) = (mesh.data_dir.clone(), mesh.server);
-    start_server(&mut mesh.lab, server, &data_dir, "robust");
-    mesh.wait_ready();
+    // Graceful restart: the stopping server hands its two unsettled windows to the next
+    // through the data directory; agents resend what was not acknowledged.
+    let stopped_at = mesh.replace_server(Stop::Graceful, "robust");
     mesh.wait_all_in_pool();
     let outage = stopped_at.elapsed();
+    let data_dir = mesh.data_dir.clone();
     std::thread::sleep(Duration::from_secs(6));
 
     // Stop every agent gracefully: each finishes its probes in flight and waits for their
@@ -666,23 +691,8 @@ fn agents_of_a_crashed_server_reconnect_to_its_replacement_at_once() {
     // SIGKILL: no connection is closed. The replacement derives its stateless-reset and
     // connection-ID keys from the same certificate, so it resets the agents' old connections
     // at their next packet instead of leaving them to the link's 30 s idle timeout.
-    sleep_until_window_phase(Duration::from_millis(600));
-    let crashed_at = Instant::now();
-    mesh.lab.host_mut(mesh.server).kill("server");
-    let (data_dir, server) = (mesh.data_dir.clone(), mesh.server);
-    start_server(&mut mesh.lab, server, &data_dir, "robust");
-    mesh.wait_ready();
-    wait_for(
-        "every agent back, well before the 30 s idle timeout",
-        Duration::from_secs(15),
-        || {
-            let targets = mesh.curl("/-/targets")?;
-            mesh.agents
-                .iter()
-                .all(|(_, _, ip)| targets.contains(ip.as_str()))
-                .then_some(())
-        },
-    );
+    let crashed_at = mesh.replace_server(Stop::Crash, "robust");
+    mesh.wait_all_in_pool_within(Duration::from_secs(15));
     let outage = crashed_at.elapsed();
     std::thread::sleep(Duration::from_secs(4));
     for (host, _, _) in mesh.agents.clone() {
