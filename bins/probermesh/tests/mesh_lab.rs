@@ -264,11 +264,13 @@ impl Mesh {
         );
     }
 
-    /// Stops the server 0.6 s into a window (the previous round's results are in, the
-    /// current round's are arriving) and starts another with `method` on the same data
-    /// directory; returns when the stop began, once the new server is ready.
+    /// Stops the server 1 s into a window and starts another with `method` on the same data
+    /// directory; returns when the stop began, once the new server is ready. Then the
+    /// previous round's results are in (probes end within their round, batches leave within
+    /// 0.5 s) and the current round's, buffered by the agents meanwhile, have 3 s until their
+    /// window settles: an outage shorter than that loses nothing to lateness.
     fn replace_server(&mut self, stop: Stop, method: &str) -> Instant {
-        sleep_until_window_phase(Duration::from_millis(600));
+        sleep_until_window_phase(Duration::from_millis(1_000));
         let stopped_at = Instant::now();
         let host = self.lab.host_mut(self.server);
         match stop {
