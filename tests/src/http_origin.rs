@@ -6,6 +6,8 @@
 //! Routes (query parameters in milliseconds or bytes):
 //! - `/delay?headers_ms=A&chunks=N&chunk_ms=B&chunk_bytes=C`: headers after A ms, then N
 //!   chunks of C bytes, each B ms after the previous (the first B ms after the headers);
+//! - `/timings`: what `/delay` really applied so far (its timers run late on a busy machine),
+//!   a line per request: `<headers after, µs> <body span, µs>`;
 //! - `/status/<code>`; `/redirect/<n>` (302 to `/redirect/<n-1>`, `/redirect/0` is 200);
 //! - `/gzip`: a gzip-encoded body (`hello gzip`) when the request accepts gzip;
 //! - `/echo`: the method, the request headers (`name: value` lines) and the request body;
@@ -363,6 +365,22 @@ async fn route(request: Request<Incoming>, timings: Timings) -> Result<Response<
                 });
         });
         *response.body_mut() = ChannelBody(rx).boxed();
+    } else if path == "/timings" {
+        // What `/delay` really applied, for a test that runs the origin in another process:
+        // one line per request, `<headers_after µs> <body_span µs>`.
+        let text: String = timings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}\n",
+                    t.headers_after.as_micros(),
+                    t.body_span.as_micros()
+                )
+            })
+            .collect();
+        *response.body_mut() = full(text);
     } else if let Some(code) = path.strip_prefix("/status/") {
         *response.status_mut() = code
             .parse::<u16>()

@@ -720,6 +720,34 @@ fn agents_of_a_crashed_server_reconnect_to_its_replacement_at_once() {
     eprintln!("crash: agents back after {outage:?}");
 }
 
+/// The medians of the header delay and body span the lab's plain origin really applied to
+/// the `/delay` requests so far, in milliseconds (from its `/timings`).
+fn origin_delays(mesh: &Mesh) -> (f64, f64) {
+    let body = mesh
+        .lab
+        .host(mesh.server)
+        .exec(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://198.18.0.60:8080/timings",
+        ])
+        .expect("the origin's timings");
+    let text = String::from_utf8_lossy(&body.stdout).into_owned();
+    let (mut headers, mut bodies): (Vec<f64>, Vec<f64>) = text
+        .lines()
+        .filter_map(|line| {
+            let (h, b) = line.split_once(' ')?;
+            Some((h.parse::<f64>().ok()? / 1e3, b.parse::<f64>().ok()? / 1e3))
+        })
+        .unzip();
+    assert!(headers.len() >= 5, "the origin served /delay: {text:?}");
+    headers.sort_by(f64::total_cmp);
+    bodies.sort_by(f64::total_cmp);
+    (headers[headers.len() / 2], bodies[bodies.len() / 2])
+}
+
 /// The value of `name` with exactly these labels (in any order).
 fn labelled(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics.lines().find_map(|line| {
@@ -830,13 +858,14 @@ fn http_phases_dns_status_certificates_and_failures_from_two_regions() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    // The phases: the median over five windows, so one window where the origin's timer ran
-    // late does not decide.
+    // The phases: the median over five windows, against the median of what the origin
+    // really applied (its timers run late on a busy machine; `/timings` tells by how much).
     let mut scrapes = vec![text.clone()];
     for _ in 0..4 {
         std::thread::sleep(Duration::from_secs(2));
         scrapes.push(mesh.metrics());
     }
+    let (origin_headers_ms, origin_body_ms) = origin_delays(&mesh);
     for region in ["a", "b"] {
         let phase = |name: &str| {
             let mut values: Vec<f64> = scrapes
@@ -858,16 +887,22 @@ fn http_phases_dns_status_certificates_and_failures_from_two_regions() {
             values.sort_by(f64::total_cmp);
             values[values.len() / 2] * 1e3
         };
-        // The origin's timers may run late by a millisecond or two under load: 5 ms.
+        // Within 5 ms of what the origin applied: the agent timestamps the first byte when its
+        // task reads it, so its own scheduling adds to the phase (about 1 ms here; up to 4.4 ms
+        // measured with two CPU spinners on the two cores). The origin did apply the fault.
         let (processing, transfer, resolve) =
             (phase("processing"), phase("transfer"), phase("resolve"));
-        assert!(
-            (processing - 40.0).abs() <= 5.0,
-            "{region} processing {processing:.2} ms, injected 40"
+        eprintln!(
+            "http from {region}: processing {processing:.2} ms (origin {origin_headers_ms:.2}), transfer {transfer:.2} ms (origin {origin_body_ms:.2}), resolve {resolve:.2} ms"
         );
         assert!(
-            (transfer - 60.0).abs() <= 5.0,
-            "{region} transfer {transfer:.2} ms, injected 3 × 20"
+            (processing - origin_headers_ms).abs() <= 5.0
+                && (origin_headers_ms - 40.0).abs() <= 10.0,
+            "{region} processing {processing:.2} ms; origin applied {origin_headers_ms:.2}, asked 40"
+        );
+        assert!(
+            (transfer - origin_body_ms).abs() <= 5.0 && (origin_body_ms - 60.0).abs() <= 10.0,
+            "{region} transfer {transfer:.2} ms; origin applied {origin_body_ms:.2}, asked 3 × 20"
         );
         // A lookup cannot beat the server's delay; the resolver's own work (hickory builds
         // and parses the messages, a UDP round trip through the lab) adds a few milliseconds.
