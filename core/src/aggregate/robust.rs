@@ -90,13 +90,18 @@ fn flag_ratio_outliers(members: &[MemberStats], config: &RobustConfig, flagged: 
         .map(|m| m.trials as f64)
         .collect();
     let reference_trials = median(&trials).unwrap_or(1.0).max(1.0);
-    let variance = reference * (1.0 - reference);
     for (member, flag) in members.iter().zip(flagged.iter_mut()) {
         let Some(ratio) = member.ratio() else {
             continue;
         };
-        let binomial = config.ratio_z
-            * (variance * (1.0 / member.trials as f64 + 1.0 / reference_trials)).sqrt();
+        // The difference of two binomial ratios, each with its own variance: the median's
+        // variance alone underestimates the noise when the median happens to sit low (three
+        // members at 12 % true loss can read 2.7, 4.1 and 17.6 %, and must all be kept), while
+        // a member failing where every other succeeds (variance 0 on both sides) stays an
+        // outlier above the floor.
+        let variance = ratio * (1.0 - ratio) / member.trials as f64
+            + reference * (1.0 - reference) / reference_trials;
+        let binomial = config.ratio_z * variance.sqrt();
         let threshold = config
             .ratio_floor
             .max(binomial)
@@ -200,6 +205,18 @@ mod tests {
             member(0, 64, Some(9.8)),
         ];
         assert_eq!(outliers(&members, &RobustConfig::default()), vec![2]);
+    }
+
+    #[test]
+    fn noise_around_a_low_median_is_not_an_outlier() {
+        // 12 % true loss over 74 packets: one member reads 13 lost, the others 3 and 2. The
+        // median's variance (at 4 %) alone would call 13 an outlier.
+        let members = [
+            member(13, 74, Some(10.0)),
+            member(3, 74, Some(10.0)),
+            member(2, 74, Some(10.0)),
+        ];
+        assert!(outliers(&members, &RobustConfig::default()).is_empty());
     }
 
     #[test]
