@@ -115,8 +115,9 @@ async fn probe_rounds(
             let (produced, mut stopping) = (Arc::clone(&produced), stopping.clone());
             tokio::spawn(async move {
                 tokio::select! {
-                    () = sleep_until(probe.start_at) => {}
+                    biased;
                     _ = stopping.wait_for(|stop| *stop) => return,
+                    () = sleep_until(probe.start_at) => {}
                 }
                 let result = run_probe(&probers, &me, probe).await;
                 produced.fetch_add(1, Ordering::Relaxed);

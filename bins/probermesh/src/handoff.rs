@@ -1,13 +1,17 @@
 //! The open-windows handoff file on disk (format in `core::wire::handoff`): a server that
 //! stops gracefully writes the results of its unsettled windows to
 //! `<data dir>/open-windows.bin`, and the next server on that directory files them before it
-//! takes any result from the link, so a restart loses no acknowledged result.
+//! takes any result from the link, so a restart loses no acknowledged result. The file is
+//! removed only once the new server has started, so a failed start keeps it for the next try.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
 use probermesh_core::model::{ProbeResult, UnixMillis};
+use probermesh_core::wire::handoff::MAX_OPEN_WINDOW_RESULTS;
 use probermesh_core::wire::{OpenWindows, decode_open_windows, encode_open_windows};
 
 /// The file's name inside the data directory.
@@ -21,10 +25,10 @@ pub(crate) fn path_in(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
-/// Reads and removes the handoff file at `path`. `Ok(None)` when there is none. A file that
-/// cannot be read back is moved aside to `<path>.bad` (kept for a post-mortem, never read
-/// again) and the error names it.
-pub(crate) fn take(path: &Path) -> Result<Option<OpenWindows>> {
+/// Reads the handoff file at `path` (remove it with [`remove`] once it is filed). `Ok(None)`
+/// when there is none. A file that cannot be read back is moved aside to `<path>.bad` (kept
+/// for a post-mortem, never read again) and the error names it.
+pub(crate) fn read(path: &Path) -> Result<Option<OpenWindows>> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -36,10 +40,7 @@ pub(crate) fn take(path: &Path) -> Result<Option<OpenWindows>> {
         decode_open_windows(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     });
     match decoded {
-        Ok(windows) => {
-            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-            Ok(Some(windows))
-        }
+        Ok(windows) => Ok(Some(windows)),
         Err(error) => {
             let aside = path.with_extension("bin.bad");
             let moved = std::fs::rename(path, &aside);
@@ -48,6 +49,15 @@ pub(crate) fn take(path: &Path) -> Result<Option<OpenWindows>> {
                 Err(e) => format!("ignoring the handoff file (cannot move it aside: {e})"),
             })
         }
+    }
+}
+
+/// Removes the handoff file at `path` once its results are filed (none is fine).
+pub(crate) fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("removing {}", path.display())),
     }
 }
 
@@ -60,10 +70,22 @@ fn read_limited(file: std::fs::File) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Writes `results` to `path` atomically (a temporary file renamed over it), readable by the
-/// owner only, creating the directory (mode 0700) when needed.
-pub(crate) fn save(path: &Path, saved_at: UnixMillis, results: &[ProbeResult]) -> Result<()> {
-    let bytes = encode_open_windows(saved_at, results)?;
+/// Writes `results` of a server aggregating over `window` to `path` atomically (a temporary
+/// file renamed over it, then the directory synced), readable by the owner only, creating the
+/// directory (mode 0700) when needed. Returns how many results it left out: beyond the
+/// format's limit, the oldest rounds go.
+pub(crate) fn save(
+    path: &Path,
+    saved_at: UnixMillis,
+    window: Duration,
+    results: &mut Vec<ProbeResult>,
+) -> Result<usize> {
+    let left_out = results.len().saturating_sub(MAX_OPEN_WINDOW_RESULTS);
+    if left_out > 0 {
+        results.sort_by_key(|r| std::cmp::Reverse(r.round_start));
+        results.truncate(MAX_OPEN_WINDOW_RESULTS);
+    }
+    let bytes = encode_open_windows(saved_at, window, results)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -75,17 +97,26 @@ pub(crate) fn save(path: &Path, saved_at: UnixMillis, results: &[ProbeResult]) -
     let temporary = path.with_extension("bin.tmp");
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
+        // A leftover from an interrupted stop would keep its old mode: start afresh.
+        match std::fs::remove_file(&temporary) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&temporary)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        std::fs::rename(&temporary, path)
+        std::fs::rename(&temporary, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
-    write().with_context(|| format!("writing {}", path.display()))
+    write().with_context(|| format!("writing {}", path.display()))?;
+    Ok(left_out)
 }
 
 #[cfg(test)]
@@ -134,17 +165,25 @@ mod tests {
     }
 
     #[test]
-    fn a_saved_file_is_taken_once() {
+    fn a_saved_file_is_read_until_removed() {
         let dir = TestDir::new("saved");
         let path = path_in(&dir.path().join("data"));
-        save(&path, UnixMillis(5), &[result()]).unwrap();
+        let window = Duration::from_secs(15);
+        assert_eq!(
+            save(&path, UnixMillis(5), window, &mut vec![result()]).unwrap(),
+            0
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let taken = take(&path).unwrap().unwrap();
-        assert_eq!(taken.saved_at, UnixMillis(5));
-        assert_eq!(taken.results, vec![result()]);
-        assert!(take(&path).unwrap().is_none(), "removed once taken");
+        let read_back = read(&path).unwrap().unwrap();
+        assert_eq!(read_back.saved_at, UnixMillis(5));
+        assert_eq!(read_back.window, window);
+        assert_eq!(read_back.results, vec![result()]);
+        assert!(path.exists(), "kept until removed");
+        remove(&path).unwrap();
+        assert!(read(&path).unwrap().is_none());
+        remove(&path).unwrap();
     }
 
     #[test]
@@ -152,7 +191,7 @@ mod tests {
         let dir = TestDir::new("damaged");
         let path = path_in(dir.path());
         std::fs::write(&path, b"not a handoff file").unwrap();
-        let error = format!("{:#}", take(&path).unwrap_err());
+        let error = format!("{:#}", read(&path).unwrap_err());
         assert!(error.contains("open-windows.bin"), "{error}");
         assert!(error.contains("magic"), "{error}");
         assert!(error.contains("bin.bad"), "{error}");

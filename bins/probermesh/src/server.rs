@@ -166,6 +166,8 @@ pub(crate) struct RunningServer {
     events: tokio::task::JoinHandle<()>,
     timer: tokio::task::JoinHandle<()>,
     handoff_file: Option<PathBuf>,
+    /// The aggregation window (written into the handoff file).
+    window: Duration,
 }
 
 /// What a server did over its life, logged when it stops.
@@ -196,12 +198,14 @@ impl RunningServer {
     /// Binds the link and the endpoints and starts the loops.
     pub(crate) async fn start(parts: ServerParts) -> Result<Self> {
         let link = Arc::new(ReportServer::bind(parts.link).context("starting the agent link")?);
+        let window = parts.aggregator.window;
         let aggregator =
             Aggregator::new(parts.aggregator, now()).context("the aggregation settings")?;
         let mut state = ServerState::new(aggregator, parts.pool);
-        if let Some(path) = &parts.handoff_file {
-            resume_handoff(&mut state, path);
-        }
+        let resumed = match &parts.handoff_file {
+            Some(path) => resume_handoff(&mut state, path, window),
+            None => false,
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             link,
@@ -214,6 +218,15 @@ impl RunningServer {
             parts.admin_token,
         )
         .await?;
+        // Started: the handed-over results now live in this process.
+        if let (true, Some(path)) = (resumed, &parts.handoff_file)
+            && let Err(error) = handoff::remove(path)
+        {
+            tracing::error!(
+                error = %format!("{error:#}"),
+                "cannot remove the handoff file; remove it by hand, or the next start files its results again"
+            );
+        }
         let events = {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
@@ -246,6 +259,7 @@ impl RunningServer {
             events,
             timer,
             handoff_file: parts.handoff_file,
+            window,
         })
     }
 
@@ -292,23 +306,31 @@ impl RunningServer {
             tracing::error!("the event loop did not finish within 5 s; stopping it");
             self.events.abort();
         }
-        let (counters, open) = {
+        let (counters, mut open) = {
             let mut state = self.shared.state();
             (state.counters(), state.take_open_results())
         };
         let mut handed_over = 0;
         match &self.handoff_file {
-            Some(path) if !open.is_empty() => match handoff::save(path, now(), &open) {
-                Ok(()) => {
-                    handed_over = open.len();
-                    tracing::info!(file = %path.display(), results = handed_over, "unsettled windows handed over to the next server");
+            Some(path) if !open.is_empty() => {
+                match handoff::save(path, now(), self.window, &mut open) {
+                    Ok(left_out) => {
+                        handed_over = open.len();
+                        if left_out > 0 {
+                            tracing::error!(
+                                left_out,
+                                "more unsettled results than a handoff file holds; the oldest are lost"
+                            );
+                        }
+                        tracing::info!(file = %path.display(), results = handed_over, "unsettled windows handed over to the next server");
+                    }
+                    Err(error) => tracing::error!(
+                        error = %format!("{error:#}"),
+                        lost = open.len(),
+                        "cannot hand the unsettled windows over; their results are lost"
+                    ),
                 }
-                Err(error) => tracing::error!(
-                    error = %format!("{error:#}"),
-                    lost = open.len(),
-                    "cannot hand the unsettled windows over; their results are lost"
-                ),
-            },
+            }
             _ => {}
         }
         StopReport {
@@ -319,10 +341,22 @@ impl RunningServer {
     }
 }
 
-/// Files the results a previous server left in `path`, before any result comes over the link.
-fn resume_handoff(state: &mut ServerState, path: &Path) {
-    match handoff::take(path) {
-        Ok(None) => {}
+/// Files the results a previous server left in `path`, before any result comes over the link;
+/// true when the file should go once the server has started (it was read, or its windows
+/// do not fit this server's).
+fn resume_handoff(state: &mut ServerState, path: &Path, window: Duration) -> bool {
+    match handoff::read(path) {
+        Ok(None) => false,
+        Ok(Some(windows)) if windows.window != window => {
+            tracing::warn!(
+                file = %path.display(),
+                results = windows.results.len(),
+                their_window = ?windows.window,
+                our_window = ?window,
+                "the previous server aggregated over another window; its unsettled windows are not resumed"
+            );
+            true
+        }
         Ok(Some(windows)) => {
             let offered = windows.results.len();
             let intake = state.resume_results(now(), windows.results);
@@ -331,12 +365,16 @@ fn resume_handoff(state: &mut ServerState, path: &Path) {
                 saved_at_ms = windows.saved_at.as_millis(),
                 resumed = intake.accepted,
                 late = intake.dropped_late,
+                stale = intake.dropped_stale,
+                duplicate = intake.dropped_duplicate,
                 offered,
                 "resumed the previous server's unsettled windows"
             );
+            true
         }
         Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "previous server's windows not resumed")
+            tracing::error!(error = %format!("{error:#}"), "previous server's windows not resumed");
+            false
         }
     }
 }
@@ -405,6 +443,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         dropped_late = c.dropped_late,
         dropped_future = c.dropped_future,
         dropped_duplicate = c.dropped_duplicate,
+        settled = c.settled_results,
         duplicate_batches = report.duplicate_batches,
         handed_over = report.handed_over,
         "server stopped"
@@ -424,5 +463,98 @@ async fn wait_for_signals(shared: &Shared) -> Result<()> {
             _ = terminate.recv() => return Ok(()),
             result = tokio::signal::ctrl_c() => return result.context("waiting for SIGINT"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use probermesh_core::model::{AgentId, IcmpResult, ProbeOutcome, ProbeResult, Region};
+    use probermesh_core::pool::Discovery;
+
+    use super::*;
+
+    /// A fresh directory for one test, removed when dropped.
+    struct TestDir(PathBuf);
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn parts(dir: &Path, http_listen_addr: &str) -> ServerParts {
+        ServerParts {
+            link: ServerConfig::new(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                CertificateSource::Generated {
+                    data_dir: dir.to_owned(),
+                    names: vec!["localhost".to_owned()],
+                },
+                Token::new("test-token-0123456789", "test").expect("a token"),
+            ),
+            aggregator: AggregatorConfig {
+                window: Duration::from_secs(60),
+                ..AggregatorConfig::default()
+            },
+            pool: TargetPool::new(Vec::new(), Discovery::Dynamic, false),
+            probe_file: None,
+            http_listen_addr: http_listen_addr.to_owned(),
+            admin_token: None,
+            handoff_file: Some(handoff::path_in(dir)),
+        }
+    }
+
+    fn result() -> ProbeResult {
+        ProbeResult {
+            source: AgentId::new(
+                Region::new("a").expect("a region"),
+                IpAddr::from([10, 0, 0, 1]),
+            ),
+            target_region: Region::new("b").expect("a region"),
+            target: "10.0.0.2".to_owned(),
+            round_start: now(),
+            outcome: ProbeOutcome::Icmp(IcmpResult::measured(
+                Duration::ZERO,
+                4,
+                &[Duration::from_millis(3)],
+            )),
+        }
+    }
+
+    #[tokio::test]
+    async fn unsettled_windows_survive_a_stop_and_a_failed_start() {
+        let dir =
+            TestDir(std::env::temp_dir().join(format!("pm-server-handoff-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        let file = handoff::path_in(&dir.0);
+
+        let first = RunningServer::start(parts(&dir.0, "127.0.0.1:0"))
+            .await
+            .expect("a server");
+        let handed = result();
+        let intake = first
+            .shared
+            .state()
+            .resume_results(now(), vec![handed.clone()]);
+        assert_eq!(intake.accepted, 1);
+        let report = first.stop().await;
+        assert_eq!(report.handed_over, 1);
+        assert!(file.exists());
+
+        // A start that fails after reading the file (its HTTP port is taken) keeps it.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let busy = taken.local_addr().expect("its address").to_string();
+        assert!(RunningServer::start(parts(&dir.0, &busy)).await.is_err());
+        assert!(file.exists(), "kept for the next start");
+
+        let second = RunningServer::start(parts(&dir.0, "127.0.0.1:0"))
+            .await
+            .expect("a server");
+        assert!(!file.exists(), "removed once started");
+        assert_eq!(second.shared.state().take_open_results(), vec![handed]);
+        let report = second.stop().await;
+        assert_eq!(report.handed_over, 0, "taken out above");
     }
 }

@@ -12,6 +12,9 @@
 //! the window. A window *settles* one window after it ends: results arriving up to then still
 //! land in their own window; later ones are dropped and counted. On settling, each region pair
 //! and URL of the window is aggregated (see [`AggregationMethod`]) and its series are set.
+//! Nothing settles during the first window after the aggregator is created, so agents that
+//! reconnect after a restart deliver what they buffered; a stopping server hands its unsettled
+//! windows to the next one ([`Aggregator::take_open_results`], [`Aggregator::resume_results`]).
 //!
 //! # Expiry
 //! Every series not set for `series_ttl_ratio × window` disappears. An agent whose heartbeats
@@ -149,6 +152,9 @@ pub struct Intake {
     pub dropped_future: u64,
     /// The same agent, target and round was already filed.
     pub dropped_duplicate: u64,
+    /// Handed over from a previous server but so old that its series would have expired
+    /// already ([`Aggregator::resume_results`] only).
+    pub dropped_stale: u64,
 }
 
 /// Running totals since the aggregator was created, exposed as `prober_server_receive_points`
@@ -165,6 +171,9 @@ pub struct Counters {
     pub dropped_future: u64,
     /// Results filed already (same agent, target and round).
     pub dropped_duplicate: u64,
+    /// Results in windows that settled (not exposed; with the results still open, it accounts
+    /// for every result filed).
+    pub settled_results: u64,
 }
 
 /// Identity of one result inside a window: one agent probes one target once per round.
@@ -177,8 +186,13 @@ pub struct Aggregator {
     window_ms: u64,
     /// Unsettled windows by index, each holding its results.
     open: BTreeMap<u64, HashMap<ResultKey, ProbeOutcome>>,
-    /// Windows below this index have settled.
+    /// Windows below this index have settled (or are too old to take).
     first_unsettled: u64,
+    /// No window settles before this instant: one window after the start, so agents have
+    /// time to reconnect and deliver what they buffered while no server ran.
+    settle_not_before: UnixMillis,
+    /// Whether a window has been settled (before that, handed-over windows may reopen).
+    settled_any: bool,
     series: SeriesStore,
     liveness: Liveness,
     counters: Counters,
@@ -186,7 +200,8 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// A new aggregator starting at `now`: the window holding `now` and the one before it are
-    /// still open (results of the last round before a restart are taken).
+    /// still open (results of the last round before a restart are taken), and nothing settles
+    /// before `now + window` (agents reconnecting after a restart deliver what they buffered).
     ///
     /// # Errors
     /// [`ConfigError`] when the window is under one second or the ratio is zero.
@@ -203,6 +218,8 @@ impl Aggregator {
             window_ms,
             open: BTreeMap::new(),
             first_unsettled: (now.as_millis() / window_ms).saturating_sub(1),
+            settle_not_before: UnixMillis(now.as_millis().saturating_add(window_ms)),
+            settled_any: false,
             series: SeriesStore::default(),
             liveness: Liveness::default(),
             counters: Counters::default(),
@@ -242,15 +259,43 @@ impl Aggregator {
     }
 
     /// Files the results a previous server handed over ([`Self::take_open_results`]) in their
-    /// windows. They were received (and counted) by that server, so they do not count in
-    /// `prober_server_receive_points` again; those whose window has settled here already are
-    /// dropped as late, and any also received over the link count once.
+    /// windows, reopening those windows if nothing has settled here yet: they were unsettled
+    /// on the previous server, so none is published twice, and overdue ones settle at the next
+    /// [`Self::handle_timeout`] after the start-up grace. They were received (and counted) by
+    /// that server, so no counter counts them again; a result also received over the link is
+    /// filed once. Results whose series would have expired already are dropped as stale, and
+    /// after a window has settled here older ones are dropped as late (neither is exported).
     pub fn resume_results(
         &mut self,
         now: UnixMillis,
         results: impl IntoIterator<Item = ProbeResult>,
     ) -> Intake {
-        self.file(now, results, false)
+        let ttl_windows = u64::from(self.config.series_ttl_ratio);
+        let now_index = now.as_millis() / self.window_ms;
+        let mut stale = 0;
+        let fresh: Vec<ProbeResult> = results
+            .into_iter()
+            .filter(|result| {
+                let index = result.round_start.as_millis() / self.window_ms;
+                // Settled at (index + 2) × window, its series would live ttl windows more.
+                let keep = index.saturating_add(2).saturating_add(ttl_windows) > now_index;
+                if !keep {
+                    stale += 1;
+                }
+                keep
+            })
+            .collect();
+        if !self.settled_any
+            && let Some(oldest) = fresh
+                .iter()
+                .map(|r| r.round_start.as_millis() / self.window_ms)
+                .min()
+        {
+            self.first_unsettled = self.first_unsettled.min(oldest);
+        }
+        let mut intake = self.file(now, fresh, false);
+        intake.dropped_stale = stale;
+        intake
     }
 
     /// Empties every unsettled window and returns its results, for a server that stops to hand
@@ -312,20 +357,29 @@ impl Aggregator {
                 }
             }
         }
-        self.counters.dropped_late += intake.dropped_late;
-        self.counters.dropped_future += intake.dropped_future;
-        self.counters.dropped_duplicate += intake.dropped_duplicate;
+        if count_received {
+            self.counters.dropped_late += intake.dropped_late;
+            self.counters.dropped_future += intake.dropped_future;
+            self.counters.dropped_duplicate += intake.dropped_duplicate;
+        }
         intake
     }
 
-    /// Settles every window that ended at least one window before `now`, then expires series
-    /// and forgotten agents. Call it at least once per window (at [`Self::next_timeout`]).
+    /// Settles every window that ended at least one window before `now` (none during the
+    /// start-up grace), then expires series and forgotten agents. Call it at least once per
+    /// window (at [`Self::next_timeout`]).
     pub fn handle_timeout(&mut self, now: UnixMillis) {
         // Window k settles at (k + 2) × window.
-        let settle_below = (now.as_millis() / self.window_ms).saturating_sub(1);
+        let settle_below = if now < self.settle_not_before {
+            0
+        } else {
+            self.settled_any = true;
+            (now.as_millis() / self.window_ms).saturating_sub(1)
+        };
         while self.first_unsettled < settle_below {
             let index = self.first_unsettled;
             if let Some(results) = self.open.remove(&index) {
+                self.counters.settled_results += results.len() as u64;
                 // Stamp with the nominal settle instant, so expiry does not depend on how
                 // punctually the driver calls us.
                 let settled_at = UnixMillis(index.saturating_add(2).saturating_mul(self.window_ms));
@@ -349,6 +403,7 @@ impl Aggregator {
                 .saturating_add(2)
                 .saturating_mul(self.window_ms),
         )
+        .max(self.settle_not_before)
     }
 
     /// Agents with a live heartbeat, each once (for dynamic discovery).
@@ -499,7 +554,8 @@ mod tests {
                 accepted: 2,
                 dropped_late: 1,
                 dropped_future: 1,
-                dropped_duplicate: 1
+                dropped_duplicate: 1,
+                dropped_stale: 0,
             }
         );
         let snapshot = agg.snapshot(UnixMillis(start));
@@ -525,84 +581,140 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
 
-        /// A server that stops mid-run and hands its open windows to the next one publishes
-        /// exactly what one server running throughout would have.
+        /// A server that stops mid-run and hands its open windows to the next one, which starts
+        /// after an outage (results made meanwhile wait on the agents), publishes exactly what
+        /// one server running throughout would have, once the new one's start-up grace is over.
         #[test]
         fn a_handover_publishes_what_an_uninterrupted_server_would(
-            received in proptest::collection::vec(0usize..=10, 18),
-            delays_ms in proptest::collection::vec(0u64..WINDOW_MS, 18),
-            restart_offset_ms in 0u64..WINDOW_MS,
+            received in proptest::collection::vec(0usize..=10, 24),
+            delays_ms in proptest::collection::vec(0u64..WINDOW_MS, 24),
+            stop_offset_ms in 0u64..WINDOW_MS,
+            outage_ms in 0u64..2 * WINDOW_MS,
         ) {
             let start = 100 * WINDOW_MS;
-            let restart = start + WINDOW_MS + restart_offset_ms;
-            // Three rounds of three agents probing two targets, each result arriving within a
-            // window of its round's start, in arrival order.
-            let mut arrivals: Vec<(u64, ProbeResult)> = Vec::new();
+            // The first server stops during window 101 (before anything settled there) and
+            // the next starts up to two windows later.
+            let stop = start + WINDOW_MS + stop_offset_ms;
+            let restart = stop + outage_ms;
+            // Four rounds of three agents probing two targets, each result arriving within a
+            // window of its round's start; the timer ticks every half window.
+            let mut events: Vec<(u64, Option<ProbeResult>)> = Vec::new();
             for (i, (received, delay)) in received.iter().zip(&delays_ms).enumerate() {
                 let round_start = start + (i as u64 / 6) * WINDOW_MS;
                 let source = agent("a", 1 + (i % 3) as u8);
                 let target = if i % 6 < 3 { "t1" } else { "t2" };
-                arrivals.push((round_start + delay, icmp(&source, target, round_start, *received)));
+                events.push((round_start + delay, Some(icmp(&source, target, round_start, *received))));
             }
-            arrivals.sort_by_key(|(at, _)| *at);
+            let end = start + 9 * WINDOW_MS;
+            events.extend((0..).map(|n| start + n * WINDOW_MS / 2).take_while(|t| *t <= end).map(|t| (t, None)));
+            events.sort_by_key(|(at, result)| (*at, result.is_some()));
 
             let mut throughout = aggregator(start);
-            let mut before = aggregator(start);
-            let mut after: Option<Aggregator> = None;
-            for (at, result) in arrivals {
-                throughout.handle_results(UnixMillis(at), [result.clone()]);
+            let mut first = aggregator(start);
+            let mut next: Option<Aggregator> = None;
+            let mut waiting: Vec<ProbeResult> = Vec::new();
+            for (at, result) in events {
+                match &result {
+                    Some(result) => { throughout.handle_results(UnixMillis(at), [result.clone()]); }
+                    None => throughout.handle_timeout(UnixMillis(at)),
+                }
+                if at < stop {
+                    match result {
+                        Some(result) => { first.handle_results(UnixMillis(at), [result]); }
+                        None => first.handle_timeout(UnixMillis(at)),
+                    }
+                    continue;
+                }
                 if at < restart {
-                    before.handle_results(UnixMillis(at), [result]);
-                } else {
-                    let next = after.get_or_insert_with(|| {
-                        let mut next = aggregator(restart);
-                        let intake = next.resume_results(UnixMillis(restart), before.take_open_results());
-                        assert_eq!(intake.dropped_late + intake.dropped_duplicate, 0);
-                        next
-                    });
-                    next.handle_results(UnixMillis(at), [result]);
+                    waiting.extend(result);
+                    continue;
+                }
+                let server = next.get_or_insert_with(|| {
+                    let mut server = aggregator(restart);
+                    let intake = server.resume_results(UnixMillis(restart), first.take_open_results());
+                    assert_eq!(intake.dropped_late + intake.dropped_stale + intake.dropped_duplicate, 0);
+                    let intake = server.handle_results(UnixMillis(restart), waiting.drain(..));
+                    assert_eq!(intake.dropped_late + intake.dropped_duplicate, 0);
+                    server
+                });
+                match result {
+                    Some(result) => { server.handle_results(UnixMillis(at), [result]); }
+                    None => server.handle_timeout(UnixMillis(at)),
+                }
+                if at >= restart + WINDOW_MS && at % WINDOW_MS == 0 {
+                    proptest::prop_assert_eq!(settled_series(server, at), settled_series(&throughout, at), "at {}", at);
                 }
             }
-            let mut after = after.unwrap_or_else(|| {
-                let mut next = aggregator(restart);
-                next.resume_results(UnixMillis(restart), before.take_open_results());
-                next
-            });
-            for k in 2..=5 {
-                let at = start + k * WINDOW_MS;
-                throughout.handle_timeout(UnixMillis(at));
-                after.handle_timeout(UnixMillis(at));
-                proptest::prop_assert_eq!(settled_series(&after, at), settled_series(&throughout, at));
-            }
-            proptest::prop_assert!(before.take_open_results().is_empty());
+            proptest::prop_assert_eq!(
+                throughout.snapshot(UnixMillis(end)).number(DROPPED_POINTS, &[("reason", "late")]),
+                Some(0.0)
+            );
+            let server = next.expect("the next server ran");
+            proptest::prop_assert_eq!(server.counters().settled_results, 24 - first.counters().settled_results);
+            proptest::prop_assert_eq!(first.counters().settled_results, 0);
         }
     }
 
     #[test]
-    fn handed_over_results_are_not_received_twice_and_old_ones_are_late() {
+    fn handed_over_windows_reopen_until_the_first_settle_and_stale_ones_are_dropped() {
         let start = 100 * WINDOW_MS;
         let a1 = agent("a", 1);
         let mut before = aggregator(start);
         before.handle_results(UnixMillis(start + 10), [icmp(&a1, "t", start, 9)]);
         let open = before.take_open_results();
         assert_eq!(open, vec![icmp(&a1, "t", start, 9)]);
-        // The next server starts two windows later: that window has settled for it.
-        let mut next = aggregator(start + 3 * WINDOW_MS);
-        let intake = next.resume_results(UnixMillis(start + 3 * WINDOW_MS), open.clone());
-        assert_eq!(intake.dropped_late, 1);
+        assert!(before.take_open_results().is_empty());
+
+        // The next server starts after window 100 was due (102 × W): it reopens it, and
+        // settles it once its start-up grace is over.
+        let restart = start + 2 * WINDOW_MS + 10;
+        let mut next = aggregator(restart);
+        let intake = next.resume_results(UnixMillis(restart), open.clone());
+        assert_eq!((intake.accepted, intake.dropped_late), (1, 0));
+        assert_eq!(next.next_timeout(), UnixMillis(restart + WINDOW_MS));
+        next.handle_timeout(UnixMillis(restart + WINDOW_MS - 1));
+        assert_eq!(
+            loss(&next, restart + WINDOW_MS - 1),
+            None,
+            "not during the grace"
+        );
+        next.handle_timeout(UnixMillis(restart + WINDOW_MS));
+        assert_eq!(loss(&next, restart + WINDOW_MS), Some(10.0));
+        assert_eq!(next.counters().settled_results, 1);
+
+        // The agent resends it over the link (its ack was lost): filed once, and only the
+        // resend counts as received.
         let mut soon = aggregator(start + WINDOW_MS);
-        let intake = soon.resume_results(UnixMillis(start + WINDOW_MS), open);
-        assert_eq!(intake.accepted, 1);
-        // The agent resends it (its ack was lost): filed once.
+        soon.resume_results(UnixMillis(start + WINDOW_MS), open.clone());
         let intake = soon.handle_results(UnixMillis(start + WINDOW_MS), [icmp(&a1, "t", start, 9)]);
         assert_eq!(intake.dropped_duplicate, 1);
-        let snapshot = soon.snapshot(UnixMillis(start + WINDOW_MS));
         assert_eq!(
-            snapshot.number(RECEIVE_POINTS, &[("prober_type", "icmp")]),
-            Some(1.0),
-            "only the resend came over the link"
+            soon.snapshot(UnixMillis(start + WINDOW_MS))
+                .number(RECEIVE_POINTS, &[("prober_type", "icmp")]),
+            Some(1.0)
+        );
+
+        // A file older than the series it would make is dropped as stale; after a window has
+        // settled, older windows do not reopen. Neither counts in the exported counters.
+        let long_after = start + 7 * WINDOW_MS;
+        let mut later = aggregator(long_after);
+        assert_eq!(
+            later
+                .resume_results(UnixMillis(long_after), open.clone())
+                .dropped_stale,
+            1
+        );
+        let mut settled = aggregator(start + 3 * WINDOW_MS);
+        settled.handle_timeout(UnixMillis(start + 4 * WINDOW_MS));
+        let intake = settled.resume_results(UnixMillis(start + 4 * WINDOW_MS), open);
+        assert_eq!((intake.accepted, intake.dropped_late), (0, 1));
+        assert_eq!(
+            settled
+                .snapshot(UnixMillis(start + 4 * WINDOW_MS))
+                .number(DROPPED_POINTS, &[("reason", "late")]),
+            Some(0.0)
         );
     }
 

@@ -8,9 +8,12 @@
 //! reads what this one wrote), so it is postcard DTOs of protocol v1 behind a magic and a
 //! format number; `fixtures/wire/v1/open_windows.hex` pins its bytes.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::{IpAddrV1, ProbeResultV1, WireError};
+use crate::model::time::duration_millis;
 use crate::model::{AgentId, ProbeResult, Region, UnixMillis};
 
 /// First bytes of every handoff file.
@@ -25,6 +28,9 @@ pub const MAX_OPEN_WINDOW_RESULTS: usize = 4_000_000;
 pub struct OpenWindowsV1 {
     /// When the stopping server wrote it, in Unix milliseconds.
     pub saved_at_ms: u64,
+    /// The stopping server's aggregation window, in milliseconds (a server with another
+    /// window does not take the results: its windows hold other rounds).
+    pub window_ms: u64,
     /// The results, grouped by the agent that probed them.
     pub sources: Vec<SourceResultsV1>,
 }
@@ -45,18 +51,33 @@ pub struct SourceResultsV1 {
 pub struct OpenWindows {
     /// When it was written.
     pub saved_at: UnixMillis,
+    /// The aggregation window of the server that wrote it.
+    pub window: Duration,
     /// The results, validated like those of a `ResultBatch`.
     pub results: Vec<ProbeResult>,
 }
 
-/// The bytes of a handoff file holding `results`, written at `saved_at`.
+/// The bytes of a handoff file holding `results` of a server aggregating over `window`,
+/// written at `saved_at`.
 ///
 /// # Errors
-/// [`WireError::Encode`] when postcard cannot serialise (it does not for these types).
+/// [`WireError::Invalid`] (`results`) for more than [`MAX_OPEN_WINDOW_RESULTS`] results, which
+/// the reader would refuse; [`WireError::Encode`] when postcard cannot serialise (it does not
+/// for these types).
 pub fn encode_open_windows(
     saved_at: UnixMillis,
+    window: Duration,
     results: &[ProbeResult],
 ) -> Result<Vec<u8>, WireError> {
+    if results.len() > MAX_OPEN_WINDOW_RESULTS {
+        return Err(WireError::invalid(
+            "results",
+            format!(
+                "{} results exceed the limit of {MAX_OPEN_WINDOW_RESULTS}",
+                results.len()
+            ),
+        ));
+    }
     let mut sources: Vec<SourceResultsV1> = Vec::new();
     let mut sorted: Vec<&ProbeResult> = results.iter().collect();
     sorted.sort_by(|a, b| a.source.cmp(&b.source));
@@ -78,6 +99,7 @@ pub fn encode_open_windows(
     }
     let body = OpenWindowsV1 {
         saved_at_ms: saved_at.as_millis(),
+        window_ms: duration_millis(window),
         sources,
     };
     let mut bytes = OPEN_WINDOWS_MAGIC.to_vec();
@@ -113,6 +135,12 @@ pub fn decode_open_windows(bytes: &[u8]) -> Result<OpenWindows, WireError> {
             n_trailing: rest.len(),
         });
     }
+    if body.window_ms < 1_000 {
+        return Err(WireError::invalid(
+            "window_ms",
+            format!("{} ms is shorter than the 1 s minimum", body.window_ms),
+        ));
+    }
     let total: usize = body.sources.iter().map(|s| s.results.len()).sum();
     if total > MAX_OPEN_WINDOW_RESULTS {
         return Err(WireError::invalid(
@@ -136,6 +164,7 @@ pub fn decode_open_windows(bytes: &[u8]) -> Result<OpenWindows, WireError> {
     }
     Ok(OpenWindows {
         saved_at: UnixMillis(body.saved_at_ms),
+        window: Duration::from_millis(body.window_ms),
         results,
     })
 }

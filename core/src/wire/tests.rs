@@ -1709,12 +1709,17 @@ fn golden_open_windows() -> Vec<ProbeResult> {
 #[test]
 fn golden_open_windows_file_is_the_promised_bytes() {
     let path = fixtures_dir().join("v1").join("open_windows.hex");
-    let bytes = encode_open_windows(UnixMillis(1_700_000_002_000), &golden_open_windows()).unwrap();
+    let bytes = encode_open_windows(
+        UnixMillis(1_700_000_002_000),
+        Duration::from_secs(15),
+        &golden_open_windows(),
+    )
+    .unwrap();
     if update_golden() {
         std::fs::write(
             &path,
             to_hex(
-                "open-windows file, format 1, saved at 1700000002000: cn-beijing/10.0.1.1 with the golden ICMP result, cn-shanghai/10.0.0.1 with both golden results",
+                "open-windows file, format 1, saved at 1700000002000 by a server with 15 s windows: cn-beijing/10.0.1.1 with the golden ICMP result, cn-shanghai/10.0.0.1 with both golden results",
                 &bytes,
             ),
         )
@@ -1728,12 +1733,18 @@ fn golden_open_windows_file_is_the_promised_bytes() {
     );
     let back = decode_open_windows(&from_hex(&text)).unwrap();
     assert_eq!(back.saved_at, UnixMillis(1_700_000_002_000));
+    assert_eq!(back.window, Duration::from_secs(15));
     assert_eq!(back.results, golden_open_windows());
 }
 
 #[test]
 fn foreign_or_newer_handoff_files_are_refused_by_name() {
-    let bytes = encode_open_windows(UnixMillis(1), &golden_open_windows()).unwrap();
+    let bytes = encode_open_windows(
+        UnixMillis(1),
+        Duration::from_secs(15),
+        &golden_open_windows(),
+    )
+    .unwrap();
     let field_of = |bytes: &[u8]| match decode_open_windows(bytes) {
         Err(WireError::Invalid { field, .. }) => field,
         other => panic!("expected an invalid field, got {other:?}"),
@@ -1752,6 +1763,7 @@ fn foreign_or_newer_handoff_files_are_refused_by_name() {
     // A result that breaks a domain rule is named by its place in the file.
     let mut body = OpenWindowsV1 {
         saved_at_ms: 1,
+        window_ms: 15_000,
         sources: vec![SourceResultsV1 {
             region: "cn-shanghai".into(),
             ip: IpAddrV1::from(IpAddr::from([10, 0, 0, 1])),
@@ -1759,10 +1771,17 @@ fn foreign_or_newer_handoff_files_are_refused_by_name() {
         }],
     };
     body.sources[0].results[0].target_region = "no spaces allowed".into();
-    let mut bad = OPEN_WINDOWS_MAGIC.to_vec();
-    bad.extend_from_slice(&OPEN_WINDOWS_FORMAT.to_be_bytes());
-    let bad = postcard::to_extend(&body, bad).unwrap();
-    assert_eq!(field_of(&bad), "sources[0].results[0].target_region");
+    let encode = |body: &OpenWindowsV1| {
+        let mut bytes = OPEN_WINDOWS_MAGIC.to_vec();
+        bytes.extend_from_slice(&OPEN_WINDOWS_FORMAT.to_be_bytes());
+        postcard::to_extend(body, bytes).unwrap()
+    };
+    assert_eq!(
+        field_of(&encode(&body)),
+        "sources[0].results[0].target_region"
+    );
+    body.window_ms = 999;
+    assert_eq!(field_of(&encode(&body)), "window_ms");
 }
 
 proptest! {
@@ -1772,10 +1791,12 @@ proptest! {
     fn results_survive_the_handoff_file(
         results in vec(arb_probe_result(), 0..6),
         saved_at in any::<u64>(),
+        window_ms in 1_000u64..3_600_000,
     ) {
-        let bytes = encode_open_windows(UnixMillis(saved_at), &results).unwrap();
+        let bytes = encode_open_windows(UnixMillis(saved_at), Duration::from_millis(window_ms), &results).unwrap();
         let back = decode_open_windows(&bytes).unwrap();
         prop_assert_eq!(back.saved_at, UnixMillis(saved_at));
+        prop_assert_eq!(back.window, Duration::from_millis(window_ms));
         // Grouped by agent; a stable sort keeps each agent's results in their order.
         let mut expected = results;
         expected.sort_by(|a, b| a.source.cmp(&b.source));
@@ -1788,7 +1809,7 @@ proptest! {
         at in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
-        let bytes = encode_open_windows(UnixMillis(7), &golden_open_windows()).unwrap();
+        let bytes = encode_open_windows(UnixMillis(7), Duration::from_secs(15), &golden_open_windows()).unwrap();
         prop_assert!(decode_open_windows(&bytes[..cut.index(bytes.len())]).is_err());
         let mut mutated = bytes.clone();
         mutated[at.index(bytes.len())] = byte;
