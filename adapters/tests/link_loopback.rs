@@ -990,23 +990,24 @@ async fn connections_beyond_the_maximum_are_refused() {
 
 // === resilience ===
 
-#[tokio::test]
-async fn results_made_while_the_server_is_away_are_delivered_when_it_comes_back() {
-    let dir = TempDir::new("away");
-    // Take a free port, then leave it: nothing listens there yet.
+/// Where a server will run later: a free UDP port (taken, then left, so nothing listens there
+/// yet) and the fingerprint of the certificate generated now into `dir`, for agents to pin.
+fn absent_server(dir: &TempDir) -> (SocketAddr, Sha256Fingerprint) {
     let addr = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free port");
-    let fingerprint = {
-        // Generate the certificate now so the agent can pin it before the server runs.
-        let cert =
-            probermesh_adapters::link::ServerCertificate::load(&CertificateSource::Generated {
-                data_dir: dir.path().to_owned(),
-                names: vec!["localhost".into()],
-            })
-            .expect("certificate");
-        cert.fingerprint()
-    };
+    let cert = probermesh_adapters::link::ServerCertificate::load(&CertificateSource::Generated {
+        data_dir: dir.path().to_owned(),
+        names: vec!["localhost".into()],
+    })
+    .expect("certificate");
+    (addr, cert.fingerprint())
+}
+
+#[tokio::test]
+async fn results_made_while_the_server_is_away_are_delivered_when_it_comes_back() {
+    let dir = TempDir::new("away");
+    let (addr, fingerprint) = absent_server(&dir);
     let mut config = agent_config(
         addr,
         "patient",
@@ -1070,19 +1071,8 @@ async fn results_made_while_the_server_is_away_are_delivered_when_it_comes_back(
 #[tokio::test]
 async fn a_full_buffer_drops_the_oldest_results_and_counts_them() {
     let dir = TempDir::new("full");
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port");
-    let cert = probermesh_adapters::link::ServerCertificate::load(&CertificateSource::Generated {
-        data_dir: dir.path().to_owned(),
-        names: vec!["localhost".into()],
-    })
-    .expect("certificate");
-    let mut config = agent_config(
-        addr,
-        "full",
-        ServerVerification::PinnedSha256(cert.fingerprint()),
-    );
+    let (addr, fingerprint) = absent_server(&dir);
+    let mut config = agent_config(addr, "full", ServerVerification::PinnedSha256(fingerprint));
     config.outbox.capacity_results = 1_000;
     config.limits.handshake_timeout = Duration::from_millis(500);
     let agent = start_agent(config);

@@ -1,9 +1,40 @@
-//! Small pieces every test that runs the `probermesh` binary needs: a bounded poll, reading
-//! one sample out of a `/metrics` scrape, and the fingerprint of a server's generated
-//! certificate (which agents pin).
+//! Small pieces every test that runs the `probermesh` binary needs: a bounded poll, a
+//! temporary directory, reading one sample (or an agent's liveness) out of a `/metrics`
+//! scrape, and the fingerprint of a server's generated certificate (which agents pin).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// A fresh directory `<temp>/<name>-<pid>`, emptied first and removed with everything in it
+/// when dropped (also when the test fails).
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates it.
+    ///
+    /// # Panics
+    /// When the directory cannot be created.
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Self(dir)
+    }
+
+    /// Its path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Polls `check` every 250 ms until it gives a value; panics naming `what` after `timeout`.
 ///
@@ -31,6 +62,19 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Whether the scrape `metrics` holds a `prober_agent_is_alive` series of the agent at `ip`
+/// with the value `value` (1 alive, 0 not).
+#[must_use]
+pub fn agent_alive_reads(metrics: &str, ip: &str, value: u8) -> bool {
+    let ip_label = format!("ip=\"{ip}\"");
+    let ending = format!(" {value}");
+    metrics.lines().any(|line| {
+        line.starts_with("prober_agent_is_alive{")
+            && line.contains(&ip_label)
+            && line.ends_with(&ending)
+    })
 }
 
 /// The SHA-256 fingerprint of the certificate a server generated into `data_dir`.

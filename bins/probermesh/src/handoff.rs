@@ -125,6 +125,7 @@ mod tests {
     use std::time::Duration;
 
     use probermesh_core::model::{AgentId, IcmpResult, ProbeOutcome, Region};
+    use probermesh_tests::harness::TempDir;
 
     use super::*;
 
@@ -142,31 +143,9 @@ mod tests {
         }
     }
 
-    /// A fresh directory for one test, removed when dropped.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("pm-handoff-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn a_saved_file_is_read_until_removed() {
-        let dir = TestDir::new("saved");
+        let dir = TempDir::new("pm-handoff-saved");
         let path = path_in(&dir.path().join("data"));
         let window = Duration::from_secs(15);
         assert_eq!(
@@ -188,7 +167,7 @@ mod tests {
 
     #[test]
     fn a_damaged_file_is_named_and_moved_aside() {
-        let dir = TestDir::new("damaged");
+        let dir = TempDir::new("pm-handoff-damaged");
         let path = path_in(dir.path());
         std::fs::write(&path, b"not a handoff file").unwrap();
         let error = format!("{:#}", read(&path).unwrap_err());

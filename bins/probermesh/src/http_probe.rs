@@ -58,12 +58,8 @@ pub(crate) fn run(args: &HttpProbe) -> Result<()> {
     let mut module = HttpModule::default();
     module.client.tls.ca_file.clone_from(&args.ca_file);
     module.client.tls.insecure_skip_verify = args.insecure;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let results = runtime.block_on(async {
+    // Two workers are plenty for a one-shot command.
+    let results = crate::block_on(Some(2), async {
         let dns = Arc::new(HickoryDns::from_system_conf()?);
         let prober = Arc::new(HyperProber::new(dns));
         let module = Arc::new(module);

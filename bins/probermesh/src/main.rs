@@ -116,9 +116,22 @@ fn exit(outcome: Result<()>) -> ExitCode {
     }
 }
 
-/// Runs `job` on a multi-threaded tokio runtime.
+/// Runs `job` on a multi-threaded tokio runtime (a worker per core).
 fn with_runtime(job: impl std::future::Future<Output = Result<()>>) -> Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    block_on(None, job)
+}
+
+/// Runs `job` on a multi-threaded tokio runtime of `workers` threads (`None`: one per core)
+/// and returns its outcome.
+pub(crate) fn block_on<T>(
+    workers: Option<usize>,
+    job: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")?

@@ -124,12 +124,8 @@ pub(crate) fn run(args: &Ping) -> Result<()> {
         max_packets_per_second: args.max_pps,
         ..IcmpEngineConfig::default()
     }));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let results = runtime.block_on(async {
+    // Two workers are plenty for a one-shot command.
+    let results = crate::block_on(Some(2), async {
         let dns: Arc<dyn DnsResolver> = Arc::new(match args.dns_server {
             Some(server) => HickoryDns::with_name_servers(&[server], Duration::from_secs(2))?,
             None => HickoryDns::from_system_conf()?,

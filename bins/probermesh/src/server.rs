@@ -472,17 +472,9 @@ mod tests {
 
     use probermesh_core::model::{AgentId, IcmpResult, ProbeOutcome, ProbeResult, Region};
     use probermesh_core::pool::Discovery;
+    use probermesh_tests::harness::TempDir;
 
     use super::*;
-
-    /// A fresh directory for one test, removed when dropped.
-    struct TestDir(PathBuf);
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn parts(dir: &Path, http_listen_addr: &str) -> ServerParts {
         ServerParts {
@@ -525,12 +517,10 @@ mod tests {
 
     #[tokio::test]
     async fn unsettled_windows_survive_a_stop_and_a_failed_start() {
-        let dir =
-            TestDir(std::env::temp_dir().join(format!("pm-server-handoff-{}", std::process::id())));
-        let _ = std::fs::remove_dir_all(&dir.0);
-        let file = handoff::path_in(&dir.0);
+        let dir = TempDir::new("pm-server-handoff");
+        let file = handoff::path_in(dir.path());
 
-        let first = RunningServer::start(parts(&dir.0, "127.0.0.1:0"))
+        let first = RunningServer::start(parts(dir.path(), "127.0.0.1:0"))
             .await
             .expect("a server");
         let handed = result();
@@ -546,10 +536,14 @@ mod tests {
         // A start that fails after reading the file (its HTTP port is taken) keeps it.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         let busy = taken.local_addr().expect("its address").to_string();
-        assert!(RunningServer::start(parts(&dir.0, &busy)).await.is_err());
+        assert!(
+            RunningServer::start(parts(dir.path(), &busy))
+                .await
+                .is_err()
+        );
         assert!(file.exists(), "kept for the next start");
 
-        let second = RunningServer::start(parts(&dir.0, "127.0.0.1:0"))
+        let second = RunningServer::start(parts(dir.path(), "127.0.0.1:0"))
             .await
             .expect("a server");
         assert!(!file.exists(), "removed once started");

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use probermesh_tests::harness::{sample, server_fingerprint, wait_for};
+use probermesh_tests::harness::{TempDir, agent_alive_reads, sample, server_fingerprint, wait_for};
 use probermesh_tests::lab::Lab;
 
 const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
@@ -37,18 +37,14 @@ enum Stop {
 }
 
 struct Mesh {
+    /// Dropped first: stops every process, then removes the namespaces.
     lab: Lab,
     server: usize,
-    data_dir: PathBuf,
+    /// The server's data directory, the logs, Prometheus' files (removed when dropped).
+    dir: TempDir,
     fingerprint: String,
     /// (host index, region, name) of every agent.
     agents: Vec<(usize, &'static str, String)>,
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
 }
 
 fn start_server(lab: &mut Lab, host: usize, data_dir: &Path, method: &str) {
@@ -107,20 +103,18 @@ impl Mesh {
     ) -> Self {
         let mut lab = Lab::new().expect("a lab (needs root)");
         let server = lab.add_host(1).expect("the server host");
-        let data_dir = std::env::temp_dir().join(format!("pm-lab-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data_dir);
-        std::fs::create_dir_all(&data_dir).expect("the lab's directory");
-        let probe_file = setup(&mut lab, &data_dir);
-        start_server_with(&mut lab, server, &data_dir, method, probe_file.as_deref());
+        let dir = TempDir::new(&format!("pm-lab-{name}"));
+        let probe_file = setup(&mut lab, dir.path());
+        start_server_with(&mut lab, server, dir.path(), method, probe_file.as_deref());
         let mut mesh = Self {
             lab,
             server,
             fingerprint: String::new(),
-            data_dir,
+            dir,
             agents: Vec::new(),
         };
         mesh.wait_ready();
-        mesh.fingerprint = server_fingerprint(&mesh.data_dir);
+        mesh.fingerprint = server_fingerprint(mesh.data_dir());
         for (region, octet) in agents {
             let host = mesh.lab.add_host(*octet).expect("an agent host");
             // Names resolve through the lab's DNS server, when there is one (198.18.0.60).
@@ -161,7 +155,7 @@ impl Mesh {
 
     /// The standard error of the agent on `host`.
     fn agent_log(&self, host: usize) -> PathBuf {
-        self.data_dir.join(format!("agent-{host}.log"))
+        self.data_dir().join(format!("agent-{host}.log"))
     }
 
     fn host_of(&self, ip: &str) -> usize {
@@ -172,30 +166,34 @@ impl Mesh {
             .expect("a known agent")
     }
 
+    /// The server's data directory.
+    fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `path` of the server's HTTP endpoints.
     fn curl(&self, path: &str) -> Option<String> {
-        let output = self
-            .lab
-            .host(self.server)
-            .exec(&[
-                "curl",
-                "-sf",
-                "--max-time",
-                "5",
-                &format!("http://{SERVER}:6001{path}"),
-            ])
-            .ok()?;
+        self.fetch(&[&format!("http://{SERVER}:6001{path}")])
+    }
+
+    /// The body `curl -sf --max-time 5 <args>` gets from inside the server's namespace; `None`
+    /// when it fails.
+    fn fetch(&self, args: &[&str]) -> Option<String> {
+        let mut command = vec!["curl", "-sf", "--max-time", "5"];
+        command.extend_from_slice(args);
+        let output = self.lab.host(self.server).exec(&command).ok()?;
         Some(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Starts Prometheus in the server's namespace, scraping it every second.
     fn start_prometheus(&mut self) {
-        let config = self.data_dir.join("prometheus.yml");
+        let config = self.data_dir().join("prometheus.yml");
         std::fs::write(
             &config,
             format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: probermesh\n    static_configs:\n      - targets: ['{SERVER}:6001']\n"),
         )
         .expect("the Prometheus configuration");
-        let storage = self.data_dir.join("tsdb");
+        let storage = self.data_dir().join("tsdb");
         let server = self.server;
         self.lab
             .host_mut(server)
@@ -218,21 +216,12 @@ impl Mesh {
             &format!("Prometheus to answer {promql}"),
             Duration::from_secs(30),
             || {
-                let output = self
-                    .lab
-                    .host(self.server)
-                    .exec(&[
-                        "curl",
-                        "-sf",
-                        "--max-time",
-                        "5",
-                        "--get",
-                        "--data-urlencode",
-                        &format!("query={promql}"),
-                        &format!("http://{SERVER}:9090/api/v1/query"),
-                    ])
-                    .ok()?;
-                let body = String::from_utf8_lossy(&output.stdout).into_owned();
+                let body = self.fetch(&[
+                    "--get",
+                    "--data-urlencode",
+                    &format!("query={promql}"),
+                    &format!("http://{SERVER}:9090/api/v1/query"),
+                ])?;
                 let value = body.split("\"value\":[").nth(1)?.split(',').nth(1)?;
                 let value: f64 = value
                     .trim_start_matches('"')
@@ -276,7 +265,7 @@ impl Mesh {
             Stop::Graceful => host.terminate("server"),
             Stop::Crash => host.kill("server"),
         }
-        let (data_dir, server) = (self.data_dir.clone(), self.server);
+        let (data_dir, server) = (self.data_dir().to_owned(), self.server);
         start_server(&mut self.lab, server, &data_dir, method);
         self.wait_ready();
         stopped_at
@@ -457,16 +446,7 @@ fn loss_delay_and_jitter_match_the_injected_faults_and_a_dark_region_expires() {
     wait_for(
         "c's agents to turn not-alive",
         Duration::from_secs(20),
-        || {
-            let text = mesh.metrics();
-            text.lines()
-                .any(|l| {
-                    l.starts_with("prober_agent_is_alive{")
-                        && l.contains("ip=\"198.18.0.31\"")
-                        && l.ends_with(" 0")
-                })
-                .then_some(())
-        },
+        || agent_alive_reads(&mesh.metrics(), "198.18.0.31", 0).then_some(()),
     );
     wait_for("c→a to expire", Duration::from_secs(20), || {
         sample(
@@ -611,7 +591,7 @@ fn a_restarted_server_loses_no_result_and_counts_none_twice() {
     let stopped_at = mesh.replace_server(Stop::Graceful, "robust");
     mesh.wait_all_in_pool();
     let outage = stopped_at.elapsed();
-    let data_dir = mesh.data_dir.clone();
+    let data_dir = mesh.data_dir().to_owned();
     std::thread::sleep(Duration::from_secs(6));
 
     // Stop every agent gracefully: each finishes its probes in flight and waits for their
@@ -736,18 +716,9 @@ fn agents_of_a_crashed_server_reconnect_to_its_replacement_at_once() {
 /// The medians of the header delay and body span the lab's plain origin really applied to
 /// the `/delay` requests so far, in milliseconds (from its `/timings`).
 fn origin_delays(mesh: &Mesh) -> (f64, f64) {
-    let body = mesh
-        .lab
-        .host(mesh.server)
-        .exec(&[
-            "curl",
-            "-sf",
-            "--max-time",
-            "5",
-            "http://198.18.0.60:8080/timings",
-        ])
+    let text = mesh
+        .fetch(&["http://198.18.0.60:8080/timings"])
         .expect("the origin's timings");
-    let text = String::from_utf8_lossy(&body.stdout).into_owned();
     let (mut headers, mut bodies): (Vec<f64>, Vec<f64>) = text
         .lines()
         .filter_map(|line| {

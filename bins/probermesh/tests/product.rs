@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use probermesh_tests::harness::{sample, server_fingerprint, wait_for};
+use probermesh_tests::harness::{TempDir, agent_alive_reads, sample, server_fingerprint, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
 const TOKEN: &str = "lab-token-0123456789";
@@ -38,21 +38,8 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// A temporary directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("pm-product-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    TempDir(dir)
+    TempDir::new(&format!("pm-product-{name}"))
 }
 
 /// A plain HTTP/1.1 request; returns (status, body).
@@ -91,11 +78,11 @@ fn start_server(
     probe_file_text: &str,
 ) -> (Process, SocketAddr, u16, PathBuf, TempDir) {
     let dir = temp_dir(name);
-    let probe_file = dir.0.join("probe.yaml");
+    let probe_file = dir.path().join("probe.yaml");
     std::fs::write(&probe_file, probe_file_text).expect("writing the probe file");
     let http_port = free_tcp_port();
     let link_port = free_udp_port();
-    let data_dir = dir.0.join("data");
+    let data_dir = dir.path().join("data");
     let mut command = Command::new(BIN);
     if legacy {
         command.args([
@@ -184,7 +171,7 @@ fn mesh(name: &str, legacy_server: bool) -> Mesh {
         legacy_server,
         "prober_configs:\n  - prober_type: icmp\n    region: virtual\n    targets: [127.0.0.99]\n",
     );
-    let fingerprint = server_fingerprint(&dir.0.join("data"));
+    let fingerprint = server_fingerprint(&dir.path().join("data"));
     let agents = [
         ("eu", "127.0.0.11"),
         ("eu", "127.0.0.12"),
@@ -282,12 +269,7 @@ fn a_mesh_of_real_processes_exposes_the_go_metrics_and_survives_faults() {
         ("us", "127.0.0.21"),
         ("us", "127.0.0.22"),
     ] {
-        assert!(
-            text.lines().any(|l| l.starts_with("prober_agent_is_alive{")
-                && l.contains(&format!("ip=\"{ip}\""))
-                && l.ends_with(" 1")),
-            "agent {ip} alive: {text}"
-        );
+        assert!(agent_alive_reads(&text, ip, 1), "agent {ip} alive: {text}");
     }
     assert_eq!(sample(&text, "prober_server_task_enabled"), Some(0.0));
     assert_eq!(sample(&text, "prober_server_probe_self_enabled"), Some(0.0));
@@ -295,9 +277,9 @@ fn a_mesh_of_real_processes_exposes_the_go_metrics_and_survives_faults() {
     assert!(text.contains("target_region=\"virtual\""), "{text}");
 
     // promtool: only the two inherited lint findings may appear.
-    let scrape = std::env::temp_dir().join(format!("pm-scrape-{}.txt", std::process::id()));
+    let scrape_dir = temp_dir("scrape");
+    let scrape = scrape_dir.path().join("metrics.txt");
     std::fs::write(&scrape, &text).expect("writing the scrape");
-    let _scrape_file = TempDir(scrape.clone());
     let promtool = Command::new("sh")
         .arg("-c")
         .arg(format!("promtool check metrics < {}", scrape.display()))
@@ -361,16 +343,7 @@ fn a_mesh_of_real_processes_exposes_the_go_metrics_and_survives_faults() {
     wait_for(
         "the US agents to turn not-alive",
         Duration::from_secs(30),
-        || {
-            let text = metrics(&mesh);
-            text.lines()
-                .any(|l| {
-                    l.starts_with("prober_agent_is_alive{")
-                        && l.contains("ip=\"127.0.0.21\"")
-                        && l.ends_with(" 0")
-                })
-                .then_some(())
-        },
+        || agent_alive_reads(&metrics(&mesh), "127.0.0.21", 0).then_some(()),
     );
     wait_for("us→eu series to expire", Duration::from_secs(30), || {
         sample(
@@ -400,7 +373,7 @@ fn subcommand_flags_start_the_same_server_and_prometheus_can_query_it() {
     let dir = temp_dir("prometheus");
     let prom_port = free_tcp_port();
     std::fs::write(
-        dir.0.join("prometheus.yml"),
+        dir.path().join("prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: probermesh\n    static_configs:\n      - targets: ['{}']\n",
             mesh.http
@@ -411,11 +384,11 @@ fn subcommand_flags_start_the_same_server_and_prometheus_can_query_it() {
         Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
-                dir.0.join("prometheus.yml").display()
+                dir.path().join("prometheus.yml").display()
             ))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.0.join("data").display()
+                dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
