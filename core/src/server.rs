@@ -165,6 +165,12 @@ impl ServerState {
         actions
     }
 
+    /// The aggregation window.
+    #[must_use]
+    pub fn window(&self) -> std::time::Duration {
+        self.aggregator.config().window
+    }
+
     /// The aggregator's running totals (received and dropped results).
     #[must_use]
     pub fn counters(&self) -> Counters {

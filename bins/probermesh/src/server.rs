@@ -13,7 +13,7 @@ use probermesh_adapters::admin::{AdminApi, AdminServer};
 use probermesh_adapters::link::{CertificateSource, ReportServer, ServerConfig, Token};
 use probermesh_adapters::metrics::PrometheusExporter;
 use probermesh_core::aggregate::{Aggregator, AggregatorConfig, Counters, SnapshotPart};
-use probermesh_core::model::{ProbeConfig, UnixMillis};
+use probermesh_core::model::{ProbeConfig, ProbeResult, UnixMillis};
 use probermesh_core::pool::TargetPool;
 use probermesh_core::ports::ReportSource;
 use probermesh_core::probe_file::parse_probe_file;
@@ -166,8 +166,6 @@ pub(crate) struct RunningServer {
     events: tokio::task::JoinHandle<()>,
     timer: tokio::task::JoinHandle<()>,
     handoff_file: Option<PathBuf>,
-    /// The aggregation window (written into the handoff file).
-    window: Duration,
 }
 
 /// What a server did over its life, logged when it stops.
@@ -198,12 +196,11 @@ impl RunningServer {
     /// Binds the link and the endpoints and starts the loops.
     pub(crate) async fn start(parts: ServerParts) -> Result<Self> {
         let link = Arc::new(ReportServer::bind(parts.link).context("starting the agent link")?);
-        let window = parts.aggregator.window;
         let aggregator =
             Aggregator::new(parts.aggregator, now()).context("the aggregation settings")?;
         let mut state = ServerState::new(aggregator, parts.pool);
         let resumed = match &parts.handoff_file {
-            Some(path) => resume_handoff(&mut state, path, window),
+            Some(path) => resume_handoff(&mut state, path),
             None => false,
         };
         let shared = Arc::new(Shared {
@@ -259,7 +256,6 @@ impl RunningServer {
             events,
             timer,
             handoff_file: parts.handoff_file,
-            window,
         })
     }
 
@@ -306,33 +302,14 @@ impl RunningServer {
             tracing::error!("the event loop did not finish within 5 s; stopping it");
             self.events.abort();
         }
-        let (counters, mut open) = {
+        let (counters, window, open) = {
             let mut state = self.shared.state();
-            (state.counters(), state.take_open_results())
+            (state.counters(), state.window(), state.take_open_results())
         };
-        let mut handed_over = 0;
-        match &self.handoff_file {
-            Some(path) if !open.is_empty() => {
-                match handoff::save(path, now(), self.window, &mut open) {
-                    Ok(left_out) => {
-                        handed_over = open.len();
-                        if left_out > 0 {
-                            tracing::error!(
-                                left_out,
-                                "more unsettled results than a handoff file holds; the oldest are lost"
-                            );
-                        }
-                        tracing::info!(file = %path.display(), results = handed_over, "unsettled windows handed over to the next server");
-                    }
-                    Err(error) => tracing::error!(
-                        error = %format!("{error:#}"),
-                        lost = open.len(),
-                        "cannot hand the unsettled windows over; their results are lost"
-                    ),
-                }
-            }
-            _ => {}
-        }
+        let handed_over = match &self.handoff_file {
+            Some(path) => hand_over(path, window, open),
+            None => 0,
+        };
         StopReport {
             counters,
             duplicate_batches: self.shared.link.stats().duplicate_batches,
@@ -341,10 +318,39 @@ impl RunningServer {
     }
 }
 
+/// Writes `open`, the results of a stopping server's unsettled windows, to the handoff file
+/// at `path`; returns how many it wrote (the errors are logged: the process is ending).
+fn hand_over(path: &Path, window: Duration, mut open: Vec<ProbeResult>) -> usize {
+    if open.is_empty() {
+        return 0;
+    }
+    match handoff::save(path, now(), window, &mut open) {
+        Ok(left_out) => {
+            if left_out > 0 {
+                tracing::error!(
+                    left_out,
+                    "more unsettled results than a handoff file holds; the oldest are lost"
+                );
+            }
+            tracing::info!(file = %path.display(), results = open.len(), "unsettled windows handed over to the next server");
+            open.len()
+        }
+        Err(error) => {
+            tracing::error!(
+                error = %format!("{error:#}"),
+                lost = open.len(),
+                "cannot hand the unsettled windows over; their results are lost"
+            );
+            0
+        }
+    }
+}
+
 /// Files the results a previous server left in `path`, before any result comes over the link;
 /// true when the file should go once the server has started (it was read, or its windows
 /// do not fit this server's).
-fn resume_handoff(state: &mut ServerState, path: &Path, window: Duration) -> bool {
+fn resume_handoff(state: &mut ServerState, path: &Path) -> bool {
+    let window = state.window();
     match handoff::read(path) {
         Ok(None) => false,
         Ok(Some(windows)) if windows.window != window => {

@@ -238,12 +238,6 @@ impl Aggregator {
         self.counters
     }
 
-    /// Results held in unsettled windows.
-    #[must_use]
-    pub fn open_results(&self) -> usize {
-        self.open.values().map(HashMap::len).sum()
-    }
-
     /// Records a heartbeat of `agent` running `version`.
     pub fn handle_heartbeat(&mut self, now: UnixMillis, agent: &AgentId, version: &AgentVersion) {
         self.liveness.handle_heartbeat(now, agent, version);
@@ -271,12 +265,12 @@ impl Aggregator {
         results: impl IntoIterator<Item = ProbeResult>,
     ) -> Intake {
         let ttl_windows = u64::from(self.config.series_ttl_ratio);
-        let now_index = now.as_millis() / self.window_ms;
+        let now_index = self.window_index(now);
         let mut stale = 0;
         let fresh: Vec<ProbeResult> = results
             .into_iter()
             .filter(|result| {
-                let index = result.round_start.as_millis() / self.window_ms;
+                let index = self.window_index(result.round_start);
                 // Settled at (index + 2) × window, its series would live ttl windows more.
                 let keep = index.saturating_add(2).saturating_add(ttl_windows) > now_index;
                 if !keep {
@@ -286,10 +280,7 @@ impl Aggregator {
             })
             .collect();
         if !self.settled_any
-            && let Some(oldest) = fresh
-                .iter()
-                .map(|r| r.round_start.as_millis() / self.window_ms)
-                .min()
+            && let Some(oldest) = fresh.iter().map(|r| self.window_index(r.round_start)).min()
         {
             self.first_unsettled = self.first_unsettled.min(oldest);
         }
@@ -318,6 +309,11 @@ impl Aggregator {
         results
     }
 
+    /// The index of the window holding `at`.
+    fn window_index(&self, at: UnixMillis) -> u64 {
+        at.as_millis() / self.window_ms
+    }
+
     fn file(
         &mut self,
         now: UnixMillis,
@@ -325,7 +321,7 @@ impl Aggregator {
         count_received: bool,
     ) -> Intake {
         let mut intake = Intake::default();
-        let newest_allowed = now.as_millis() / self.window_ms + 1;
+        let newest_allowed = self.window_index(now) + 1;
         for result in results {
             if count_received {
                 match result.outcome.kind() {
@@ -333,7 +329,7 @@ impl Aggregator {
                     ProbeKind::Http => self.counters.received_http += 1,
                 }
             }
-            let index = result.round_start.as_millis() / self.window_ms;
+            let index = self.window_index(result.round_start);
             if index < self.first_unsettled {
                 intake.dropped_late += 1;
                 continue;
@@ -374,7 +370,7 @@ impl Aggregator {
             0
         } else {
             self.settled_any = true;
-            (now.as_millis() / self.window_ms).saturating_sub(1)
+            self.window_index(now).saturating_sub(1)
         };
         while self.first_unsettled < settle_below {
             let index = self.first_unsettled;
