@@ -415,13 +415,43 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         pushed,
         ServerMessage::TargetPool {
             revision: 7,
-            configs
+            configs: configs.clone()
         }
     );
     let pool = agent.latest_pool().expect("a pool");
     assert_eq!(pool.revision, 7);
     assert_eq!(pool.configs.len(), 1);
     assert_eq!(pool.configs[0].targets.len(), 1);
+
+    // A pool the agent cannot accept (an echo interval of zero): it keeps the previous one
+    // and tells the server which field is wrong.
+    let mut bad = configs.clone();
+    if let Some(icmp) = &mut bad[0].icmp {
+        icmp.interval_ns = 0;
+    }
+    server
+        .send_to(
+            connection,
+            ServerMessage::TargetPool {
+                revision: 8,
+                configs: bad,
+            },
+        )
+        .await
+        .expect("push the bad pool");
+    eventually("the agent's PoolRefused", || {
+        recorded.events().iter().any(|e| {
+            matches!(
+                e,
+                LinkEvent::Message {
+                    message: AgentMessage::PoolRefused { revision: 8, field, reason },
+                    ..
+                } if field == "configs[0].icmp.interval" && reason.contains("more than 0")
+            )
+        })
+    })
+    .await;
+    assert_eq!(agent.latest_pool().expect("a pool").revision, 7);
 
     // Results arrive once each, in batches with increasing seq, and are acknowledged.
     agent.enqueue_results(results(0..2_500));
@@ -665,7 +695,7 @@ async fn a_wrong_pinned_fingerprint_fails_before_any_token_is_sent() {
     let LinkError::Io { detail } = &err else {
         panic!("expected an I/O error, got {err}");
     };
-    assert!(detail.contains("does not match the pinned"), "{detail}");
+    assert!(detail.contains("its fingerprint is not the pinned"), "{detail}");
     assert!(detail.contains(&wrong.to_string()), "{detail}");
     assert!(
         detail.contains(&server.fingerprint().to_string()),

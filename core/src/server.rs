@@ -2,15 +2,78 @@
 //! It owns the [`Aggregator`] and the [`TargetPool`], remembers which pool revision every
 //! connected agent holds, and answers with the messages to send. The server driver only moves
 //! events in and messages out; everything it decides is here, tested without sockets.
+//!
+//! An agent that refuses a pool (it keeps probing its previous one) says so; the refusal is
+//! kept while that agent is connected and has not been sent another revision, counted in
+//! `prober_server_pool_refused_total{region,reason}`, handed to the driver to log, and shown
+//! by [`ServerState::pool_refusals`] (for `/-/targets`). Nothing fails silently.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::aggregate::{Aggregator, Counters, Intake, SnapshotPart};
-use crate::model::{AgentId, AgentVersion, ProbeConfig, ProbeResult, Region, UnixMillis};
+use crate::model::{
+    AgentId, AgentVersion, ProbeConfig, ProbeKind, ProbeResult, Region, UnixMillis,
+};
 use crate::pool::{PoolRevision, TargetPool};
 use crate::ports::{ConnectionId, LinkEvent};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{MetricFamily, MetricKind, Series, SeriesValue, Snapshot};
 use crate::wire::{AgentMessage, ServerMessage, results_into_domain};
+
+/// `prober_server_pool_refused_total` (ours): pools agents refused, by the agent's region and
+/// the kind of setting at fault.
+pub const POOL_REFUSED: &str = "prober_server_pool_refused_total";
+
+/// An agent's refusal of the pool it was sent.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct PoolRefusal {
+    /// Who refused.
+    pub agent: AgentId,
+    /// The refused revision.
+    pub revision: u64,
+    /// The block at fault (region and kind), when the refusal names one of the pool this
+    /// server sends that agent now.
+    pub block: Option<(Region, ProbeKind)>,
+    /// Where in the pool, as the agent said (`configs[2].http.method`).
+    pub field: String,
+    /// What is wrong, as the agent said.
+    pub reason: String,
+    /// The bounded `reason` label: `http_setting`, `icmp_setting`, `target`, `region`,
+    /// `pool_size` or `other`.
+    pub label: &'static str,
+    /// When it arrived.
+    pub at: UnixMillis,
+}
+
+impl std::fmt::Display for PoolRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// The block index and the bounded label of a refusal's field path (`configs[2].http.x`).
+fn refusal_place(field: &str) -> (Option<usize>, &'static str) {
+    let Some(rest) = field.strip_prefix("configs") else {
+        return (None, "other");
+    };
+    let Some(inner) = rest.strip_prefix('[') else {
+        return (None, "pool_size");
+    };
+    let Some((index, tail)) = inner.split_once(']') else {
+        return (None, "other");
+    };
+    let label = match tail.trim_start_matches('.').split(['.', '[']).next() {
+        Some("http") => "http_setting",
+        Some("icmp") => "icmp_setting",
+        Some("targets") => "target",
+        Some("region") => "region",
+        _ => "other",
+    };
+    (index.parse().ok(), label)
+}
 
 /// One connected agent.
 #[derive(Clone, Debug)]
@@ -31,6 +94,8 @@ pub struct Actions {
     pub close: Vec<(ConnectionId, String)>,
     /// What the last result batches did (for the log and the dropped-points counter).
     pub intake: Intake,
+    /// Pools agents refused just now (for the log).
+    pub refused: Vec<PoolRefusal>,
 }
 
 /// The server's state between events.
@@ -39,6 +104,10 @@ pub struct ServerState {
     aggregator: Aggregator,
     pool: TargetPool,
     sessions: HashMap<ConnectionId, Session>,
+    /// The standing refusal of each connected agent that refused the last pool sent to it.
+    refusals: HashMap<ConnectionId, PoolRefusal>,
+    /// Refusals since start, by (agent region, label).
+    refused_total: BTreeMap<(Region, &'static str), u64>,
 }
 
 impl ServerState {
@@ -49,6 +118,8 @@ impl ServerState {
             aggregator,
             pool,
             sessions: HashMap::new(),
+            refusals: HashMap::new(),
+            refused_total: BTreeMap::new(),
         }
     }
 
@@ -82,6 +153,7 @@ impl ServerState {
             LinkEvent::Disconnected { connection, .. } => {
                 // Liveness runs out on its own (ratio × window), as decided.
                 self.sessions.remove(&connection);
+                self.refusals.remove(&connection);
             }
         }
         actions
@@ -133,6 +205,37 @@ impl ServerState {
                         .send
                         .push((connection, pool_message(revision, &configs)));
                 }
+            }
+            AgentMessage::PoolRefused {
+                revision,
+                field,
+                reason,
+            } => {
+                let (index, label) = refusal_place(&field);
+                let live = self.aggregator.live_agents(now);
+                let block = index
+                    .filter(|_| self.pool.revision_for(&agent.region, &live).0 == revision)
+                    .and_then(|index| {
+                        let configs = self.pool.targets_for(&agent.region, &live);
+                        configs
+                            .get(index)
+                            .map(|config| (config.region.clone(), config.kind()))
+                    });
+                let refusal = PoolRefusal {
+                    agent: agent.clone(),
+                    revision,
+                    block,
+                    field,
+                    reason,
+                    label,
+                    at: now,
+                };
+                *self
+                    .refused_total
+                    .entry((agent.region.clone(), label))
+                    .or_default() += 1;
+                self.refusals.insert(connection, refusal.clone());
+                actions.refused.push(refusal);
             }
             AgentMessage::Hello { .. } => actions
                 .close
@@ -192,13 +295,46 @@ impl ServerState {
     /// Every series to expose.
     #[must_use]
     pub fn snapshot(&self, now: UnixMillis) -> Snapshot {
-        self.aggregator.snapshot(now)
+        self.snapshot_part(now, SnapshotPart::All)
     }
 
-    /// Part of the series to expose (see [`SnapshotPart`]).
+    /// Part of the series to expose (see [`SnapshotPart`]); the pool refusal counter is in
+    /// the live part.
     #[must_use]
     pub fn snapshot_part(&self, now: UnixMillis, part: SnapshotPart) -> Snapshot {
-        self.aggregator.snapshot_part(now, part)
+        let mut snapshot = self.aggregator.snapshot_part(now, part);
+        if part != SnapshotPart::Settled {
+            snapshot.families.push(self.refused_family());
+        }
+        snapshot
+    }
+
+    fn refused_family(&self) -> MetricFamily {
+        MetricFamily {
+            name: POOL_REFUSED,
+            help: "Target pools agents refused (they keep probing their previous pool), by the \
+                   agent's region and the kind of setting at fault.",
+            kind: MetricKind::Counter,
+            label_names: &["reason", "region"],
+            series: self
+                .refused_total
+                .iter()
+                .map(|((region, label), count)| Series {
+                    label_values: vec![(*label).to_owned(), region.as_str().to_owned()],
+                    #[allow(clippy::cast_precision_loss)]
+                    value: SeriesValue::Number(*count as f64),
+                })
+                .collect(),
+        }
+    }
+
+    /// The standing refusals: connected agents that refused the last pool they were sent,
+    /// by agent.
+    #[must_use]
+    pub fn pool_refusals(&self) -> Vec<&PoolRefusal> {
+        let mut refusals: Vec<&PoolRefusal> = self.refusals.values().collect();
+        refusals.sort_by(|a, b| a.agent.cmp(&b.agent));
+        refusals
     }
 
     /// The whole pool by region (`/-/targets`).
@@ -235,6 +371,8 @@ impl ServerState {
                 pool_message(*revision, &self.pool.targets_for(&region, &live))
             });
             session.sent = Some(*revision);
+            // A new revision: the agent's verdict on the old one no longer stands.
+            self.refusals.remove(&connection);
             actions.send.push((connection, message.clone()));
         }
     }
@@ -421,5 +559,83 @@ mod tests {
         assert_eq!(pushed.send.len(), 1);
         assert_eq!(pool_targets(&pushed.send[0].1), vec!["198.18.7.7"]);
         assert_eq!(state.targets(UnixMillis(T0 + 2)).len(), 1);
+    }
+    #[test]
+    fn a_refused_pool_is_counted_attributed_to_its_block_and_cleared_by_the_next() {
+        let mut state = server(Discovery::Static);
+        let eu = agent("eu", "198.18.1.1");
+        let hello = connect(&mut state, 1, &eu, T0);
+        let ServerMessage::TargetPool { revision, .. } = hello.send[0].1.clone() else {
+            panic!("expected a pool");
+        };
+        let refused = state.handle_event(
+            UnixMillis(T0 + 5),
+            LinkEvent::Message {
+                connection: ConnectionId(1),
+                agent: eu.clone(),
+                message: AgentMessage::PoolRefused {
+                    revision,
+                    field: "configs[0].http.fail_if_body_matches_regexp[0]".into(),
+                    reason: "invalid regular expression".into(),
+                },
+            },
+        );
+        assert_eq!(refused.refused.len(), 1);
+        let standing = state.pool_refusals();
+        assert_eq!(standing.len(), 1);
+        assert_eq!(
+            standing[0].block,
+            Some((Region::new("web").unwrap(), ProbeKind::Http))
+        );
+        assert_eq!(standing[0].label, "http_setting");
+        assert_eq!(
+            standing[0].to_string(),
+            "configs[0].http.fail_if_body_matches_regexp[0]: invalid regular expression"
+        );
+        let counter = |state: &ServerState| {
+            state
+                .snapshot_part(UnixMillis(T0 + 6), SnapshotPart::Live)
+                .families
+                .iter()
+                .find(|f| f.name == POOL_REFUSED)
+                .map(|f| {
+                    f.series
+                        .iter()
+                        .map(|s| (s.label_values.clone(), s.number()))
+                        .collect::<Vec<_>>()
+                })
+        };
+        assert_eq!(
+            counter(&state),
+            Some(vec![(
+                vec!["http_setting".to_owned(), "eu".to_owned()],
+                Some(1.0)
+            )])
+        );
+        // A reload pushes a new revision: the standing refusal goes, the count stays.
+        let icmp = ProbeConfig {
+            region: Region::new("virtual").unwrap(),
+            targets: vec![Target::parse(ProbeKind::Icmp, "198.18.7.7").unwrap()],
+            module: ProbeModule::Icmp(IcmpModule::default()),
+        };
+        assert_eq!(state.reload(UnixMillis(T0 + 7), vec![icmp]).send.len(), 1);
+        assert!(state.pool_refusals().is_empty());
+        assert_eq!(counter(&state).map(|c| c.len()), Some(1));
+    }
+
+    #[test]
+    fn refusal_fields_map_to_bounded_labels() {
+        for (field, index, label) in [
+            ("configs[3].http.method", Some(3), "http_setting"),
+            ("configs[0].icmp.interval", Some(0), "icmp_setting"),
+            ("configs[12].targets[4]", Some(12), "target"),
+            ("configs[1].region", Some(1), "region"),
+            ("configs", None, "pool_size"),
+            ("anything else", None, "other"),
+            ("configs[x].http", None, "http_setting"),
+            ("", None, "other"),
+        ] {
+            assert_eq!(refusal_place(field), (index, label), "{field}");
+        }
     }
 }

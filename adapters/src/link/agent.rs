@@ -57,6 +57,8 @@ pub(crate) struct AgentShared {
     /// Woken when results are added or acknowledged.
     pub(crate) outbox_changed: Notify,
     pool: Mutex<Option<ReceivedPool>>,
+    /// A `PoolRefused` waiting to be written (the latest refusal wins).
+    refusal: Mutex<Option<AgentMessage>>,
     observed_addr: Mutex<Option<SocketAddr>>,
     connected: AtomicBool,
     connections: AtomicU64,
@@ -79,6 +81,17 @@ impl AgentShared {
 
     pub(crate) fn latest_pool(&self) -> Option<ReceivedPool> {
         lock(&self.pool).clone()
+    }
+
+    /// Tells the server, at the writer's next turn, that a pool was refused.
+    pub(crate) fn refuse_pool(&self, refusal: AgentMessage) {
+        *lock(&self.refusal) = Some(refusal);
+        self.outbox_changed.notify_one();
+    }
+
+    /// The refusal to write, if any.
+    pub(crate) fn take_refusal(&self) -> Option<AgentMessage> {
+        lock(&self.refusal).take()
     }
 
     /// Hands a message or an error to `recv`; dropped (and logged) when nobody reads.
@@ -121,6 +134,7 @@ impl AgentLink {
             outbox: Mutex::new(Outbox::new(config.outbox)),
             outbox_changed: Notify::new(),
             pool: Mutex::new(None),
+            refusal: Mutex::new(None),
             observed_addr: Mutex::new(None),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),

@@ -4,6 +4,8 @@
 use probermesh_core::ports::LinkError;
 use quinn::{Connection, ConnectionError, VarInt};
 
+use super::cert_check::readable_tls_text;
+
 /// Longest close reason sent, in bytes (a QUIC close frame must fit one packet).
 const MAX_REASON_LEN_BYTES: usize = 512;
 
@@ -90,6 +92,13 @@ pub(crate) fn link_error(err: &ConnectionError) -> LinkError {
     }
     match err {
         ConnectionError::LocallyClosed => LinkError::Disconnected,
+        // This end's TLS refused the peer (the agent refused the server's certificate): the
+        // refusal's own sentence, without rustls' wrapping.
+        ConnectionError::TransportError(e) if (0x100..0x200).contains(&u64::from(e.code)) => {
+            LinkError::Io {
+                detail: format!("TLS handshake failed: {}", readable_tls_text(&e.reason)),
+            }
+        }
         other => LinkError::Io {
             detail: other.to_string(),
         },

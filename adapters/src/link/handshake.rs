@@ -16,6 +16,7 @@ use probermesh_core::wire::{
 use quinn::{Connection, Incoming, RecvStream, SendStream};
 use tokio::time::{Instant, timeout_at};
 
+use super::cert_check::{describe_peer_alert, readable_tls_text};
 use super::close::{CloseCode, close};
 use super::config::MAX_HELLO_FRAME_LEN;
 use super::framed::{FrameError, read_first_frame};
@@ -63,6 +64,18 @@ pub(crate) fn refused(reason: &RefusalV1) -> LinkError {
     }
 }
 
+/// The words for a handshake the agent ended with a TLS alert (it refused the server's
+/// certificate, or speaks another protocol); `None` for other failures.
+fn peer_tls_refusal(error: &quinn::ConnectionError, certificate_name: &str) -> Option<String> {
+    let quinn::ConnectionError::ConnectionClosed(close) = error else {
+        return None;
+    };
+    let code = u64::from(close.error_code);
+    let alert = u8::try_from(code.checked_sub(0x100)?).ok()?;
+    let reason = readable_tls_text(&String::from_utf8_lossy(&close.reason));
+    Some(describe_peer_alert(alert, &reason, certificate_name))
+}
+
 /// Runs the server side of the handshake; `None` when the connection was refused or failed
 /// (it is closed, logged and counted then).
 pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<Accepted> {
@@ -82,7 +95,12 @@ pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<A
     let conn = match timeout_at(deadline, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            failed("TLS handshake failed", &e);
+            if let Some(refusal) = peer_tls_refusal(&e, &shared.certificate_name) {
+                bump(&shared.counters.handshake_failures);
+                tracing::warn!(%remote, "{refusal}");
+            } else {
+                failed("TLS handshake failed", &e);
+            }
             return None;
         }
         Err(_) => {

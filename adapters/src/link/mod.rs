@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod cert;
+pub mod cert_check;
 pub mod close;
 pub mod config;
 pub mod fingerprint;

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::cert::{CertError, ServerCertificate};
+use super::cert_check::CertificateFacts;
 use super::close::{CloseCode, close};
 use super::config::ServerConfig;
 use super::fingerprint::Sha256Fingerprint;
@@ -136,6 +137,8 @@ struct Registry {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
+    /// How log lines name the server's certificate (subject and fingerprint).
+    pub(crate) certificate_name: String,
     registry: Mutex<Registry>,
     dedup: Mutex<Deduplicator<InstanceKey>>,
     pub(crate) counters: Counters,
@@ -195,8 +198,22 @@ impl ReportServer {
                 addr: config.listen_addr,
                 source,
             })?;
+        let facts = CertificateFacts::of_der(cert.leaf_der());
+        let certificate_name = facts.as_ref().map_or_else(
+            || format!("unparsable, SHA-256 {}", cert.fingerprint()),
+            CertificateFacts::named,
+        );
+        if let Some(facts) = &facts {
+            let now_unix_secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            for warning in facts.start_warnings(config.listen_addr.ip(), now_unix_secs) {
+                tracing::warn!("{warning}");
+            }
+        }
         let (events_tx, events_rx) = mpsc::channel(config.event_queue_len.max(1));
         let shared = Arc::new(Shared {
+            certificate_name,
             dedup: Mutex::new(Deduplicator::new(
                 config.max_tracked_instances,
                 config.dedup_window_batches,

@@ -253,12 +253,14 @@ async fn read_loop(
                         shared.forward(Ok(ServerMessage::TargetPool { revision, configs }));
                     }
                     Err(e) => {
-                        // Keep probing the previous pool rather than nothing.
+                        // Keep probing the previous pool rather than nothing, and tell the
+                        // server, which logs and counts it.
                         tracing::error!(
                             revision,
                             error = %e,
-                            "the server sent an invalid target pool; keeping the previous one"
+                            "refused the server's target pool; keeping the previous one and telling the server"
                         );
+                        shared.refuse_pool(AgentMessage::pool_refused(revision, &e));
                     }
                 }
             }
@@ -311,6 +313,12 @@ async fn write_loop(
             if let Err(e) = send.write_all(&batch.frame).await {
                 return e.into();
             }
+        }
+        if let Some(refusal) = shared.take_refusal() {
+            if let Err(e) = write_message(&mut send, &refusal, max_frame_len).await {
+                return e;
+            }
+            continue;
         }
         let msg = tokio::select! {
             biased;

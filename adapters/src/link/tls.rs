@@ -6,17 +6,26 @@
 //! can never make rustls panic at run time, and only TLS 1.3 is offered. Even the pinning and
 //! insecure verifiers check the handshake signature with the certificate's key, so a peer that
 //! presents a copied certificate without its private key fails.
+//!
+//! With a CA file, a server certificate that is byte for byte one of the file's certificates is
+//! trusted whatever its basic constraints (as strong as a pinned fingerprint), so the
+//! self-signed certificate `openssl req -x509` makes (`CA:TRUE`) works as it does with Go's TLS
+//! stack; its validity dates and names are still checked. Every other certificate goes through
+//! webpki's full chain verification. Every refusal is a [`CertificateRefusal`] that names the
+//! certificate, the cause and the fix.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::cert::ServerCertificate;
+use super::cert_check::{CertificateFacts, CertificateRefusal, RefusalReason, reason_of};
 use super::fingerprint::Sha256Fingerprint;
 
 /// The ALPN protocol of the link; a peer speaking anything else fails the handshake.
@@ -26,6 +35,8 @@ pub const ALPN: &[u8] = b"probermesh/1";
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum ServerVerification {
     /// Verify the chain against the CA certificates in this PEM file, and the server name.
+    /// A server certificate that is itself in the file is trusted whatever its basic
+    /// constraints (its dates and names are still checked).
     CaFile(PathBuf),
     /// Accept exactly the leaf certificate with this SHA-256 fingerprint (the server prints it
     /// at start); names and validity dates are not checked.
@@ -94,13 +105,23 @@ pub fn client_crypto(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ca_err(e.to_string()))?;
             let mut roots = rustls::RootCertStore::empty();
-            let (added, ignored) = roots.add_parsable_certificates(certs);
+            let (added, ignored) = roots.add_parsable_certificates(certs.iter().cloned());
             if added == 0 {
                 return Err(ca_err(format!(
                     "no usable CA certificate ({ignored} unparsable)"
                 )));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| ca_err(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(CaFileVerifier {
+                    ca_file: path.display().to_string(),
+                    trusted: certs,
+                    webpki,
+                }))
+                .with_no_client_auth()
         }
         ServerVerification::PinnedSha256(expected) => builder
             .dangerous()
@@ -128,18 +149,99 @@ pub fn client_crypto(
     Ok(config)
 }
 
-/// The pinned leaf certificate differs from the expected one.
-#[derive(thiserror::Error)]
-#[error("server certificate fingerprint {actual} does not match the pinned {expected}")]
-struct FingerprintMismatch {
-    expected: Sha256Fingerprint,
-    actual: Sha256Fingerprint,
+/// Verifies the server's certificate with a CA file: an exact copy of one of the file's
+/// certificates is trusted as a pin is (dates and names still checked); anything else goes
+/// through webpki. Refusals say which certificate, why, and what to do.
+#[derive(Debug)]
+struct CaFileVerifier {
+    /// The file, for the refusal's text.
+    ca_file: String,
+    /// Every certificate of the file, byte for byte.
+    trusted: Vec<CertificateDer<'static>>,
+    webpki: Arc<WebPkiServerVerifier>,
 }
 
-/// quinn reports TLS errors with `Debug`: make that the readable sentence too.
-impl std::fmt::Debug for FingerprintMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self}")
+impl CaFileVerifier {
+    fn refuse(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        reason: RefusalReason,
+        now: UnixTime,
+    ) -> rustls::Error {
+        CertificateRefusal::new(end_entity, reason, Some(self.ca_file.clone()), now).into_rustls()
+    }
+
+    /// The checks left for a certificate trusted because the CA file holds it: its validity
+    /// dates and the server name.
+    fn check_exact_copy(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(facts) = CertificateFacts::of_der(end_entity) else {
+            return Err(self.refuse(
+                end_entity,
+                RefusalReason::Other("it does not parse as X.509".into()),
+                now,
+            ));
+        };
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if now_secs < facts.not_before_unix_secs {
+            return Err(self.refuse(end_entity, RefusalReason::NotYetValid, now));
+        }
+        if now_secs > facts.not_after_unix_secs {
+            return Err(self.refuse(end_entity, RefusalReason::Expired, now));
+        }
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)
+            .map_err(|e| self.refuse(end_entity, reason_of(&e, server_name), now))?;
+        rustls::client::verify_server_name(&parsed, server_name)
+            .map_err(|e| self.refuse(end_entity, reason_of(&e, server_name), now))?;
+        Ok(ServerCertVerified::assertion())
+    }
+}
+
+impl ServerCertVerifier for CaFileVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .trusted
+            .iter()
+            .any(|cert| cert.as_ref() == end_entity.as_ref())
+        {
+            return self.check_exact_copy(end_entity, server_name, now);
+        }
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| self.refuse(end_entity, reason_of(&e, server_name), now))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -158,18 +260,21 @@ impl ServerCertVerifier for PinnedVerifier {
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let Some(expected) = self.expected else {
             return Ok(ServerCertVerified::assertion());
         };
-        let actual = Sha256Fingerprint::of_der(end_entity);
-        if actual == expected {
+        if Sha256Fingerprint::of_der(end_entity) == expected {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(FingerprintMismatch { expected, actual })),
-            )))
+            Err(CertificateRefusal::new(
+                end_entity,
+                RefusalReason::FingerprintMismatch { pinned: expected },
+                None,
+                now,
+            )
+            .into_rustls())
         }
     }
 

@@ -15,7 +15,7 @@ use probermesh_adapters::metrics::PrometheusExporter;
 use probermesh_core::aggregate::{Aggregator, AggregatorConfig, Counters, SnapshotPart};
 use probermesh_core::model::{ProbeConfig, ProbeResult, UnixMillis};
 use probermesh_core::pool::TargetPool;
-use probermesh_core::ports::ReportSource;
+use probermesh_core::ports::{LinkError, ReportSource};
 use probermesh_core::probe_file::parse_probe_file;
 use probermesh_core::server::{Actions, ServerState};
 use serde::Serialize;
@@ -90,9 +90,26 @@ impl Shared {
                 "results outside the open windows dropped (check the agents' clocks)"
             );
         }
+        for refusal in &actions.refused {
+            let block = refusal
+                .block
+                .as_ref()
+                .map(|(region, kind)| format!("{region} {kind}"));
+            tracing::error!(
+                agent = %refusal.agent,
+                revision = refusal.revision,
+                block = block.as_deref().unwrap_or("-"),
+                "an agent refused its target pool and keeps probing its previous one: {refusal}"
+            );
+        }
         for (connection, message) in actions.send {
-            if let Err(error) = self.link.send_to(connection, message).await {
-                tracing::debug!(%connection, %error, "sending to an agent failed");
+            match self.link.send_to(connection, message).await {
+                Ok(()) => {}
+                // The message cannot be encoded (a pool over the frame limit): loud.
+                Err(error @ LinkError::Protocol { .. }) => {
+                    tracing::error!(%connection, %error, "a message to an agent could not be sent");
+                }
+                Err(error) => tracing::debug!(%connection, %error, "sending to an agent failed"),
             }
         }
     }
@@ -117,11 +134,22 @@ impl Shared {
     }
 }
 
-/// The Go `/-/targets` shape: `{region: [{"prober_type": "icmp", "targets": [...]}]}`.
+/// The Go `/-/targets` shape: `{region: [{"prober_type": "icmp", "targets": [...]}]}`, plus
+/// `refused_by` on a block that agents refused (absent otherwise, so the Go shape is kept).
 #[derive(Serialize)]
 struct TargetsEntry<'a> {
     prober_type: &'a str,
     targets: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    refused_by: Vec<RefusedBy>,
+}
+
+/// An agent that refused a block: who, and why.
+#[derive(Serialize)]
+struct RefusedBy {
+    agent: String,
+    revision: u64,
+    error: String,
 }
 
 struct Admin(Arc<Shared>);
@@ -133,7 +161,9 @@ impl AdminApi for Admin {
     }
 
     fn targets_json(&self) -> String {
-        let regions = self.0.state().targets(now());
+        let state = self.0.state();
+        let regions = state.targets(now());
+        let refusals = state.pool_refusals();
         let shaped: BTreeMap<&str, Vec<TargetsEntry<'_>>> = regions
             .iter()
             .map(|(region, configs)| {
@@ -142,6 +172,17 @@ impl AdminApi for Admin {
                     .map(|config| TargetsEntry {
                         prober_type: config.kind().as_str(),
                         targets: config.targets.iter().map(|t| t.raw()).collect(),
+                        refused_by: refusals
+                            .iter()
+                            .filter(|r| {
+                                r.block.as_ref() == Some(&(config.region.clone(), config.kind()))
+                            })
+                            .map(|r| RefusedBy {
+                                agent: r.agent.to_string(),
+                                revision: r.revision,
+                                error: r.to_string(),
+                            })
+                            .collect(),
                     })
                     .collect();
                 (region.as_str(), entries)

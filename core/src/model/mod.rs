@@ -8,6 +8,7 @@ pub mod icmp_settings;
 pub mod probe_config;
 pub mod region;
 pub mod result;
+pub mod setting;
 pub mod target;
 pub mod time;
 

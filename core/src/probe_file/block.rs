@@ -7,8 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::duration::parse_duration;
-use super::http::{http_module, required};
+use super::http::{http_module, problem, required};
 use super::node::{Node, Pos, Problem, join, shorten};
+use crate::model::setting::{self, MAX_CONFIGS_PER_POOL, MAX_TARGETS_PER_CONFIG};
 use crate::model::{IcmpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target};
 
 const ROOT_KEYS: &[&str] = &["prober_configs"];
@@ -22,6 +23,16 @@ pub(super) fn probe_configs(root: &Node) -> Result<Vec<ProbeConfig>, Problem> {
         return Ok(Vec::new());
     };
     let blocks = list.list("prober_configs")?;
+    if blocks.len() > MAX_CONFIGS_PER_POOL {
+        return Err(Problem::at(
+            list.at,
+            "prober_configs",
+            format!(
+                "{} blocks; at most {MAX_CONFIGS_PER_POOL} are allowed (a pool carries them all)",
+                blocks.len()
+            ),
+        ));
+    }
     let mut configs = Vec::with_capacity(blocks.len());
     // Where each (region, kind) was first configured, to refuse a second block.
     let mut first_block_at: HashMap<(Region, ProbeKind), (Pos, usize)> = HashMap::new();
@@ -102,16 +113,29 @@ fn probe_config(node: &Node, path: &str) -> Result<ProbeConfig, Problem> {
         Some(node) => targets(node, &join(path, "targets"), kind)?,
         None => Vec::new(),
     };
-    Ok(ProbeConfig {
+    let config = ProbeConfig {
         region,
         module,
         targets,
-    })
+    };
+    // The same validation the wire decoder runs on every agent.
+    config.validate().map_err(|e| problem(node.at, path, e))?;
+    Ok(config)
 }
 
 /// The targets in file order; a repeated target string is dropped (the first one counts).
 fn targets(node: &Node, path: &str, kind: ProbeKind) -> Result<Vec<Target>, Problem> {
     let items = node.list(path)?;
+    if items.len() > MAX_TARGETS_PER_CONFIG {
+        return Err(Problem::at(
+            node.at,
+            path,
+            format!(
+                "{} targets in one block; at most {MAX_TARGETS_PER_CONFIG} are allowed",
+                items.len()
+            ),
+        ));
+    }
     let mut seen = HashSet::with_capacity(items.len());
     let mut targets = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
@@ -131,63 +155,41 @@ fn icmp_module(node: &Node, path: &str) -> Result<IcmpModule, Problem> {
     let fields = node.fields(path, ICMP_KEYS, &[])?;
     let mut module = IcmpModule::default();
 
+    // 0 (or no value) takes the default, as in Go; anything else must be in range.
     if let Some(node) = fields.get("payload_size") {
         let key_path = join(path, "payload_size");
         let size_bytes = node.integer(&key_path)?;
-        let min = i128::from(IcmpModule::MIN_PAYLOAD_SIZE);
-        let max = i128::from(IcmpModule::MAX_PAYLOAD_SIZE);
-        let fail = |why: String| Err(Problem::at(node.at, &key_path, why));
-        match size_bytes {
-            0 => {}
-            ..0 => {
-                return fail(format!(
+        if size_bytes < 0 {
+            return Err(Problem::at(
+                node.at,
+                &key_path,
+                format!(
                     "{size_bytes} is negative; use 0 for the default of {} bytes",
                     IcmpModule::DEFAULT_PAYLOAD_SIZE
-                ));
-            }
-            1.. if size_bytes < min => {
-                return fail(format!(
-                    "{size_bytes} bytes is too small; the minimum is {min} (an 8-byte timestamp and a 16-byte probe token)"
-                ));
-            }
-            _ if size_bytes > max => {
-                return fail(format!(
-                    "{size_bytes} bytes is too large; the maximum is {max} (what fits in an IPv4 packet)"
-                ));
-            }
-            _ => {
-                module.payload_size =
-                    u32::try_from(size_bytes).unwrap_or(IcmpModule::DEFAULT_PAYLOAD_SIZE)
-            }
+                ),
+            ));
+        }
+        if size_bytes != 0 {
+            module.payload_size =
+                setting::payload_size(size_bytes).map_err(|e| problem(node.at, &key_path, e))?;
         }
     }
     if let Some(node) = fields.get("packet_count") {
         let key_path = join(path, "packet_count");
         let count = node.integer(&key_path)?;
-        let max = i128::from(IcmpModule::MAX_PACKET_COUNT);
-        match count {
-            0 => {}
-            ..0 => {
-                return Err(Problem::at(
-                    node.at,
-                    &key_path,
-                    format!(
-                        "{count} is negative; use 0 for the default of {}",
-                        IcmpModule::DEFAULT_PACKET_COUNT
-                    ),
-                ));
-            }
-            _ if count > max => {
-                return Err(Problem::at(
-                    node.at,
-                    &key_path,
-                    format!("{count} packets per probe is too many; the maximum is {max}"),
-                ));
-            }
-            _ => {
-                module.packet_count =
-                    u32::try_from(count).unwrap_or(IcmpModule::DEFAULT_PACKET_COUNT)
-            }
+        if count < 0 {
+            return Err(Problem::at(
+                node.at,
+                &key_path,
+                format!(
+                    "{count} is negative; use 0 for the default of {}",
+                    IcmpModule::DEFAULT_PACKET_COUNT
+                ),
+            ));
+        }
+        if count != 0 {
+            module.packet_count =
+                setting::packet_count(count).map_err(|e| problem(node.at, &key_path, e))?;
         }
     }
     if let Some(node) = fields.get("interval") {

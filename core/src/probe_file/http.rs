@@ -3,19 +3,22 @@
 //! subset probermesh implements. Options we do not implement are refused by name, so a
 //! migrated file never silently loses a setting.
 
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 
 use super::node::{Fields, Node, Pos, Problem, join, shorten};
 use super::size::parse_base2_bytes;
 use crate::model::HttpModule;
-use crate::model::TargetError;
 use crate::model::http_module::{
     BasicAuth, Compression, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol, Secret,
     SecretSource, TlsConfig, TlsMinVersion,
 };
+use crate::model::setting::{self, SettingError};
 
-/// Largest compiled size of one regular expression, in bytes (and of its lazy DFA cache).
-pub(super) const REGEX_SIZE_LIMIT_BYTES: usize = 1 << 20;
+/// A failed shared check, at `at` and `path`.
+pub(super) fn problem(at: Pos, path: &str, error: SettingError) -> Problem {
+    let error = error.within(path);
+    Problem::at(at, &error.field, error.message)
+}
 
 const HTTP_KEYS: &[&str] = &[
     "valid_status_codes",
@@ -133,16 +136,7 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
         module.valid_status_codes = indexed(node.list(&path)?, &path)
             .map(|(item, item_path)| {
                 let code = item.integer(&item_path)?;
-                u16::try_from(code)
-                    .ok()
-                    .filter(|c| (100..=599).contains(c))
-                    .ok_or_else(|| {
-                        Problem::at(
-                            item.at,
-                            &item_path,
-                            format!("status code {code} is not between 100 and 599"),
-                        )
-                    })
+                setting::status_code(code).map_err(|e| problem(item.at, &item_path, e))
             })
             .collect::<Result<_, _>>()?;
     }
@@ -195,23 +189,17 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
     if let Some(node) = fields.get("method") {
         let path = key("method");
         let method = node.string(&path)?;
-        if !is_token(&method) {
-            return Err(Problem::at(
-                node.at,
-                &path,
-                format!(
-                    "{:?} is not a valid HTTP method (letters, digits and !#$%&'*+-.^_`|~ only)",
-                    shorten(&method)
-                ),
-            ));
-        }
+        setting::method(&method).map_err(|e| problem(node.at, &path, e))?;
         module.method = method;
     }
     if let Some(node) = fields.get("headers") {
         module.headers = headers(node, &key("headers"))?;
     }
     if let Some(node) = fields.get("body") {
-        module.body = Some(node.string(&key("body"))?);
+        let path = key("body");
+        let body = node.string(&path)?;
+        setting::body(&body).map_err(|e| problem(node.at, &path, e))?;
+        module.body = Some(body);
     }
     if let Some(node) = fields.get("fail_if_body_matches_regexp") {
         module.fail_if_body_matches_regexp = regex_list(node, &key("fail_if_body_matches_regexp"))?;
@@ -255,6 +243,9 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
     if let Some(node) = fields.get("http_client_config") {
         module.client = client_config(node, &key("http_client_config"))?;
     }
+    // Everything above checked its own key with its place; this is the same whole-module
+    // validation the wire decoder runs, so what passes here passes on every agent.
+    module.validate().map_err(|e| problem(node.at, path, e))?;
     Ok(module)
 }
 
@@ -266,28 +257,11 @@ fn indexed<'a>(items: &'a [Node], path: &'a str) -> impl Iterator<Item = (&'a No
         .map(move |(i, item)| (item, format!("{path}[{i}]")))
 }
 
-/// An HTTP token (RFC 9110 `tchar`s): the syntax of methods and header names.
-fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 fn headers(node: &Node, path: &str) -> Result<Vec<(String, String)>, Problem> {
     let mut headers: Vec<(String, String, Pos)> = Vec::new();
     for (name, name_at, value_node) in node.entries(path)? {
         let header_path = format!("{path}.{name}");
-        if !is_token(&name) {
-            return Err(Problem::at(
-                name_at,
-                path,
-                format!(
-                    "{:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
-                    shorten(&name)
-                ),
-            ));
-        }
+        setting::header_name(&name).map_err(|e| problem(name_at, path, e))?;
         if let Some((_, _, first_at)) = headers
             .iter()
             .find(|(other, _, _)| other.eq_ignore_ascii_case(&name))
@@ -305,13 +279,7 @@ fn headers(node: &Node, path: &str) -> Result<Vec<(String, String)>, Problem> {
         } else {
             value_node.string(&header_path)?
         };
-        if value.contains(['\r', '\n', '\0']) {
-            return Err(Problem::at(
-                value_node.at,
-                &header_path,
-                "a header value must not contain line breaks (CR, LF) or NUL characters",
-            ));
-        }
+        setting::header_value(&value).map_err(|e| problem(value_node.at, &header_path, e))?;
         headers.push((name, value, name_at));
     }
     Ok(headers
@@ -321,42 +289,7 @@ fn headers(node: &Node, path: &str) -> Result<Vec<(String, String)>, Problem> {
 }
 
 fn compile_regex(node: &Node, path: &str) -> Result<Regex, Problem> {
-    let pattern = node.string(path)?;
-    RegexBuilder::new(&pattern)
-        .size_limit(REGEX_SIZE_LIMIT_BYTES)
-        .dfa_size_limit(REGEX_SIZE_LIMIT_BYTES)
-        .build()
-        .map_err(|e| {
-            Problem::at(
-                node.at,
-                path,
-                format!(
-                    "invalid regular expression {:?}: {}",
-                    shorten(&pattern),
-                    regex_reason(&e)
-                ),
-            )
-        })
-}
-
-/// The regex error on one line: the syntax error's last line ("error: unclosed group") or the
-/// size-limit explanation.
-fn regex_reason(error: &regex::Error) -> String {
-    match error {
-        regex::Error::Syntax(text) => text
-            .lines()
-            .rev()
-            .find_map(|line| line.trim().strip_prefix("error: "))
-            .unwrap_or_else(|| text.trim())
-            .to_owned(),
-        regex::Error::CompiledTooBig(_) => {
-            format!(
-                "it compiles to more than the {} KiB allowed; simplify it",
-                REGEX_SIZE_LIMIT_BYTES / 1024
-            )
-        }
-        other => other.to_string().replace('\n', " "),
-    }
+    setting::regex(&node.string(path)?).map_err(|e| problem(node.at, path, e))
 }
 
 fn regex_list(node: &Node, path: &str) -> Result<Vec<Regex>, Problem> {
@@ -372,13 +305,7 @@ fn header_matchers(node: &Node, path: &str) -> Result<Vec<HeaderMatch>, Problem>
             let header_node = required(&fields, &item_path, "header")?;
             let header_path = join(&item_path, "header");
             let header = header_node.string(&header_path)?;
-            if !is_token(&header) {
-                return Err(Problem::at(
-                    header_node.at,
-                    &header_path,
-                    format!("{:?} is not a valid header name", shorten(&header)),
-                ));
-            }
+            setting::header_name(&header).map_err(|e| problem(header_node.at, &header_path, e))?;
             let regexp = compile_regex(
                 required(&fields, &item_path, "regexp")?,
                 &join(&item_path, "regexp"),
@@ -437,20 +364,19 @@ fn client_config(node: &Node, path: &str) -> Result<HttpClientConfig, Problem> {
         (None, Some(file)) => Some(SecretSource::File(file)),
         (None, None) => None,
     };
-    if client.basic_auth.is_some() && client.bearer_token.is_some() {
+    if let Err(e) =
+        setting::one_credential(client.basic_auth.is_some(), client.bearer_token.is_some())
+    {
         let at = fields.key_at("basic_auth").unwrap_or(fields.at);
-        return Err(Problem::at(
-            at,
-            path,
-            "set at most one of basic_auth, bearer_token and bearer_token_file",
-        ));
+        return Err(problem(at, path, e));
     }
     if let Some(node) = fields.get("tls_config") {
         client.tls = tls_config(node, &join(path, "tls_config"))?;
     }
     if let Some(proxy_url) = optional_string(&fields, path, "proxy_url")? {
         let at = fields.key_at("proxy_url").unwrap_or(fields.at);
-        client.proxy_url = Some(checked_proxy_url(proxy_url, at, &join(path, "proxy_url"))?);
+        setting::proxy_url(&proxy_url).map_err(|e| problem(at, &join(path, "proxy_url"), e))?;
+        client.proxy_url = Some(proxy_url);
     }
     for (name, flag) in [
         ("follow_redirects", &mut client.follow_redirects),
@@ -461,38 +387,6 @@ fn client_config(node: &Node, path: &str) -> Result<HttpClientConfig, Problem> {
         }
     }
     Ok(client)
-}
-
-fn checked_proxy_url(proxy_url: String, key_at: Pos, path: &str) -> Result<String, Problem> {
-    let has_http_scheme = proxy_url
-        .get(..7)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
-    if !has_http_scheme {
-        return Err(Problem::at(
-            key_at,
-            path,
-            format!(
-                "{:?} is not supported: only http:// proxies are (no https:// or socks5://)",
-                shorten(&proxy_url)
-            ),
-        ));
-    }
-    if proxy_url.len() == "http://".len() {
-        return Err(Problem::at(
-            key_at,
-            path,
-            format!("{proxy_url:?} is not a valid proxy URL: the host is empty"),
-        ));
-    }
-    match crate::model::HttpUrl::parse(&proxy_url) {
-        Ok(_) => Ok(proxy_url),
-        Err(TargetError::BadUrl { why, .. }) => Err(Problem::at(
-            key_at,
-            path,
-            format!("{:?} is not a valid proxy URL: {why}", shorten(&proxy_url)),
-        )),
-        Err(other) => Err(Problem::at(key_at, path, other)),
-    }
 }
 
 fn basic_auth(node: &Node, path: &str) -> Result<BasicAuth, Problem> {
@@ -525,24 +419,14 @@ fn tls_config(node: &Node, path: &str) -> Result<TlsConfig, Problem> {
         server_name: optional_string(&fields, path, "server_name")?,
         ..TlsConfig::default()
     };
-    match (&tls.cert_file, &tls.key_file) {
-        (Some(_), None) => {
-            let at = fields.key_at("cert_file").unwrap_or(fields.at);
-            return Err(Problem::at(
-                at,
-                path,
-                "cert_file is set without key_file; a client certificate needs both",
-            ));
-        }
-        (None, Some(_)) => {
-            let at = fields.key_at("key_file").unwrap_or(fields.at);
-            return Err(Problem::at(
-                at,
-                path,
-                "key_file is set without cert_file; a client certificate needs both",
-            ));
-        }
-        _ => {}
+    if let Err(e) = setting::client_certificate(tls.cert_file.is_some(), tls.key_file.is_some()) {
+        let key = if tls.cert_file.is_some() {
+            "cert_file"
+        } else {
+            "key_file"
+        };
+        let at = fields.key_at(key).unwrap_or(fields.at);
+        return Err(problem(at, path, e));
     }
     if let Some(node) = fields.get("insecure_skip_verify") {
         tls.insecure_skip_verify = node.boolean(&join(path, "insecure_skip_verify"))?;
@@ -593,12 +477,6 @@ mod tests {
             "{}:{}: {}",
             problem.at.line, problem.at.column, problem.message
         )
-    }
-
-    #[test]
-    fn tokens() {
-        assert!(is_token("GET") && is_token("X-Custom_1") && is_token("M-SEARCH"));
-        assert!(!is_token("") && !is_token("GE T") && !is_token("a:b") && !is_token("é"));
     }
 
     #[test]

@@ -97,16 +97,7 @@ impl Value {
     }
 }
 
-/// Cuts long user text in messages to a readable length.
-pub(super) fn shorten(text: &str) -> String {
-    const MAX_CHARS: usize = 80;
-    if text.chars().count() <= MAX_CHARS {
-        text.to_owned()
-    } else {
-        let head: String = text.chars().take(MAX_CHARS).collect();
-        format!("{head}...")
-    }
-}
+pub(super) use crate::model::setting::shorten;
 
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

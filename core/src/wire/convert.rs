@@ -1,12 +1,13 @@
 //! Conversions between the v1 DTOs and the domain types.
 //! Outgoing conversions (`From<&Domain>`) cannot fail. Incoming ones (`into_domain`) treat the
 //! DTO as untrusted network input: every value the domain constrains is parsed through the
-//! domain's own constructor or checked here, and every error names the field that is wrong.
+//! domain's own constructor, and every probe setting goes through the same validation the
+//! probe file runs (`model::setting`), so a pool the server built from an accepted file is
+//! accepted here. Every error names the field that is wrong.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 
 use super::v1::{
     BasicAuthV1, CompressionV1, HeaderMatchV1, HeaderV1, HttpClientConfigV1, HttpFailureV1,
@@ -15,13 +16,14 @@ use super::v1::{
     TlsConfigV1, TlsInfoV1, TlsMinVersionV1, TlsVersionV1, WireSecret,
 };
 use super::{
-    HISTOGRAM_LEN, MAX_CONFIGS_PER_POOL, MAX_LIST_LEN, MAX_REGEX_SIZE_BYTES, MAX_REQUEST_BODY_LEN,
-    MAX_RESULTS_PER_BATCH, MAX_TARGETS_PER_CONFIG, MAX_TEXT_LEN, WireError, check_len,
+    HISTOGRAM_LEN, MAX_CONFIGS_PER_POOL, MAX_RESULTS_PER_BATCH, MAX_TARGETS_PER_CONFIG, WireError,
+    check_len,
 };
 use crate::model::http_module::{
     BasicAuth, Compression, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol, Secret,
     SecretSource, TlsConfig, TlsMinVersion,
 };
+use crate::model::setting::{self, SettingError};
 use crate::model::time::duration_nanos;
 use crate::model::{
     AgentId, HttpFailure, HttpModule, HttpPhases, HttpResult, IcmpFailure, IcmpModule, IcmpResult,
@@ -30,8 +32,9 @@ use crate::model::{
 };
 use crate::stats::{RttHistogram, RttSummary};
 
-/// The status codes a response can carry (three digits).
-const STATUS_CODES: std::ops::RangeInclusive<u16> = 100..=999;
+/// The status codes a received response can carry (three digits; a module's accepted codes
+/// are the narrower `setting::STATUS_CODES`).
+const RESPONSE_STATUS_CODES: std::ops::RangeInclusive<u16> = 100..=999;
 
 /// Converts a whole `ResultBatch` payload from agent `source`.
 ///
@@ -230,7 +233,7 @@ impl From<&ProbeOutcome> for OutcomeV1 {
 }
 
 fn check_status_code(field: &str, code: u16) -> Result<(), WireError> {
-    if STATUS_CODES.contains(&code) {
+    if RESPONSE_STATUS_CODES.contains(&code) {
         Ok(())
     } else {
         Err(WireError::invalid(
@@ -438,26 +441,24 @@ impl ProbeConfigV1 {
             }
         };
         let kind = module.kind();
-        let mut first_idx_by_target: HashMap<&str, usize> =
-            HashMap::with_capacity(self.targets.len());
-        let mut targets = Vec::with_capacity(self.targets.len());
-        for (target_idx, raw) in self.targets.iter().enumerate() {
-            let field = || format!("targets[{target_idx}]");
-            if let Some(first_idx) = first_idx_by_target.insert(raw, target_idx) {
-                return Err(WireError::invalid(
-                    field(),
-                    format!("{raw:?} repeats targets[{first_idx}]"),
-                ));
-            }
-            targets.push(
-                Target::parse(kind, raw).map_err(|e| WireError::invalid(field(), e.to_string()))?,
-            );
-        }
-        Ok(ProbeConfig {
+        let targets = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(target_idx, raw)| {
+                Target::parse(kind, raw).map_err(|e| {
+                    WireError::invalid(format!("targets[{target_idx}]"), e.to_string())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = ProbeConfig {
             region,
             module,
             targets,
-        })
+        };
+        // The one validation the probe file also runs: what the server accepted, we accept.
+        config.validate().map_err(setting_error)?;
+        Ok(config)
     }
 }
 
@@ -499,34 +500,13 @@ impl From<ProbeKindV1> for ProbeKind {
 
 impl IcmpModuleV1 {
     fn into_domain(self) -> Result<IcmpModule, WireError> {
-        if !(1..=IcmpModule::MAX_PACKET_COUNT).contains(&self.packet_count) {
-            return Err(WireError::invalid(
-                "packet_count",
-                format!(
-                    "{} is not from 1 to {}",
-                    self.packet_count,
-                    IcmpModule::MAX_PACKET_COUNT
-                ),
-            ));
-        }
-        if !(IcmpModule::MIN_PAYLOAD_SIZE..=IcmpModule::MAX_PAYLOAD_SIZE)
-            .contains(&self.payload_size)
-        {
-            return Err(WireError::invalid(
-                "payload_size",
-                format!(
-                    "{} is not from {} to {}",
-                    self.payload_size,
-                    IcmpModule::MIN_PAYLOAD_SIZE,
-                    IcmpModule::MAX_PAYLOAD_SIZE
-                ),
-            ));
-        }
-        Ok(IcmpModule {
+        let module = IcmpModule {
             packet_count: self.packet_count,
             interval: Duration::from_nanos(self.interval_ns),
             payload_size: self.payload_size,
-        })
+        };
+        module.validate().map_err(setting_error)?;
+        Ok(module)
     }
 }
 
@@ -543,41 +523,31 @@ impl From<&IcmpModule> for IcmpModuleV1 {
 // === impl HttpModuleV1 ===
 
 impl HttpModuleV1 {
+    /// The domain module: regexes compiled with the shared limits, then the one validation
+    /// the probe file also runs ([`HttpModule::validate`]).
     fn into_domain(self) -> Result<HttpModule, WireError> {
-        check_len(
-            "valid_status_codes",
-            self.valid_status_codes.len(),
-            MAX_LIST_LEN,
-        )?;
-        for (code_idx, code) in self.valid_status_codes.iter().enumerate() {
-            check_status_code(&format!("valid_status_codes[{code_idx}]"), *code)?;
+        // Bound the work before compiling anything.
+        for (field, len) in [
+            ("valid_status_codes", self.valid_status_codes.len()),
+            ("valid_http_versions", self.valid_http_versions.len()),
+            ("headers", self.headers.len()),
+            (
+                "fail_if_body_matches_regexp",
+                self.fail_if_body_matches_regexp.len(),
+            ),
+            (
+                "fail_if_body_not_matches_regexp",
+                self.fail_if_body_not_matches_regexp.len(),
+            ),
+            ("fail_if_header_matches", self.fail_if_header_matches.len()),
+            (
+                "fail_if_header_not_matches",
+                self.fail_if_header_not_matches.len(),
+            ),
+        ] {
+            setting::list_len(len).map_err(|e| setting_error(e.within(field)))?;
         }
-        check_len(
-            "valid_http_versions",
-            self.valid_http_versions.len(),
-            MAX_LIST_LEN,
-        )?;
-        if self.method.is_empty() {
-            return Err(WireError::invalid("method", "is empty"));
-        }
-        check_len("method", self.method.len(), MAX_TEXT_LEN)?;
-        check_len("headers", self.headers.len(), MAX_LIST_LEN)?;
-        for (header_idx, header) in self.headers.iter().enumerate() {
-            check_len(
-                &format!("headers[{header_idx}].name"),
-                header.name.len(),
-                MAX_TEXT_LEN,
-            )?;
-            check_len(
-                &format!("headers[{header_idx}].value"),
-                header.value.len(),
-                MAX_TEXT_LEN,
-            )?;
-        }
-        if let Some(body) = &self.body {
-            check_len("body", body.len(), MAX_REQUEST_BODY_LEN)?;
-        }
-        Ok(HttpModule {
+        let module = HttpModule {
             valid_status_codes: self.valid_status_codes,
             valid_http_versions: self
                 .valid_http_versions
@@ -599,11 +569,11 @@ impl HttpModuleV1 {
             body: self.body,
             fail_if_body_matches_regexp: compile_regexes(
                 "fail_if_body_matches_regexp",
-                self.fail_if_body_matches_regexp,
+                &self.fail_if_body_matches_regexp,
             )?,
             fail_if_body_not_matches_regexp: compile_regexes(
                 "fail_if_body_not_matches_regexp",
-                self.fail_if_body_not_matches_regexp,
+                &self.fail_if_body_not_matches_regexp,
             )?,
             fail_if_header_matches: header_matches_into_domain(
                 "fail_if_header_matches",
@@ -615,8 +585,10 @@ impl HttpModuleV1 {
             )?,
             compression: self.compression.into(),
             body_size_limit: self.body_size_limit,
-            client: self.client.into_domain().map_err(|e| e.within("client"))?,
-        })
+            client: self.client.into_domain(),
+        };
+        module.validate().map_err(setting_error)?;
+        Ok(module)
     }
 }
 
@@ -668,21 +640,19 @@ fn regex_sources(regexes: &[Regex]) -> Vec<String> {
     regexes.iter().map(|r| r.as_str().to_owned()).collect()
 }
 
-/// Compiles one received regex source, bounded in source length and compiled size.
-fn compile_regex(field: &str, source: &str) -> Result<Regex, WireError> {
-    check_len(field, source.len(), MAX_TEXT_LEN)?;
-    RegexBuilder::new(source)
-        .size_limit(MAX_REGEX_SIZE_BYTES)
-        .build()
-        .map_err(|e| WireError::invalid(field, format!("regex does not compile: {e}")))
+/// A failed shared check as a wire error naming the field.
+fn setting_error(error: SettingError) -> WireError {
+    WireError::invalid(error.field, error.message)
 }
 
-fn compile_regexes(field: &str, sources: Vec<String>) -> Result<Vec<Regex>, WireError> {
-    check_len(field, sources.len(), MAX_LIST_LEN)?;
+fn compile_regexes(field: &str, sources: &[String]) -> Result<Vec<Regex>, WireError> {
     sources
         .iter()
         .enumerate()
-        .map(|(regex_idx, source)| compile_regex(&format!("{field}[{regex_idx}]"), source))
+        .map(|(regex_idx, source)| {
+            setting::regex(source)
+                .map_err(|e| setting_error(e.within(&format!("{field}[{regex_idx}]"))))
+        })
         .collect()
 }
 
@@ -690,20 +660,12 @@ fn header_matches_into_domain(
     field: &str,
     matches: Vec<HeaderMatchV1>,
 ) -> Result<Vec<HeaderMatch>, WireError> {
-    check_len(field, matches.len(), MAX_LIST_LEN)?;
     matches
         .into_iter()
         .enumerate()
         .map(|(match_idx, header_match)| {
-            check_len(
-                &format!("{field}[{match_idx}].header"),
-                header_match.header.len(),
-                MAX_TEXT_LEN,
-            )?;
-            let regexp = compile_regex(
-                &format!("{field}[{match_idx}].regexp"),
-                &header_match.regexp,
-            )?;
+            let regexp = setting::regex(&header_match.regexp)
+                .map_err(|e| setting_error(e.within(&format!("{field}[{match_idx}].regexp"))))?;
             Ok(HeaderMatch {
                 header: header_match.header,
                 regexp,
@@ -786,36 +748,17 @@ impl From<CompressionV1> for Compression {
 // === impl HttpClientConfigV1 ===
 
 impl HttpClientConfigV1 {
-    fn into_domain(self) -> Result<HttpClientConfig, WireError> {
-        let basic_auth = match self.basic_auth {
-            Some(BasicAuthV1 { username, password }) => {
-                check_len("basic_auth.username", username.len(), MAX_TEXT_LEN)?;
-                let password = password
-                    .map(|p| p.into_domain("basic_auth.password"))
-                    .transpose()?;
-                Some(BasicAuth { username, password })
-            }
-            None => None,
-        };
-        let bearer_token = self
-            .bearer_token
-            .map(|t| t.into_domain("bearer_token"))
-            .transpose()?;
+    /// The domain settings, checked by [`HttpModule::validate`] with the rest of the module.
+    fn into_domain(self) -> HttpClientConfig {
         let tls = self.tls;
-        for (field, value) in [
-            ("tls.ca_file", &tls.ca_file),
-            ("tls.cert_file", &tls.cert_file),
-            ("tls.key_file", &tls.key_file),
-            ("tls.server_name", &tls.server_name),
-            ("proxy_url", &self.proxy_url),
-        ] {
-            if let Some(value) = value {
-                check_len(field, value.len(), MAX_TEXT_LEN)?;
-            }
-        }
-        Ok(HttpClientConfig {
-            basic_auth,
-            bearer_token,
+        HttpClientConfig {
+            basic_auth: self
+                .basic_auth
+                .map(|BasicAuthV1 { username, password }| BasicAuth {
+                    username,
+                    password: password.map(SecretSourceV1::into_domain),
+                }),
+            bearer_token: self.bearer_token.map(SecretSourceV1::into_domain),
             tls: TlsConfig {
                 ca_file: tls.ca_file,
                 cert_file: tls.cert_file,
@@ -827,7 +770,7 @@ impl HttpClientConfigV1 {
             proxy_url: self.proxy_url,
             follow_redirects: self.follow_redirects,
             enable_http2: self.enable_http2,
-        })
+        }
     }
 }
 
@@ -855,19 +798,10 @@ impl From<&HttpClientConfig> for HttpClientConfigV1 {
 }
 
 impl SecretSourceV1 {
-    fn into_domain(self, field: &str) -> Result<SecretSource, WireError> {
+    fn into_domain(self) -> SecretSource {
         match self {
-            Self::Inline(secret) => {
-                // The length only: the error must not repeat the secret.
-                check_len(field, secret.expose().len(), MAX_TEXT_LEN)?;
-                Ok(SecretSource::Inline(Secret::new(
-                    secret.expose().to_owned(),
-                )))
-            }
-            Self::File(path) => {
-                check_len(field, path.len(), MAX_TEXT_LEN)?;
-                Ok(SecretSource::File(path))
-            }
+            Self::Inline(secret) => SecretSource::Inline(Secret::new(secret.expose().to_owned())),
+            Self::File(path) => SecretSource::File(path),
         }
     }
 }

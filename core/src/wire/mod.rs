@@ -54,23 +54,15 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Entries of `OutcomeV1::Icmp::histogram_counts`: the 19 finite buckets plus +Inf.
 pub const HISTOGRAM_LEN: usize = crate::stats::BUCKET_COUNT + 1;
 
-/// Most targets in one [`ProbeConfigV1`].
-pub const MAX_TARGETS_PER_CONFIG: usize = 100_000;
-/// Most blocks in one `TargetPool`.
-pub const MAX_CONFIGS_PER_POOL: usize = 10_000;
 /// Most results in one `ResultBatch`.
 pub const MAX_RESULTS_PER_BATCH: usize = 100_000;
 /// Longest `Task` command, in bytes.
 pub const MAX_COMMAND_LEN: usize = 64 * 1024;
-/// Longest short text field (versions, reasons, URLs, paths, header names and values, regex
-/// sources, user names), in bytes.
-pub const MAX_TEXT_LEN: usize = 8 * 1024;
-/// Longest HTTP request body, in bytes.
-pub const MAX_REQUEST_BODY_LEN: usize = 1024 * 1024;
-/// Most entries in a small list of an HTTP module (status codes, headers, regexes).
-pub const MAX_LIST_LEN: usize = 1024;
-/// Compiled-size limit for every regex received (`regex::RegexBuilder::size_limit`), in bytes.
-pub const MAX_REGEX_SIZE_BYTES: usize = 256 * 1024;
+// The limits of probe settings are the probe file's too: one definition, in `model::setting`.
+pub use crate::model::setting::{
+    MAX_CONFIGS_PER_POOL, MAX_LIST_LEN, MAX_REGEX_SIZE_BYTES, MAX_REQUEST_BODY_LEN,
+    MAX_TARGETS_PER_CONFIG, MAX_TEXT_LEN,
+};
 /// Longest captured `TaskResult` output (stdout and stderr each), in bytes.
 pub const MAX_TASK_OUTPUT_LEN: usize = 4 * 1024 * 1024;
 
@@ -168,9 +160,40 @@ impl AgentMessage {
                     | UpgradeStateV1::Applied => Ok(()),
                 }
             }
+            Self::PoolRefused { field, reason, .. } => {
+                check_len("pool_refused.field", field.len(), MAX_TEXT_LEN)?;
+                check_len("pool_refused.reason", reason.len(), MAX_TEXT_LEN)
+            }
             Self::Heartbeat { .. } | Self::PoolRequest { .. } => Ok(()),
         }
     }
+
+    /// The refusal of pool `revision` for `error` (what [`pool_into_domain`] said), its texts
+    /// cut to the limits [`Self::check_limits`] enforces.
+    #[must_use]
+    pub fn pool_refused(revision: u64, error: &WireError) -> Self {
+        let (field, reason) = match error {
+            WireError::Invalid { field, reason } => (field.clone(), reason.clone()),
+            other => (String::new(), other.to_string()),
+        };
+        Self::PoolRefused {
+            revision,
+            field: cut_to(field, MAX_TEXT_LEN),
+            reason: cut_to(reason, MAX_TEXT_LEN),
+        }
+    }
+}
+
+/// `text` cut to at most `max_bytes` bytes, at a character boundary.
+fn cut_to(mut text: String, max_bytes: usize) -> String {
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 impl ServerMessage {

@@ -388,6 +388,13 @@ fn arb_agent_message() -> impl Strategy<Value = AgentMessage> {
                 version,
                 state
             }),
+        (any::<u64>(), arb_text(), arb_text()).prop_map(|(revision, field, reason)| {
+            AgentMessage::PoolRefused {
+                revision,
+                field,
+                reason,
+            }
+        }),
     ]
 }
 
@@ -586,13 +593,21 @@ fn arb_domain_client() -> impl Strategy<Value = HttpClientConfig> {
                 Just(TlsMinVersion::Tls13)
             ]),
         ),
-        option::of("http://[a-z]{1,8}:[0-9]{2,4}"),
+        option::of("http://[a-z]{1,8}:[1-9][0-9]{1,3}"),
         any::<[bool; 2]>(),
     )
         .prop_map(
             |(basic_auth, bearer_token, tls, proxy_url, [follow_redirects, enable_http2])| {
                 let (ca_file, cert_file, key_file, server_name, insecure_skip_verify, min_version) =
                     tls;
+                // What a probe file can say: one credential, a client certificate with its key.
+                let bearer_token = bearer_token.filter(|_| basic_auth.is_none());
+                let key_file = key_file.filter(|_| cert_file.is_some());
+                let key_file = if cert_file.is_some() && key_file.is_none() {
+                    Some("/key.pem".to_owned())
+                } else {
+                    key_file
+                };
                 HttpClientConfig {
                     basic_auth,
                     bearer_token,
@@ -614,7 +629,7 @@ fn arb_domain_client() -> impl Strategy<Value = HttpClientConfig> {
 
 fn arb_domain_http_module() -> impl Strategy<Value = HttpModule> {
     let lists = (
-        vec(100u16..=999, 0..4),
+        vec(100u16..=599, 0..4),
         vec(
             prop_oneof![
                 Just(HttpVersion::Http10),
@@ -663,6 +678,10 @@ fn arb_domain_http_module() -> impl Strategy<Value = HttpModule> {
                 fail_if_ssl,
                 fail_if_not_ssl,
             ] = flags;
+            // Header names are unique, ignoring case, as in a probe file.
+            let mut headers: Vec<(String, String)> = headers;
+            let mut seen = std::collections::HashSet::new();
+            headers.retain(|(name, _)| seen.insert(name.to_ascii_lowercase()));
             HttpModule {
                 valid_status_codes,
                 valid_http_versions,
@@ -1020,7 +1039,7 @@ fn golden_http_config() -> ProbeConfigV1 {
                     username: "probe".into(),
                     password: Some(SecretSourceV1::Inline(WireSecret::new("pw".into()))),
                 }),
-                bearer_token: Some(SecretSourceV1::File("/etc/probermesh/token".into())),
+                bearer_token: None,
                 tls: TlsConfigV1 {
                     ca_file: Some("/etc/probermesh/ca.pem".into()),
                     cert_file: None,
@@ -1084,6 +1103,15 @@ fn golden_frames() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "ack",
             "ServerMessage::Ack { seq: 42 }",
             server(ServerMessage::Ack { seq: 42 }),
+        ),
+        (
+            "pool_refused",
+            "AgentMessage::PoolRefused { revision: 7, field: \"configs[0].http.method\", reason: \"bad\" } (appended to v1: variant 6)",
+            agent(AgentMessage::PoolRefused {
+                revision: 7,
+                field: "configs[0].http.method".into(),
+                reason: "bad".into(),
+            }),
         ),
     ]
 }
@@ -1467,15 +1495,15 @@ fn icmp_module_values_are_in_range() {
     assert!(icmp_config(64, 64).into_domain().is_ok());
     assert_invalid(
         icmp_config(0, 64).into_domain(),
-        "invalid icmp.packet_count: 0 is not from 1 to 10000",
+        "invalid icmp.packet_count: 0 packets per probe; at least 1 is needed",
     );
     assert_invalid(
         icmp_config(10_001, 64).into_domain(),
-        "invalid icmp.packet_count: 10001 is not from 1 to 10000",
+        "invalid icmp.packet_count: 10001 packets per probe is too many; the maximum is 10000",
     );
     assert_invalid(
         icmp_config(64, 23).into_domain(),
-        "invalid icmp.payload_size: 23 is not from 24 to 65507",
+        "invalid icmp.payload_size: 23 bytes is too small; the minimum is 24 (an 8-byte timestamp and a 16-byte probe token)",
     );
 }
 
@@ -1491,23 +1519,23 @@ fn with_http(edit: impl FnOnce(&mut HttpModuleV1)) -> Result<ProbeConfig, WireEr
 fn http_module_lists_and_texts_are_bounded() {
     assert_invalid(
         with_http(|h| h.valid_status_codes.push(1000)),
-        "invalid http.valid_status_codes[2]: 1000 is not a status code from 100 to 999",
+        "invalid http.valid_status_codes[2]: status code 1000 is not between 100 and 599",
     );
     assert_invalid(
         with_http(|h| h.valid_status_codes = vec![200; MAX_LIST_LEN + 1]),
-        "invalid http.valid_status_codes: length 1025 exceeds the limit of 1024",
+        "invalid http.valid_status_codes: 1025 entries; at most 1024 are allowed",
     );
     assert_invalid(
         with_http(|h| h.valid_http_versions = vec![HttpVersionV1::Http11; MAX_LIST_LEN + 1]),
-        "invalid http.valid_http_versions: length 1025 exceeds the limit of 1024",
+        "invalid http.valid_http_versions: 1025 entries; at most 1024 are allowed",
     );
     assert_invalid(
         with_http(|h| h.method.clear()),
-        "invalid http.method: is empty",
+        "invalid http.method: \"\" is not a valid HTTP method (letters, digits and !#$%&'*+-.^_`|~ only)",
     );
     assert_invalid(
         with_http(|h| h.method = "X".repeat(MAX_TEXT_LEN + 1)),
-        "invalid http.method: length 8193 exceeds the limit of 8192",
+        "invalid http.method: 8193 bytes long; the limit is 8192 bytes",
     );
     assert_invalid(
         with_http(|h| {
@@ -1519,23 +1547,23 @@ fn http_module_lists_and_texts_are_bounded() {
                 MAX_LIST_LEN + 1
             ]
         }),
-        "invalid http.headers: length 1025 exceeds the limit of 1024",
+        "invalid http.headers: 1025 entries; at most 1024 are allowed",
     );
     assert_invalid(
         with_http(|h| h.headers[0].name = "n".repeat(MAX_TEXT_LEN + 1)),
-        "invalid http.headers[0].name: length 8193 exceeds the limit of 8192",
+        "invalid http.headers[0].name: 8193 bytes long; the limit is 8192 bytes",
     );
     assert_invalid(
         with_http(|h| h.headers[0].value = "v".repeat(MAX_TEXT_LEN + 1)),
-        "invalid http.headers[0].value: length 8193 exceeds the limit of 8192",
+        "invalid http.headers[0].value: 8193 bytes long; the limit is 8192 bytes",
     );
     assert_invalid(
         with_http(|h| h.body = Some("b".repeat(MAX_REQUEST_BODY_LEN + 1))),
-        "invalid http.body: length 1048577 exceeds the limit of 1048576",
+        "invalid http.body: the request body is 1048577 bytes long; the limit is 1048576 bytes (1 MiB)",
     );
     assert_invalid(
         with_http(|h| h.fail_if_header_matches[0].header = "h".repeat(MAX_TEXT_LEN + 1)),
-        "invalid http.fail_if_header_matches[0].header: length 8193 exceeds the limit of 8192",
+        "invalid http.fail_if_header_matches[0].header: 8193 bytes long; the limit is 8192 bytes",
     );
 }
 
@@ -1545,7 +1573,9 @@ fn http_module_regexes_compile_within_limits() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.starts_with("invalid http.fail_if_body_matches_regexp[1]: regex does not compile: "),
+        err.starts_with(
+            "invalid http.fail_if_body_matches_regexp[1]: invalid regular expression \"(\": "
+        ),
         "{err}"
     );
     assert!(err.contains("unclosed group"), "{err}");
@@ -1554,16 +1584,18 @@ fn http_module_regexes_compile_within_limits() {
         .to_string();
     assert!(
         err.starts_with(
-            "invalid http.fail_if_body_not_matches_regexp[0]: regex does not compile: "
+            "invalid http.fail_if_body_not_matches_regexp[0]: invalid regular expression "
         ),
         "{err}"
     );
-    assert!(err.contains("size limit"), "{err}");
+    assert!(err.contains("more than the 1024 KiB allowed"), "{err}");
     let err = with_http(|h| h.fail_if_header_matches[0].regexp = "[".into())
         .unwrap_err()
         .to_string();
     assert!(
-        err.starts_with("invalid http.fail_if_header_matches[0].regexp: regex does not compile: "),
+        err.starts_with(
+            "invalid http.fail_if_header_matches[0].regexp: invalid regular expression "
+        ),
         "{err}"
     );
     assert_invalid(
@@ -1574,11 +1606,11 @@ fn http_module_regexes_compile_within_limits() {
                 allow_missing: false,
             }]
         }),
-        "invalid http.fail_if_header_not_matches[0].regexp: length 8193 exceeds the limit of 8192",
+        "invalid http.fail_if_header_not_matches[0].regexp: 8193 bytes long; the limit is 8192 bytes",
     );
     assert_invalid(
         with_http(|h| h.fail_if_body_matches_regexp = vec![String::new(); MAX_LIST_LEN + 1]),
-        "invalid http.fail_if_body_matches_regexp: length 1025 exceeds the limit of 1024",
+        "invalid http.fail_if_body_matches_regexp: 1025 entries; at most 1024 are allowed",
     );
 }
 
@@ -1591,7 +1623,7 @@ fn http_client_texts_are_bounded_and_secrets_stay_out_of_errors() {
     let err = res.unwrap_err().to_string();
     assert_eq!(
         err,
-        "invalid http.client.bearer_token: length 8193 exceeds the limit of 8192"
+        "invalid http.http_client_config.bearer_token: longer than 8192 bytes"
     );
     assert_invalid(
         with_http(|h| {
@@ -1599,7 +1631,7 @@ fn http_client_texts_are_bounded_and_secrets_stay_out_of_errors() {
                 auth.password = Some(SecretSourceV1::File(long.clone()));
             }
         }),
-        "invalid http.client.basic_auth.password: length 8193 exceeds the limit of 8192",
+        "invalid http.http_client_config.basic_auth.password: 8193 bytes long; the limit is 8192 bytes",
     );
     assert_invalid(
         with_http(|h| {
@@ -1607,15 +1639,15 @@ fn http_client_texts_are_bounded_and_secrets_stay_out_of_errors() {
                 auth.username = long.clone();
             }
         }),
-        "invalid http.client.basic_auth.username: length 8193 exceeds the limit of 8192",
+        "invalid http.http_client_config.basic_auth.username: 8193 bytes long; the limit is 8192 bytes",
     );
     assert_invalid(
         with_http(|h| h.client.tls.ca_file = Some(long.clone())),
-        "invalid http.client.tls.ca_file: length 8193 exceeds the limit of 8192",
+        "invalid http.http_client_config.tls_config.ca_file: 8193 bytes long; the limit is 8192 bytes",
     );
     assert_invalid(
         with_http(|h| h.client.proxy_url = Some(long.clone())),
-        "invalid http.client.proxy_url: length 8193 exceeds the limit of 8192",
+        "invalid http.http_client_config.proxy_url: 8193 bytes long; the limit is 8192 bytes",
     );
 }
 
@@ -1627,7 +1659,7 @@ fn pool_errors_name_the_config_and_pools_are_bounded() {
     }
     assert_invalid(
         pool_into_domain(vec![golden_http_config(), bad]),
-        "invalid configs[1].http.method: is empty",
+        "invalid configs[1].http.method: \"\" is not a valid HTTP method (letters, digits and !#$%&'*+-.^_`|~ only)",
     );
     let mut tiny = golden_http_config();
     tiny.http = None;
@@ -1815,4 +1847,217 @@ proptest! {
         mutated[at.index(bytes.len())] = byte;
         let _ = decode_open_windows(&mutated);
     }
+}
+
+// === What the probe file accepts, every agent accepts ===
+
+/// `text` as a YAML double-quoted scalar (any character, control characters escaped).
+fn yaml_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Texts near every limit and every rule of the settings: mostly plain, sometimes empty,
+/// with odd characters or line breaks, or just under and over the length limit.
+fn arb_setting_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        30 => "[ -~]{1,12}",
+        1 => "\\PC{0,6}",
+        1 => Just(String::new()),
+        1 => Just("a\r\nb".to_owned()),
+        1 => Just("x".repeat(MAX_TEXT_LEN)),
+        1 => Just("x".repeat(MAX_TEXT_LEN + 1)),
+    ]
+}
+
+/// A short name (YAML mapping keys longer than 1,024 characters are not even YAML).
+fn arb_setting_name() -> impl Strategy<Value = String> {
+    prop_oneof![30 => "[A-Za-z-]{1,10}", 1 => "\\PC{0,6}", 1 => Just("a\r\nb".to_owned())]
+}
+
+/// Regexes from tiny to over the compiled-size limit, including the Unicode classes that
+/// compile large (between 256 KiB and 1 MiB, where the file and the wire used to disagree)
+/// and syntax errors.
+fn arb_setting_regex() -> impl Strategy<Value = String> {
+    prop_oneof![
+        10 => Just("ok".to_owned()),
+        10 => Just(r"\w{20}".to_owned()),
+        6 => Just(r"\w{60}".to_owned()),
+        1 => Just(r"\w{200}".to_owned()),
+        1 => Just("a{1000}{1000}".to_owned()),
+        1 => Just("(".to_owned()),
+        1 => arb_setting_text(),
+    ]
+}
+
+/// Some of the time, a value.
+fn sometimes<T: std::fmt::Debug>(
+    strategy: impl Strategy<Value = T>,
+) -> impl Strategy<Value = Option<T>> {
+    option::weighted(0.3, strategy)
+}
+
+/// An `http:` block as YAML: every key, with values mostly valid and sometimes not.
+fn arb_http_block() -> impl Strategy<Value = String> {
+    let first = (
+        vec(prop_oneof![20 => 100i64..600, 1 => -10i64..1_100], 0..4),
+        prop_oneof![12 => "GET|POST|[A-Z]{1,7}", 1 => arb_setting_text()],
+        vec((arb_setting_name(), arb_setting_text()), 0..3),
+        sometimes(prop_oneof![
+            3 => Just(0usize),
+            3 => Just(10),
+            1 => Just(MAX_REQUEST_BODY_LEN),
+            1 => Just(MAX_REQUEST_BODY_LEN + 1)
+        ]),
+        vec(arb_setting_regex(), 0..3),
+        vec((arb_setting_name(), arb_setting_regex()), 0..2),
+    );
+    let client = (
+        sometimes(arb_setting_text()),
+        option::weighted(0.1, arb_setting_text()),
+        prop_oneof![
+            12 => Just((None, None)),
+            6 => ("/[a-z]{1,8}", "/[a-z]{1,8}").prop_map(|(c, k)| (Some(c), Some(k))),
+            1 => arb_setting_text().prop_map(|c| (Some(c), None)),
+            1 => arb_setting_text().prop_map(|k| (None, Some(k))),
+        ],
+        sometimes(prop_oneof![
+            4 => "http://[a-z]{1,8}(:[0-9]{1,6})?".boxed(),
+            1 => arb_setting_text().boxed()
+        ]),
+    );
+    (first, client).prop_map(
+        |((codes, method, headers, body_len, body_regexes, header_matches), client)| {
+            let (username, bearer_token, (cert_file, key_file), proxy_url) = client;
+            let mut yaml = String::from("    http:\n");
+            yaml.push_str(&format!(
+                "      valid_status_codes: [{}]\n",
+                codes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            yaml.push_str(&format!("      method: {}\n", yaml_quoted(&method)));
+            if !headers.is_empty() {
+                yaml.push_str("      headers:\n");
+                for (name, value) in &headers {
+                    yaml.push_str(&format!(
+                        "        {}: {}\n",
+                        yaml_quoted(name),
+                        yaml_quoted(value)
+                    ));
+                }
+            }
+            if let Some(len) = body_len {
+                yaml.push_str(&format!("      body: {}\n", yaml_quoted(&"b".repeat(len))));
+            }
+            if !body_regexes.is_empty() {
+                yaml.push_str("      fail_if_body_matches_regexp:\n");
+                for regex in &body_regexes {
+                    yaml.push_str(&format!("        - {}\n", yaml_quoted(regex)));
+                }
+            }
+            if !header_matches.is_empty() {
+                yaml.push_str("      fail_if_header_matches:\n");
+                for (header, regex) in &header_matches {
+                    yaml.push_str(&format!(
+                        "        - {{header: {}, regexp: {}}}\n",
+                        yaml_quoted(header),
+                        yaml_quoted(regex)
+                    ));
+                }
+            }
+            yaml.push_str("      http_client_config:\n        follow_redirects: true\n");
+            if let Some(username) = &username {
+                yaml.push_str(&format!(
+                    "        basic_auth: {{username: {}, password: pw}}\n",
+                    yaml_quoted(username)
+                ));
+            }
+            if let Some(token) = &bearer_token {
+                yaml.push_str(&format!("        bearer_token: {}\n", yaml_quoted(token)));
+            }
+            if let Some(url) = &proxy_url {
+                yaml.push_str(&format!("        proxy_url: {}\n", yaml_quoted(url)));
+            }
+            yaml.push_str("        tls_config:\n          insecure_skip_verify: false\n");
+            if let Some(file) = &cert_file {
+                yaml.push_str(&format!("          cert_file: {}\n", yaml_quoted(file)));
+            }
+            if let Some(file) = &key_file {
+                yaml.push_str(&format!("          key_file: {}\n", yaml_quoted(file)));
+            }
+            yaml
+        },
+    )
+}
+
+/// An `icmp:` block as YAML, values mostly in range and sometimes not.
+fn arb_icmp_block() -> impl Strategy<Value = String> {
+    (
+        prop_oneof![20 => 0i64..200, 1 => -5i64..20_000],
+        prop_oneof![20 => 0i64..2_000, 1 => -5i64..100, 1 => 60_000i64..70_000],
+        prop_oneof![
+            4 => Just("0s"),
+            4 => Just("1ms"),
+            4 => Just("15ms"),
+            4 => Just("2s"),
+            1 => Just("-1s"),
+            4 => Just("")
+        ],
+    )
+        .prop_map(|(packet_count, payload_size, interval)| {
+            format!(
+                "    icmp:\n      packet_count: {packet_count}\n      payload_size: {payload_size}\n      interval: {}\n",
+                yaml_quoted(interval)
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The bug this guards against: a body regexp compiling to between 256 KiB and 1 MiB
+    /// passed the probe file and was refused by every agent, which then kept its old pool.
+    #[test]
+    fn anything_the_probe_file_accepts_every_agent_accepts(
+        http in arb_http_block(),
+        icmp in arb_icmp_block(),
+    ) {
+        let yaml = format!(
+            "prober_configs:\n  - prober_type: http\n    region: web\n    targets: [http://198.18.0.9/]\n{http}  - prober_type: icmp\n    region: eu\n    targets: [198.18.0.1]\n{icmp}"
+        );
+        let Ok(file) = crate::probe_file::parse_probe_file("probe.yaml", &yaml) else {
+            return Ok(());
+        };
+        let pool: Vec<ProbeConfigV1> = file.configs.iter().map(ProbeConfigV1::from).collect();
+        let msg = ServerMessage::TargetPool { revision: 1, configs: pool };
+        let frame = encode_frame(&msg, DEFAULT_MAX_FRAME_LEN).unwrap();
+        let Ok(ServerMessage::TargetPool { configs, .. }) = decode_frame(&frame[LEN_PREFIX_BYTES..]) else {
+            panic!("not a target pool");
+        };
+        match pool_into_domain(configs) {
+            Ok(decoded) => prop_assert_eq!(decoded, file.configs),
+            Err(e) => prop_assert!(false, "the probe file accepted what an agent refuses: {e}\n{yaml}"),
+        }
+    }
+}
+
+#[test]
+fn the_regex_that_split_file_and_wire_is_accepted_by_both() {
+    let yaml = "prober_configs:\n  - prober_type: http\n    region: web\n    targets: [http://198.18.0.9/]\n    http:\n      fail_if_body_matches_regexp: ['\\w{20}']\n";
+    let file = crate::probe_file::parse_probe_file("probe.yaml", yaml).unwrap();
+    let pool: Vec<ProbeConfigV1> = file.configs.iter().map(ProbeConfigV1::from).collect();
+    assert_eq!(pool_into_domain(pool).unwrap(), file.configs);
 }

@@ -80,6 +80,17 @@ pub enum AgentMessage {
         /// Where the upgrade stands.
         state: UpgradeStateV1,
     },
+    /// The agent refused the [`ServerMessage::TargetPool`] with this revision and keeps
+    /// probing its previous pool. Appended to v1 (the only compatible way to extend it): a
+    /// server older than this variant closes the connection that sends it.
+    PoolRefused {
+        /// The refused revision.
+        revision: u64,
+        /// Where in the pool (`configs[2].http.method`), at most `MAX_TEXT_LEN` bytes.
+        field: String,
+        /// What is wrong, at most `MAX_TEXT_LEN` bytes.
+        reason: String,
+    },
 }
 
 /// A borrowed [`AgentMessage::ResultBatch`]: serialises to exactly the same bytes, so an agent
