@@ -695,7 +695,10 @@ async fn a_wrong_pinned_fingerprint_fails_before_any_token_is_sent() {
     let LinkError::Io { detail } = &err else {
         panic!("expected an I/O error, got {err}");
     };
-    assert!(detail.contains("its fingerprint is not the pinned"), "{detail}");
+    assert!(
+        detail.contains("its fingerprint is not the pinned"),
+        "{detail}"
+    );
     assert!(detail.contains(&wrong.to_string()), "{detail}");
     assert!(
         detail.contains(&server.fingerprint().to_string()),

@@ -1,16 +1,38 @@
 //! The agent's plan, sans-IO: which probes a round holds and when each starts.
 //!
 //! Rounds are aligned to the probe interval (`round_start = ⌊now / interval⌋ × interval`), so
-//! the server files each result in the window of its round (decision 4). Within a round, each
-//! target starts at a fixed offset derived from its name, spread over the part of the interval
-//! that leaves every probe its whole timeout (`interval − ceil(0.8 × interval)`): thousands of
-//! targets do not start in one burst, and a target starts at the same point of every round.
+//! the server files each result in the window of its round (decision 4).
+//!
+//! # When a probe starts (decision 14: agents do not probe in lockstep)
+//! A probe of `target` by agent `me` starts at [`start_offset`]`(me, target)` into the round: a
+//! 64-bit hash of the agent's identity *and* the target, scaled onto the [`start_spread`].
+//! The offset is the same in every round (a series keeps its timing), different from agent to
+//! agent for one target (the agents of a mesh reach a host or URL at different moments), and
+//! different from target to target for one agent (an agent's probes do not start in one burst).
+//!
+//! **Guarantee.** The hash (FNV-1a, then the SplitMix64 finaliser) makes the offsets of the
+//! agents probing one target behave as independent uniform draws over the spread, whatever
+//! their identities (sequential addresses of one subnet included: checked by a chi-square test
+//! below). So for `n` agents probing one target, each span of `spread / n` holds one start on
+//! average, and with probability at least 1 − 10⁻⁹ no span of `spread / n` anywhere in the
+//! round holds more than `k(n)` starts, `k(n)` the smallest k with
+//! `n · P[Binomial(n, 2/n) ≥ k] ≤ 10⁻⁹`: 11 for n = 10, 14 for 16, 18 for 100, 19 for 1,000
+//! (every one of the n agents at the same instant before this). The property test
+//! `no_span_holds_more_starts_than_the_bound` checks it on random meshes of 16 to 2,000 agents.
+//!
+//! **Every result still lands in its round's window.** The server takes a result until one
+//! window after its round's window ends (decision 4): two intervals after the round starts
+//! when the probe interval is the aggregation window (and more when it is shorter). A probe
+//! started at the end of the spread that runs its whole timeout still ends a quarter of an
+//! interval before that (`spread + timeout ≤ 1.75 × interval`), which is the time its result
+//! has to reach the server. A probe's real duration is far below its timeout, so most results
+//! arrive well within their round.
 
 use std::time::Duration;
 
 use crate::model::{
-    HttpModule, HttpUrl, IcmpSettings, ProbeConfig, ProbeModule, Region, Target, UnixMillis,
-    icmp_settings::probe_timeout, target::Destination,
+    AgentId, HttpModule, HttpUrl, IcmpSettings, ProbeConfig, ProbeModule, Region, Target,
+    UnixMillis, icmp_settings::probe_timeout, target::Destination,
 };
 
 /// One probe to run in a round.
@@ -53,26 +75,61 @@ pub fn round_start(now: UnixMillis, interval: Duration) -> UnixMillis {
     UnixMillis(now.as_millis() / interval_ms * interval_ms)
 }
 
-/// The offset of `target` within a round of `interval`: a stable hash of the target string,
-/// spread over `interval − probe_timeout(interval)`.
+/// The part of a round over which probe starts are spread: the whole interval, except that a
+/// probe started at its end and running its whole timeout must end a quarter of an interval
+/// before its result is too late (`spread ≤ 1.75 × interval − timeout`). 14.25 s of a 15 s
+/// round, 1.5 s of a 2 s one, 0.75 s of a 1 s one.
 #[must_use]
-pub fn start_offset(target: &str, interval: Duration) -> Duration {
-    let spread = interval.saturating_sub(probe_timeout(interval));
-    let spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
-    if spread_ms == 0 {
-        return Duration::ZERO;
-    }
-    // FNV-1a: stable across processes and versions, unlike the std hasher.
-    let hash = target.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    Duration::from_millis(hash % spread_ms)
+pub fn start_spread(interval: Duration) -> Duration {
+    let interval_ms = crate::model::time::duration_millis(interval);
+    let timeout_ms = crate::model::time::duration_millis(probe_timeout(interval));
+    let bound_ms = (interval_ms.saturating_mul(7) / 4).saturating_sub(timeout_ms);
+    Duration::from_millis(interval_ms.min(bound_ms))
 }
 
-/// Every probe of the round starting at `round`, for the agent's pool `configs`, in start order.
+/// The offset within a round of `interval` at which agent `me` starts its probe of `target`:
+/// a stable hash of both, scaled onto [`start_spread`] (see the module documentation for the
+/// guarantee).
+#[must_use]
+pub fn start_offset(me: &AgentId, target: &str, interval: Duration) -> Duration {
+    let spread_ms = crate::model::time::duration_millis(start_spread(interval));
+    let hash = offset_hash(me, target);
+    // The top bits of the product: uniform over [0, spread) without modulo bias.
+    let offset_ms = (u128::from(spread_ms) * u128::from(hash)) >> 64;
+    Duration::from_millis(u64::try_from(offset_ms).unwrap_or(0))
+}
+
+/// FNV-1a over the agent's region, address and the target (separated so that no two
+/// different triples run together), then the SplitMix64 finaliser, which spreads every input
+/// bit over every output bit. Stable across processes, platforms and versions, unlike the
+/// standard library's hasher.
+fn offset_hash(me: &AgentId, target: &str) -> u64 {
+    let ip = me.ip.to_string();
+    let parts: [&[u8]; 5] = [
+        me.region.as_str().as_bytes(),
+        &[0xff],
+        ip.as_bytes(),
+        &[0xff],
+        target.as_bytes(),
+    ];
+    let fnv = parts
+        .iter()
+        .flat_map(|part| part.iter())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let mut z = fnv;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Every probe agent `me` runs in the round starting at `round`, for its pool `configs`, in
+/// start order.
 #[must_use]
 pub fn plan_round(
     configs: &[ProbeConfig],
+    me: &AgentId,
     round: UnixMillis,
     interval: Duration,
 ) -> Vec<PlannedProbe> {
@@ -92,7 +149,7 @@ pub fn plan_round(
                     // A block never mixes kinds (ProbeConfig is validated); skip defensively.
                     _ => return None,
                 };
-                let offset = start_offset(target.raw(), interval);
+                let offset = start_offset(me, target.raw(), interval);
                 Some(PlannedProbe {
                     start_at: UnixMillis(
                         round.as_millis() + u64::try_from(offset.as_millis()).unwrap_or(u64::MAX),
@@ -142,7 +199,8 @@ mod tests {
             module: ProbeModule::Http(HttpModule::default()),
         };
         let round = UnixMillis(1_800_000_000_000);
-        let plan = plan_round(&[icmp, http], round, INTERVAL);
+        let me = agent("cn", "198.18.0.5".parse().unwrap());
+        let plan = plan_round(&[icmp, http], &me, round, INTERVAL);
         assert_eq!(plan.len(), 3);
         assert!(plan.windows(2).all(|w| w[0].start_at <= w[1].start_at));
         for probe in &plan {
@@ -156,13 +214,227 @@ mod tests {
         assert_eq!(kinds.iter().filter(|k| **k).count(), 1);
     }
 
+    fn agent(region: &str, ip: std::net::IpAddr) -> AgentId {
+        AgentId::new(Region::new(region).unwrap(), ip)
+    }
+
+    #[test]
+    fn short_rounds_still_spread_their_starts() {
+        // The lab's 2 s rounds: the old spread (interval − timeout) was zero.
+        assert_eq!(
+            start_spread(Duration::from_secs(2)),
+            Duration::from_millis(1_500)
+        );
+        assert_eq!(
+            start_spread(Duration::from_secs(1)),
+            Duration::from_millis(750)
+        );
+        assert_eq!(start_spread(INTERVAL), Duration::from_millis(14_250));
+        assert_eq!(
+            start_spread(Duration::from_secs(60)),
+            Duration::from_secs(57)
+        );
+    }
+
+    #[test]
+    fn two_agents_start_one_target_apart_and_one_agent_its_targets() {
+        let a = agent("eu", "198.18.0.11".parse().unwrap());
+        let b = agent("eu", "198.18.0.12".parse().unwrap());
+        let url = "http://origin.lab:8080/";
+        assert_ne!(
+            start_offset(&a, url, INTERVAL),
+            start_offset(&b, url, INTERVAL)
+        );
+        assert_ne!(
+            start_offset(&a, url, INTERVAL),
+            start_offset(&a, "198.18.0.21", INTERVAL)
+        );
+        // The same agent in another region is another identity.
+        assert_ne!(
+            start_offset(&a, url, INTERVAL),
+            start_offset(&agent("us", a.ip), url, INTERVAL)
+        );
+    }
+
+    /// Pearson's chi-square of `offsets` over `bins` equal bins of `spread`.
+    fn chi_square(offsets: &[Duration], spread: Duration, bins: usize) -> f64 {
+        let mut counts = vec![0u64; bins];
+        for offset in offsets {
+            let bin = (offset.as_secs_f64() / spread.as_secs_f64() * bins as f64) as usize;
+            counts[bin.min(bins - 1)] += 1;
+        }
+        let expected = offsets.len() as f64 / bins as f64;
+        counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum()
+    }
+
+    /// The chi-square value a uniform sample exceeds with probability 10⁻⁹, for `dof` degrees
+    /// of freedom (Wilson–Hilferty; z = 6.0 is the normal's 10⁻⁹ upper quantile).
+    fn chi_square_limit(dof: f64) -> f64 {
+        let c = 2.0 / (9.0 * dof);
+        dof * (1.0 - c + 6.0 * c.sqrt()).powi(3)
+    }
+
+    #[test]
+    fn offsets_are_uniform_for_structured_identities() {
+        let spread = start_spread(INTERVAL);
+        let url = "http://origin.lab:8080/delay";
+        let families: Vec<(&str, Vec<Duration>)> = vec![
+            (
+                "4,096 sequential IPv4 agents of one region, one target",
+                (0..4_096u32)
+                    .map(|i| {
+                        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+                        start_offset(&agent("eu", ip.into()), url, INTERVAL)
+                    })
+                    .collect(),
+            ),
+            (
+                "4,096 sequential IPv6 agents, one target",
+                (0..4_096u128)
+                    .map(|i| {
+                        let ip = std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | i);
+                        start_offset(&agent("eu", ip.into()), "198.18.0.1", INTERVAL)
+                    })
+                    .collect(),
+            ),
+            (
+                "one address in 4,096 regions, one target",
+                (0..4_096)
+                    .map(|i| {
+                        let region = format!("region-{i}");
+                        start_offset(&agent(&region, "10.0.0.1".parse().unwrap()), url, INTERVAL)
+                    })
+                    .collect(),
+            ),
+            (
+                "one agent, 4,096 sequential targets",
+                (0..4_096u32)
+                    .map(|i| {
+                        let target = std::net::Ipv4Addr::from(0xc612_0000 + i).to_string();
+                        start_offset(&agent("eu", "10.0.0.1".parse().unwrap()), &target, INTERVAL)
+                    })
+                    .collect(),
+            ),
+        ];
+        let bins = 64;
+        let limit = chi_square_limit((bins - 1) as f64);
+        for (name, offsets) in families {
+            assert!(offsets.iter().all(|o| *o < spread), "{name}");
+            let chi = chi_square(&offsets, spread, bins);
+            assert!(
+                chi < limit,
+                "{name}: chi-square {chi:.1} over {bins} bins, limit {limit:.1}"
+            );
+        }
+    }
+
+    /// The largest number of `offsets` in any half-open span of `width`.
+    fn densest_span(offsets: &mut [u64], width: u64) -> usize {
+        offsets.sort_unstable();
+        let mut densest = 0;
+        let mut first = 0;
+        for last in 0..offsets.len() {
+            while offsets[last] - offsets[first] >= width {
+                first += 1;
+            }
+            densest = densest.max(last - first + 1);
+        }
+        densest
+    }
+
+    /// `k(n)` of the guarantee: the smallest k with `n · P[Binomial(n, 2/n) ≥ k] ≤ 10⁻⁹`
+    /// (each span of spread/n lies in one of n spans of 2·spread/n starting at multiples of
+    /// spread/n; a union bound over them).
+    fn starts_bound(n: usize) -> usize {
+        if n <= 2 {
+            // A span of 2·spread/n covers the whole spread: no bound below n + 1.
+            return n + 1;
+        }
+        let p = 2.0 / n as f64;
+        // P[Binomial(n, p) = j] for j = 0..=n, by the ratio of successive terms.
+        let mut pmf = Vec::with_capacity(n + 1);
+        let mut term = (1.0 - p).powi(i32::try_from(n).unwrap_or(i32::MAX));
+        for j in 0..=n {
+            pmf.push(term);
+            term *= (n - j) as f64 / (j + 1) as f64 * p / (1.0 - p);
+        }
+        // Tails from the top, so small terms are not lost against large ones.
+        let mut tail = 0.0;
+        let mut bound = n + 1;
+        for k in (1..=n).rev() {
+            tail += pmf[k];
+            if n as f64 * tail <= 1e-9 {
+                bound = k;
+            } else {
+                break;
+            }
+        }
+        bound
+    }
+
+    #[test]
+    fn the_stated_bounds_are_the_formula() {
+        assert_eq!([10, 16, 100, 1_000].map(starts_bound), [11, 14, 18, 19]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 64,
+            // Reproducible: the bound holds for any seed with probability 1 − 10⁻⁹ per case.
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_0ff5e7),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn no_span_holds_more_starts_than_the_bound(
+            ips in proptest::collection::btree_set(any::<u32>(), 16..2_000),
+            regions in 1usize..8,
+            target in "[a-z0-9.]{1,30}",
+            secs in 1u64..600,
+        ) {
+            let interval = Duration::from_secs(secs);
+            let spread_ms = crate::model::time::duration_millis(start_spread(interval));
+            let n = ips.len();
+            let mut offsets: Vec<u64> = ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| {
+                    let me = agent(&format!("r{}", i % regions), std::net::Ipv4Addr::from(*ip).into());
+                    crate::model::time::duration_millis(start_offset(&me, &target, interval))
+                })
+                .collect();
+            // Offsets are whole milliseconds: a span narrower than 1 ms is a 1 ms span.
+            let width = (spread_ms / n as u64).max(1);
+            let densest = densest_span(&mut offsets, width);
+            prop_assert!(
+                densest <= starts_bound(n),
+                "{densest} of {n} agents start within {width} ms (bound {})", starts_bound(n)
+            );
+        }
+    }
+
     proptest! {
         #[test]
-        fn every_probe_ends_within_its_round(target in "[a-z0-9.]{1,40}", secs in 1u64..600) {
-            let interval = Duration::from_secs(secs);
-            let offset = start_offset(&target, interval);
-            prop_assert!(offset + probe_timeout(interval) <= interval);
-            prop_assert_eq!(offset, start_offset(&target, interval));
+        fn every_result_can_reach_the_server_in_its_window(
+            target in "[a-z0-9.]{1,40}",
+            ip in any::<u32>(),
+            millis in 1_000u64..600_000,
+        ) {
+            let interval = Duration::from_millis(millis);
+            let me = agent("eu", std::net::Ipv4Addr::from(ip).into());
+            let offset = start_offset(&me, &target, interval);
+            // Stable, within the spread, and ending a quarter interval before the deadline
+            // of two intervals after the round's start.
+            prop_assert_eq!(offset, start_offset(&me, &target, interval));
+            prop_assert!(offset < start_spread(interval) || start_spread(interval).is_zero());
+            prop_assert!(
+                start_spread(interval) + probe_timeout(interval) + interval / 4 <= interval * 2,
+                "interval {interval:?}"
+            );
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - `/delay?headers_ms=A&chunks=N&chunk_ms=B&chunk_bytes=C`: headers after A ms, then N
 //!   chunks of C bytes, each B ms after the previous (the first B ms after the headers);
 //! - `/timings`: what `/delay` really applied so far (its timers run late on a busy machine),
-//!   a line per request: `<headers after, µs> <body span, µs>`;
+//!   a line per request: `<headers after, µs> <body span, µs> <arrival, Unix µs> <peer IP>
+//!   <client>` (the client is the User-Agent's product name: `curl`, `probermesh`);
 //! - `/status/<code>`; `/redirect/<n>` (302 to `/redirect/<n-1>`, `/redirect/0` is 200);
 //! - `/gzip`: a gzip-encoded body (`hello gzip`) when the request accepts gzip;
 //! - `/echo`: the method, the request headers (`name: value` lines) and the request body;
@@ -166,12 +167,18 @@ pub enum Security {
 
 /// What the origin really did for one `/delay` request: timers run late on a busy machine,
 /// so tests compare a prober with these, not with the nominal delays.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DelayTiming {
     /// From the request's arrival to the headers handed to the connection.
     pub headers_after: Duration,
     /// From then to the last chunk handed over.
     pub body_span: Duration,
+    /// When the request arrived (its headers were read), wall clock, Unix microseconds.
+    pub arrived_unix_micros: u64,
+    /// Who sent it.
+    pub peer: Option<std::net::IpAddr>,
+    /// The product name of its User-Agent (`curl`, `probermesh`), `-` without one.
+    pub client: String,
 }
 
 type Timings = Arc<std::sync::Mutex<Vec<DelayTiming>>>;
@@ -222,9 +229,10 @@ impl Origin {
                 let _ = addr_tx.send(listener.local_addr().expect("an address"));
                 let serve = async {
                     loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
+                        let Ok((tcp, peer)) = listener.accept().await else {
                             continue;
                         };
+                        let peer = peer.ip();
                         let _ = tcp.set_nodelay(true);
                         let acceptor = acceptor.clone();
                         let recorder = Arc::clone(&recorder);
@@ -232,10 +240,12 @@ impl Origin {
                             match acceptor {
                                 Some(acceptor) => {
                                     if let Ok(tls) = acceptor.accept(tcp).await {
-                                        serve_connection(TokioIo::new(tls), recorder).await;
+                                        serve_connection(TokioIo::new(tls), recorder, peer).await;
                                     }
                                 }
-                                None => serve_connection(TokioIo::new(tcp), recorder).await,
+                                None => {
+                                    serve_connection(TokioIo::new(tcp), recorder, peer).await;
+                                }
                             }
                         });
                     }
@@ -306,11 +316,12 @@ fn tls_acceptor(pki: &TestPki, require_client_cert: bool) -> tokio_rustls::TlsAc
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-async fn serve_connection<I>(io: TokioIo<I>, timings: Timings)
+async fn serve_connection<I>(io: TokioIo<I>, timings: Timings, peer: std::net::IpAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request| route(request, Arc::clone(&timings)));
+    let service =
+        hyper::service::service_fn(move |request| route(request, Arc::clone(&timings), peer));
     let _ = auto::Builder::new(TokioExecutor::new())
         .serve_connection(io, service)
         .await;
@@ -335,7 +346,11 @@ fn number(request: &Request<Incoming>, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn route(request: Request<Incoming>, timings: Timings) -> Result<Response<Body>, Infallible> {
+async fn route(
+    request: Request<Incoming>,
+    timings: Timings,
+    peer: std::net::IpAddr,
+) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     let mut response = Response::new(full(""));
     if path == "/delay" {
@@ -345,6 +360,17 @@ async fn route(request: Request<Incoming>, timings: Timings) -> Result<Response<
         let chunk_bytes = usize::try_from(number(&request, "chunk_bytes").max(1)).unwrap_or(1);
         // Deadlines from the request's arrival, so timer rounding does not accumulate.
         let arrived = tokio::time::Instant::now();
+        let client = request
+            .headers()
+            .get(hyper::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(['/', ' ']).next())
+            .filter(|name| !name.is_empty())
+            .unwrap_or("-")
+            .to_owned();
+        let arrived_unix_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let headers_at = arrived + Duration::from_millis(headers_ms);
         tokio::time::sleep_until(headers_at).await;
         let headers_sent = tokio::time::Instant::now();
@@ -362,21 +388,28 @@ async fn route(request: Request<Incoming>, timings: Timings) -> Result<Response<
                 .push(DelayTiming {
                     headers_after: headers_sent - arrived,
                     body_span: headers_sent.elapsed(),
+                    arrived_unix_micros,
+                    peer: Some(peer),
+                    client,
                 });
         });
         *response.body_mut() = ChannelBody(rx).boxed();
     } else if path == "/timings" {
         // What `/delay` really applied, for a test that runs the origin in another process:
-        // one line per request, `<headers_after µs> <body_span µs>`.
+        // one line per request: `<headers_after µs> <body_span µs> <arrival Unix µs> <peer>
+        // <client>`.
         let text: String = timings
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|t| {
                 format!(
-                    "{} {}\n",
+                    "{} {} {} {} {}\n",
                     t.headers_after.as_micros(),
-                    t.body_span.as_micros()
+                    t.body_span.as_micros(),
+                    t.arrived_unix_micros,
+                    t.peer.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+                    t.client
                 )
             })
             .collect();

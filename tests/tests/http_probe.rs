@@ -192,9 +192,10 @@ fn compare_with_curl(
     for _ in 0..runs {
         let result = probe(url, module);
         ok(&result);
-        let truth = *origin
+        let truth = origin
             .delay_timings()
             .last()
+            .cloned()
             .expect("the origin timed the request");
         let p = &result.phases;
         ours[0].push(millis(p.connect));
@@ -202,9 +203,10 @@ fn compare_with_curl(
         ours[2].push(millis(p.processing) - millis(truth.headers_after));
         ours[3].push(millis(p.transfer) - millis(truth.body_span));
         let theirs = curl_phases(url, ca, 1)[0];
-        let truth = *origin
+        let truth = origin
             .delay_timings()
             .last()
+            .cloned()
             .expect("the origin timed the request");
         curl[0].push(theirs[0]);
         curl[1].push(theirs[1]);

@@ -104,7 +104,7 @@ async fn probe_rounds(
 ) {
     loop {
         let round = round_start(now(), interval);
-        let plan = plan_round(&pool(), round, interval);
+        let plan = plan_round(&pool(), &me, round, interval);
         tracing::debug!(
             round = round.as_millis(),
             probes = plan.len(),

@@ -413,9 +413,9 @@ impl ProbeConfigV1 {
     /// # Errors
     /// [`WireError::Invalid`] naming the field: a bad region, too many targets, a target that
     /// does not parse as the block's kind or repeats an earlier one, a module missing for the
-    /// kind or present for the other kind, ICMP settings out of range, or an HTTP module field
-    /// out of bounds (lengths, status codes, regexes that do not compile within
-    /// [`MAX_REGEX_SIZE_BYTES`]).
+    /// kind or present for the other kind, or any setting the probe file would refuse too
+    /// ([`ProbeConfig::validate`]: lengths, status codes, regexes that do not compile within
+    /// [`setting::MAX_REGEX_SIZE_BYTES`], …).
     pub fn into_domain(self) -> Result<ProbeConfig, WireError> {
         let region =
             Region::new(&self.region).map_err(|e| WireError::invalid("region", e.to_string()))?;
