@@ -487,3 +487,140 @@ fn bad_flags_fail_with_a_message_and_a_nonzero_exit() {
     let help = Command::new(BIN).arg("-h").output().expect("runs");
     assert!(String::from_utf8_lossy(&help.stdout).contains("-agent.rpc.report.addr"));
 }
+
+/// The setup of issue 11 as an operator makes it: a self-signed certificate from Debian's
+/// `openssl req -x509` (it carries `CA:TRUE`), given to the server as its certificate and to
+/// the agent as its CA file, with the Go-style flags. The agent connects; an agent given
+/// another CA says which certificate it refused, why, and how to fix it.
+#[test]
+fn an_openssl_self_signed_certificate_serves_as_the_agents_ca_file() {
+    let dir = temp_dir("openssl");
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "365",
+            "-subj",
+            "/CN=pm",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(dir.path())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the openssl command (Debian package openssl)");
+    assert!(status.success());
+    let http_port = free_tcp_port();
+    let link_port = free_udp_port();
+    let server = Process(
+        Command::new(BIN)
+            .args([
+                "-mode",
+                "server",
+                &format!("-server.rpc.listen.addr=127.0.0.1:{link_port}"),
+                &format!("-server.http.listen.addr=127.0.0.1:{http_port}"),
+                "-server.aggregation.interval=2s",
+                &format!(
+                    "-server.tls.cert-file={}",
+                    dir.path().join("cert.pem").display()
+                ),
+                &format!(
+                    "-server.tls.key-file={}",
+                    dir.path().join("key.pem").display()
+                ),
+                &format!("-server.data.dir={}", dir.path().join("data").display()),
+            ])
+            .env("PROBERMESH_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server starts"),
+    );
+    let http_addr: SocketAddr = format!("127.0.0.1:{http_port}")
+        .parse()
+        .expect("an address");
+    wait_for("the server to be ready", Duration::from_secs(20), || {
+        http("GET", http_addr, "/-/ready", None).filter(|(s, _)| *s == 200)
+    });
+    let agent = |ip: &str, ca_file: &std::path::Path, log: &std::path::Path| {
+        Process(
+            Command::new(BIN)
+                .args([
+                    "-mode",
+                    "agent",
+                    "-agent.region=eu",
+                    &format!("-agent.ip={ip}"),
+                    &format!("-agent.rpc.report.addr=127.0.0.1:{link_port}"),
+                    &format!("-agent.tls.ca-file={}", ca_file.display()),
+                ])
+                .env("PROBERMESH_TOKEN", TOKEN)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).expect("a log file"))
+                .spawn()
+                .expect("an agent starts"),
+        )
+    };
+    let trusting = agent(
+        "127.0.0.11",
+        &dir.path().join("cert.pem"),
+        &dir.path().join("trusting.log"),
+    );
+    wait_for("the agent to be alive", Duration::from_secs(20), || {
+        let text = http("GET", http_addr, "/metrics", None)?.1;
+        agent_alive_reads(&text, "127.0.0.11", 1).then_some(())
+    });
+    // Another CA: the agent refuses the server's certificate and says why, in plain words.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("a directory");
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "365",
+            "-subj",
+            "/CN=other",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(&other)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let refused_log = dir.path().join("refused.log");
+    let refusing = agent("127.0.0.12", &other.join("cert.pem"), &refused_log);
+    let line = wait_for("the agent's refusal", Duration::from_secs(20), || {
+        std::fs::read_to_string(&refused_log)
+            .ok()?
+            .lines()
+            .find(|l| l.contains("is refused"))
+            .map(str::to_owned)
+    });
+    for needle in [
+        "subject \"CN=pm\"",
+        "CA:TRUE",
+        "-agent.tls.server-fingerprint=",
+        "Fix:",
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing from {line}");
+    }
+    drop((trusting, refusing, server));
+}
