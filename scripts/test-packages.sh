@@ -2,9 +2,8 @@
 # Installs the Debian packages the tests use, when missing (needs root and apt): ping (the RTT
 # reference), nft (loss and reject rules), ip (network namespaces), setpriv and unshare (the
 # ICMP permission tests), curl (the HTTP phase reference), openssl (the certificates operators
-# make), prometheus (promtool, and a real
-# Prometheus scraping the server). Called by scripts/test.sh, so the README's test command
-# works on a fresh machine.
+# make), prometheus (promtool, and a real Prometheus scraping the server). Called by
+# scripts/test.sh, so the README's test command works on a fresh machine.
 set -euo pipefail
 packages="iputils-ping nftables iproute2 util-linux curl prometheus openssl"
 missing=""
