@@ -48,7 +48,8 @@ impl IcmpEchoes {
 }
 
 /// One ICMP probe of `host`: the name is resolved (IPv4 preferred, IPv6 fallback, as the Go
-/// system), then `settings.module.packet_count` echoes are sent.
+/// system), then `settings.module.packet_count` echoes are sent within what the lookup left of
+/// the probe's timeout, so the whole probe ends by its timeout (as an HTTP probe does).
 ///
 /// Never fails: a lookup failure is [`IcmpFailure::Resolve`] with the time it took, a socket
 /// problem is [`IcmpFailure::Permission`] or [`IcmpFailure::Send`], and loss (even 100 %) is
@@ -85,8 +86,26 @@ pub async fn icmp_echoes(
             }
         },
     };
+    let remaining = settings.timeout.saturating_sub(resolve);
+    if remaining.is_zero() {
+        return IcmpEchoes {
+            resolve,
+            addr: Some(addr),
+            outcome: Err(ProbeFailure {
+                failure: IcmpFailure::Resolve,
+                detail: format!(
+                    "the lookup took {resolve:?}, the whole probe timeout of {:?}",
+                    settings.timeout
+                ),
+            }),
+        };
+    }
+    let budget = IcmpSettings {
+        timeout: remaining,
+        ..*settings
+    };
     let outcome = pinger
-        .ping(addr, settings)
+        .ping(addr, &budget)
         .await
         .map_err(|error| ProbeFailure {
             failure: error.failure(),
@@ -154,6 +173,37 @@ mod tests {
         assert_eq!(result.failure, Some(IcmpFailure::Resolve));
         assert_eq!(result.resolve, Duration::from_millis(8));
         assert!(pinger.calls().is_empty());
+    }
+
+    #[test]
+    fn the_lookup_time_comes_out_of_the_probe_timeout() {
+        let dns = FakeDns::new();
+        let addr = "198.18.0.7".parse().unwrap();
+        let lookup = |elapsed| Resolution { addr, elapsed };
+        let pinger = FakePinger::new();
+        pinger.answer(
+            addr,
+            Ok(EchoSeries {
+                packets_sent: 1,
+                rtts: vec![Duration::from_millis(1)],
+                errors: vec![],
+            }),
+        );
+        let host = Host::Name("slow.example".into());
+        dns.answer("slow.example", Ok(lookup(Duration::from_secs(5))));
+        let result = pollster::block_on(icmp(&dns, &pinger, &host, &settings()));
+        assert_eq!(result.failure, None);
+        // 12 s for the probe, 5 s of it spent on the lookup: the echoes get 7 s.
+        assert_eq!(pinger.calls()[0].1.timeout, Duration::from_secs(7));
+
+        dns.answer("slow.example", Ok(lookup(Duration::from_secs(12))));
+        let result = pollster::block_on(icmp(&dns, &pinger, &host, &settings()));
+        assert_eq!(result.failure, Some(IcmpFailure::Resolve));
+        assert_eq!(
+            pinger.calls().len(),
+            1,
+            "no echo after a lookup that took the whole timeout"
+        );
     }
 
     #[test]

@@ -54,6 +54,44 @@ impl std::fmt::Display for PoolRefusal {
     }
 }
 
+/// A pool too large for the link: some agent would never receive it.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error(
+    "the target pool is a {len}-byte message and the link carries at most {max_len} bytes per \
+     message, so agents could not receive it (an agent of a region without blocks receives \
+     every block): split the targets over fewer blocks or shorten their settings (bodies, \
+     regexes)"
+)]
+pub struct PoolTooLarge {
+    /// The encoded pool, in bytes.
+    pub len: usize,
+    /// The link's limit.
+    pub max_len: usize,
+}
+
+/// Checks that the largest pool `pool` hands any agent (every block: what an agent of a region
+/// without blocks, or with `-server.probe.self`, receives) fits one message of the link.
+///
+/// # Errors
+/// [`PoolTooLarge`] with the size.
+pub fn check_pool_fits(pool: &TargetPool, live_agents: &[AgentId]) -> Result<(), PoolTooLarge> {
+    let every_block: Vec<ProbeConfig> = pool.regions(live_agents).into_values().flatten().collect();
+    let message = pool_message(PoolRevision(u64::MAX), &every_block);
+    let max_len = crate::wire::DEFAULT_MAX_FRAME_LEN;
+    match crate::wire::encode_frame(&message, max_len) {
+        Ok(_) => Ok(()),
+        Err(crate::wire::WireError::FrameTooLarge { len, .. }) => Err(PoolTooLarge {
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            max_len,
+        }),
+        // Nothing else can fail in encoding a pool; treat it as too large to send.
+        Err(_) => Err(PoolTooLarge {
+            len: usize::MAX,
+            max_len,
+        }),
+    }
+}
+
 /// The block index and the bounded label of a refusal's field path (`configs[2].http.x`).
 fn refusal_place(field: &str) -> (Option<usize>, &'static str) {
     let Some(rest) = field.strip_prefix("configs") else {
@@ -234,7 +272,12 @@ impl ServerState {
                     .refused_total
                     .entry((agent.region.clone(), label))
                     .or_default() += 1;
-                self.refusals.insert(connection, refusal.clone());
+                // It stands only for the revision that agent holds an offer of now; a late
+                // refusal of an older one is counted and logged, not kept.
+                let sent = self.sessions.get(&connection).and_then(|s| s.sent);
+                if sent.map(|r| r.0) == Some(revision) {
+                    self.refusals.insert(connection, refusal.clone());
+                }
                 actions.refused.push(refusal);
             }
             AgentMessage::Hello { .. } => actions
@@ -261,11 +304,21 @@ impl ServerState {
 
     /// Replaces the probe file's blocks (a reload) and pushes what changed. Dynamic targets
     /// are derived from live agents, so they survive.
-    pub fn reload(&mut self, now: UnixMillis, configs: Vec<ProbeConfig>) -> Actions {
-        self.pool.replace_file_configs(configs);
+    ///
+    /// # Errors
+    /// [`PoolTooLarge`] when agents could not receive the new pool; the running pool stays.
+    pub fn reload(
+        &mut self,
+        now: UnixMillis,
+        configs: Vec<ProbeConfig>,
+    ) -> Result<Actions, PoolTooLarge> {
+        let mut candidate = self.pool.clone();
+        candidate.replace_file_configs(configs);
+        check_pool_fits(&candidate, &self.aggregator.live_agents(now))?;
+        self.pool = candidate;
         let mut actions = Actions::default();
         self.push_changed_pools(now, &mut actions);
-        actions
+        Ok(actions)
     }
 
     /// The aggregation window.
@@ -555,7 +608,7 @@ mod tests {
             targets: vec![Target::parse(ProbeKind::Icmp, "198.18.7.7").unwrap()],
             module: ProbeModule::Icmp(IcmpModule::default()),
         };
-        let pushed = state.reload(UnixMillis(T0 + 2), vec![icmp]);
+        let pushed = state.reload(UnixMillis(T0 + 2), vec![icmp]).unwrap();
         assert_eq!(pushed.send.len(), 1);
         assert_eq!(pool_targets(&pushed.send[0].1), vec!["198.18.7.7"]);
         assert_eq!(state.targets(UnixMillis(T0 + 2)).len(), 1);
@@ -618,9 +671,38 @@ mod tests {
             targets: vec![Target::parse(ProbeKind::Icmp, "198.18.7.7").unwrap()],
             module: ProbeModule::Icmp(IcmpModule::default()),
         };
-        assert_eq!(state.reload(UnixMillis(T0 + 7), vec![icmp]).send.len(), 1);
+        assert_eq!(
+            state
+                .reload(UnixMillis(T0 + 7), vec![icmp])
+                .unwrap()
+                .send
+                .len(),
+            1
+        );
         assert!(state.pool_refusals().is_empty());
         assert_eq!(counter(&state).map(|c| c.len()), Some(1));
+        // A refusal of the old revision arriving late is counted and logged, not kept.
+        let late = state.handle_event(
+            UnixMillis(T0 + 8),
+            LinkEvent::Message {
+                connection: ConnectionId(1),
+                agent: eu.clone(),
+                message: AgentMessage::PoolRefused {
+                    revision,
+                    field: "configs[0].http.method".into(),
+                    reason: "bad".into(),
+                },
+            },
+        );
+        assert_eq!(late.refused.len(), 1);
+        assert!(state.pool_refusals().is_empty());
+        assert_eq!(
+            counter(&state),
+            Some(vec![(
+                vec!["http_setting".to_owned(), "eu".to_owned()],
+                Some(2.0)
+            )])
+        );
     }
 
     #[test]
@@ -637,5 +719,31 @@ mod tests {
         ] {
             assert_eq!(refusal_place(field), (index, label), "{field}");
         }
+    }
+
+    #[test]
+    fn a_pool_too_large_for_the_link_is_refused_and_the_running_one_stays() {
+        let mut state = server(Discovery::Static);
+        let eu = agent("eu", "198.18.1.1");
+        connect(&mut state, 1, &eu, T0);
+        // Ten blocks with a 1 MiB body each: over the 8 MiB a message may carry.
+        let big: Vec<ProbeConfig> = (0..10)
+            .map(|i| ProbeConfig {
+                region: Region::new(&format!("web{i}")).unwrap(),
+                targets: vec![Target::parse(ProbeKind::Http, "http://198.18.9.9/").unwrap()],
+                module: ProbeModule::Http(crate::model::HttpModule {
+                    body: Some("b".repeat(crate::model::setting::MAX_REQUEST_BODY_LEN)),
+                    ..crate::model::HttpModule::default()
+                }),
+            })
+            .collect();
+        let error = state.reload(UnixMillis(T0 + 1), big).unwrap_err();
+        assert!(error.len > error.max_len, "{error}");
+        assert!(
+            error.to_string().contains("agents could not receive it"),
+            "{error}"
+        );
+        // The running pool (the one HTTP block) stays.
+        assert_eq!(state.targets(UnixMillis(T0 + 1)).len(), 1);
     }
 }

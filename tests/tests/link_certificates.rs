@@ -278,7 +278,10 @@ async fn connect(setup: &Setup, verification: ServerVerification) -> Outcome {
     if agent_outcome.is_err() {
         // The server logs the refusal when the agent's close frame arrives.
         guarded("the server's log of the refusal", async {
-            while !logs.text().contains("refused") {
+            while !logs
+                .text()
+                .contains("an agent refused this server's certificate")
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

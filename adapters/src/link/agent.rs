@@ -50,6 +50,32 @@ pub struct AgentLinkStats {
     pub failures: u64,
 }
 
+/// Pool refusals of the agent (see [`AgentShared::refuse_pool`]).
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    pending: Option<AgentMessage>,
+    reported: std::collections::HashSet<u64>,
+}
+
+/// Refused revisions remembered; beyond this the memory starts afresh.
+const MAX_REPORTED_REFUSALS: usize = 1_024;
+
+impl Refusals {
+    /// Queues `refusal` of `revision` unless that revision was reported already; whether it
+    /// was queued.
+    fn report(&mut self, revision: u64, refusal: AgentMessage) -> bool {
+        if self.reported.contains(&revision) {
+            return false;
+        }
+        if self.reported.len() >= MAX_REPORTED_REFUSALS {
+            self.reported.clear();
+        }
+        self.reported.insert(revision);
+        self.pending = Some(refusal);
+        true
+    }
+}
+
 /// State shared by the link handle, the supervisor and the session tasks.
 #[derive(Debug)]
 pub(crate) struct AgentShared {
@@ -57,8 +83,10 @@ pub(crate) struct AgentShared {
     /// Woken when results are added or acknowledged.
     pub(crate) outbox_changed: Notify,
     pool: Mutex<Option<ReceivedPool>>,
-    /// A `PoolRefused` waiting to be written (the latest refusal wins).
-    refusal: Mutex<Option<AgentMessage>>,
+    /// A `PoolRefused` waiting to be written (the latest refusal wins), and the revisions
+    /// already reported: each is reported once per process, so a server too old to know the
+    /// message (it closes the connection) is not sent it again at every reconnect.
+    refusal: Mutex<Refusals>,
     observed_addr: Mutex<Option<SocketAddr>>,
     connected: AtomicBool,
     connections: AtomicU64,
@@ -83,15 +111,22 @@ impl AgentShared {
         lock(&self.pool).clone()
     }
 
-    /// Tells the server, at the writer's next turn, that a pool was refused.
-    pub(crate) fn refuse_pool(&self, refusal: AgentMessage) {
-        *lock(&self.refusal) = Some(refusal);
-        self.outbox_changed.notify_one();
+    /// Tells the server, at the writer's next turn, that pool `revision` was refused (once per
+    /// revision).
+    pub(crate) fn refuse_pool(&self, revision: u64, refusal: AgentMessage) {
+        if lock(&self.refusal).report(revision, refusal) {
+            self.outbox_changed.notify_one();
+        }
+    }
+
+    /// A pool was accepted: a refusal of an older one, not written yet, no longer stands.
+    pub(crate) fn pool_accepted(&self) {
+        lock(&self.refusal).pending = None;
     }
 
     /// The refusal to write, if any.
     pub(crate) fn take_refusal(&self) -> Option<AgentMessage> {
-        lock(&self.refusal).take()
+        lock(&self.refusal).pending.take()
     }
 
     /// Hands a message or an error to `recv`; dropped (and logged) when nobody reads.
@@ -134,7 +169,7 @@ impl AgentLink {
             outbox: Mutex::new(Outbox::new(config.outbox)),
             outbox_changed: Notify::new(),
             pool: Mutex::new(None),
-            refusal: Mutex::new(None),
+            refusal: Mutex::new(Refusals::default()),
             observed_addr: Mutex::new(None),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
@@ -324,5 +359,30 @@ async fn supervise(
             () = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(revision: u64) -> AgentMessage {
+        AgentMessage::PoolRefused {
+            revision,
+            field: "configs[0].icmp.interval".into(),
+            reason: "the time between echoes must be more than 0".into(),
+        }
+    }
+
+    #[test]
+    fn each_refused_revision_is_reported_once() {
+        let mut refusals = Refusals::default();
+        assert!(refusals.report(8, refused(8)));
+        assert_eq!(refusals.pending.take(), Some(refused(8)));
+        // The server pushes it again (a reconnect to a server that closed on it): not again.
+        assert!(!refusals.report(8, refused(8)));
+        assert_eq!(refusals.pending, None);
+        assert!(refusals.report(9, refused(9)));
+        assert_eq!(refusals.pending, Some(refused(9)));
     }
 }

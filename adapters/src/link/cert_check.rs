@@ -20,6 +20,38 @@ use super::fingerprint::Sha256Fingerprint;
 
 /// A certificate that expires within this many days draws a warning at server start.
 const EXPIRY_WARNING_DAYS: i64 = 30;
+/// Longest text taken from a certificate or a peer into a message, in characters.
+const MAX_QUOTED_CHARS: usize = 200;
+/// Most subjectAltNames listed in a message.
+const MAX_LISTED_NAMES: usize = 16;
+/// Longest close reason from a peer quoted in the server's log, in characters.
+const MAX_PEER_REASON_CHARS: usize = 1_200;
+
+/// `text` fit for a log line: control characters escaped (`\n`), cut to
+/// [`MAX_QUOTED_CHARS`]. Certificates and close reasons come from peers, which could
+/// otherwise forge log lines.
+fn printable(text: &str) -> String {
+    printable_within(text, MAX_QUOTED_CHARS)
+}
+
+fn printable_within(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    for c in text.chars() {
+        let piece: Vec<char> = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            vec![c]
+        };
+        if count + piece.len() > max_chars {
+            out.push('…');
+            break;
+        }
+        count += piece.len();
+        out.extend(piece);
+    }
+    out
+}
 
 /// The facts of one certificate an operator needs to recognise and fix it.
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -53,8 +85,9 @@ impl CertificateFacts {
                 ext.value
                     .general_names
                     .iter()
+                    .take(MAX_LISTED_NAMES)
                     .filter_map(|name| match name {
-                        GeneralName::DNSName(dns) => Some(format!("DNS:{dns}")),
+                        GeneralName::DNSName(dns) => Some(format!("DNS:{}", printable(dns))),
                         GeneralName::IPAddress(bytes) => {
                             ip_from_bytes(bytes).map(|ip| format!("IP:{ip}"))
                         }
@@ -64,8 +97,8 @@ impl CertificateFacts {
             })
             .unwrap_or_default();
         Some(Self {
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
+            subject: printable(&cert.subject().to_string()),
+            issuer: printable(&cert.issuer().to_string()),
             fingerprint: Sha256Fingerprint::of_der(der),
             not_before_unix_secs: cert.validity().not_before.timestamp(),
             not_after_unix_secs: cert.validity().not_after.timestamp(),
@@ -140,8 +173,9 @@ impl CertificateFacts {
         } else if !listen_ip.is_unspecified() && !self.lists_ip(listen_ip) {
             warnings.push(format!(
                 "the server's certificate ({name}) does not list its listen address {listen_ip} \
-                 ({}): agents that connect to {listen_ip} and verify it with -agent.tls.ca-file \
-                 refuse it; add subjectAltName=IP:{listen_ip}, or let agents pin its fingerprint",
+                 ({}): agents that connect to {listen_ip} (rather than to a name it lists) and \
+                 verify it with -agent.tls.ca-file refuse it; add subjectAltName=IP:{listen_ip}, \
+                 or let agents pin its fingerprint",
                 self.alt_names_text()
             ));
         }
@@ -201,8 +235,9 @@ pub struct CertificateRefusal {
     pub fingerprint: Sha256Fingerprint,
     /// Why.
     pub reason: RefusalReason,
-    /// The CA file the agent verified with, when it did.
-    pub ca_file: Option<String>,
+    /// Whether the agent verified with a CA file (its path is not quoted: the text goes to
+    /// the server, which may be an impostor).
+    pub with_ca_file: bool,
     /// When the agent looked, Unix seconds.
     pub now_unix_secs: i64,
 }
@@ -210,12 +245,12 @@ pub struct CertificateRefusal {
 impl CertificateRefusal {
     /// A refusal of the certificate `der` at `now`.
     #[must_use]
-    pub fn new(der: &[u8], reason: RefusalReason, ca_file: Option<String>, now: UnixTime) -> Self {
+    pub fn new(der: &[u8], reason: RefusalReason, with_ca_file: bool, now: UnixTime) -> Self {
         Self {
             facts: CertificateFacts::of_der(der),
             fingerprint: Sha256Fingerprint::of_der(der),
             reason,
-            ca_file,
+            with_ca_file,
             now_unix_secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
         }
     }
@@ -233,11 +268,12 @@ impl CertificateRefusal {
         )
     }
 
-    fn ca_file_text(&self) -> String {
-        self.ca_file.as_deref().map_or_else(
-            || "the CA file".to_owned(),
-            |path| format!("the CA file {path}"),
-        )
+    fn ca_file_text(&self) -> &'static str {
+        if self.with_ca_file {
+            "the agent's CA file (-agent.tls.ca-file)"
+        } else {
+            "the CA file"
+        }
     }
 }
 
@@ -383,8 +419,9 @@ pub fn readable_tls_text(text: &str) -> String {
 /// [`CertificateRefusal`]; older or foreign clients send only the alert.
 #[must_use]
 pub fn describe_peer_alert(alert: u8, reason: &str, server_cert: &str) -> String {
+    let reason = printable_within(reason, MAX_PEER_REASON_CHARS);
     if !reason.is_empty() && reason.contains("the server's certificate") {
-        return format!("an agent refused this server's certificate: {reason}");
+        return format!("an agent refused this server's certificate; the agent says: {reason}");
     }
     let why = match alert {
         42 => {
@@ -409,7 +446,7 @@ pub fn describe_peer_alert(alert: u8, reason: &str, server_cert: &str) -> String
     let detail = if reason.is_empty() {
         String::new()
     } else {
-        format!(" (the peer said: {reason})")
+        format!(" (the peer says: {reason})")
     };
     format!(
         "an agent refused the TLS handshake with TLS alert {alert}, {why}; this server's certificate: {server_cert}{detail}"
@@ -512,7 +549,7 @@ mod tests {
             ),
             (
                 RefusalReason::UnknownIssuer,
-                "issued by \"CN=pm\", and no certificate in the CA file /etc/ca.pem issued it",
+                "issued by \"CN=pm\", and no certificate in the agent's CA file (-agent.tls.ca-file) issued it",
             ),
             (
                 RefusalReason::FingerprintMismatch {
@@ -525,8 +562,7 @@ mod tests {
                 "bad signature",
             ),
         ] {
-            let refusal =
-                CertificateRefusal::new(&der, reason.clone(), Some("/etc/ca.pem".into()), now);
+            let refusal = CertificateRefusal::new(&der, reason.clone(), true, now);
             let text = refusal.to_string();
             assert!(text.contains("subject \"CN=pm\""), "{text}");
             assert!(text.contains(&fingerprint), "{text}");
@@ -551,8 +587,31 @@ mod tests {
             "s",
         );
         assert!(
-            text.starts_with("an agent refused this server's certificate: invalid peer"),
+            text.starts_with(
+                "an agent refused this server's certificate; the agent says: invalid peer"
+            ),
             "{text}"
         );
+        // A peer cannot forge log lines or flood the log.
+        let long = format!("the server's certificate\nFAKE LINE{}", "x".repeat(5_000));
+        let forged = describe_peer_alert(46, &long, "s");
+        assert!(
+            !forged.contains('\n') && forged.contains("\\nFAKE LINE"),
+            "{forged}"
+        );
+        assert!(forged.chars().count() < 1_300, "{}", forged.len());
+    }
+
+    #[test]
+    fn certificate_texts_from_a_peer_are_escaped_and_cut() {
+        let mut params = rcgen::CertificateParams::new(vec!["evil.example".into()]).unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("x\nFAKE{}", "y".repeat(500)),
+        );
+        let (der, _) = cert(params);
+        let facts = CertificateFacts::of_der(&der).unwrap();
+        assert!(!facts.subject.contains('\n'), "{}", facts.subject);
+        assert!(facts.subject.chars().count() <= MAX_QUOTED_CHARS + 1);
     }
 }

@@ -246,6 +246,7 @@ async fn read_loop(
             ServerMessage::TargetPool { revision, configs } => {
                 match pool_into_domain(configs.clone()) {
                     Ok(pool) => {
+                        shared.pool_accepted();
                         shared.set_pool(ReceivedPool {
                             revision,
                             configs: Arc::new(pool),
@@ -260,7 +261,7 @@ async fn read_loop(
                             error = %e,
                             "refused the server's target pool; keeping the previous one and telling the server"
                         );
-                        shared.refuse_pool(AgentMessage::pool_refused(revision, &e));
+                        shared.refuse_pool(revision, AgentMessage::pool_refused(revision, &e));
                     }
                 }
             }

@@ -117,7 +117,6 @@ pub fn client_crypto(
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(CaFileVerifier {
-                    ca_file: path.display().to_string(),
                     trusted: certs,
                     webpki,
                 }))
@@ -154,8 +153,6 @@ pub fn client_crypto(
 /// through webpki. Refusals say which certificate, why, and what to do.
 #[derive(Debug)]
 struct CaFileVerifier {
-    /// The file, for the refusal's text.
-    ca_file: String,
     /// Every certificate of the file, byte for byte.
     trusted: Vec<CertificateDer<'static>>,
     webpki: Arc<WebPkiServerVerifier>,
@@ -168,7 +165,7 @@ impl CaFileVerifier {
         reason: RefusalReason,
         now: UnixTime,
     ) -> rustls::Error {
-        CertificateRefusal::new(end_entity, reason, Some(self.ca_file.clone()), now).into_rustls()
+        CertificateRefusal::new(end_entity, reason, true, now).into_rustls()
     }
 
     /// The checks left for a certificate trusted because the CA file holds it: its validity
@@ -271,7 +268,7 @@ impl ServerCertVerifier for PinnedVerifier {
             Err(CertificateRefusal::new(
                 end_entity,
                 RefusalReason::FingerprintMismatch { pinned: expected },
-                None,
+                false,
                 now,
             )
             .into_rustls())

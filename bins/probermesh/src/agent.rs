@@ -19,7 +19,7 @@ use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, AgentLinkStats, ServerVerification,
     Sha256Fingerprint, Token,
 };
-use probermesh_core::agent::{PlannedProbe, ProbeHow, plan_round, round_start};
+use probermesh_core::agent::{PlannedProbe, ProbeHow, plan_rest_of_round, round_start};
 use probermesh_core::model::{AgentId, AgentVersion, ProbeOutcome, ProbeResult, UnixMillis};
 use probermesh_core::ports::{DnsResolver, HttpProber, IcmpPinger, ServerLink};
 use probermesh_core::wire::{AgentMessage, ProbeResultV1, ServerMessage};
@@ -103,8 +103,9 @@ async fn probe_rounds(
     stopping: watch::Receiver<bool>,
 ) {
     loop {
-        let round = round_start(now(), interval);
-        let plan = plan_round(&pool(), &me, round, interval);
+        let woke = now();
+        let round = round_start(woke, interval);
+        let plan = plan_rest_of_round(&pool(), &me, woke, interval);
         tracing::debug!(
             round = round.as_millis(),
             probes = plan.len(),

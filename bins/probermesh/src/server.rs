@@ -17,7 +17,7 @@ use probermesh_core::model::{ProbeConfig, ProbeResult, UnixMillis};
 use probermesh_core::pool::TargetPool;
 use probermesh_core::ports::{LinkError, ReportSource};
 use probermesh_core::probe_file::parse_probe_file;
-use probermesh_core::server::{Actions, ServerState};
+use probermesh_core::server::{Actions, ServerState, check_pool_fits};
 use serde::Serialize;
 
 use crate::cli::ServerArgs;
@@ -118,10 +118,16 @@ impl Shared {
         let Some(path) = &self.probe_file else {
             return Err("no -server.probe.file to reload".to_owned());
         };
-        match load_probe_file(path) {
-            Ok(configs) => {
-                let blocks = configs.len();
-                let actions = self.state().reload(now(), configs);
+        let reloaded = load_probe_file(path).and_then(|configs| {
+            let blocks = configs.len();
+            let actions = self
+                .state()
+                .reload(now(), configs)
+                .with_context(|| format!("probe file {}", path.display()))?;
+            Ok((blocks, actions))
+        });
+        match reloaded {
+            Ok((blocks, actions)) => {
                 self.perform(actions).await;
                 tracing::warn!(file = %path.display(), blocks, "probe file reloaded");
                 Ok(())
@@ -317,9 +323,13 @@ impl RunningServer {
 
     /// Replaces the probe-file blocks (the demo sets its own) and pushes the change.
     pub(crate) fn set_file_configs(&self, configs: Vec<ProbeConfig>) {
-        let actions = self.shared.state().reload(now(), configs);
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move { shared.perform(actions).await });
+        match self.shared.state().reload(now(), configs) {
+            Ok(actions) => {
+                let shared = Arc::clone(&self.shared);
+                tokio::spawn(async move { shared.perform(actions).await });
+            }
+            Err(error) => tracing::error!(%error, "the pool was not replaced"),
+        }
     }
 
     /// The series the server would expose now.
@@ -466,7 +476,14 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             probe_self_enabled: args.probe_self,
             ..AggregatorConfig::default()
         },
-        pool: TargetPool::new(file_configs, choices.discovery, args.probe_self),
+        pool: {
+            let pool = TargetPool::new(file_configs, choices.discovery, args.probe_self);
+            if let Some(path) = &args.probe_file {
+                check_pool_fits(&pool, &[])
+                    .with_context(|| format!("probe file {}", path.display()))?;
+            }
+            pool
+        },
         probe_file: args.probe_file.clone(),
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: Some(admin_token),

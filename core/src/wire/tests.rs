@@ -1039,7 +1039,7 @@ fn golden_http_config() -> ProbeConfigV1 {
                     username: "probe".into(),
                     password: Some(SecretSourceV1::Inline(WireSecret::new("pw".into()))),
                 }),
-                bearer_token: None,
+                bearer_token: Some(SecretSourceV1::File("/etc/probermesh/token".into())),
                 tls: TlsConfigV1 {
                     ca_file: Some("/etc/probermesh/ca.pem".into()),
                     cert_file: None,
@@ -1054,6 +1054,16 @@ fn golden_http_config() -> ProbeConfigV1 {
             },
         }),
     }
+}
+
+/// The golden HTTP block made valid for the domain: a probe file can set one credential only,
+/// and the golden bytes pin both (the v1 encoding of either must not change).
+fn valid_http_config() -> ProbeConfigV1 {
+    let mut config = golden_http_config();
+    if let Some(http) = &mut config.http {
+        http.client.bearer_token = None;
+    }
+    config
 }
 
 fn golden_target_pool() -> ServerMessage {
@@ -1250,16 +1260,23 @@ fn golden_frames_decode_to_their_values() {
         decoder.next_frame::<ServerMessage>().unwrap(),
         Some(ServerMessage::Ack { seq: 42 })
     );
-    // The golden values are valid domain values too.
+    // The golden values are valid domain values too, but for the second credential of the
+    // pool's block, which a probe file cannot set and the one validation refuses.
     let AgentMessage::ResultBatch { results, .. } = golden_result_batch() else {
         unreachable!()
     };
     assert_eq!(results_into_domain(results, &source()).unwrap().len(), 2);
     assert_eq!(
-        pool_into_domain(vec![golden_http_config()]).unwrap()[0]
+        pool_into_domain(vec![valid_http_config()]).unwrap()[0]
             .targets
             .len(),
         2
+    );
+    assert_eq!(
+        pool_into_domain(vec![golden_http_config()])
+            .unwrap_err()
+            .to_string(),
+        "invalid configs[0].http.http_client_config: set at most one of basic_auth, bearer_token and bearer_token_file"
     );
 }
 
@@ -1436,42 +1453,42 @@ fn batch_errors_name_the_result_and_batches_are_bounded() {
 
 #[test]
 fn config_region_and_kind_module_consistency() {
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     c.region = String::new();
     assert_invalid(c.into_domain(), "invalid region: region name is empty");
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     c.kind = ProbeKindV1::Icmp;
     assert_invalid(c.into_domain(), "invalid http: present in an ICMP config");
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     c.http = None;
     assert_invalid(c.into_domain(), "invalid http: missing in an HTTP config");
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     c.icmp = Some(IcmpModuleV1 {
         packet_count: 1,
         interval_ns: 1,
         payload_size: 64,
     });
     assert_invalid(c.into_domain(), "invalid icmp: present in an HTTP config");
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     (c.kind, c.http, c.targets) = (ProbeKindV1::Icmp, None, Vec::new());
     assert_invalid(c.into_domain(), "invalid icmp: missing in an ICMP config");
 }
 
 #[test]
 fn config_targets_are_parsed_unique_and_bounded() {
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     c.targets.push("mailto:x://y".into());
     assert_invalid(
         c.into_domain(),
         "invalid targets[2]: HTTP target \"mailto:x://y\" is not a valid URL: only http:// and https:// are supported",
     );
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     c.targets.push("www.example.org".into());
     assert_invalid(
         c.into_domain(),
         "invalid targets[2]: \"www.example.org\" repeats targets[1]",
     );
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     c.targets = vec![String::new(); MAX_TARGETS_PER_CONFIG + 1];
     assert_invalid(
         c.into_domain(),
@@ -1508,7 +1525,7 @@ fn icmp_module_values_are_in_range() {
 }
 
 fn with_http(edit: impl FnOnce(&mut HttpModuleV1)) -> Result<ProbeConfig, WireError> {
-    let mut c = golden_http_config();
+    let mut c = valid_http_config();
     if let Some(http) = &mut c.http {
         edit(http);
     }
@@ -1653,15 +1670,15 @@ fn http_client_texts_are_bounded_and_secrets_stay_out_of_errors() {
 
 #[test]
 fn pool_errors_name_the_config_and_pools_are_bounded() {
-    let mut bad = golden_http_config();
+    let mut bad = valid_http_config();
     if let Some(http) = &mut bad.http {
         http.method.clear();
     }
     assert_invalid(
-        pool_into_domain(vec![golden_http_config(), bad]),
+        pool_into_domain(vec![valid_http_config(), bad]),
         "invalid configs[1].http.method: \"\" is not a valid HTTP method (letters, digits and !#$%&'*+-.^_`|~ only)",
     );
-    let mut tiny = golden_http_config();
+    let mut tiny = valid_http_config();
     tiny.http = None;
     assert_invalid(
         pool_into_domain(vec![tiny; MAX_CONFIGS_PER_POOL + 1]),
