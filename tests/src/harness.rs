@@ -89,3 +89,32 @@ pub fn server_fingerprint(data_dir: &Path) -> String {
         .expect("the generated certificate");
     probermesh_adapters::link::Sha256Fingerprint::of_der(&der).to_string()
 }
+
+/// Raises the calling thread's scheduling priority to nice −10 for a timing comparison; the
+/// threads and processes it starts afterwards (origins, runtimes, `curl`) inherit it. A busy
+/// machine then delays the measured tools far less: beside two CPU-spinning processes on two
+/// cores, a preempted `curl` took 6.7 ms for a 2 ms TLS handshake and our prober 3.3 ms for a
+/// 0.1 ms connect. Best effort: without the right to raise it (not root), this says so and
+/// the test runs at the normal priority.
+pub fn raise_timing_priority() {
+    // `/proc/thread-self` links to `<pid>/task/<tid>`; Linux sets the priority per thread.
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|link| {
+            link.file_name()
+                .map(|tid| tid.to_string_lossy().into_owned())
+        });
+    let raised = tid.is_some_and(|tid| {
+        std::process::Command::new("renice")
+            .args(["-n", "-10", "-p", &tid])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    });
+    if !raised {
+        eprintln!(
+            "could not raise this test's priority (not root?): its timings share the CPU with any load"
+        );
+    }
+}
