@@ -4,10 +4,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,39 +23,16 @@ use probermesh_core::wire::{
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::task::JoinHandle;
 
+mod common;
+
+use common::{TempDir, capture_logs};
+
 const TOKEN: &str = "s3cret-token";
 
 /// Generous bound on anything that should happen quickly; only a guard against hangs.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
 // === helpers ===
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "probermesh-link-{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn server_config(data_dir: &Path, listen_addr: SocketAddr) -> ServerConfig {
     let mut config = ServerConfig::new(
@@ -223,39 +198,6 @@ fn record(server: &Arc<ReportServer>) -> (Recorded, JoinHandle<()>) {
         }
     });
     (recorded, task)
-}
-
-/// Log lines captured for the current thread (tests run on a current-thread runtime, so the
-/// link's tasks log here too).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-    }
-}
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
 }
 
 /// A QUIC client that speaks the link's TLS but writes whatever the test wants.

@@ -621,17 +621,21 @@ mod tests {
         let ServerMessage::TargetPool { revision, .. } = hello.send[0].1.clone() else {
             panic!("expected a pool");
         };
+        let refusal = |field: &str, reason: &str| LinkEvent::Message {
+            connection: ConnectionId(1),
+            agent: eu.clone(),
+            message: AgentMessage::PoolRefused {
+                revision,
+                field: field.into(),
+                reason: reason.into(),
+            },
+        };
         let refused = state.handle_event(
             UnixMillis(T0 + 5),
-            LinkEvent::Message {
-                connection: ConnectionId(1),
-                agent: eu.clone(),
-                message: AgentMessage::PoolRefused {
-                    revision,
-                    field: "configs[0].http.fail_if_body_matches_regexp[0]".into(),
-                    reason: "invalid regular expression".into(),
-                },
-            },
+            refusal(
+                "configs[0].http.fail_if_body_matches_regexp[0]",
+                "invalid regular expression",
+            ),
         );
         assert_eq!(refused.refused.len(), 1);
         let standing = state.pool_refusals();
@@ -682,18 +686,7 @@ mod tests {
         assert!(state.pool_refusals().is_empty());
         assert_eq!(counter(&state).map(|c| c.len()), Some(1));
         // A refusal of the old revision arriving late is counted and logged, not kept.
-        let late = state.handle_event(
-            UnixMillis(T0 + 8),
-            LinkEvent::Message {
-                connection: ConnectionId(1),
-                agent: eu.clone(),
-                message: AgentMessage::PoolRefused {
-                    revision,
-                    field: "configs[0].http.method".into(),
-                    reason: "bad".into(),
-                },
-            },
-        );
+        let late = state.handle_event(UnixMillis(T0 + 8), refusal("configs[0].http.method", "bad"));
         assert_eq!(late.refused.len(), 1);
         assert!(state.pool_refusals().is_empty());
         assert_eq!(

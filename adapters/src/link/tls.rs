@@ -116,7 +116,7 @@ pub fn client_crypto(
                 .map_err(|e| ca_err(e.to_string()))?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(CaFileVerifier {
+                .with_custom_certificate_verifier(Verifier::new(Policy::CaFile {
                     trusted: certs,
                     webpki,
                 }))
@@ -124,10 +124,7 @@ pub fn client_crypto(
         }
         ServerVerification::PinnedSha256(expected) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                expected: Some(*expected),
-                provider: provider(),
-            }))
+            .with_custom_certificate_verifier(Verifier::new(Policy::Pinned(*expected)))
             .with_no_client_auth(),
         ServerVerification::Insecure => {
             tracing::warn!(
@@ -137,10 +134,7 @@ pub fn client_crypto(
             );
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                    expected: None,
-                    provider: provider(),
-                }))
+                .with_custom_certificate_verifier(Verifier::new(Policy::Insecure))
                 .with_no_client_auth()
         }
     };
@@ -148,24 +142,47 @@ pub fn client_crypto(
     Ok(config)
 }
 
-/// Verifies the server's certificate with a CA file: an exact copy of one of the file's
-/// certificates is trusted as a pin is (dates and names still checked); anything else goes
-/// through webpki. Refusals say which certificate, why, and what to do.
+/// How the agent's [`Verifier`] decides on the server's certificate.
 #[derive(Debug)]
-struct CaFileVerifier {
-    /// Every certificate of the file, byte for byte.
-    trusted: Vec<CertificateDer<'static>>,
-    webpki: Arc<WebPkiServerVerifier>,
+enum Policy {
+    /// A CA file: a certificate that is byte for byte one of the file's (`trusted`) is trusted
+    /// as a pin is, its dates and names still checked; anything else goes through webpki.
+    CaFile {
+        trusted: Vec<CertificateDer<'static>>,
+        webpki: Arc<WebPkiServerVerifier>,
+    },
+    /// Exactly the leaf with this fingerprint; names and dates are not checked.
+    Pinned(Sha256Fingerprint),
+    /// Any certificate (labs only).
+    Insecure,
 }
 
-impl CaFileVerifier {
+/// The agent's verifier of the server's certificate. Whatever the policy, the handshake
+/// signature is verified with the certificate's key (ring's algorithms), so a peer that
+/// presents a copied certificate without its private key fails. A refusal is a
+/// [`CertificateRefusal`]: which certificate, why, and what to do.
+#[derive(Debug)]
+struct Verifier {
+    policy: Policy,
+    provider: Arc<CryptoProvider>,
+}
+
+impl Verifier {
+    fn new(policy: Policy) -> Arc<Self> {
+        Arc::new(Self {
+            policy,
+            provider: provider(),
+        })
+    }
+
     fn refuse(
         &self,
         end_entity: &CertificateDer<'_>,
         reason: RefusalReason,
         now: UnixTime,
     ) -> rustls::Error {
-        CertificateRefusal::new(end_entity, reason, true, now).into_rustls()
+        let with_ca_file = matches!(self.policy, Policy::CaFile { .. });
+        CertificateRefusal::new(end_entity, reason, with_ca_file, now).into_rustls()
     }
 
     /// The checks left for a certificate trusted because the CA file holds it: its validity
@@ -198,7 +215,7 @@ impl CaFileVerifier {
     }
 }
 
-impl ServerCertVerifier for CaFileVerifier {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -207,71 +224,26 @@ impl ServerCertVerifier for CaFileVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self
-            .trusted
-            .iter()
-            .any(|cert| cert.as_ref() == end_entity.as_ref())
-        {
-            return self.check_exact_copy(end_entity, server_name, now);
-        }
-        self.webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            .map_err(|e| self.refuse(end_entity, reason_of(&e, server_name), now))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// Accepts the leaf certificate whose fingerprint is `expected`, or any when `None`
-/// (insecure mode); handshake signatures are always verified with the certificate's key.
-#[derive(Debug)]
-struct PinnedVerifier {
-    expected: Option<Sha256Fingerprint>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(expected) = self.expected else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        if Sha256Fingerprint::of_der(end_entity) == expected {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(CertificateRefusal::new(
+        match &self.policy {
+            Policy::CaFile { trusted, .. }
+                if trusted
+                    .iter()
+                    .any(|cert| cert.as_ref() == end_entity.as_ref()) =>
+            {
+                self.check_exact_copy(end_entity, server_name, now)
+            }
+            Policy::CaFile { webpki, .. } => webpki
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map_err(|e| self.refuse(end_entity, reason_of(&e, server_name), now)),
+            Policy::Pinned(expected) if Sha256Fingerprint::of_der(end_entity) == *expected => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Policy::Pinned(expected) => Err(self.refuse(
                 end_entity,
-                RefusalReason::FingerprintMismatch { pinned: expected },
-                false,
+                RefusalReason::FingerprintMismatch { pinned: *expected },
                 now,
-            )
-            .into_rustls())
+            )),
+            Policy::Insecure => Ok(ServerCertVerified::assertion()),
         }
     }
 

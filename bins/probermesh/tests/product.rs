@@ -488,6 +488,40 @@ fn bad_flags_fail_with_a_message_and_a_nonzero_exit() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("-agent.rpc.report.addr"));
 }
 
+/// `openssl req -x509` as docs/link.md tells operators: a self-signed P-256 certificate for
+/// `/CN=<cn>` (with `san` as its subjectAltName) in `dir`, as `cert.pem` and `key.pem`.
+fn openssl_self_signed(dir: &std::path::Path, cn: &str, san: Option<&str>) {
+    let subject = format!("/CN={cn}");
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "365",
+        "-subj",
+        &subject,
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+    ];
+    let san = san.map(|san| format!("subjectAltName={san}"));
+    if let Some(san) = &san {
+        args.extend(["-addext", san]);
+    }
+    let status = Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("the openssl command (Debian package openssl)");
+    assert!(status.success(), "openssl {args:?}");
+}
+
 /// The setup of issue 11 as an operator makes it: a self-signed certificate from Debian's
 /// `openssl req -x509` (it carries `CA:TRUE`), given to the server as its certificate and to
 /// the agent as its CA file, with the Go-style flags. The agent connects; an agent given
@@ -495,31 +529,7 @@ fn bad_flags_fail_with_a_message_and_a_nonzero_exit() {
 #[test]
 fn an_openssl_self_signed_certificate_serves_as_the_agents_ca_file() {
     let dir = temp_dir("openssl");
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "365",
-            "-subj",
-            "/CN=pm",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-        ])
-        .current_dir(dir.path())
-        .stderr(Stdio::null())
-        .status()
-        .expect("the openssl command (Debian package openssl)");
-    assert!(status.success());
+    openssl_self_signed(dir.path(), "pm", Some("IP:127.0.0.1"));
     let http_port = free_tcp_port();
     let link_port = free_udp_port();
     let server = Process(
@@ -582,29 +592,7 @@ fn an_openssl_self_signed_certificate_serves_as_the_agents_ca_file() {
     // Another CA: the agent refuses the server's certificate and says why, in plain words.
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).expect("a directory");
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "365",
-            "-subj",
-            "/CN=other",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-        ])
-        .current_dir(&other)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(status.success());
+    openssl_self_signed(&other, "other", None);
     let refused_log = dir.path().join("refused.log");
     let refusing = agent("127.0.0.12", &other.join("cert.pem"), &refused_log);
     let line = wait_for("the agent's refusal", Duration::from_secs(20), || {

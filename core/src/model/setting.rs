@@ -136,19 +136,24 @@ pub fn is_token(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// `text` as an HTTP token of at most [`MAX_TEXT_LEN`] bytes, naming it `what` otherwise.
+fn token(text_value: &str, what: &str) -> Checked {
+    text(text_value)?;
+    if !is_token(text_value) {
+        return Err(SettingError::new(format!(
+            "{:?} is not a valid {what} (letters, digits and !#$%&'*+-.^_`|~ only)",
+            shorten(text_value)
+        )));
+    }
+    Ok(())
+}
+
 /// A request method.
 ///
 /// # Errors
 /// Not an HTTP token, or too long.
 pub fn method(method: &str) -> Checked {
-    text(method)?;
-    if !is_token(method) {
-        return Err(SettingError::new(format!(
-            "{:?} is not a valid HTTP method (letters, digits and !#$%&'*+-.^_`|~ only)",
-            shorten(method)
-        )));
-    }
-    Ok(())
+    token(method, "HTTP method")
 }
 
 /// A header name.
@@ -156,14 +161,7 @@ pub fn method(method: &str) -> Checked {
 /// # Errors
 /// Not an HTTP token, or too long.
 pub fn header_name(name: &str) -> Checked {
-    text(name)?;
-    if !is_token(name) {
-        return Err(SettingError::new(format!(
-            "{:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
-            shorten(name)
-        )));
-    }
-    Ok(())
+    token(name, "header name")
 }
 
 /// A header value.

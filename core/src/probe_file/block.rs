@@ -149,6 +149,32 @@ fn targets(node: &Node, path: &str, kind: ProbeKind) -> Result<Vec<Target>, Prob
     Ok(targets)
 }
 
+/// The value of the count `key` of an ICMP block: `None` for 0 or no value (the default,
+/// `default` in the message, as in Go), an error for a negative number, else `check`ed.
+fn defaulted_count(
+    fields: &super::node::Fields<'_>,
+    path: &str,
+    key: &str,
+    default: &str,
+    check: fn(i128) -> Result<u32, setting::SettingError>,
+) -> Result<Option<u32>, Problem> {
+    let Some(node) = fields.get(key) else {
+        return Ok(None);
+    };
+    let key_path = join(path, key);
+    match node.integer(&key_path)? {
+        0 => Ok(None),
+        negative @ ..0 => Err(Problem::at(
+            node.at,
+            &key_path,
+            format!("{negative} is negative; use 0 for the default of {default}"),
+        )),
+        value => check(value)
+            .map(Some)
+            .map_err(|e| problem(node.at, &key_path, e)),
+    }
+}
+
 /// The `icmp:` block: 0 or a missing value takes the default (as in Go), negative or
 /// out-of-range values are errors.
 fn icmp_module(node: &Node, path: &str) -> Result<IcmpModule, Problem> {
@@ -156,41 +182,23 @@ fn icmp_module(node: &Node, path: &str) -> Result<IcmpModule, Problem> {
     let mut module = IcmpModule::default();
 
     // 0 (or no value) takes the default, as in Go; anything else must be in range.
-    if let Some(node) = fields.get("payload_size") {
-        let key_path = join(path, "payload_size");
-        let size_bytes = node.integer(&key_path)?;
-        if size_bytes < 0 {
-            return Err(Problem::at(
-                node.at,
-                &key_path,
-                format!(
-                    "{size_bytes} is negative; use 0 for the default of {} bytes",
-                    IcmpModule::DEFAULT_PAYLOAD_SIZE
-                ),
-            ));
-        }
-        if size_bytes != 0 {
-            module.payload_size =
-                setting::payload_size(size_bytes).map_err(|e| problem(node.at, &key_path, e))?;
-        }
+    if let Some(size) = defaulted_count(
+        &fields,
+        path,
+        "payload_size",
+        &format!("{} bytes", IcmpModule::DEFAULT_PAYLOAD_SIZE),
+        setting::payload_size,
+    )? {
+        module.payload_size = size;
     }
-    if let Some(node) = fields.get("packet_count") {
-        let key_path = join(path, "packet_count");
-        let count = node.integer(&key_path)?;
-        if count < 0 {
-            return Err(Problem::at(
-                node.at,
-                &key_path,
-                format!(
-                    "{count} is negative; use 0 for the default of {}",
-                    IcmpModule::DEFAULT_PACKET_COUNT
-                ),
-            ));
-        }
-        if count != 0 {
-            module.packet_count =
-                setting::packet_count(count).map_err(|e| problem(node.at, &key_path, e))?;
-        }
+    if let Some(count) = defaulted_count(
+        &fields,
+        path,
+        "packet_count",
+        &IcmpModule::DEFAULT_PACKET_COUNT.to_string(),
+        setting::packet_count,
+    )? {
+        module.packet_count = count;
     }
     if let Some(node) = fields.get("interval") {
         let key_path = join(path, "interval");

@@ -5,11 +5,9 @@
 //! plain words which certificate, why, and what to do.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use probermesh_adapters::link::{
@@ -19,42 +17,13 @@ use probermesh_adapters::link::{
 use probermesh_core::model::{AgentId, AgentVersion, Region};
 use probermesh_core::ports::{LinkError, ServerLink};
 use probermesh_core::wire::ServerMessage;
-use probermesh_tests::harness::TempDir;
+
+mod common;
+
+use common::{TempDir, capture_logs};
 
 const TOKEN: &str = "cert-test-token";
 const HANG_GUARD: Duration = Duration::from_secs(30);
-
-/// Log lines written while a test runs (the server's and the agent's).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-    }
-}
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
-}
 
 /// Runs `openssl` with `args` in `dir`; panics with its stderr when it fails.
 fn openssl(dir: &Path, args: &[&str]) {
