@@ -24,10 +24,11 @@ use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, CertificateSource, LinkLimits, ReportServer,
     ServerCertificate, ServerConfig, ServerVerification, Token, client_crypto, server_crypto,
 };
+use probermesh_core::link::FromAgent;
 use probermesh_core::model::{AgentId, AgentVersion, Region};
 use probermesh_core::ports::{LinkEvent, ReportSource, ServerLink};
 use probermesh_core::wire::{
-    AgentMessage, HISTOGRAM_LEN, OutcomeV1, ProbeResultV1, RttSummaryV1, encode_result_batch_frame,
+    HISTOGRAM_LEN, OutcomeV1, ProbeResultV1, RttSummaryV1, encode_result_batch_frame,
 };
 
 const BATCH_RESULTS: usize = 1_000;
@@ -185,7 +186,7 @@ fn run_link(n_agents: usize, duration: Duration) -> Measured {
                         continue;
                     };
                     if let LinkEvent::Message {
-                        message: AgentMessage::ResultBatch { results, .. },
+                        message: FromAgent::Results { results, .. },
                         ..
                     } = event
                     {

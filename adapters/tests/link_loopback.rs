@@ -14,11 +14,16 @@ use probermesh_adapters::link::{
     ReportServer, ServerConfig, ServerVerification, Sha256Fingerprint, Token, client_crypto,
     describe_refusal,
 };
-use probermesh_core::model::{AgentId, AgentVersion, Region};
-use probermesh_core::ports::{LinkError, LinkEvent, ReportSource, ServerLink};
+use probermesh_core::link::{FromAgent, ToAgent};
+use probermesh_core::model::{
+    AgentId, AgentVersion, IcmpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
+};
+use probermesh_core::ports::{
+    LinkError, LinkEvent, ReportSource, ServerLink, TaskSpec, UpgradePlan,
+};
 use probermesh_core::wire::{
-    AgentMessage, HISTOGRAM_LEN, IcmpModuleV1, OutcomeV1, PROTOCOL_VERSION, ProbeConfigV1,
-    ProbeKindV1, ProbeResultV1, RefusalV1, ServerMessage, WireSecret, encode_frame,
+    AgentMessage, HISTOGRAM_LEN, OutcomeV1, PROTOCOL_VERSION, ProbeConfigV1, ProbeResultV1,
+    RefusalV1, RttSummaryV1, ServerMessage, WireSecret, encode_frame, from_agent_v1, to_agent_v1,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::task::JoinHandle;
@@ -121,7 +126,12 @@ fn result(id: u64) -> ProbeResultV1 {
             failure: None,
             packets_sent: 3,
             packets_received: 3,
-            rtt: None,
+            rtt: Some(RttSummaryV1 {
+                mean_ns: 1_000_000,
+                min_ns: 1_000_000,
+                max_ns: 1_000_000,
+                stddev_ns: 0,
+            }),
             histogram_counts,
             histogram_sum_ns: 3_000_000,
         },
@@ -164,9 +174,14 @@ impl Recorded {
             .iter()
             .filter_map(|e| match e {
                 LinkEvent::Message {
-                    message: AgentMessage::ResultBatch { results, .. },
+                    message: FromAgent::Results { results, .. },
                     ..
-                } => Some(results.iter().map(|r| r.round_start_ms).collect::<Vec<_>>()),
+                } => Some(
+                    results
+                        .iter()
+                        .map(|r| r.round_start.as_millis())
+                        .collect::<Vec<_>>(),
+                ),
                 _ => None,
             })
             .flatten()
@@ -316,13 +331,13 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     // It asks for the pool and says it is alive.
     eventually("PoolRequest and Heartbeat", || {
         let events = recorded.events();
-        let has = |f: fn(&AgentMessage) -> bool| {
+        let has = |f: fn(&FromAgent) -> bool| {
             events
                 .iter()
                 .any(|e| matches!(e, LinkEvent::Message { message, .. } if f(message)))
         };
-        has(|m| matches!(m, AgentMessage::PoolRequest { known_revision: 0 }))
-            && has(|m| matches!(m, AgentMessage::Heartbeat { .. }))
+        has(|m| matches!(m, FromAgent::PoolRequest { known_revision: 0 }))
+            && has(|m| matches!(m, FromAgent::Heartbeat { .. }))
     })
     .await;
 
@@ -331,23 +346,22 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         LinkEvent::Connected { connection, .. } => *connection,
         other => panic!("first event is not Connected: {other:?}"),
     };
-    let configs = vec![ProbeConfigV1 {
-        region: "us".into(),
-        kind: ProbeKindV1::Icmp,
-        targets: vec!["10.0.1.1".into()],
-        icmp: Some(IcmpModuleV1 {
+    let config = |interval: Duration| ProbeConfig {
+        region: Region::new("us").expect("region"),
+        targets: vec![Target::parse(ProbeKind::Icmp, "10.0.1.1").expect("target")],
+        module: ProbeModule::Icmp(IcmpModule {
             packet_count: 3,
-            interval_ns: 1_000_000_000,
+            interval,
             payload_size: 56,
         }),
-        http: None,
-    }];
+    };
+    let configs = vec![config(Duration::from_secs(1))];
     server
         .send_to(
             connection,
-            ServerMessage::TargetPool {
+            ToAgent::Pool {
                 revision: 7,
-                configs: configs.clone(),
+                configs: Arc::new(configs.clone()),
             },
         )
         .await
@@ -357,7 +371,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         pushed,
         ServerMessage::TargetPool {
             revision: 7,
-            configs: configs.clone()
+            configs: configs.iter().map(ProbeConfigV1::from).collect(),
         }
     );
     let pool = agent.latest_pool().expect("a pool");
@@ -367,16 +381,12 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
 
     // A pool the agent cannot accept (an echo interval of zero): it keeps the previous one
     // and tells the server which field is wrong.
-    let mut bad = configs.clone();
-    if let Some(icmp) = &mut bad[0].icmp {
-        icmp.interval_ns = 0;
-    }
     server
         .send_to(
             connection,
-            ServerMessage::TargetPool {
+            ToAgent::Pool {
                 revision: 8,
-                configs: bad,
+                configs: Arc::new(vec![config(Duration::ZERO)]),
             },
         )
         .await
@@ -386,7 +396,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
             matches!(
                 e,
                 LinkEvent::Message {
-                    message: AgentMessage::PoolRefused { revision: 8, field, reason },
+                    message: FromAgent::PoolRefused { revision: 8, field, reason },
                     ..
                 } if field == "configs[0].icmp.interval" && reason.contains("more than 0")
             )
@@ -408,7 +418,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         .iter()
         .filter_map(|e| match e {
             LinkEvent::Message {
-                message: AgentMessage::ResultBatch { seq, .. },
+                message: FromAgent::Results { seq, .. },
                 ..
             } => Some(*seq),
             _ => None,
@@ -439,7 +449,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
             matches!(
                 e,
                 LinkEvent::Message {
-                    message: AgentMessage::PoolRequest { known_revision: 7 },
+                    message: FromAgent::PoolRequest { known_revision: 7 },
                     ..
                 }
             )
@@ -448,22 +458,27 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     .await;
 
     // Task and upgrade messages are carried both ways, unchanged.
-    let task = ServerMessage::Task {
-        task_id: 9,
+    let task = ToAgent::Task(TaskSpec {
+        id: 9,
         command: "uptime".into(),
-        timeout_ms: 30_000,
+        timeout: Duration::from_secs(30),
         output_limit_bytes: 4_096,
-    };
+    });
     server
         .send_to(connection, task.clone())
         .await
         .expect("task");
-    assert_eq!(guarded("Task", agent.recv()).await.expect("task"), task);
-    let offer = ServerMessage::UpgradeOffer {
+    assert_eq!(
+        guarded("Task", agent.recv()).await.expect("task"),
+        to_agent_v1(&task)
+    );
+    let offer = ToAgent::UpgradeOffer {
         offer_id: 3,
-        version: "0.2.0".into(),
-        url: "https://example.invalid/probermesh".into(),
-        sha256: [7; 32],
+        plan: UpgradePlan {
+            version: "0.2.0".into(),
+            url: "https://example.invalid/probermesh".into(),
+            sha256: [7; 32],
+        },
     };
     server
         .send_to(connection, offer.clone())
@@ -471,7 +486,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         .expect("offer");
     assert_eq!(
         guarded("UpgradeOffer", agent.recv()).await.expect("offer"),
-        offer
+        to_agent_v1(&offer)
     );
     let task_result = AgentMessage::TaskResult {
         task_id: 9,
@@ -489,12 +504,17 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     };
     agent.send(task_result.clone()).await.expect("task result");
     agent.send(status.clone()).await.expect("upgrade status");
+    let me = agent_id("eu", "10.0.0.1");
+    let wanted = [
+        from_agent_v1(task_result, &me).expect("a valid task result"),
+        from_agent_v1(status, &me).expect("a valid status"),
+    ];
     eventually("TaskResult and UpgradeStatus", || {
         let events = recorded.events();
-        [&task_result, &status].iter().all(|wanted| {
+        wanted.iter().all(|wanted| {
             events
                 .iter()
-                .any(|e| matches!(e, LinkEvent::Message { message, .. } if message == *wanted))
+                .any(|e| matches!(e, LinkEvent::Message { message, .. } if message == wanted))
         })
     })
     .await;
@@ -1028,9 +1048,9 @@ async fn results_made_while_the_server_is_away_are_delivered_when_it_comes_back(
     server
         .send_to(
             connection,
-            ServerMessage::TargetPool {
+            ToAgent::Pool {
                 revision: 2,
-                configs: vec![],
+                configs: Arc::new(vec![]),
             },
         )
         .await

@@ -26,6 +26,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use crate::link::ToAgent;
 use crate::model::{HttpFailure, HttpModule, HttpPhases, HttpResult, HttpUrl, IcmpSettings};
 use crate::ports::{
     BinaryUpdater, ConnectionId, DnsFailure, DnsFailureKind, DnsResolver, EchoSeries, ExportError,
@@ -340,8 +341,8 @@ impl ServerLink for FakeServerLink {
 
 /// A [`ReportSource`] over an in-memory event queue; `next_event` answers `None` as soon as the
 /// queue is empty (the source looks closed), so a server loop under test ends by itself.
-/// `send_to` records every message, except to connections marked with `disconnect`, which
-/// fail with [`LinkError::Disconnected`].
+/// `send_to` records every message, except to connections marked with `disconnect` (or
+/// closed), which fail with [`LinkError::Disconnected`]; `close` records the reason.
 #[derive(Debug, Default)]
 pub struct FakeReportSource {
     state: Mutex<SourceState>,
@@ -350,7 +351,8 @@ pub struct FakeReportSource {
 #[derive(Debug, Default)]
 struct SourceState {
     events: VecDeque<LinkEvent>,
-    sent: Vec<(ConnectionId, ServerMessage)>,
+    sent: Vec<(ConnectionId, ToAgent)>,
+    closed: Vec<(ConnectionId, String)>,
     gone: BTreeSet<ConnectionId>,
 }
 
@@ -368,8 +370,14 @@ impl FakeReportSource {
 
     /// Every message sent successfully, in order.
     #[must_use]
-    pub fn sent_to(&self) -> Vec<(ConnectionId, ServerMessage)> {
+    pub fn sent_to(&self) -> Vec<(ConnectionId, ToAgent)> {
         lock(&self.state).sent.clone()
+    }
+
+    /// Every connection closed, with its reason, in order.
+    #[must_use]
+    pub fn closed(&self) -> Vec<(ConnectionId, String)> {
+        lock(&self.state).closed.clone()
     }
 
     /// Makes every later `send_to(connection, …)` fail with [`LinkError::Disconnected`].
@@ -384,13 +392,19 @@ impl ReportSource for FakeReportSource {
         lock(&self.state).events.pop_front()
     }
 
-    async fn send_to(&self, connection: ConnectionId, msg: ServerMessage) -> Result<(), LinkError> {
+    async fn send_to(&self, connection: ConnectionId, msg: ToAgent) -> Result<(), LinkError> {
         let mut state = lock(&self.state);
         if state.gone.contains(&connection) {
             return Err(LinkError::Disconnected);
         }
         state.sent.push((connection, msg));
         Ok(())
+    }
+
+    fn close(&self, connection: ConnectionId, reason: &str) {
+        let mut state = lock(&self.state);
+        state.gone.insert(connection);
+        state.closed.push((connection, reason.to_owned()));
     }
 }
 
@@ -744,7 +758,9 @@ mod tests {
         let message = LinkEvent::Message {
             connection: ConnectionId(1),
             agent,
-            message: AgentMessage::Heartbeat { sent_at_ms: 1 },
+            message: crate::link::FromAgent::Heartbeat {
+                sent_at: UnixMillis(1),
+            },
         };
         source.push_event(connected.clone());
         source.push_event(message.clone());
@@ -752,15 +768,24 @@ mod tests {
         assert_eq!(block_on(source.next_event()), Some(message));
         assert_eq!(block_on(source.next_event()), None);
 
-        block_on(source.send_to(ConnectionId(1), ServerMessage::Ack { seq: 1 })).unwrap();
+        block_on(source.send_to(ConnectionId(1), ToAgent::Ack { seq: 1 })).unwrap();
         source.disconnect(ConnectionId(2));
         assert_eq!(
-            block_on(source.send_to(ConnectionId(2), ServerMessage::Ack { seq: 2 })),
+            block_on(source.send_to(ConnectionId(2), ToAgent::Ack { seq: 2 })),
+            Err(LinkError::Disconnected)
+        );
+        source.close(ConnectionId(1), "protocol violation");
+        assert_eq!(
+            block_on(source.send_to(ConnectionId(1), ToAgent::Ack { seq: 3 })),
             Err(LinkError::Disconnected)
         );
         assert_eq!(
             source.sent_to(),
-            [(ConnectionId(1), ServerMessage::Ack { seq: 1 })]
+            [(ConnectionId(1), ToAgent::Ack { seq: 1 })]
+        );
+        assert_eq!(
+            source.closed(),
+            [(ConnectionId(1), "protocol violation".to_owned())]
         );
     }
 

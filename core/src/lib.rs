@@ -69,6 +69,7 @@ pub mod aggregate;
 pub mod delivery;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod link;
 pub mod matcher;
 pub mod model;
 pub mod pool;

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::link::{FromAgent, ToAgent};
 use crate::model::http_module::IpProtocol;
 use crate::model::{
     AgentId, AgentVersion, HttpModule, HttpResult, HttpUrl, IcmpFailure, IcmpResult, IcmpSettings,
@@ -301,22 +302,28 @@ pub struct ReceivedPool {
     pub configs: Arc<Vec<ProbeConfig>>,
 }
 
-/// The server's side of every agent link: connection events in, messages out.
+/// The server's side of every agent link: connection events in, messages out, in domain
+/// terms ([`crate::link`]) whatever protocol version each agent speaks.
 ///
 /// Implemented by the `link` adapter with quinn; the adapter authenticates each agent,
-/// reports the address it sees it connect from, and handles result batches: a `ResultBatch`
-/// is acknowledged to its agent when `next_event` hands it out, and a batch that agent
+/// reports the address it sees it connect from, converts and validates every message with
+/// `core::wire` (an invalid one closes that connection), and handles result batches: a
+/// batch is acknowledged to its agent when `next_event` hands it out, and a batch that agent
 /// instance already delivered (a resend after a reconnect) is acknowledged again but not
 /// handed out (see [`crate::delivery`]).
 #[async_trait::async_trait]
 pub trait ReportSource: Send + Sync {
     /// Waits for the next connection event; `None` once the source is closed for good
-    /// (the server is shutting down). `Hello` is never a `Message`: it is `Connected`.
+    /// (the server is shutting down). The handshake is never a `Message`: it is `Connected`.
     async fn next_event(&self) -> Option<LinkEvent>;
 
-    /// Sends one message to the agent on `connection` (for example a `TargetPool` whenever the
-    /// pool changes). An `Err` concerns that connection only.
-    async fn send_to(&self, connection: ConnectionId, msg: ServerMessage) -> Result<(), LinkError>;
+    /// Sends one message to the agent on `connection` (for example its pool whenever the pool
+    /// changes). An `Err` concerns that connection only.
+    async fn send_to(&self, connection: ConnectionId, msg: ToAgent) -> Result<(), LinkError>;
+
+    /// Closes `connection` for a protocol violation, telling the agent `reason`; its
+    /// `Disconnected` event follows.
+    fn close(&self, connection: ConnectionId, reason: &str);
 }
 
 /// Identifies one agent connection on the server, for as long as it lasts (never reused
@@ -332,7 +339,7 @@ impl fmt::Display for ConnectionId {
 
 /// What happens on the server's side of the agent links, in order per connection:
 /// one `Connected`, any number of `Message`s, one `Disconnected`.
-#[derive(Clone, Debug, Eq, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum LinkEvent {
     /// An agent connected and authenticated.
     Connected {
@@ -351,8 +358,8 @@ pub enum LinkEvent {
         connection: ConnectionId,
         /// The agent of that connection.
         agent: AgentId,
-        /// The message.
-        message: AgentMessage,
+        /// The message, validated.
+        message: FromAgent,
     },
     /// A connection ended, cleanly or not.
     Disconnected {

@@ -11,13 +11,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::aggregate::{Aggregator, Counters, Intake, SnapshotPart};
+use crate::link::{FromAgent, ToAgent};
 use crate::model::{
     AgentId, AgentVersion, ProbeConfig, ProbeKind, ProbeResult, Region, UnixMillis,
 };
 use crate::pool::{PoolRevision, TargetPool};
 use crate::ports::{ConnectionId, LinkEvent};
 use crate::snapshot::{MetricFamily, MetricKind, Series, SeriesValue, Snapshot};
-use crate::wire::{AgentMessage, ServerMessage, results_into_domain};
 
 /// `prober_server_pool_refused_total` (ours): pools agents refused, by the agent's region and
 /// the kind of setting at fault.
@@ -76,7 +76,7 @@ pub struct PoolTooLarge {
 /// [`PoolTooLarge`] with the size.
 pub fn check_pool_fits(pool: &TargetPool, live_agents: &[AgentId]) -> Result<(), PoolTooLarge> {
     let every_block: Vec<ProbeConfig> = pool.regions(live_agents).into_values().flatten().collect();
-    let message = pool_message(PoolRevision(u64::MAX), &every_block);
+    let message = crate::wire::to_agent_v1(&pool_message(PoolRevision(u64::MAX), every_block));
     let max_len = crate::wire::DEFAULT_MAX_FRAME_LEN;
     match crate::wire::encode_frame(&message, max_len) {
         Ok(_) => Ok(()),
@@ -127,7 +127,7 @@ struct Session {
 #[derive(Debug, Default, PartialEq)]
 pub struct Actions {
     /// Messages to send, in order.
-    pub send: Vec<(ConnectionId, ServerMessage)>,
+    pub send: Vec<(ConnectionId, ToAgent)>,
     /// Connections to close, with the reason (a protocol violation).
     pub close: Vec<(ConnectionId, String)>,
     /// What the last result batches did (for the log and the dropped-points counter).
@@ -201,7 +201,7 @@ impl ServerState {
         &mut self,
         now: UnixMillis,
         connection: ConnectionId,
-        message: AgentMessage,
+        message: FromAgent,
         actions: &mut Actions,
     ) {
         let Some(session) = self.sessions.get(&connection) else {
@@ -212,26 +212,20 @@ impl ServerState {
         };
         let agent = session.agent.clone();
         match message {
-            AgentMessage::Heartbeat { .. } => {
+            FromAgent::Heartbeat { .. } => {
                 let version = session.version.clone();
                 self.aggregator.handle_heartbeat(now, &agent, &version);
             }
-            AgentMessage::ResultBatch { seq, results } => {
-                match results_into_domain(results, &agent) {
-                    Ok(results) => {
-                        let intake = self.aggregator.handle_results(now, results);
-                        actions.intake.accepted += intake.accepted;
-                        actions.intake.dropped_late += intake.dropped_late;
-                        actions.intake.dropped_future += intake.dropped_future;
-                        actions.intake.dropped_duplicate += intake.dropped_duplicate;
-                        // The link acknowledged the batch when it handed it out.
-                    }
-                    Err(error) => actions
-                        .close
-                        .push((connection, format!("result batch {seq}: {error}"))),
-                }
+            FromAgent::Results { results, .. } => {
+                // The link validated the results (their source is this agent) and acknowledged
+                // the batch when it handed it out.
+                let intake = self.aggregator.handle_results(now, results);
+                actions.intake.accepted += intake.accepted;
+                actions.intake.dropped_late += intake.dropped_late;
+                actions.intake.dropped_future += intake.dropped_future;
+                actions.intake.dropped_duplicate += intake.dropped_duplicate;
             }
-            AgentMessage::PoolRequest { known_revision } => {
+            FromAgent::PoolRequest { known_revision } => {
                 let live = self.aggregator.live_agents(now);
                 let revision = self.pool.revision_for(&agent.region, &live);
                 if revision.0 != known_revision
@@ -241,10 +235,10 @@ impl ServerState {
                     session.sent = Some(revision);
                     actions
                         .send
-                        .push((connection, pool_message(revision, &configs)));
+                        .push((connection, pool_message(revision, configs)));
                 }
             }
-            AgentMessage::PoolRefused {
+            FromAgent::PoolRefused {
                 revision,
                 field,
                 reason,
@@ -280,11 +274,8 @@ impl ServerState {
                 }
                 actions.refused.push(refusal);
             }
-            AgentMessage::Hello { .. } => actions
-                .close
-                .push((connection, "a second hello".to_owned())),
             // Tasks and upgrades arrive with their issues; their messages are carried already.
-            AgentMessage::TaskResult { .. } | AgentMessage::UpgradeStatus { .. } => {}
+            FromAgent::TaskResult { .. } | FromAgent::UpgradeStatus { .. } => {}
         }
     }
 
@@ -405,7 +396,7 @@ impl ServerState {
     fn push_changed_pools(&mut self, now: UnixMillis, actions: &mut Actions) {
         let live = self.aggregator.live_agents(now);
         // Sessions of one region share a pool: compute each region's once.
-        let mut by_region: HashMap<Region, (PoolRevision, Option<ServerMessage>)> = HashMap::new();
+        let mut by_region: HashMap<Region, (PoolRevision, Option<ToAgent>)> = HashMap::new();
         let mut connections: Vec<&ConnectionId> = self.sessions.keys().collect();
         connections.sort();
         let connections: Vec<ConnectionId> = connections.into_iter().copied().collect();
@@ -421,7 +412,7 @@ impl ServerState {
                 continue;
             }
             let message = message.get_or_insert_with(|| {
-                pool_message(*revision, &self.pool.targets_for(&region, &live))
+                pool_message(*revision, self.pool.targets_for(&region, &live))
             });
             session.sent = Some(*revision);
             // A new revision: the agent's verdict on the old one no longer stands.
@@ -431,10 +422,10 @@ impl ServerState {
     }
 }
 
-fn pool_message(revision: PoolRevision, configs: &[ProbeConfig]) -> ServerMessage {
-    ServerMessage::TargetPool {
+fn pool_message(revision: PoolRevision, configs: Vec<ProbeConfig>) -> ToAgent {
+    ToAgent::Pool {
         revision: revision.0,
-        configs: configs.iter().map(Into::into).collect(),
+        configs: std::sync::Arc::new(configs),
     }
 }
 
@@ -446,7 +437,6 @@ mod tests {
         IcmpModule, IcmpResult, ProbeKind, ProbeModule, ProbeOutcome, ProbeResult, Target,
     };
     use crate::pool::Discovery;
-    use crate::wire::ProbeResultV1;
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -478,20 +468,17 @@ mod tests {
         )
     }
 
-    fn pool_targets(message: &ServerMessage) -> Vec<String> {
+    fn pool_targets(message: &ToAgent) -> Vec<String> {
         match message {
-            ServerMessage::TargetPool { configs, .. } => {
-                crate::wire::pool_into_domain(configs.clone())
-                    .unwrap()
-                    .iter()
-                    .flat_map(|c| {
-                        c.targets
-                            .iter()
-                            .map(|t| t.raw().to_owned())
-                            .collect::<Vec<_>>()
-                    })
-                    .collect()
-            }
+            ToAgent::Pool { configs, .. } => configs
+                .iter()
+                .flat_map(|c| {
+                    c.targets
+                        .iter()
+                        .map(|t| t.raw().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
             other => panic!("not a pool: {other:?}"),
         }
     }
@@ -544,9 +531,9 @@ mod tests {
         let batch = |seq| LinkEvent::Message {
             connection: ConnectionId(1),
             agent: eu.clone(),
-            message: AgentMessage::ResultBatch {
+            message: FromAgent::Results {
                 seq,
-                results: vec![ProbeResultV1::from(&result)],
+                results: vec![result.clone()],
             },
         };
         let first = state.handle_event(UnixMillis(T0 + 100), batch(7));
@@ -568,7 +555,9 @@ mod tests {
             LinkEvent::Message {
                 connection: ConnectionId(9),
                 agent: agent("eu", "198.18.1.1"),
-                message: AgentMessage::Heartbeat { sent_at_ms: T0 },
+                message: FromAgent::Heartbeat {
+                    sent_at: UnixMillis(T0),
+                },
             },
         );
         assert_eq!(stranger.close.len(), 1);
@@ -579,13 +568,13 @@ mod tests {
         let mut state = server(Discovery::Static);
         let eu = agent("eu", "198.18.1.1");
         let hello = connect(&mut state, 1, &eu, T0);
-        let ServerMessage::TargetPool { revision, .. } = hello.send[0].1.clone() else {
+        let ToAgent::Pool { revision, .. } = hello.send[0].1.clone() else {
             panic!("expected a pool");
         };
         let request = |known| LinkEvent::Message {
             connection: ConnectionId(1),
             agent: eu.clone(),
-            message: AgentMessage::PoolRequest {
+            message: FromAgent::PoolRequest {
                 known_revision: known,
             },
         };
@@ -618,13 +607,13 @@ mod tests {
         let mut state = server(Discovery::Static);
         let eu = agent("eu", "198.18.1.1");
         let hello = connect(&mut state, 1, &eu, T0);
-        let ServerMessage::TargetPool { revision, .. } = hello.send[0].1.clone() else {
+        let ToAgent::Pool { revision, .. } = hello.send[0].1.clone() else {
             panic!("expected a pool");
         };
         let refusal = |field: &str, reason: &str| LinkEvent::Message {
             connection: ConnectionId(1),
             agent: eu.clone(),
-            message: AgentMessage::PoolRefused {
+            message: FromAgent::PoolRefused {
                 revision,
                 field: field.into(),
                 reason: reason.into(),

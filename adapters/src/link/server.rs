@@ -17,9 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use probermesh_core::delivery::Deduplicator;
+use probermesh_core::link::{FromAgent, ToAgent};
 use probermesh_core::model::AgentId;
 use probermesh_core::ports::{ConnectionId, LinkError, LinkEvent, ReportSource};
-use probermesh_core::wire::{AgentMessage, ServerMessage, encode_frame};
+use probermesh_core::wire::{
+    AgentMessage, ServerMessage, encode_frame, from_agent_v1, to_agent_v1,
+};
 use quinn::{Connection, Endpoint, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -379,7 +382,7 @@ impl ReportSource for ReportServer {
             let LinkEvent::Message {
                 connection,
                 agent,
-                message: AgentMessage::ResultBatch { seq, .. },
+                message: FromAgent::Results { seq, .. },
             } = &queued.event
             else {
                 return Some(queued.event);
@@ -403,14 +406,24 @@ impl ReportSource for ReportServer {
         }
     }
 
-    async fn send_to(&self, connection: ConnectionId, msg: ServerMessage) -> Result<(), LinkError> {
-        let frame =
-            encode_frame(&msg, self.shared.config.limits.max_frame_len_bytes).map_err(|e| {
-                LinkError::Protocol {
-                    detail: format!("cannot send to {connection}: {e}"),
-                }
-            })?;
+    async fn send_to(&self, connection: ConnectionId, msg: ToAgent) -> Result<(), LinkError> {
+        let frame = encode_frame(
+            &to_agent_v1(&msg),
+            self.shared.config.limits.max_frame_len_bytes,
+        )
+        .map_err(|e| LinkError::Protocol {
+            detail: format!("cannot send {} to {connection}: {e}", msg.kind()),
+        })?;
         self.queue_frame(connection, frame)
+    }
+
+    fn close(&self, connection: ConnectionId, reason: &str) {
+        let registry = lock(&self.shared.registry);
+        if let Some(registered) = registry.connections.get(&connection) {
+            bump(&self.shared.counters.protocol_errors);
+            tracing::warn!(%connection, %reason, "closing the connection");
+            close(&registered.conn, CloseCode::Protocol, reason);
+        }
     }
 }
 
@@ -533,14 +546,16 @@ async fn read_agent(
     loop {
         match reader.next::<AgentMessage>().await {
             Ok(Some(message)) => {
-                if let Err(e) = message.check_limits() {
-                    protocol_error(shared, conn, connection, agent, &e.to_string());
-                    return;
-                }
-                if matches!(message, AgentMessage::Hello { .. }) {
-                    protocol_error(shared, conn, connection, agent, "a second Hello");
-                    return;
-                }
+                let message = match message
+                    .check_limits()
+                    .and_then(|()| from_agent_v1(message, agent))
+                {
+                    Ok(message) => message,
+                    Err(e) => {
+                        protocol_error(shared, conn, connection, agent, &e.to_string());
+                        return;
+                    }
+                };
                 let event = LinkEvent::Message {
                     connection,
                     agent: agent.clone(),

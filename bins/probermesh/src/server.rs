@@ -80,7 +80,8 @@ impl Shared {
 
     async fn perform(&self, actions: Actions) {
         for (connection, reason) in actions.close {
-            tracing::warn!(%connection, %reason, "protocol violation; the agent's message was dropped");
+            tracing::warn!(%connection, %reason, "protocol violation; closing the connection");
+            self.link.close(connection, &reason);
         }
         let intake = actions.intake;
         if intake.dropped_late + intake.dropped_future > 0 {

@@ -11,6 +11,8 @@
 //!   its unsettled windows), in v1 DTOs.
 //! - [`convert`]: conversions between DTOs and domain types. Going out (`From<&Domain>`) cannot
 //!   fail; coming in (`into_domain`) validates everything, because the bytes come from the network.
+//! - [`messages`]: whole messages after the handshake, to and from the domain conversation
+//!   ([`crate::link`]).
 //!
 //! # Evolving the protocol
 //! postcard is not self-describing: a message is its fields in order, an enum is its variant
@@ -29,6 +31,7 @@
 pub mod convert;
 pub mod frame;
 pub mod handoff;
+pub mod messages;
 pub mod v1;
 
 #[cfg(test)]
@@ -40,6 +43,7 @@ pub use frame::{
     encode_result_batch_frame,
 };
 pub use handoff::{OpenWindows, decode_open_windows, encode_open_windows};
+pub use messages::{from_agent_v1, from_server_v1, to_agent_v1, to_server_v1};
 pub use v1::{
     AgentMessage, BasicAuthV1, CompressionV1, HeaderMatchV1, HeaderV1, HttpClientConfigV1,
     HttpFailureV1, HttpModuleV1, HttpPhasesV1, HttpVersionV1, IcmpFailureV1, IcmpModuleV1,
