@@ -25,7 +25,7 @@ use probermesh_adapters::link::{
     ServerCertificate, ServerConfig, ServerVerification, Token, client_crypto, server_crypto,
 };
 use probermesh_core::link::FromAgent;
-use probermesh_core::model::{AgentId, AgentVersion, Region};
+use probermesh_core::model::{AgentId, AgentVersion, ProbeResult, Region};
 use probermesh_core::ports::{LinkEvent, ReportSource, ServerLink};
 use probermesh_core::wire::{
     HISTOGRAM_LEN, OutcomeV1, ProbeResultV1, RttSummaryV1, encode_result_batch_frame,
@@ -206,7 +206,17 @@ fn run_link(n_agents: usize, duration: Duration) -> Measured {
         let stop = Arc::clone(&stop_agents);
         thread::spawn(move || {
             runtime().block_on(async move {
-                let template = Arc::new(template());
+                // What an agent's probes hand the link: domain results (the link converts them).
+                let source = AgentId::new(
+                    Region::new("bench").expect("region"),
+                    "10.200.0.1".parse().expect("ip"),
+                );
+                let template: Arc<Vec<ProbeResult>> = Arc::new(
+                    template()
+                        .into_iter()
+                        .map(|dto| dto.into_domain(source.clone()).expect("a valid result"))
+                        .collect(),
+                );
                 let mut links = Vec::new();
                 for a in 0..n_agents {
                     let identity = AgentIdentity::new(

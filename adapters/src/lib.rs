@@ -12,9 +12,14 @@
 //!   intranet route, the server's view, an echo service).
 //! - [`link`]: the agent↔server link over QUIC and TLS 1.3 ([`link::AgentLink`], port
 //!   `ServerLink`; [`link::ReportServer`], port `ReportSource`), over quinn and rustls (ring).
+//! - [`clock`]: the wall clock (port `Clock`), the system's or one following tokio's clock.
+//! - [`driver`]: not an adapter: the tokio loops that run core's state machines over the
+//!   ports.
 
 pub mod admin;
+pub mod clock;
 pub mod dns;
+pub mod driver;
 pub mod http;
 pub mod icmp;
 pub mod identity;

@@ -14,9 +14,9 @@ use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, BackoffConfig, CertificateSource, ReportServer,
     ServerConfig, ServerVerification, Sha256Fingerprint, Token,
 };
+use probermesh_core::link::FromServer;
 use probermesh_core::model::{AgentId, AgentVersion, Region};
 use probermesh_core::ports::{LinkError, ServerLink};
-use probermesh_core::wire::ServerMessage;
 
 mod common;
 
@@ -239,7 +239,7 @@ async fn connect(setup: &Setup, verification: ServerVerification) -> Outcome {
     };
     let agent = AgentLink::start(config).expect("agent link");
     let agent_outcome = match guarded("the agent's first answer", agent.recv()).await {
-        Ok(ServerMessage::Welcome { .. }) => Ok(()),
+        Ok(FromServer::Welcomed { .. }) => Ok(()),
         Ok(other) => panic!("expected a Welcome first, got {other:?}"),
         Err(LinkError::Io { detail }) => Err(detail),
         Err(other) => panic!("expected a TLS failure, got {other}"),

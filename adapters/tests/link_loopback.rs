@@ -14,16 +14,16 @@ use probermesh_adapters::link::{
     ReportServer, ServerConfig, ServerVerification, Sha256Fingerprint, Token, client_crypto,
     describe_refusal,
 };
-use probermesh_core::link::{FromAgent, ToAgent};
+use probermesh_core::link::{FromAgent, FromServer, ToAgent, UpgradeState};
 use probermesh_core::model::{
-    AgentId, AgentVersion, IcmpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
+    AgentId, AgentVersion, IcmpModule, IcmpResult, ProbeConfig, ProbeKind, ProbeModule,
+    ProbeOutcome, ProbeResult, Region, Target, UnixMillis,
 };
 use probermesh_core::ports::{
-    LinkError, LinkEvent, ReportSource, ServerLink, TaskSpec, UpgradePlan,
+    LinkError, LinkEvent, ReportSource, ServerLink, TaskOutput, TaskSpec, UpgradePlan,
 };
 use probermesh_core::wire::{
-    AgentMessage, HISTOGRAM_LEN, OutcomeV1, PROTOCOL_VERSION, ProbeConfigV1, ProbeResultV1,
-    RefusalV1, RttSummaryV1, ServerMessage, WireSecret, encode_frame, from_agent_v1, to_agent_v1,
+    AgentMessage, PROTOCOL_VERSION, RefusalV1, ServerMessage, WireSecret, encode_frame,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::task::JoinHandle;
@@ -113,32 +113,22 @@ fn start_agent(config: AgentLinkConfig) -> AgentLink {
     AgentLink::start(config).expect("agent link starts")
 }
 
-/// An ICMP result whose `round_start_ms` is its unique id.
-fn result(id: u64) -> ProbeResultV1 {
-    let mut histogram_counts = vec![0; HISTOGRAM_LEN];
-    histogram_counts[5] = 3;
-    ProbeResultV1 {
-        target_region: "us".into(),
+/// An ICMP result whose round start (in ms) is its unique id.
+fn result(id: u64) -> ProbeResult {
+    ProbeResult {
+        source: agent_id("eu", "10.0.0.1"),
+        target_region: Region::new("us").expect("region"),
         target: "10.0.1.1".into(),
-        round_start_ms: id,
-        outcome: OutcomeV1::Icmp {
-            resolve_ns: 1_000,
-            failure: None,
-            packets_sent: 3,
-            packets_received: 3,
-            rtt: Some(RttSummaryV1 {
-                mean_ns: 1_000_000,
-                min_ns: 1_000_000,
-                max_ns: 1_000_000,
-                stddev_ns: 0,
-            }),
-            histogram_counts,
-            histogram_sum_ns: 3_000_000,
-        },
+        round_start: UnixMillis(id),
+        outcome: ProbeOutcome::Icmp(IcmpResult::measured(
+            Duration::from_micros(1),
+            3,
+            &[Duration::from_millis(1); 3],
+        )),
     }
 }
 
-fn results(ids: std::ops::Range<u64>) -> Vec<ProbeResultV1> {
+fn results(ids: std::ops::Range<u64>) -> Vec<ProbeResult> {
     ids.map(result).collect()
 }
 
@@ -321,14 +311,25 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     assert_eq!(id, agent_id("eu", "10.0.0.1"));
     assert_eq!(observed.ip(), "127.0.0.1".parse::<IpAddr>().expect("ip"));
     let welcome = guarded("Welcome", agent.recv()).await.expect("welcome");
-    assert!(matches!(
+    assert_eq!(
         welcome,
-        ServerMessage::Welcome { protocol_version: PROTOCOL_VERSION, ref server_version, observed_addr }
-            if server_version == "0.1.0-test" && SocketAddr::from(observed_addr) == observed
-    ));
-    assert_eq!(agent.observed_addr(), Some(observed));
+        FromServer::Welcomed {
+            server_version: "0.1.0-test".into(),
+            observed_addr: observed,
+        }
+    );
 
-    // It asks for the pool and says it is alive.
+    // It asks for the pool and says it is alive (what it says and when is AgentState's).
+    agent
+        .send(FromAgent::PoolRequest { known_revision: 0 })
+        .await
+        .expect("send a pool request");
+    agent
+        .send(FromAgent::Heartbeat {
+            sent_at: UnixMillis(1),
+        })
+        .await
+        .expect("send a heartbeat");
     eventually("PoolRequest and Heartbeat", || {
         let events = recorded.events();
         let has = |f: fn(&FromAgent) -> bool| {
@@ -341,7 +342,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     })
     .await;
 
-    // The server pushes a pool; the agent keeps it.
+    // The server pushes a pool; the agent gets it, validated.
     let connection = match &recorded.events()[0] {
         LinkEvent::Connected { connection, .. } => *connection,
         other => panic!("first event is not Connected: {other:?}"),
@@ -369,15 +370,11 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     let pushed = guarded("TargetPool", agent.recv()).await.expect("pool");
     assert_eq!(
         pushed,
-        ServerMessage::TargetPool {
+        FromServer::Message(ToAgent::Pool {
             revision: 7,
-            configs: configs.iter().map(ProbeConfigV1::from).collect(),
-        }
+            configs: Arc::new(configs.clone()),
+        })
     );
-    let pool = agent.latest_pool().expect("a pool");
-    assert_eq!(pool.revision, 7);
-    assert_eq!(pool.configs.len(), 1);
-    assert_eq!(pool.configs[0].targets.len(), 1);
 
     // A pool the agent cannot accept (an echo interval of zero): it keeps the previous one
     // and tells the server which field is wrong.
@@ -391,19 +388,40 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         )
         .await
         .expect("push the bad pool");
+    // The link says which field is wrong; the agent tells the server (AgentState decides).
+    let refused = guarded("the invalid pool", agent.recv())
+        .await
+        .expect("an invalid pool");
+    let FromServer::InvalidPool {
+        revision: 8,
+        field,
+        reason,
+    } = refused
+    else {
+        panic!("expected InvalidPool for revision 8, got {refused:?}");
+    };
+    assert_eq!(field, "configs[0].icmp.interval");
+    assert!(reason.contains("more than 0"), "{reason}");
+    agent
+        .send(FromAgent::PoolRefused {
+            revision: 8,
+            field,
+            reason,
+        })
+        .await
+        .expect("send the refusal");
     eventually("the agent's PoolRefused", || {
         recorded.events().iter().any(|e| {
             matches!(
                 e,
                 LinkEvent::Message {
-                    message: FromAgent::PoolRefused { revision: 8, field, reason },
+                    message: FromAgent::PoolRefused { revision: 8, field, .. },
                     ..
-                } if field == "configs[0].icmp.interval" && reason.contains("more than 0")
+                } if field == "configs[0].icmp.interval"
             )
         })
     })
     .await;
-    assert_eq!(agent.latest_pool().expect("a pool").revision, 7);
 
     // Results arrive once each, in batches with increasing seq, and are acknowledged.
     agent.enqueue_results(results(0..2_500));
@@ -432,12 +450,12 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
 
     // Control messages go through `send`; the link's own messages do not.
     agent
-        .send(AgentMessage::PoolRequest { known_revision: 7 })
+        .send(FromAgent::PoolRequest { known_revision: 7 })
         .await
         .expect("send");
     assert!(matches!(
         agent
-            .send(AgentMessage::ResultBatch {
+            .send(FromAgent::Results {
                 seq: 1,
                 results: vec![]
             })
@@ -470,7 +488,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         .expect("task");
     assert_eq!(
         guarded("Task", agent.recv()).await.expect("task"),
-        to_agent_v1(&task)
+        FromServer::Message(task)
     );
     let offer = ToAgent::UpgradeOffer {
         offer_id: 3,
@@ -486,35 +504,32 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         .expect("offer");
     assert_eq!(
         guarded("UpgradeOffer", agent.recv()).await.expect("offer"),
-        to_agent_v1(&offer)
+        FromServer::Message(offer)
     );
-    let task_result = AgentMessage::TaskResult {
+    let task_result = FromAgent::TaskResult {
         task_id: 9,
-        exit_code: Some(0),
-        timed_out: false,
-        stdout: b"up 3 days".to_vec(),
-        stderr: vec![],
-        truncated: false,
-        duration_ms: 12,
+        output: TaskOutput {
+            exit_code: Some(0),
+            stdout: b"up 3 days".to_vec(),
+            stderr: vec![],
+            truncated: false,
+            timed_out: false,
+            duration: Duration::from_millis(12),
+        },
     };
-    let status = AgentMessage::UpgradeStatus {
+    let status = FromAgent::UpgradeStatus {
         offer_id: 3,
         version: "0.2.0".into(),
-        state: probermesh_core::wire::UpgradeStateV1::Verified,
+        state: UpgradeState::Verified,
     };
     agent.send(task_result.clone()).await.expect("task result");
     agent.send(status.clone()).await.expect("upgrade status");
-    let me = agent_id("eu", "10.0.0.1");
-    let wanted = [
-        from_agent_v1(task_result, &me).expect("a valid task result"),
-        from_agent_v1(status, &me).expect("a valid status"),
-    ];
     eventually("TaskResult and UpgradeStatus", || {
         let events = recorded.events();
-        wanted.iter().all(|wanted| {
+        [&task_result, &status].iter().all(|wanted| {
             events
                 .iter()
-                .any(|e| matches!(e, LinkEvent::Message { message, .. } if message == wanted))
+                .any(|e| matches!(e, LinkEvent::Message { message, .. } if message == *wanted))
         })
     })
     .await;
@@ -1040,26 +1055,7 @@ async fn results_made_while_the_server_is_away_are_delivered_when_it_comes_back(
         (0, 3_000)
     );
 
-    // The pool survives the server going away again.
-    let connection = match &recorded.events()[0] {
-        LinkEvent::Connected { connection, .. } => *connection,
-        other => panic!("{other:?}"),
-    };
-    server
-        .send_to(
-            connection,
-            ToAgent::Pool {
-                revision: 2,
-                configs: Arc::new(vec![]),
-            },
-        )
-        .await
-        .expect("pool");
-    eventually("the pool", || agent.latest_pool().is_some()).await;
-    server.shutdown().await;
-    eventually("the disconnect", || !agent.stats().connected).await;
-    assert_eq!(agent.latest_pool().map(|p| p.revision), Some(2));
-    assert!(agent.observed_addr().is_some());
+    // (The agent keeps its pool while the server is away: AgentState's job, tested there.)
     agent.close().await;
 }
 

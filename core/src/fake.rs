@@ -21,21 +21,22 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use crate::link::ToAgent;
-use crate::model::{HttpFailure, HttpModule, HttpPhases, HttpResult, HttpUrl, IcmpSettings};
+use crate::link::{FromAgent, FromServer, ToAgent};
+use crate::model::{
+    HttpFailure, HttpModule, HttpPhases, HttpResult, HttpUrl, IcmpSettings, ProbeResult,
+};
 use crate::ports::{
     BinaryUpdater, ConnectionId, DnsFailure, DnsFailureKind, DnsResolver, EchoSeries, ExportError,
     HttpProber, IcmpPinger, IpPreference, LinkError, LinkEvent, MetricsExporter, PingError,
-    ReceivedPool, ReportSource, Resolution, ServerLink, TaskOutput, TaskRunner, TaskSpec,
-    UpdateError, UpgradeApplied, UpgradePlan,
+    ReportSource, Resolution, ServerLink, TaskOutput, TaskRunner, TaskSpec, UpdateError,
+    UpgradeApplied, UpgradePlan,
 };
 use crate::snapshot::Snapshot;
-use crate::wire::{AgentMessage, ProbeResultV1, ServerMessage};
 
 /// Locks `mutex`, taking the data over even if a panicking thread poisoned it.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,11 +238,9 @@ pub struct FakeServerLink {
 
 #[derive(Debug, Default)]
 struct LinkState {
-    incoming: VecDeque<ServerMessage>,
-    sent: Vec<AgentMessage>,
-    enqueued: Vec<ProbeResultV1>,
-    pool: Option<ReceivedPool>,
-    observed_addr: Option<SocketAddr>,
+    incoming: VecDeque<FromServer>,
+    sent: Vec<FromAgent>,
+    enqueued: Vec<ProbeResult>,
     disconnected: bool,
     waiting: Vec<Waker>,
 }
@@ -259,8 +258,8 @@ impl FakeServerLink {
         Self::default()
     }
 
-    /// Queues a message from the server and wakes a waiting `recv`.
-    pub fn push_incoming(&self, msg: ServerMessage) {
+    /// Queues a word from the server and wakes a waiting `recv`.
+    pub fn push_incoming(&self, msg: FromServer) {
         let mut state = lock(&self.state);
         state.incoming.push_back(msg);
         state.wake_all();
@@ -268,24 +267,14 @@ impl FakeServerLink {
 
     /// Every message sent while connected, in order.
     #[must_use]
-    pub fn sent(&self) -> Vec<AgentMessage> {
+    pub fn sent(&self) -> Vec<FromAgent> {
         lock(&self.state).sent.clone()
     }
 
     /// Every result enqueued, in order.
     #[must_use]
-    pub fn enqueued(&self) -> Vec<ProbeResultV1> {
+    pub fn enqueued(&self) -> Vec<ProbeResult> {
         lock(&self.state).enqueued.clone()
-    }
-
-    /// Sets what `latest_pool` answers.
-    pub fn set_latest_pool(&self, pool: Option<ReceivedPool>) {
-        lock(&self.state).pool = pool;
-    }
-
-    /// Sets what `observed_addr` answers.
-    pub fn set_observed_addr(&self, addr: Option<SocketAddr>) {
-        lock(&self.state).observed_addr = addr;
     }
 
     /// Cuts (`true`) or restores (`false`) the link; a waiting `recv` wakes and fails.
@@ -298,19 +287,16 @@ impl FakeServerLink {
 
 #[async_trait::async_trait]
 impl ServerLink for FakeServerLink {
-    fn enqueue_results(&self, results: Vec<ProbeResultV1>) {
+    fn enqueue_results(&self, results: Vec<ProbeResult>) {
         lock(&self.state).enqueued.extend(results);
     }
 
-    fn latest_pool(&self) -> Option<ReceivedPool> {
-        lock(&self.state).pool.clone()
-    }
-
-    fn observed_addr(&self) -> Option<SocketAddr> {
-        lock(&self.state).observed_addr
-    }
-
-    async fn send(&self, msg: AgentMessage) -> Result<(), LinkError> {
+    async fn send(&self, msg: FromAgent) -> Result<(), LinkError> {
+        if matches!(msg, FromAgent::Results { .. }) {
+            return Err(LinkError::Protocol {
+                detail: "results go through enqueue_results".into(),
+            });
+        }
         let mut state = lock(&self.state);
         if state.disconnected {
             return Err(LinkError::Disconnected);
@@ -319,7 +305,15 @@ impl ServerLink for FakeServerLink {
         Ok(())
     }
 
-    async fn recv(&self) -> Result<ServerMessage, LinkError> {
+    async fn drain(&self, _timeout: Duration) -> bool {
+        true
+    }
+
+    async fn close(&self) {
+        self.set_disconnected(true);
+    }
+
+    async fn recv(&self) -> Result<FromServer, LinkError> {
         future::poll_fn(|cx| {
             let mut state = lock(&self.state);
             if state.disconnected {
@@ -653,55 +647,50 @@ mod tests {
 
     #[test]
     fn server_link_queues_and_records() {
+        let ack = |seq| FromServer::Message(ToAgent::Ack { seq });
+        let heartbeat = |at| FromAgent::Heartbeat {
+            sent_at: UnixMillis(at),
+        };
         let link = FakeServerLink::new();
-        link.push_incoming(ServerMessage::Ack { seq: 1 });
-        link.push_incoming(ServerMessage::Ack { seq: 2 });
-        block_on(link.send(AgentMessage::Heartbeat { sent_at_ms: 10 })).unwrap();
-        assert_eq!(block_on(link.recv()), Ok(ServerMessage::Ack { seq: 1 }));
+        link.push_incoming(ack(1));
+        link.push_incoming(ack(2));
+        block_on(link.send(heartbeat(10))).unwrap();
+        assert_eq!(block_on(link.recv()), Ok(ack(1)));
         link.set_disconnected(true);
         assert_eq!(block_on(link.recv()), Err(LinkError::Disconnected));
         assert_eq!(
-            block_on(link.send(AgentMessage::Heartbeat { sent_at_ms: 20 })),
+            block_on(link.send(heartbeat(20))),
             Err(LinkError::Disconnected)
         );
         link.set_disconnected(false);
-        assert_eq!(block_on(link.recv()), Ok(ServerMessage::Ack { seq: 2 }));
-        assert_eq!(link.sent(), [AgentMessage::Heartbeat { sent_at_ms: 10 }]);
+        assert_eq!(block_on(link.recv()), Ok(ack(2)));
+        assert_eq!(link.sent(), [heartbeat(10)]);
+        assert!(matches!(
+            block_on(link.send(FromAgent::Results {
+                seq: 1,
+                results: vec![]
+            })),
+            Err(LinkError::Protocol { .. })
+        ));
     }
 
     #[test]
-    fn server_link_records_results_and_answers_pool_and_address() {
+    fn server_link_records_results_while_disconnected_too() {
         let link = FakeServerLink::new();
-        assert_eq!(link.latest_pool(), None);
-        assert_eq!(link.observed_addr(), None);
         link.set_disconnected(true);
-        let result = crate::wire::ProbeResultV1 {
-            target_region: "eu".into(),
+        let result = crate::model::ProbeResult {
+            source: AgentId::new(Region::new("eu").unwrap(), ip("10.0.0.9")),
+            target_region: Region::new("us").unwrap(),
             target: "10.0.0.1".into(),
-            round_start_ms: 1,
-            outcome: crate::wire::OutcomeV1::Icmp {
-                resolve_ns: 0,
-                failure: None,
-                packets_sent: 1,
-                packets_received: 0,
-                rtt: None,
-                histogram_counts: vec![0; crate::wire::HISTOGRAM_LEN],
-                histogram_sum_ns: 0,
-            },
+            round_start: UnixMillis(1),
+            outcome: crate::model::ProbeOutcome::Icmp(crate::model::IcmpResult::measured(
+                Duration::ZERO,
+                1,
+                &[],
+            )),
         };
         link.enqueue_results(vec![result.clone()]);
-        assert_eq!(link.enqueued(), [result], "recorded while disconnected too");
-        let pool = ReceivedPool {
-            revision: 3,
-            configs: Arc::new(Vec::new()),
-        };
-        link.set_latest_pool(Some(pool.clone()));
-        link.set_observed_addr(Some(SocketAddr::new(ip("203.0.113.7"), 4433)));
-        assert_eq!(link.latest_pool(), Some(pool));
-        assert_eq!(
-            link.observed_addr(),
-            Some(SocketAddr::new(ip("203.0.113.7"), 4433))
-        );
+        assert_eq!(link.enqueued(), [result]);
     }
 
     /// Counts how often it is woken.
@@ -724,7 +713,7 @@ mod tests {
         let mut recv = pin!(link.recv());
         assert!(recv.as_mut().poll(&mut cx).is_pending());
         assert!(recv.as_mut().poll(&mut cx).is_pending());
-        link.push_incoming(ServerMessage::Ack { seq: 5 });
+        link.push_incoming(FromServer::Message(ToAgent::Ack { seq: 5 }));
         assert_eq!(
             counter.0.load(Ordering::SeqCst),
             1,
@@ -732,7 +721,7 @@ mod tests {
         );
         assert_eq!(
             recv.as_mut().poll(&mut cx),
-            Poll::Ready(Ok(ServerMessage::Ack { seq: 5 }))
+            Poll::Ready(Ok(FromServer::Message(ToAgent::Ack { seq: 5 })))
         );
 
         let mut recv = pin!(link.recv());

@@ -126,3 +126,27 @@ impl ToAgent {
         }
     }
 }
+
+/// What an agent's link reports from its server.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FromServer {
+    /// A connection passed the handshake (at every reconnection).
+    Welcomed {
+        /// The server's version.
+        server_version: String,
+        /// The address the server sees this agent connect from (its public IP, decision 12).
+        observed_addr: std::net::SocketAddr,
+    },
+    /// A message (acknowledgements stay in the link, which delivers results reliably).
+    Message(ToAgent),
+    /// The server sent a pool this agent cannot accept (another version's settings): the
+    /// agent keeps its previous one.
+    InvalidPool {
+        /// The refused revision.
+        revision: u64,
+        /// Where in the pool (`configs[2].http.method`).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}

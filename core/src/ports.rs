@@ -16,14 +16,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::link::{FromAgent, ToAgent};
+use crate::link::{FromAgent, FromServer, ToAgent};
 use crate::model::http_module::IpProtocol;
 use crate::model::{
     AgentId, AgentVersion, HttpModule, HttpResult, HttpUrl, IcmpFailure, IcmpResult, IcmpSettings,
-    ProbeConfig,
+    ProbeConfig, ProbeResult, UnixMillis,
 };
 use crate::snapshot::Snapshot;
-use crate::wire::{AgentMessage, ProbeResultV1, ServerMessage};
 
 // === DNS ===
 
@@ -257,40 +256,41 @@ pub trait HttpProber: Send + Sync {
 
 // === agent ↔ server link ===
 
-/// The agent's side of its link to the server.
+/// The agent's side of its link to the server, in domain terms ([`crate::link`]).
 ///
 /// Implemented by the `link` adapter with quinn (TLS 1.3, token-authenticated agents). The
-/// adapter owns the connection: it says `Hello`, reconnects with backoff on its own, sends
-/// heartbeats, asks for the target pool after each `Welcome`, and delivers results reliably
-/// (see [`crate::delivery`]). Every method takes `&self`: implementations synchronise
-/// internally, so an agent can enqueue, send and receive from several tasks at once.
+/// adapter owns the connection: it says `Hello`, reconnects with backoff on its own, converts
+/// and validates every message with `core::wire`, and delivers results reliably (see
+/// [`crate::delivery`]). What to say and when (heartbeats, pool requests, refusals) is the
+/// agent's business (`core::agent::AgentState`). Every method takes `&self`: implementations
+/// synchronise internally, so an agent can enqueue, send and receive from several tasks.
 #[async_trait::async_trait]
 pub trait ServerLink: Send + Sync {
     /// Hands probe results over for delivery. Never waits and never fails: while the server is
     /// unreachable they are buffered (bounded; the oldest go first when full, counted), and
     /// they are resent after every reconnect until the server acknowledges them.
-    fn enqueue_results(&self, results: Vec<ProbeResultV1>);
+    fn enqueue_results(&self, results: Vec<ProbeResult>);
 
-    /// Sends one control message (`Heartbeat`, `PoolRequest`, `TaskResult`, `UpgradeStatus`)
-    /// on the current connection; `Ok` means it was handed to the transport.
+    /// Sends one control message (anything but `Results`, which go through
+    /// [`Self::enqueue_results`] and are refused here with [`LinkError::Protocol`]) on the
+    /// current connection; `Ok` means it was handed to the transport.
     /// [`LinkError::Disconnected`] while there is no connection (control messages are not
-    /// buffered); `Hello` and `ResultBatch` belong to the link and are refused with
-    /// [`LinkError::Protocol`].
-    async fn send(&self, msg: AgentMessage) -> Result<(), LinkError>;
+    /// buffered).
+    async fn send(&self, msg: FromAgent) -> Result<(), LinkError>;
 
-    /// Waits for the next message from the server for the agent: `Welcome` at every
-    /// (re)connection, `TargetPool` (already validated), `Task`, `UpgradeOffer`; `Ack`s are
-    /// consumed by the link. An `Err` reports one failed connection or attempt (refused, TLS,
-    /// lost); the link keeps reconnecting, so the caller just calls `recv` again.
-    async fn recv(&self) -> Result<ServerMessage, LinkError>;
+    /// Waits for the next word from the server: `Welcomed` at every (re)connection, then its
+    /// messages (acknowledgements stay in the link) and `InvalidPool` for a pool this agent
+    /// cannot accept. An `Err` reports one failed connection or attempt (refused, TLS, lost);
+    /// the link keeps reconnecting, so the caller just calls `recv` again.
+    async fn recv(&self) -> Result<FromServer, LinkError>;
 
-    /// The latest valid target pool received, kept while the server is unreachable
-    /// (decision 11); `None` until the first one arrives.
-    fn latest_pool(&self) -> Option<ReceivedPool>;
+    /// Waits until every result handed over is acknowledged, or `timeout` has passed (the
+    /// server may be away); whether everything was acknowledged. A graceful stop calls it
+    /// before [`Self::close`].
+    async fn drain(&self, timeout: Duration) -> bool;
 
-    /// The address the server last saw this agent connect from (its `Welcome`), kept while
-    /// disconnected; the public-IP mode uses it (decision 12).
-    fn observed_addr(&self) -> Option<SocketAddr>;
+    /// Closes the link cleanly; results not acknowledged yet are lost with the process.
+    async fn close(&self);
 }
 
 /// A target pool as an agent received it, validated into domain types.
@@ -300,6 +300,15 @@ pub struct ReceivedPool {
     pub revision: u64,
     /// The pool's blocks.
     pub configs: Arc<Vec<ProbeConfig>>,
+}
+
+// === clock ===
+
+/// The wall clock, for a driver: core never reads one (every function takes `now`), and a
+/// driver that reads it through this port runs in a test's virtual time.
+pub trait Clock: Send + Sync {
+    /// Now, in Unix milliseconds.
+    fn now(&self) -> UnixMillis;
 }
 
 /// The server's side of every agent link: connection events in, messages out, in domain

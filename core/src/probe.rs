@@ -4,10 +4,56 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::model::{Host, IcmpFailure, IcmpResult, IcmpSettings};
-use crate::ports::{DnsResolver, EchoSeries, IcmpPinger, IpPreference};
+use crate::agent::{PlannedProbe, ProbeHow};
+use crate::model::{
+    AgentId, Destination, Host, IcmpFailure, IcmpResult, IcmpSettings, ProbeOutcome, ProbeResult,
+};
+use crate::ports::{DnsResolver, EchoSeries, HttpProber, IcmpPinger, IpPreference};
+
+/// The probers an agent runs its probes with.
+#[derive(Clone)]
+pub struct Probers {
+    /// Name resolution (the `resolve` phase of both kinds).
+    pub dns: Arc<dyn DnsResolver>,
+    /// ICMP echoes.
+    pub icmp: Arc<dyn IcmpPinger>,
+    /// HTTP requests.
+    pub http: Arc<dyn HttpProber>,
+}
+
+impl fmt::Debug for Probers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Probers").finish_non_exhaustive()
+    }
+}
+
+/// Runs one planned probe of agent `me` and stamps its result with its round and target.
+pub async fn run(probers: &Probers, me: &AgentId, probe: PlannedProbe) -> ProbeResult {
+    let outcome = match &probe.how {
+        ProbeHow::Icmp(settings) => {
+            let host = match probe.target.destination() {
+                Destination::Icmp(host) => host.clone(),
+                Destination::Http(url) => url.host.clone(),
+            };
+            ProbeOutcome::Icmp(
+                icmp(probers.dns.as_ref(), probers.icmp.as_ref(), &host, settings).await,
+            )
+        }
+        ProbeHow::Http { url, module } => {
+            ProbeOutcome::Http(probers.http.probe(url, module, probe.timeout).await)
+        }
+    };
+    ProbeResult {
+        source: me.clone(),
+        target_region: probe.target_region,
+        target: probe.target.raw().to_owned(),
+        round_start: probe.round_start,
+        outcome,
+    }
+}
 
 /// What one ICMP probe saw, before it is reduced to an [`IcmpResult`]: the resolved address,
 /// the time the lookup took and every echo (or why there was none).

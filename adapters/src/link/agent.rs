@@ -3,16 +3,18 @@
 //! A background task keeps one connection to the server: it connects (module `session`),
 //! runs the connection until it ends, waits with exponential backoff and jitter, and connects
 //! again, forever, until the link is closed or dropped. Results go into the [`Outbox`] whatever
-//! the connection's state; the latest target pool and observed address survive disconnections.
+//! the connection's state. What to say and when (heartbeats, pool requests, refusals) is the
+//! agent's (`core::agent::AgentState`); the link carries it.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use probermesh_core::delivery::{Outbox, OutboxStats};
-use probermesh_core::ports::{LinkError, ReceivedPool, ServerLink};
-use probermesh_core::wire::{AgentMessage, ProbeResultV1, ServerMessage, SocketAddrV1};
+use probermesh_core::link::{FromAgent, FromServer};
+use probermesh_core::model::ProbeResult;
+use probermesh_core::ports::{LinkError, ServerLink};
+use probermesh_core::wire::{AgentMessage, ProbeResultV1, to_server_v1};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -50,48 +52,16 @@ pub struct AgentLinkStats {
     pub failures: u64,
 }
 
-/// Pool refusals of the agent (see [`AgentShared::refuse_pool`]).
-#[derive(Debug, Default)]
-pub(crate) struct Refusals {
-    pending: Option<AgentMessage>,
-    reported: std::collections::HashSet<u64>,
-}
-
-/// Refused revisions remembered; beyond this the memory starts afresh.
-const MAX_REPORTED_REFUSALS: usize = 1_024;
-
-impl Refusals {
-    /// Queues `refusal` of `revision` unless that revision was reported already; whether it
-    /// was queued.
-    fn report(&mut self, revision: u64, refusal: AgentMessage) -> bool {
-        if self.reported.contains(&revision) {
-            return false;
-        }
-        if self.reported.len() >= MAX_REPORTED_REFUSALS {
-            self.reported.clear();
-        }
-        self.reported.insert(revision);
-        self.pending = Some(refusal);
-        true
-    }
-}
-
 /// State shared by the link handle, the supervisor and the session tasks.
 #[derive(Debug)]
 pub(crate) struct AgentShared {
     outbox: Mutex<Outbox>,
     /// Woken when results are added or acknowledged.
     pub(crate) outbox_changed: Notify,
-    pool: Mutex<Option<ReceivedPool>>,
-    /// A `PoolRefused` waiting to be written (the latest refusal wins), and the revisions
-    /// already reported: each is reported once per process, so a server too old to know the
-    /// message (it closes the connection) is not sent it again at every reconnect.
-    refusal: Mutex<Refusals>,
-    observed_addr: Mutex<Option<SocketAddr>>,
     connected: AtomicBool,
     connections: AtomicU64,
     failures: AtomicU64,
-    inbox: mpsc::Sender<Result<ServerMessage, LinkError>>,
+    inbox: mpsc::Sender<Result<FromServer, LinkError>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,34 +73,8 @@ impl AgentShared {
         lock(&self.outbox)
     }
 
-    pub(crate) fn set_pool(&self, pool: ReceivedPool) {
-        *lock(&self.pool) = Some(pool);
-    }
-
-    pub(crate) fn latest_pool(&self) -> Option<ReceivedPool> {
-        lock(&self.pool).clone()
-    }
-
-    /// Tells the server, at the writer's next turn, that pool `revision` was refused (once per
-    /// revision).
-    pub(crate) fn refuse_pool(&self, revision: u64, refusal: AgentMessage) {
-        if lock(&self.refusal).report(revision, refusal) {
-            self.outbox_changed.notify_one();
-        }
-    }
-
-    /// A pool was accepted: a refusal of an older one, not written yet, no longer stands.
-    pub(crate) fn pool_accepted(&self) {
-        lock(&self.refusal).pending = None;
-    }
-
-    /// The refusal to write, if any.
-    pub(crate) fn take_refusal(&self) -> Option<AgentMessage> {
-        lock(&self.refusal).pending.take()
-    }
-
     /// Hands a message or an error to `recv`; dropped (and logged) when nobody reads.
-    pub(crate) fn forward(&self, item: Result<ServerMessage, LinkError>) {
+    pub(crate) fn forward(&self, item: Result<FromServer, LinkError>) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.inbox.try_send(item) {
             tracing::warn!("the agent does not read messages from the server link; one dropped");
         }
@@ -143,7 +87,7 @@ impl AgentShared {
 pub struct AgentLink {
     shared: Arc<AgentShared>,
     control: mpsc::Sender<AgentMessage>,
-    inbox: tokio::sync::Mutex<mpsc::Receiver<Result<ServerMessage, LinkError>>>,
+    inbox: tokio::sync::Mutex<mpsc::Receiver<Result<FromServer, LinkError>>>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -168,9 +112,6 @@ impl AgentLink {
         let shared = Arc::new(AgentShared {
             outbox: Mutex::new(Outbox::new(config.outbox)),
             outbox_changed: Notify::new(),
-            pool: Mutex::new(None),
-            refusal: Mutex::new(Refusals::default()),
-            observed_addr: Mutex::new(None),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -238,10 +179,11 @@ impl Drop for AgentLink {
 
 #[async_trait::async_trait]
 impl ServerLink for AgentLink {
-    fn enqueue_results(&self, results: Vec<ProbeResultV1>) {
+    fn enqueue_results(&self, results: Vec<ProbeResult>) {
         if results.is_empty() {
             return;
         }
+        let results: Vec<ProbeResultV1> = results.iter().map(ProbeResultV1::from).collect();
         let (dropped, stats) = {
             let mut outbox = self.shared.outbox();
             let dropped = outbox.push(results);
@@ -258,15 +200,13 @@ impl ServerLink for AgentLink {
         self.shared.outbox_changed.notify_one();
     }
 
-    async fn send(&self, msg: AgentMessage) -> Result<(), LinkError> {
-        if matches!(
-            msg,
-            AgentMessage::Hello { .. } | AgentMessage::ResultBatch { .. }
-        ) {
+    async fn send(&self, msg: FromAgent) -> Result<(), LinkError> {
+        if matches!(msg, FromAgent::Results { .. }) {
             return Err(LinkError::Protocol {
-                detail: "Hello and ResultBatch belong to the link; use enqueue_results".into(),
+                detail: "results go through enqueue_results".into(),
             });
         }
+        let msg = to_server_v1(&msg);
         if !self.shared.connected.load(Ordering::Relaxed) {
             return Err(LinkError::Disconnected);
         }
@@ -278,17 +218,21 @@ impl ServerLink for AgentLink {
         })
     }
 
-    async fn recv(&self) -> Result<ServerMessage, LinkError> {
+    async fn recv(&self) -> Result<FromServer, LinkError> {
         let mut inbox = self.inbox.lock().await;
         inbox.recv().await.unwrap_or(Err(LinkError::Disconnected))
     }
 
-    fn latest_pool(&self) -> Option<ReceivedPool> {
-        self.shared.latest_pool()
+    async fn drain(&self, timeout: Duration) -> bool {
+        AgentLink::drain(self, timeout)
+            .await
+            .outbox
+            .buffered_results
+            == 0
     }
 
-    fn observed_addr(&self) -> Option<SocketAddr> {
-        *lock(&self.shared.observed_addr)
+    async fn close(&self) {
+        AgentLink::close(self).await;
     }
 }
 
@@ -322,7 +266,6 @@ async fn supervise(
             Ok(session) => {
                 backoff.reset();
                 shared.connections.fetch_add(1, Ordering::Relaxed);
-                *lock(&shared.observed_addr) = Some(session.observed_addr);
                 shared.outbox().reconnected();
                 shared.connected.store(true, Ordering::Relaxed);
                 tracing::info!(
@@ -331,10 +274,9 @@ async fn supervise(
                     observed_addr = %session.observed_addr,
                     "connected to the server"
                 );
-                shared.forward(Ok(ServerMessage::Welcome {
-                    protocol_version: probermesh_core::wire::PROTOCOL_VERSION,
+                shared.forward(Ok(FromServer::Welcomed {
                     server_version: session.server_version.clone(),
-                    observed_addr: SocketAddrV1::from(session.observed_addr),
+                    observed_addr: session.observed_addr,
                 }));
                 // The close frame goes out even when the endpoint handle is dropped: quinn's
                 // driver runs until the closed connection has drained.
@@ -359,30 +301,5 @@ async fn supervise(
             () = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(revision: u64) -> AgentMessage {
-        AgentMessage::PoolRefused {
-            revision,
-            field: "configs[0].icmp.interval".into(),
-            reason: "the time between echoes must be more than 0".into(),
-        }
-    }
-
-    #[test]
-    fn each_refused_revision_is_reported_once() {
-        let mut refusals = Refusals::default();
-        assert!(refusals.report(8, refused(8)));
-        assert_eq!(refusals.pending.take(), Some(refused(8)));
-        // The server pushes it again (a reconnect to a server that closed on it): not again.
-        assert!(!refusals.report(8, refused(8)));
-        assert_eq!(refusals.pending, None);
-        assert!(refusals.report(9, refused(9)));
-        assert_eq!(refusals.pending, Some(refused(9)));
     }
 }

@@ -165,8 +165,6 @@ pub struct AgentLinkConfig {
     pub identity: AgentIdentity,
     /// Result buffering: capacity (default 100,000 results), batch size, window.
     pub outbox: OutboxConfig,
-    /// A `Heartbeat` is sent this often while connected (default 15 s).
-    pub heartbeat_interval: Duration,
     /// Delays between connection attempts.
     pub backoff: BackoffConfig,
     /// Frame, time and window limits.
@@ -192,7 +190,6 @@ impl AgentLinkConfig {
             token,
             identity,
             outbox: OutboxConfig::default(),
-            heartbeat_interval: Duration::from_secs(15),
             backoff: BackoffConfig::default(),
             limits: LinkLimits::default(),
             inbox_len: 256,

@@ -9,15 +9,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use probermesh_core::ports::{LinkError, ReceivedPool};
+use probermesh_core::link::FromServer;
+use probermesh_core::ports::LinkError;
 use probermesh_core::wire::{
-    AgentMessage, PROTOCOL_VERSION, ServerMessage, WireSecret, encode_frame, pool_into_domain,
+    AgentMessage, PROTOCOL_VERSION, ServerMessage, WireError, WireSecret, from_server_v1,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::MissedTickBehavior;
 
 use super::agent::AgentShared;
 use super::close::{CloseCode, close, link_error};
@@ -243,35 +242,35 @@ async fn read_loop(
                 shared.outbox().ack(seq);
                 shared.outbox_changed.notify_one();
             }
-            ServerMessage::TargetPool { revision, configs } => {
-                match pool_into_domain(configs.clone()) {
-                    Ok(pool) => {
-                        shared.pool_accepted();
-                        shared.set_pool(ReceivedPool {
-                            revision,
-                            configs: Arc::new(pool),
-                        });
-                        shared.forward(Ok(ServerMessage::TargetPool { revision, configs }));
-                    }
-                    Err(e) => {
-                        // Keep probing the previous pool rather than nothing, and tell the
-                        // server, which logs and counts it.
-                        tracing::error!(
-                            revision,
-                            error = %e,
-                            "refused the server's target pool; keeping the previous one and telling the server"
-                        );
-                        shared.refuse_pool(revision, AgentMessage::pool_refused(revision, &e));
-                    }
-                }
-            }
             ServerMessage::Welcome { .. } | ServerMessage::Refused { .. } => {
                 return SessionEnd::Failed(LinkError::Protocol {
                     detail: format!("unexpected {} after the handshake", kind(&msg)),
                 });
             }
-            msg @ (ServerMessage::Task { .. } | ServerMessage::UpgradeOffer { .. }) => {
-                shared.forward(Ok(msg));
+            ServerMessage::TargetPool { revision, .. } => match from_server_v1(msg) {
+                Ok(pool) => shared.forward(Ok(FromServer::Message(pool))),
+                // The agent keeps its previous pool and tells the server (AgentState).
+                Err(error) => {
+                    let (field, reason) = match error {
+                        WireError::Invalid { field, reason } => (field, reason),
+                        other => (String::new(), other.to_string()),
+                    };
+                    shared.forward(Ok(FromServer::InvalidPool {
+                        revision,
+                        field,
+                        reason,
+                    }));
+                }
+            },
+            other @ (ServerMessage::Task { .. } | ServerMessage::UpgradeOffer { .. }) => {
+                match from_server_v1(other) {
+                    Ok(message) => shared.forward(Ok(FromServer::Message(message))),
+                    Err(e) => {
+                        return SessionEnd::Failed(LinkError::Protocol {
+                            detail: format!("bad message from the server: {e}"),
+                        });
+                    }
+                }
             }
         }
     }
@@ -284,22 +283,6 @@ async fn write_loop(
     control: &mut mpsc::Receiver<AgentMessage>,
 ) -> WriteFrameError {
     let max_frame_len = config.limits.max_frame_len_bytes;
-    let known_revision = shared.latest_pool().map_or(0, |pool| pool.revision);
-    if let Err(e) = write_message(
-        &mut send,
-        &AgentMessage::PoolRequest { known_revision },
-        max_frame_len,
-    )
-    .await
-    {
-        return e;
-    }
-    let mut heartbeat = tokio::time::interval(
-        config
-            .heartbeat_interval
-            .max(std::time::Duration::from_millis(10)),
-    );
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         loop {
             let batch = shared.outbox().next_frame();
@@ -315,12 +298,6 @@ async fn write_loop(
                 return e.into();
             }
         }
-        if let Some(refusal) = shared.take_refusal() {
-            if let Err(e) = write_message(&mut send, &refusal, max_frame_len).await {
-                return e;
-            }
-            continue;
-        }
         let msg = tokio::select! {
             biased;
             msg = control.recv() => match msg {
@@ -328,24 +305,9 @@ async fn write_loop(
                 None => return WriteFrameError::Write(quinn::WriteError::ClosedStream),
             },
             _ = shared.outbox_changed.notified() => continue,
-            _ = heartbeat.tick() => AgentMessage::Heartbeat { sent_at_ms: unix_ms() },
         };
-        let frame = match encode_frame(&msg, max_frame_len) {
-            Ok(frame) => frame,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot send a message to the server; dropped");
-                continue;
-            }
-        };
-        if let Err(e) = send.write_all(&frame).await {
-            return e.into();
+        if let Err(e) = write_message(&mut send, &msg, max_frame_len).await {
+            return e;
         }
     }
-}
-
-/// The wall clock in Unix milliseconds (0 before 1970).
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

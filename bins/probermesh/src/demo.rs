@@ -23,7 +23,12 @@ use probermesh_core::model::{
 use probermesh_core::pool::{Discovery, TargetPool};
 use probermesh_core::snapshot::Snapshot;
 
-use crate::agent::{AgentLoops, Probers};
+use probermesh_adapters::clock::SystemClock;
+use probermesh_adapters::driver::agent as driver;
+use probermesh_core::agent::{AgentConfig, AgentState};
+use probermesh_core::ports::Clock;
+
+use crate::agent::system_probers;
 use crate::print_line;
 use crate::server::{RunningServer, ServerParts};
 
@@ -85,9 +90,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let probers = Arc::new(Probers::system()?);
-    let mut links = Vec::new();
-    let mut loops = Vec::new();
+    let probers = system_probers()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut agents = Vec::new();
     for (r, region) in REGIONS.iter().enumerate() {
         for n in 1..=AGENTS_PER_REGION {
             // 127.0.0.11, .12 for the first region, .21, .22 for the second, …
@@ -96,27 +102,44 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             let identity =
                 AgentIdentity::new(me.clone(), AgentVersion::new(env!("CARGO_PKG_VERSION")))
                     .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            let mut config = AgentLinkConfig::new(
+            let config = AgentLinkConfig::new(
                 server.link_addr().to_string(),
                 ServerVerification::PinnedSha256(fingerprint),
                 token.clone(),
                 identity,
             );
-            config.heartbeat_interval = interval;
             let link = Arc::new(AgentLink::start(config).context("starting a demo agent")?);
-            loops.push(AgentLoops::spawn(
-                Arc::clone(&link),
-                Arc::clone(&probers),
-                me,
-                interval,
-                Duration::from_secs(60),
-            ));
-            links.push(link);
+            let state = AgentState::new(
+                AgentConfig {
+                    me,
+                    probe_interval: interval,
+                    sync_interval: Duration::from_secs(60),
+                    heartbeat_interval: interval,
+                    follow_observed_ip: false,
+                },
+                clock.now(),
+            );
+            // Demo agents keep their loopback addresses: there is nothing to re-identify.
+            let relink: driver::Relink<AgentLink> =
+                Box::new(|_| Err("demo agents keep their addresses".to_owned()));
+            agents.push(tokio::spawn(driver::run(
+                state,
+                link,
+                relink,
+                probers.clone(),
+                Arc::clone(&clock),
+                stopping.clone(),
+                // The demo ends when asked: what is in flight then does not matter.
+                driver::StopBounds {
+                    in_flight: Duration::from_millis(500),
+                    drain: Duration::from_millis(500),
+                },
+            )));
         }
     }
     print_line(&format!(
         "ProberMesh demo: {} agents in {} regions on loopback, window {}s; /metrics at http://{}/metrics",
-        links.len(),
+        agents.len(),
         REGIONS.len(),
         interval.as_secs(),
         server.http_addr()
@@ -144,11 +167,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             break;
         }
     }
-    for agent in &loops {
-        agent.abort();
-    }
-    for link in links {
-        link.close().await;
+    // Every agent stops gracefully (its probes in flight finish) and closes its link.
+    let _ = stop.send(true);
+    for agent in agents {
+        let _ = agent.await;
     }
     server.stop().await;
     let _ = std::fs::remove_dir_all(&data_dir);

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use super::WireError;
 use super::convert::{pool_into_domain, results_into_domain};
 use super::v1::{AgentMessage, ProbeConfigV1, ProbeResultV1, ServerMessage, UpgradeStateV1};
+use super::{MAX_TEXT_LEN, WireError, cut_to};
 use crate::link::{FromAgent, ToAgent, UpgradeState};
 use crate::model::time::duration_millis;
 use crate::model::{AgentId, UnixMillis};
@@ -95,8 +95,8 @@ pub fn to_server_v1(message: &FromAgent) -> AgentMessage {
             reason,
         } => AgentMessage::PoolRefused {
             revision: *revision,
-            field: field.clone(),
-            reason: reason.clone(),
+            field: cut_to(field.clone(), MAX_TEXT_LEN),
+            reason: cut_to(reason.clone(), MAX_TEXT_LEN),
         },
         FromAgent::TaskResult { task_id, output } => AgentMessage::TaskResult {
             task_id: *task_id,

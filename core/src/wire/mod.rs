@@ -171,25 +171,10 @@ impl AgentMessage {
             Self::Heartbeat { .. } | Self::PoolRequest { .. } => Ok(()),
         }
     }
-
-    /// The refusal of pool `revision` for `error` (what [`pool_into_domain`] said), its texts
-    /// cut to the limits [`Self::check_limits`] enforces.
-    #[must_use]
-    pub fn pool_refused(revision: u64, error: &WireError) -> Self {
-        let (field, reason) = match error {
-            WireError::Invalid { field, reason } => (field.clone(), reason.clone()),
-            other => (String::new(), other.to_string()),
-        };
-        Self::PoolRefused {
-            revision,
-            field: cut_to(field, MAX_TEXT_LEN),
-            reason: cut_to(reason, MAX_TEXT_LEN),
-        }
-    }
 }
 
 /// `text` cut to at most `max_bytes` bytes, at a character boundary.
-fn cut_to(mut text: String, max_bytes: usize) -> String {
+pub(crate) fn cut_to(mut text: String, max_bytes: usize) -> String {
     if text.len() > max_bytes {
         let mut end = max_bytes;
         while !text.is_char_boundary(end) {

@@ -1,4 +1,4 @@
-//! The agent's plan, sans-IO: which probes a round holds and when each starts.
+//! The agent's plan: which probes a round holds and when each starts.
 //!
 //! Rounds are aligned to the probe interval (`round_start = ⌊now / interval⌋ × interval`), so
 //! the server files each result in the window of its round (decision 4).

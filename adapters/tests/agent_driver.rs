@@ -1,0 +1,293 @@
+//! The agent's driver over core's fakes in tokio's paused time: a whole agent (state machine,
+//! driver, probers, link) runs minutes of rounds in milliseconds, without sockets.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use probermesh_adapters::clock::TokioClock;
+use probermesh_adapters::driver::agent::{self as driver, AgentRun, StopBounds};
+use probermesh_core::agent::{AgentConfig, AgentState, plan_rest_of_round};
+use probermesh_core::fake::{FakeDns, FakeHttpProber, FakePinger, FakeServerLink};
+use probermesh_core::link::{FromAgent, FromServer, ToAgent};
+use probermesh_core::model::{
+    AgentId, IcmpModule, IcmpSettings, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
+    UnixMillis,
+};
+use probermesh_core::ports::{Clock, EchoSeries, IcmpPinger, PingError};
+use probermesh_core::probe::Probers;
+use tokio::sync::watch;
+
+/// A round boundary (15 s) plus six seconds: the agent starts mid-round.
+const ROUND0: u64 = 1_800_000_000_000;
+const T0: u64 = ROUND0 + 6_000;
+const INTERVAL: Duration = Duration::from_secs(15);
+
+fn me(ip: &str) -> AgentId {
+    AgentId::new(Region::new("eu").expect("region"), ip.parse().expect("ip"))
+}
+
+fn config(follow_observed_ip: bool) -> AgentConfig {
+    AgentConfig {
+        me: me("198.18.0.11"),
+        probe_interval: INTERVAL,
+        sync_interval: Duration::from_secs(60),
+        heartbeat_interval: INTERVAL,
+        follow_observed_ip,
+    }
+}
+
+fn pool(targets: usize) -> FromServer {
+    FromServer::Message(ToAgent::Pool {
+        revision: 4,
+        configs: Arc::new(pool_configs(targets)),
+    })
+}
+
+fn pool_configs(targets: usize) -> Vec<ProbeConfig> {
+    vec![ProbeConfig {
+        region: Region::new("us").expect("region"),
+        targets: (1..=targets)
+            .map(|i| Target::parse(ProbeKind::Icmp, &format!("198.18.2.{i}")).expect("target"))
+            .collect(),
+        module: ProbeModule::Icmp(IcmpModule {
+            packet_count: 4,
+            ..IcmpModule::default()
+        }),
+    }]
+}
+
+fn welcome(ip: &str) -> FromServer {
+    FromServer::Welcomed {
+        server_version: "test".into(),
+        observed_addr: SocketAddr::new(ip.parse().expect("ip"), 40_000),
+    }
+}
+
+fn probers(icmp: Arc<dyn IcmpPinger>) -> Probers {
+    let dns = Arc::new(FakeDns::new());
+    Probers {
+        http: Arc::new(FakeHttpProber::new()),
+        dns,
+        icmp,
+    }
+}
+
+/// Starts the driver; returns the stop switch and the run's handle.
+fn start(
+    state: AgentState,
+    link: Arc<FakeServerLink>,
+    relink: driver::Relink<FakeServerLink>,
+    icmp: Arc<dyn IcmpPinger>,
+    clock: Arc<dyn Clock>,
+    bounds: StopBounds,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<AgentRun<FakeServerLink>>,
+) {
+    let (stop, stopping) = watch::channel(false);
+    let run = tokio::spawn(driver::run(
+        state,
+        link,
+        relink,
+        probers(icmp),
+        clock,
+        stopping,
+        bounds,
+    ));
+    (stop, run)
+}
+
+fn no_relink() -> driver::Relink<FakeServerLink> {
+    Box::new(|_| Err("this test does not re-identify".into()))
+}
+
+const BOUNDS: StopBounds = StopBounds {
+    in_flight: Duration::from_secs(18),
+    drain: Duration::from_secs(5),
+};
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_probes_its_pool_every_round_and_hands_every_result_to_the_link() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(UnixMillis(T0)));
+    let link = Arc::new(FakeServerLink::new());
+    link.push_incoming(welcome("198.18.0.11"));
+    link.push_incoming(pool(10));
+    let state = AgentState::new(config(false), clock.now());
+    let pinger = Arc::new(FakePinger::new());
+    for i in 1..=10 {
+        let addr: IpAddr = format!("198.18.2.{i}").parse().expect("ip");
+        pinger.answer(
+            addr,
+            Ok(EchoSeries {
+                packets_sent: 4,
+                rtts: vec![Duration::from_millis(i); 4],
+                errors: vec![],
+            }),
+        );
+    }
+    let (stop, run) = start(
+        state,
+        Arc::clone(&link),
+        no_relink(),
+        Arc::clone(&pinger) as Arc<dyn IcmpPinger>,
+        Arc::clone(&clock),
+        BOUNDS,
+    );
+    // What was left of the first round and two whole ones, in virtual time.
+    tokio::time::sleep(Duration::from_secs(39)).await;
+    stop.send(true).expect("the driver listens");
+    let run = run.await.expect("the driver ends");
+    assert!(run.drained && run.abandoned_probes == 0);
+
+    // Every result reached the link, stamped with its round; each target once a round.
+    let results = link.enqueued();
+    let rounds: Vec<u64> = [ROUND0, ROUND0 + 15_000, ROUND0 + 30_000].to_vec();
+    for round in &rounds[1..] {
+        let of_round = results
+            .iter()
+            .filter(|r| r.round_start == UnixMillis(*round))
+            .count();
+        assert_eq!(of_round, 10, "round {round}: {results:?}");
+    }
+    // The first round was joined 6 s late: only the probes not due yet were started.
+    let first = results
+        .iter()
+        .filter(|r| r.round_start == UnixMillis(rounds[0]))
+        .count();
+    let not_due = plan_rest_of_round(
+        &pool_configs(10),
+        &me("198.18.0.11"),
+        UnixMillis(T0),
+        INTERVAL,
+    )
+    .len();
+    assert!(not_due < 10, "six seconds of a 10.5 s spread have passed");
+    assert_eq!(first, not_due);
+    assert_eq!(run.state.produced(), results.len() as u64);
+    assert_eq!(
+        pinger.calls().len(),
+        results.len(),
+        "one ping per result, none left running"
+    );
+    assert!(
+        pinger
+            .calls()
+            .iter()
+            .all(|(_, s): &(IpAddr, IcmpSettings)| s.module.packet_count == 4)
+    );
+
+    // It said hello once, heartbeat every round, and asked for the pool once (the next
+    // request is a minute later).
+    let sent = link.sent();
+    let heartbeats = sent
+        .iter()
+        .filter(|m| matches!(m, FromAgent::Heartbeat { .. }))
+        .count();
+    assert_eq!(heartbeats, 3, "{sent:?}");
+    assert_eq!(
+        sent.iter()
+            .filter(|m| matches!(m, FromAgent::PoolRequest { known_revision: 0 }))
+            .count(),
+        1
+    );
+}
+
+/// A pinger whose every probe takes `delay` (of tokio's time).
+struct SlowPinger {
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl IcmpPinger for SlowPinger {
+    async fn ping(&self, _addr: IpAddr, settings: &IcmpSettings) -> Result<EchoSeries, PingError> {
+        tokio::time::sleep(self.delay).await;
+        Ok(EchoSeries::lost(settings.module.packet_count))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_lets_the_probes_in_flight_finish_within_its_bound() {
+    // Each probe takes 12 s. The stop comes 11 s into the second round: all five of its
+    // probes have started (the spread is 10.5 s) and none ends before 12 s into it; the
+    // first round's (started from 6 s on) have all ended.
+    for (bound, abandoned) in [
+        (Duration::from_secs(18), 0),
+        (Duration::from_millis(500), 5),
+    ] {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(UnixMillis(T0)));
+        let link = Arc::new(FakeServerLink::new());
+        link.push_incoming(welcome("198.18.0.11"));
+        link.push_incoming(pool(5));
+        let state = AgentState::new(config(false), clock.now());
+        let (stop, run) = start(
+            state,
+            Arc::clone(&link),
+            no_relink(),
+            Arc::new(SlowPinger {
+                delay: Duration::from_secs(12),
+            }),
+            Arc::clone(&clock),
+            StopBounds {
+                in_flight: bound,
+                drain: Duration::from_secs(1),
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(ROUND0 + 15_000 + 11_000 - T0)).await;
+        stop.send(true).expect("the driver listens");
+        let run = run.await.expect("the driver ends");
+        assert_eq!(run.abandoned_probes, abandoned, "bound {bound:?}");
+        let delivered = link.enqueued().len();
+        assert_eq!(delivered as u64, run.state.produced());
+        if abandoned == 0 {
+            assert!(delivered >= 5, "{delivered}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_the_public_ip_mode_the_agent_reconnects_as_the_address_the_server_sees() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(UnixMillis(T0)));
+    let first = Arc::new(FakeServerLink::new());
+    first.push_incoming(welcome("203.0.113.9"));
+    let second = Arc::new(FakeServerLink::new());
+    second.push_incoming(welcome("203.0.113.9"));
+    second.push_incoming(pool(3));
+    let asked: Arc<Mutex<Vec<AgentId>>> = Arc::default();
+    let relink: driver::Relink<FakeServerLink> = {
+        let (asked, second) = (Arc::clone(&asked), Arc::clone(&second));
+        Box::new(move |me| {
+            asked.lock().expect("lock").push(me.clone());
+            Ok(Arc::clone(&second))
+        })
+    };
+    let state = AgentState::new(config(true), clock.now());
+    let (stop, run) = start(
+        state,
+        Arc::clone(&first),
+        relink,
+        Arc::new(FakePinger::new()),
+        Arc::clone(&clock),
+        BOUNDS,
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stop.send(true).expect("the driver listens");
+    let run = run.await.expect("the driver ends");
+    assert_eq!(*asked.lock().expect("lock"), [me("203.0.113.9")]);
+    assert_eq!(run.state.me(), &me("203.0.113.9"));
+    assert!(Arc::ptr_eq(&run.link, &second));
+    // The new link carries the agent from then on: its results are stamped as it.
+    assert!(!second.enqueued().is_empty());
+    assert!(
+        second
+            .enqueued()
+            .iter()
+            .all(|r| r.source == me("203.0.113.9"))
+    );
+    assert!(
+        second
+            .sent()
+            .iter()
+            .any(|m| matches!(m, FromAgent::PoolRequest { .. }))
+    );
+}
