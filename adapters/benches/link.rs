@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use nix::time::{ClockId, clock_gettime};
 use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, CertificateSource, LinkLimits, ReportServer,
-    ServerCertificate, ServerConfig, ServerVerification, Token, client_crypto, server_crypto,
+    ServerCertificate, ServerConfig, ServerVerification, client_crypto, server_crypto,
 };
+use probermesh_adapters::secret::Token;
 use probermesh_core::link::FromAgent;
 use probermesh_core::model::{AgentId, AgentVersion, ProbeResult, Region};
 use probermesh_core::ports::{LinkEvent, ReportSource, ServerLink};

@@ -18,6 +18,7 @@ use probermesh_core::model::{
     AgentId, HttpPhases, HttpResult, IcmpResult, ProbeOutcome, ProbeResult, Region, TlsInfo,
     TlsVersion, UnixMillis,
 };
+use probermesh_core::ports::MetricsExporter as _;
 
 const REGIONS: u8 = 100;
 const URLS: u32 = 100;

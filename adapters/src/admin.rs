@@ -7,6 +7,7 @@
 //! `Authorization: Bearer <token>` when a token is configured; the token is compared in
 //! constant time ([`Token::matches`]) and never logged.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,11 +19,17 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use probermesh_core::model::{ProbeConfig, Region};
+use probermesh_core::server::PoolRefusal;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::link::Token;
-use crate::metrics::CONTENT_TYPE;
+use crate::secret::Token;
+
+/// The content type of a scrape answer: the Prometheus text format 0.0.4, which the
+/// `metrics` adapter renders.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the HTTP endpoints ask of the server.
 #[async_trait::async_trait]
@@ -198,6 +205,53 @@ async fn route(
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
+}
+
+/// The Go `/-/targets` JSON: `{region: [{"prober_type": "icmp", "targets": [...]}]}`, plus
+/// `refused_by` on a block that agents refused (absent otherwise, so the Go shape is kept).
+#[must_use]
+pub fn targets_json(
+    regions: &BTreeMap<Region, Vec<ProbeConfig>>,
+    refusals: &[&PoolRefusal],
+) -> String {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        prober_type: &'a str,
+        targets: Vec<&'a str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        refused_by: Vec<RefusedBy>,
+    }
+    #[derive(Serialize)]
+    struct RefusedBy {
+        agent: String,
+        revision: u64,
+        error: String,
+    }
+    let shaped: BTreeMap<&str, Vec<Entry<'_>>> = regions
+        .iter()
+        .map(|(region, configs)| {
+            let entries = configs
+                .iter()
+                .map(|config| Entry {
+                    prober_type: config.kind().as_str(),
+                    targets: config.targets.iter().map(|t| t.raw()).collect(),
+                    refused_by: refusals
+                        .iter()
+                        .filter(|r| {
+                            r.block.as_ref() == Some(&(config.region.clone(), config.kind()))
+                        })
+                        .map(|r| RefusedBy {
+                            agent: r.agent.to_string(),
+                            revision: r.revision,
+                            error: r.to_string(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            (region.as_str(), entries)
+        })
+        .collect();
+    serde_json::to_string(&shaped).unwrap_or_else(|_| "{}".to_owned())
 }
 
 #[cfg(test)]

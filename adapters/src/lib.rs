@@ -25,5 +25,6 @@ pub mod icmp;
 pub mod identity;
 pub mod link;
 pub mod metrics;
-
-pub use probermesh_core as core;
+pub mod probe_file;
+pub mod secret;
+pub mod store;

@@ -12,15 +12,12 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use probermesh_core::ports::{ExportError, MetricsExporter};
+use probermesh_core::ports::MetricsExporter;
 use probermesh_core::snapshot::{MetricKind, SeriesValue, Snapshot};
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 use prometheus::{Encoder, TextEncoder};
-
-/// The content type of a scrape answer.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Holds the rendered text of the last published snapshot. A server publishes the families
 /// that change only when a window settles (the big part) once per window, and each scrape
@@ -36,10 +33,12 @@ impl PrometheusExporter {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    /// Renders `snapshot` and keeps the text for the following scrapes.
-    pub fn publish(&self, snapshot: &Snapshot) {
-        let text = Arc::new(render(snapshot));
+impl MetricsExporter for PrometheusExporter {
+    /// Renders `settled` and keeps the text for the following scrapes.
+    fn publish(&self, settled: &Snapshot) {
+        let text = Arc::new(render(settled));
         *self
             .published
             .write()
@@ -47,8 +46,7 @@ impl PrometheusExporter {
     }
 
     /// A scrape's body: the published text followed by `live` rendered now.
-    #[must_use]
-    pub fn scrape(&self, live: &Snapshot) -> Vec<u8> {
+    fn scrape(&self, live: &Snapshot) -> Vec<u8> {
         let published = Arc::clone(
             &self
                 .published
@@ -60,14 +58,6 @@ impl PrometheusExporter {
         body.extend_from_slice(&published);
         body.extend_from_slice(&live);
         body
-    }
-}
-
-#[async_trait::async_trait]
-impl MetricsExporter for PrometheusExporter {
-    async fn export(&self, snapshot: &Snapshot) -> Result<(), ExportError> {
-        self.publish(snapshot);
-        Ok(())
     }
 }
 
@@ -244,12 +234,12 @@ mod tests {
         assert!(text.contains(r#"source_region="a\"b\\c\nd""#), "{text}");
     }
 
-    #[tokio::test]
-    async fn export_replaces_the_published_snapshot() {
+    #[test]
+    fn publish_replaces_the_published_snapshot() {
         let exporter = PrometheusExporter::new();
         let empty = Snapshot::default();
         assert!(exporter.scrape(&empty).is_empty());
-        exporter.export(&snapshot()).await.unwrap();
+        exporter.publish(&snapshot());
         assert!(
             String::from_utf8(exporter.scrape(&empty))
                 .unwrap()

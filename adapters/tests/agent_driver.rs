@@ -60,6 +60,7 @@ fn pool_configs(targets: usize) -> Vec<ProbeConfig> {
 fn welcome(ip: &str) -> FromServer {
     FromServer::Welcomed {
         server_version: "test".into(),
+        capabilities: probermesh_core::link::Capabilities::v1(),
         observed_addr: SocketAddr::new(ip.parse().expect("ip"), 40_000),
     }
 }

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, BackoffConfig, CertificateSource, ReportServer,
-    ServerConfig, ServerVerification, Sha256Fingerprint, Token,
+    ServerConfig, ServerVerification, Sha256Fingerprint,
 };
+use probermesh_adapters::secret::Token;
 use probermesh_core::link::FromServer;
 use probermesh_core::model::{AgentId, AgentVersion, Region};
 use probermesh_core::ports::{LinkError, ServerLink};

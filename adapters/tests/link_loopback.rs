@@ -3,298 +3,32 @@
 //! what the agent sees, and how bad peers are closed; timeouts are only hang guards.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use probermesh_adapters::link::{
-    AgentIdentity, AgentLink, AgentLinkConfig, BackoffConfig, CertificateSource, CloseCode,
-    ReportServer, ServerConfig, ServerVerification, Sha256Fingerprint, Token, client_crypto,
+    AgentLink, CertificateSource, CloseCode, ReportServer, ServerVerification, Sha256Fingerprint,
     describe_refusal,
 };
-use probermesh_core::link::{FromAgent, FromServer, ToAgent, UpgradeState};
+use probermesh_adapters::secret::Token;
+use probermesh_core::link::{
+    Capabilities, FromAgent, FromServer, Signature, TaskOutput, TaskSpec, ToAgent, TraceHop,
+    TraceProtocol, TraceReport, TraceRequest, UpgradePlan, UpgradeState,
+};
+use probermesh_core::model::AgentId;
 use probermesh_core::model::{
-    AgentId, AgentVersion, IcmpModule, IcmpResult, ProbeConfig, ProbeKind, ProbeModule,
-    ProbeOutcome, ProbeResult, Region, Target, UnixMillis,
+    IcmpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target, UnixMillis,
 };
-use probermesh_core::ports::{
-    LinkError, LinkEvent, ReportSource, ServerLink, TaskOutput, TaskSpec, UpgradePlan,
-};
+use probermesh_core::ports::{LinkError, LinkEvent, ReportSource, ServerLink};
 use probermesh_core::wire::{
-    AgentMessage, PROTOCOL_VERSION, RefusalV1, ServerMessage, WireSecret, encode_frame,
+    AgentMessage, Hello, ProtocolVersion, RefusalV1, ServerMessage, decode_hello, encode_frame,
 };
-use quinn::crypto::rustls::QuicClientConfig;
-use tokio::task::JoinHandle;
 
 mod common;
 
+use common::link::*;
 use common::{TempDir, capture_logs};
-
-const TOKEN: &str = "s3cret-token";
-
-/// Generous bound on anything that should happen quickly; only a guard against hangs.
-const HANG_GUARD: Duration = Duration::from_secs(60);
-
-// === helpers ===
-
-fn server_config(data_dir: &Path, listen_addr: SocketAddr) -> ServerConfig {
-    let mut config = ServerConfig::new(
-        listen_addr,
-        CertificateSource::Generated {
-            data_dir: data_dir.to_owned(),
-            names: vec!["localhost".into()],
-        },
-        Token::new(TOKEN, "test").expect("token"),
-    );
-    config.server_version = "0.1.0-test".into();
-    config
-}
-
-/// Binds a server, retrying while the port is still held by a server that just stopped.
-async fn start_server(config: ServerConfig) -> Arc<ReportServer> {
-    let mut attempts = 0;
-    loop {
-        match ReportServer::bind(config.clone()) {
-            Ok(server) => return Arc::new(server),
-            Err(e) if attempts < 100 => {
-                attempts += 1;
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot start the server: {e}"),
-        }
-    }
-}
-
-async fn new_server(dir: &TempDir) -> Arc<ReportServer> {
-    start_server(server_config(
-        dir.path(),
-        "127.0.0.1:0".parse().expect("addr"),
-    ))
-    .await
-}
-
-fn agent_id(region: &str, ip: &str) -> AgentId {
-    AgentId::new(
-        Region::new(region).expect("region"),
-        ip.parse().expect("ip"),
-    )
-}
-
-fn agent_config(
-    server_addr: SocketAddr,
-    region: &str,
-    verification: ServerVerification,
-) -> AgentLinkConfig {
-    let identity = AgentIdentity::new(agent_id(region, "10.0.0.1"), AgentVersion::new("0.1.0"))
-        .expect("randomness");
-    let mut config = AgentLinkConfig::new(
-        server_addr.to_string(),
-        verification,
-        Token::new(TOKEN, "test").expect("token"),
-        identity,
-    );
-    // Fast retries keep the tests short; the defaults are 0.5 s to 30 s.
-    config.backoff = BackoffConfig {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(400),
-        jitter_fraction: 0.2,
-    };
-    config
-}
-
-fn pinned(server: &ReportServer) -> ServerVerification {
-    ServerVerification::PinnedSha256(server.fingerprint())
-}
-
-fn start_agent(config: AgentLinkConfig) -> AgentLink {
-    AgentLink::start(config).expect("agent link starts")
-}
-
-/// An ICMP result whose round start (in ms) is its unique id.
-fn result(id: u64) -> ProbeResult {
-    ProbeResult {
-        source: agent_id("eu", "10.0.0.1"),
-        target_region: Region::new("us").expect("region"),
-        target: "10.0.1.1".into(),
-        round_start: UnixMillis(id),
-        outcome: ProbeOutcome::Icmp(IcmpResult::measured(
-            Duration::from_micros(1),
-            3,
-            &[Duration::from_millis(1); 3],
-        )),
-    }
-}
-
-fn results(ids: std::ops::Range<u64>) -> Vec<ProbeResult> {
-    ids.map(result).collect()
-}
-
-/// Waits for `future` within the hang guard.
-async fn guarded<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(HANG_GUARD, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// Polls `condition` until it holds (within the hang guard).
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    guarded(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
-/// Everything a server handed out, recorded by a task that drains `next_event`.
-#[derive(Clone, Default)]
-struct Recorded(Arc<Mutex<Vec<LinkEvent>>>);
-
-impl Recorded {
-    fn events(&self) -> Vec<LinkEvent> {
-        self.0.lock().expect("lock").clone()
-    }
-
-    /// The ids of every delivered result, in order.
-    fn result_ids(&self) -> Vec<u64> {
-        self.events()
-            .iter()
-            .filter_map(|e| match e {
-                LinkEvent::Message {
-                    message: FromAgent::Results { results, .. },
-                    ..
-                } => Some(
-                    results
-                        .iter()
-                        .map(|r| r.round_start.as_millis())
-                        .collect::<Vec<_>>(),
-                ),
-                _ => None,
-            })
-            .flatten()
-            .collect()
-    }
-
-    fn connected(&self) -> Vec<(AgentId, SocketAddr)> {
-        self.events()
-            .iter()
-            .filter_map(|e| match e {
-                LinkEvent::Connected {
-                    agent,
-                    observed_addr,
-                    ..
-                } => Some((agent.clone(), *observed_addr)),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-fn record(server: &Arc<ReportServer>) -> (Recorded, JoinHandle<()>) {
-    let recorded = Recorded::default();
-    let sink = recorded.clone();
-    let server = Arc::clone(server);
-    let task = tokio::spawn(async move {
-        while let Some(event) = server.next_event().await {
-            sink.0.lock().expect("lock").push(event);
-        }
-    });
-    (recorded, task)
-}
-
-/// A QUIC client that speaks the link's TLS but writes whatever the test wants.
-struct RawClient {
-    _endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-}
-
-async fn raw_client(server: &ReportServer) -> RawClient {
-    let crypto = client_crypto(&pinned(server)).expect("client crypto");
-    let client = quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(crypto).expect("quic client config"),
-    ));
-    let endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-    let conn = endpoint
-        .connect_with(client, server.local_addr(), "localhost")
-        .expect("connect")
-        .await
-        .expect("TLS handshake");
-    let (send, recv) = conn.open_bi().await.expect("open stream");
-    RawClient {
-        _endpoint: endpoint,
-        conn,
-        send,
-        recv,
-    }
-}
-
-fn hello(protocol_version: u16, token: &str) -> AgentMessage {
-    AgentMessage::Hello {
-        protocol_version,
-        agent_version: "0.1.0".into(),
-        region: "raw".into(),
-        ip: "10.9.9.9".parse::<IpAddr>().expect("ip").into(),
-        instance_id: 42,
-        token: WireSecret::new(token.into()),
-    }
-}
-
-impl RawClient {
-    async fn write(&mut self, bytes: &[u8]) {
-        self.send.write_all(bytes).await.expect("write");
-    }
-
-    async fn say(&mut self, msg: &AgentMessage) {
-        let frame = encode_frame(msg, usize::MAX).expect("encode");
-        self.write(&frame).await;
-    }
-
-    /// Reads one server message.
-    async fn read(&mut self) -> ServerMessage {
-        let mut prefix = [0u8; 4];
-        self.recv
-            .read_exact(&mut prefix)
-            .await
-            .expect("read prefix");
-        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-        self.recv.read_exact(&mut body).await.expect("read body");
-        probermesh_core::wire::decode_frame(&body).expect("decode")
-    }
-
-    /// Waits for the server to close the connection; returns its close code and reason.
-    async fn closed(&self) -> (CloseCode, String) {
-        let err = guarded("the server to close the connection", self.conn.closed()).await;
-        CloseCode::of_error(&err)
-            .unwrap_or_else(|| panic!("not closed by the server with a code: {err}"))
-    }
-}
-
-/// One healthy agent delivering `n` results while something else happens; asserts they all
-/// arrive exactly once.
-async fn healthy_agent_delivers(server: &ReportServer, recorded: &Recorded, base: u64, n: u64) {
-    let agent = start_agent(agent_config(server.local_addr(), "healthy", pinned(server)));
-    agent.enqueue_results(results(base..base + n));
-    eventually("the healthy agent's results", || {
-        recorded
-            .result_ids()
-            .iter()
-            .filter(|id| (base..base + n).contains(id))
-            .count() as u64
-            == n
-    })
-    .await;
-    eventually("the healthy agent's acks", || {
-        agent.stats().outbox.buffered_results == 0
-    })
-    .await;
-    agent.close().await;
-}
 
 // === the happy path ===
 
@@ -315,6 +49,11 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         welcome,
         FromServer::Welcomed {
             server_version: "0.1.0-test".into(),
+            // Both ends speak v2; the server offers no feature yet.
+            capabilities: Capabilities {
+                protocol_version: 2,
+                ..Capabilities::default()
+            },
             observed_addr: observed,
         }
     );
@@ -475,12 +214,14 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     })
     .await;
 
-    // Task and upgrade messages are carried both ways, unchanged.
+    // Task, upgrade, chunk and trace messages (v2) are carried both ways, unchanged.
     let task = ToAgent::Task(TaskSpec {
         id: 9,
-        command: "uptime".into(),
+        command: "mtr -c 10 198.18.0.9".into(),
         timeout: Duration::from_secs(30),
         output_limit_bytes: 4_096,
+        expires_at: UnixMillis(1_800_000_000_000),
+        signature: Some(Signature([5; 64])),
     });
     server
         .send_to(connection, task.clone())
@@ -494,18 +235,35 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         offer_id: 3,
         plan: UpgradePlan {
             version: "0.2.0".into(),
-            url: "https://example.invalid/probermesh".into(),
+            size_bytes: 4,
             sha256: [7; 32],
+            signature: Some("untrusted comment: test\nRWQ=\n".into()),
         },
     };
-    server
-        .send_to(connection, offer.clone())
-        .await
-        .expect("offer");
-    assert_eq!(
-        guarded("UpgradeOffer", agent.recv()).await.expect("offer"),
-        FromServer::Message(offer)
-    );
+    let chunk = ToAgent::BinaryChunk {
+        offer_id: 3,
+        offset: 0,
+        bytes: Arc::from(&b"\x7fELF"[..]),
+    };
+    let trace = ToAgent::Trace(TraceRequest {
+        id: 11,
+        target: "198.18.0.9".parse().expect("ip"),
+        protocol: TraceProtocol::Icmp,
+        max_hops: 30,
+        rounds: 10,
+    });
+    for message in [&offer, &chunk, &trace] {
+        server
+            .send_to(connection, message.clone())
+            .await
+            .expect("sent");
+        assert_eq!(
+            guarded(message.kind(), agent.recv())
+                .await
+                .expect("received"),
+            FromServer::Message(message.clone())
+        );
+    }
     let task_result = FromAgent::TaskResult {
         task_id: 9,
         output: TaskOutput {
@@ -520,18 +278,41 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
     let status = FromAgent::UpgradeStatus {
         offer_id: 3,
         version: "0.2.0".into(),
-        state: UpgradeState::Verified,
+        state: UpgradeState::Downloading { received_bytes: 4 },
     };
-    agent.send(task_result.clone()).await.expect("task result");
-    agent.send(status.clone()).await.expect("upgrade status");
-    eventually("TaskResult and UpgradeStatus", || {
-        let events = recorded.events();
-        [&task_result, &status].iter().all(|wanted| {
-            events
-                .iter()
-                .any(|e| matches!(e, LinkEvent::Message { message, .. } if message == *wanted))
-        })
-    })
+    let chunk_request = FromAgent::ChunkRequest {
+        offer_id: 3,
+        offset: 4,
+    };
+    let trace_result = FromAgent::TraceResult(TraceReport {
+        id: 11,
+        target: "198.18.0.9".parse().expect("ip"),
+        hops: vec![TraceHop {
+            ttl: 1,
+            addr: Some("198.18.0.1".parse().expect("ip")),
+            sent: 10,
+            received: 10,
+            rtt_best: Some(Duration::from_micros(80)),
+            rtt_mean: Some(Duration::from_micros(95)),
+            rtt_worst: Some(Duration::from_micros(130)),
+        }],
+        error: None,
+    });
+    let sent = [&task_result, &status, &chunk_request, &trace_result];
+    for message in sent {
+        agent.send(message.clone()).await.expect("sent");
+    }
+    eventually(
+        "TaskResult, UpgradeStatus, ChunkRequest and TraceResult",
+        || {
+            let events = recorded.events();
+            sent.iter().all(|wanted| {
+                events
+                    .iter()
+                    .any(|e| matches!(e, LinkEvent::Message { message, .. } if message == *wanted))
+            })
+        },
+    )
     .await;
 
     // A clean close is a Disconnected event.
@@ -616,7 +397,7 @@ async fn a_wrong_or_missing_token_is_refused_on_both_sides_and_nothing_is_delive
 
     // No token at all (a hand-made Hello with an empty one).
     let mut raw = raw_client(&server).await;
-    raw.say(&hello(PROTOCOL_VERSION, "")).await;
+    raw.say(&hello(ProtocolVersion::V1.as_u16(), "")).await;
     assert_eq!(
         raw.read().await,
         ServerMessage::Refused {
@@ -727,8 +508,11 @@ async fn a_version_mismatch_is_refused_naming_both_versions_on_both_sides() {
     let dir = TempDir::new("version");
     let server = new_server(&dir).await;
     let (recorded, _task) = record(&server);
-    let newer = PROTOCOL_VERSION + 1;
+    let served = ProtocolVersion::LATEST.as_u16();
+    let newer = served + 1;
     let mut raw = raw_client(&server).await;
+    // A hello's variant and version come first in every version, so the server can read
+    // the version of a hello it cannot decode.
     raw.say(&hello(newer, TOKEN)).await;
     let reason = match raw.read().await {
         ServerMessage::Refused { reason } => reason,
@@ -737,16 +521,13 @@ async fn a_version_mismatch_is_refused_naming_both_versions_on_both_sides() {
     assert_eq!(
         reason,
         RefusalV1::VersionMismatch {
-            server: PROTOCOL_VERSION,
+            server: served,
             agent: newer
         }
     );
     // What the agent reports for it.
     let text = describe_refusal(&reason);
-    assert!(
-        text.contains(&format!("server speaks v{PROTOCOL_VERSION}")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("server speaks v{served}")), "{text}");
     assert!(text.contains(&format!("agent speaks v{newer}")), "{text}");
     let (code, close_reason) = raw.closed().await;
     assert_eq!(code, CloseCode::Refused);
@@ -754,7 +535,7 @@ async fn a_version_mismatch_is_refused_naming_both_versions_on_both_sides() {
     let log = logs.text();
     assert!(
         log.contains(&format!(
-            "server speaks v{PROTOCOL_VERSION}, the agent speaks v{newer}"
+            "server speaks v{served}, the agent speaks v{newer}"
         )),
         "{log}"
     );
@@ -781,7 +562,8 @@ async fn an_agent_refused_for_its_version_names_both_versions() {
     let endpoint =
         quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     let addr = endpoint.local_addr().expect("addr");
-    let newer = PROTOCOL_VERSION + 1;
+    let ours = ProtocolVersion::LATEST.as_u16();
+    let newer = ours + 1;
     let stand_in = tokio::spawn(async move {
         let conn = endpoint
             .accept()
@@ -794,17 +576,11 @@ async fn an_agent_refused_for_its_version_names_both_versions() {
         recv.read_exact(&mut prefix).await.expect("prefix");
         let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
         recv.read_exact(&mut body).await.expect("hello");
-        let hello: AgentMessage = probermesh_core::wire::decode_frame(&body).expect("decode");
-        let AgentMessage::Hello {
-            protocol_version, ..
-        } = hello
-        else {
-            panic!("not a Hello");
-        };
+        let hello: Hello = decode_hello(&body).expect("a hello");
         let refusal = ServerMessage::Refused {
             reason: RefusalV1::VersionMismatch {
                 server: newer,
-                agent: protocol_version,
+                agent: hello.protocol_version.as_u16(),
             },
         };
         send.write_all(&encode_frame(&refusal, usize::MAX).expect("encode"))
@@ -830,7 +606,7 @@ async fn an_agent_refused_for_its_version_names_both_versions() {
         "{reason}"
     );
     assert!(
-        reason.contains(&format!("the agent speaks v{PROTOCOL_VERSION}")),
+        reason.contains(&format!("the agent speaks v{ours}")),
         "{reason}"
     );
     agent.close().await;
@@ -863,7 +639,7 @@ async fn an_oversized_frame_closes_only_that_connection() {
 
     // An authenticated peer announces a frame above the limit.
     let mut raw = raw_client(&server).await;
-    raw.say(&hello(PROTOCOL_VERSION, TOKEN)).await;
+    raw.say(&hello(ProtocolVersion::V1.as_u16(), TOKEN)).await;
     assert!(matches!(raw.read().await, ServerMessage::Welcome { .. }));
     raw.write(&(64 * 1024 + 1u32).to_be_bytes()).await;
     raw.write(&[0u8; 1024]).await;
@@ -917,7 +693,7 @@ async fn garbage_bytes_close_only_that_connection() {
 
     // A valid Hello, then garbage.
     let mut raw = raw_client(&server).await;
-    raw.say(&hello(PROTOCOL_VERSION, TOKEN)).await;
+    raw.say(&hello(ProtocolVersion::V1.as_u16(), TOKEN)).await;
     assert!(matches!(raw.read().await, ServerMessage::Welcome { .. }));
     raw.write(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
     let (code, reason) = raw.closed().await;
@@ -926,7 +702,7 @@ async fn garbage_bytes_close_only_that_connection() {
 
     // A valid frame over a limit (`check_limits`): a huge batch is refused as a whole.
     let mut raw = raw_client(&server).await;
-    raw.say(&hello(PROTOCOL_VERSION, TOKEN)).await;
+    raw.say(&hello(ProtocolVersion::V1.as_u16(), TOKEN)).await;
     assert!(matches!(raw.read().await, ServerMessage::Welcome { .. }));
     raw.say(&AgentMessage::UpgradeStatus {
         offer_id: 1,

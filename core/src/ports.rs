@@ -333,6 +333,15 @@ pub trait ReportSource: Send + Sync {
     /// Closes `connection` for a protocol violation, telling the agent `reason`; its
     /// `Disconnected` event follows.
     fn close(&self, connection: ConnectionId, reason: &str);
+
+    /// Stops taking connections and closes every one cleanly (agents keep what was not
+    /// acknowledged, for the next server); `next_event` answers `None` once the events before
+    /// are handed out.
+    async fn shutdown(&self);
+
+    /// Result batches sent again by agents after a reconnect and recognised (acknowledged,
+    /// not handed out), since the start.
+    fn duplicate_batches(&self) -> u64;
 }
 
 /// Identifies one agent connection on the server, for as long as it lasts (never reused
@@ -360,6 +369,8 @@ pub enum LinkEvent {
         version: AgentVersion,
         /// The address the server sees it connect from (its public IP, decision 12).
         observed_addr: SocketAddr,
+        /// Its protocol version and what it takes beyond probing.
+        capabilities: crate::link::Capabilities,
     },
     /// An agent sent a message.
     Message {
@@ -407,146 +418,115 @@ pub enum LinkError {
 
 // === metrics ===
 
-/// Publishes a snapshot of everything the server exposes.
+/// Exposes the server's series to Prometheus.
 ///
-/// Implemented by the `metrics` adapter, the Prometheus exporter (it renders the latest
-/// snapshot at `/metrics`).
-/// An `Err` means this snapshot was not published; the previous one stays visible and the
-/// next one is tried normally.
-#[async_trait::async_trait]
+/// Implemented by the `metrics` adapter with the `prometheus` crate's encoder. The server's
+/// driver publishes the settled part of each window once ([`Self::publish`], the expensive
+/// one: every pair and URL) and renders the live part at every scrape ([`Self::scrape`]).
 pub trait MetricsExporter: Send + Sync {
-    /// Publishes `snapshot`, replacing the previous one.
-    async fn export(&self, snapshot: &Snapshot) -> Result<(), ExportError>;
+    /// Replaces the published settled series with `settled`.
+    fn publish(&self, settled: &Snapshot);
+
+    /// The scrape body: the published series followed by `live`, rendered now.
+    fn scrape(&self, live: &Snapshot) -> Vec<u8>;
 }
 
-/// Why a snapshot could not be published.
-#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
-#[error("exporting metrics failed: {detail}")]
-pub struct ExportError {
-    /// What went wrong.
-    pub detail: String,
+// === stores ===
+
+/// What a [`Store`] keeps, one record of each kind. Each kind has its own size limit; its
+/// bytes are a `core::wire` format, so a store never interprets them.
+#[derive(Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub enum Record {
+    /// The results of a stopped server's unsettled windows, for the next server
+    /// (`core::wire::handoff`).
+    OpenWindows,
 }
 
-// === tasks ===
-
-/// Runs one remote task's shell command on the agent.
-///
-/// Implemented by the `task` adapter with a shell (`sh -c`), capturing stdout and stderr.
-/// It cannot fail: a command that cannot start, fails or times out is a [`TaskOutput`] that
-/// says so, which the agent reports like any other.
-#[async_trait::async_trait]
-pub trait TaskRunner: Send + Sync {
-    /// Runs `task.command`, killing it (and its process group) after `task.timeout`.
-    async fn run(&self, task: &TaskSpec) -> TaskOutput;
-}
-
-/// One task as the agent runs it.
-#[derive(Clone, Debug, Eq, Hash, PartialEq)]
-pub struct TaskSpec {
-    /// The server's task id (an agent runs each id at most once).
-    pub id: u64,
-    /// The shell command.
-    pub command: String,
-    /// The command is killed after this long.
-    pub timeout: Duration,
-    /// At most this many bytes of stdout and of stderr are kept, each.
-    pub output_limit_bytes: usize,
-}
-
-/// What a task did.
-#[derive(Clone, Debug, Default, Eq, PartialEq)]
-pub struct TaskOutput {
-    /// The exit code; `None` when the command was killed by a signal, timed out or never
-    /// started.
-    pub exit_code: Option<i32>,
-    /// Captured standard output (at most the limit).
-    pub stdout: Vec<u8>,
-    /// Captured standard error (at most the limit); when the command could not start, the
-    /// reason.
-    pub stderr: Vec<u8>,
-    /// Whether either stream was cut at the limit.
-    pub truncated: bool,
-    /// Whether the command was killed at the timeout.
-    pub timed_out: bool,
-    /// How long it ran.
-    pub duration: Duration,
-}
-
-// === self-upgrade ===
-
-/// Replaces the agent's own executable with a new, verified version.
-///
-/// Implemented by the `updater` adapter: it downloads the binary, checks its SHA-256 and swaps
-/// it in atomically with self-replace; the driver then restarts the agent.
-/// An `Err` means the running executable is untouched, and the agent reports the failure.
-#[async_trait::async_trait]
-pub trait BinaryUpdater: Send + Sync {
-    /// Downloads, verifies and installs the binary `plan` describes.
-    async fn apply(&self, plan: &UpgradePlan) -> Result<UpgradeApplied, UpdateError>;
-}
-
-/// An upgrade the server asked for.
-#[derive(Clone, Debug, Eq, Hash, PartialEq)]
-pub struct UpgradePlan {
-    /// The version being installed.
-    pub version: String,
-    /// Where to download the binary.
-    pub url: String,
-    /// The SHA-256 digest the downloaded bytes must have.
-    pub sha256: [u8; 32],
-}
-
-impl UpgradePlan {
-    /// The expected digest in lowercase hex.
+impl Record {
+    /// The record's name (its file name without extension in the file store).
     #[must_use]
-    pub fn sha256_hex(&self) -> String {
-        hex(&self.sha256)
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::OpenWindows => "open-windows",
+        }
+    }
+
+    /// The largest record of this kind read or written.
+    #[must_use]
+    pub const fn max_bytes(self) -> u64 {
+        match self {
+            // Two windows of 4 million results fit well below it.
+            Self::OpenWindows => 2 * 1024 * 1024 * 1024,
+        }
     }
 }
 
-/// A successful installation.
-#[derive(Clone, Debug, Eq, Hash, PartialEq)]
-pub struct UpgradeApplied {
-    /// The version installed.
-    pub version: String,
-    /// The path of the replaced executable.
-    pub path: String,
+/// Keeps records across restarts.
+///
+/// Implemented by the `store` adapter with one file per record in a data directory: a write
+/// is atomic (a reader sees the old record or the new one, never a mix, even after a crash),
+/// records are readable by the owner only, and a record over its size limit is neither
+/// written nor read. `core::fake::MemoryStore` keeps them in memory.
+pub trait Store: Send + Sync {
+    /// The record, or `None` when there is none.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it exists but cannot be read (or is over its limit).
+    fn read(&self, record: Record) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Replaces the record with `bytes`, atomically.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it cannot be written; the previous record stays.
+    fn write(&self, record: Record, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Removes the record (none is fine).
+    ///
+    /// # Errors
+    /// [`StoreError`] when it exists and cannot be removed.
+    fn remove(&self, record: Record) -> Result<(), StoreError>;
+
+    /// Moves a damaged record out of the way, kept for a post-mortem and never read again;
+    /// says where it went.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it cannot be moved.
+    fn set_aside(&self, record: Record) -> Result<String, StoreError>;
 }
 
-/// Why an upgrade was not installed.
+/// Why a store operation failed: the operation, where, and the cause.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
-pub enum UpdateError {
-    /// The download failed (network, HTTP status, size limit).
-    #[error("downloading the new binary failed: {detail}")]
-    Download {
-        /// What went wrong.
-        detail: String,
-    },
-    /// The downloaded bytes do not have the announced digest.
-    #[error("the new binary's SHA-256 is {actual}, expected {expected}")]
-    Checksum {
-        /// The announced digest, lowercase hex.
-        expected: String,
-        /// The digest of the downloaded bytes, lowercase hex.
-        actual: String,
-    },
-    /// The executable could not be replaced (permissions, disk full).
-    #[error("replacing the executable failed: {detail}")]
-    Replace {
-        /// What went wrong.
-        detail: String,
-    },
+#[error("{operation} {location}: {cause}")]
+pub struct StoreError {
+    /// What was tried (`reading`, `writing`, `removing`, `moving aside`).
+    pub operation: &'static str,
+    /// Where (a file's path).
+    pub location: String,
+    /// The cause.
+    pub cause: String,
 }
 
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]])
-        .map(char::from)
-        .collect()
+// === probe file ===
+
+/// Where the server's probe-file blocks come from, at start and at every reload.
+///
+/// Implemented by the `probe_file` adapter (a YAML file on disk, parsed and validated by
+/// `core::probe_file`); `core::fake::FakePoolSource` hands out what a test set.
+pub trait PoolSource: Send + Sync {
+    /// Reads the blocks now.
+    ///
+    /// # Errors
+    /// [`PoolSourceError`] naming the source and, for a bad file, the line and field.
+    fn load(&self) -> Result<Vec<ProbeConfig>, PoolSourceError>;
+
+    /// What the source is, for logs (a file's path).
+    fn describe(&self) -> String;
 }
+
+/// Why the probe-file blocks could not be read.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct PoolSourceError(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -561,8 +541,9 @@ mod tests {
         shareable::<dyn ServerLink>();
         shareable::<dyn ReportSource>();
         shareable::<dyn MetricsExporter>();
-        shareable::<dyn TaskRunner>();
-        shareable::<dyn BinaryUpdater>();
+        shareable::<dyn Clock>();
+        shareable::<dyn Store>();
+        shareable::<dyn PoolSource>();
     }
 
     #[test]
@@ -613,13 +594,6 @@ mod tests {
             dns.to_string(),
             "resolving failed (no address of the family) after 12ms: only AAAA records"
         );
-        let plan = UpgradePlan {
-            version: "0.2.0".into(),
-            url: "https://example.invalid/probermesh".into(),
-            sha256: [0xab; 32],
-        };
-        assert_eq!(plan.sha256_hex(), "ab".repeat(32));
-        assert_eq!(hex(&[0x00, 0x0f, 0xf0]), "000ff0");
         assert_eq!(ConnectionId(7).to_string(), "connection#7");
     }
 }

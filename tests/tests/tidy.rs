@@ -89,3 +89,140 @@ fn the_lockfile_has_no_aws_lc() {
         "Cargo.lock pulls in aws-lc: {offenders:?}; turn off default features and use ring"
     );
 }
+
+/// Every `.rs` file under `dir`, with its text.
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).expect("a source directory") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = fs::read_to_string(&path).expect("a source file");
+                let name = path
+                    .strip_prefix(repo())
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                found.push((name, text));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The code of a source file before its `#[cfg(test)]` module (tests may reach further).
+fn non_test_code(text: &str) -> &str {
+    text.split("#[cfg(test)]").next().unwrap_or(text)
+}
+
+#[test]
+fn the_binary_is_wiring_only() {
+    // The binary parses flags, builds adapters and starts drivers: it names no wire format,
+    // no delivery state and no fake, implements no port, drives no state machine and reads
+    // no wall clock (docs/architecture.md, `bins/probermesh/`).
+    let forbidden = [
+        (
+            "probermesh_core::wire",
+            "a wire format (conversions live in core::wire)",
+        ),
+        (
+            "probermesh_core::delivery",
+            "delivery state (the link adapter's)",
+        ),
+        ("probermesh_core::fake", "a fake"),
+        (
+            ".handle_event(",
+            "a state machine step (drivers live in adapters::driver)",
+        ),
+        (
+            ".handle_timeout(",
+            "a state machine step (drivers live in adapters::driver)",
+        ),
+        (
+            ".poll_action(",
+            "a state machine step (drivers live in adapters::driver)",
+        ),
+        ("SystemTime::now", "the wall clock (the Clock port)"),
+        (
+            "impl ServerLink for",
+            "a port implementation (adapters implement ports)",
+        ),
+        (
+            "impl ReportSource for",
+            "a port implementation (adapters implement ports)",
+        ),
+        (
+            "impl MetricsExporter for",
+            "a port implementation (adapters implement ports)",
+        ),
+        (
+            "impl Store for",
+            "a port implementation (adapters implement ports)",
+        ),
+        (
+            "impl PoolSource for",
+            "a port implementation (adapters implement ports)",
+        ),
+        (
+            "impl AdminApi for",
+            "an endpoint implementation (adapters::driver::server)",
+        ),
+    ];
+    let mut offences = Vec::new();
+    for (file, text) in sources(&repo().join("bins/probermesh/src")) {
+        let code = non_test_code(&text);
+        for (pattern, what) in forbidden {
+            if code.contains(pattern) {
+                offences.push(format!("{file}: `{pattern}` is {what}"));
+            }
+        }
+        // Files only the log directory and the demo's scratch directory may touch.
+        if code.contains("std::fs::") && !file.ends_with("logging.rs") && !file.ends_with("demo.rs")
+        {
+            offences.push(format!("{file}: `std::fs::` (files go through adapters)"));
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "bins/ is not wiring only:\n{}",
+        offences.join("\n")
+    );
+}
+
+#[test]
+fn adapters_import_no_other_adapter() {
+    // An adapter implements its port with its library and imports core and the shared
+    // `secret` leaf only; `driver` is the one room that composes adapters (it runs the state
+    // machines over them) and `clock` is a leaf the drivers read.
+    let leaves = ["secret"];
+    let adapters_src = repo().join("adapters/src");
+    let rooms: Vec<String> = fs::read_dir(&adapters_src)
+        .expect("adapters/src")
+        .map(|e| e.expect("entry").path())
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|name| name != "lib")
+        .collect();
+    let mut offences = Vec::new();
+    for (file, text) in sources(&adapters_src) {
+        let rel = file.trim_start_matches("adapters/src/");
+        let room = rel.split(['/', '.']).next().unwrap_or_default().to_owned();
+        if room == "driver" || room == "lib" {
+            continue;
+        }
+        for other in &rooms {
+            if *other == room || leaves.contains(&other.as_str()) {
+                continue;
+            }
+            if text.contains(&format!("crate::{other}::"))
+                || text.contains(&format!("crate::{other};"))
+            {
+                offences.push(format!("{file} (room `{room}`) imports `crate::{other}`"));
+            }
+        }
+    }
+    assert!(offences.is_empty(), "{}", offences.join("\n"));
+}

@@ -30,6 +30,23 @@ pub struct StopBounds {
     pub drain: Duration,
 }
 
+impl StopBounds {
+    /// How much longer than a probe interval a stop waits for the probes in flight (a
+    /// probe's timeout is at most its interval; the ICMP engine adds its reply timeout).
+    pub const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
+    /// How long a stop waits for the server to acknowledge the last results.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The bounds of a production agent probing every `probe_interval`.
+    #[must_use]
+    pub fn for_interval(probe_interval: Duration) -> Self {
+        Self {
+            in_flight: probe_interval + Self::IN_FLIGHT_GRACE,
+            drain: Self::DRAIN_TIMEOUT,
+        }
+    }
+}
+
 /// What an agent's run ended with.
 #[derive(Debug)]
 pub struct AgentRun<L> {

@@ -5,3 +5,4 @@
 //! test with core's fakes and tokio's paused clock.
 
 pub mod agent;
+pub mod server;

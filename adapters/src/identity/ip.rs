@@ -100,6 +100,13 @@ impl IpOptions {
             echo_timeout: DEFAULT_ECHO_TIMEOUT,
         }
     }
+
+    /// Whether the agent's address is the one the server sees it connect from, followed
+    /// when that changes (decision 12): in `public` mode without `-agent.ip`.
+    #[must_use]
+    pub fn follows_server_view(&self) -> bool {
+        self.network_type == NetworkType::Public && self.override_ip.is_none()
+    }
 }
 
 /// Where the agent's address came from.

@@ -14,7 +14,7 @@ use probermesh_core::delivery::{Outbox, OutboxStats};
 use probermesh_core::link::{FromAgent, FromServer};
 use probermesh_core::model::ProbeResult;
 use probermesh_core::ports::{LinkError, ServerLink};
-use probermesh_core::wire::{AgentMessage, ProbeResultV1, to_server_v1};
+use probermesh_core::wire::ProbeResultV1;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -86,7 +86,7 @@ impl AgentShared {
 #[derive(Debug)]
 pub struct AgentLink {
     shared: Arc<AgentShared>,
-    control: mpsc::Sender<AgentMessage>,
+    control: mpsc::Sender<FromAgent>,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Result<FromServer, LinkError>>>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -206,7 +206,6 @@ impl ServerLink for AgentLink {
                 detail: "results go through enqueue_results".into(),
             });
         }
-        let msg = to_server_v1(&msg);
         if !self.shared.connected.load(Ordering::Relaxed) {
             return Err(LinkError::Disconnected);
         }
@@ -241,7 +240,7 @@ async fn supervise(
     shared: Arc<AgentShared>,
     config: AgentLinkConfig,
     client: quinn::ClientConfig,
-    mut control: mpsc::Receiver<AgentMessage>,
+    mut control: mpsc::Receiver<FromAgent>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.backoff);
@@ -271,11 +270,13 @@ async fn supervise(
                 tracing::info!(
                     server = %config.server_addr,
                     server_version = %session.server_version,
+                    protocol = session.capabilities.protocol_version,
                     observed_addr = %session.observed_addr,
                     "connected to the server"
                 );
                 shared.forward(Ok(FromServer::Welcomed {
                     server_version: session.server_version.clone(),
+                    capabilities: session.capabilities.clone(),
                     observed_addr: session.observed_addr,
                 }));
                 // The close frame goes out even when the endpoint handle is dropped: quinn's

@@ -1,20 +1,20 @@
-//! The link's options as plain structs: what the server and an agent need to open it.
-//! The command-line flags that fill them arrive with the product issue; their future names
-//! are given in the field docs.
+//! The link's options as plain structs: what the server and an agent need to open it. The
+//! binary fills them from its flags (named in the field docs).
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use probermesh_core::delivery::OutboxConfig;
 use probermesh_core::model::{AgentId, AgentVersion};
-use probermesh_core::wire::DEFAULT_MAX_FRAME_LEN;
+use probermesh_core::wire::{DEFAULT_MAX_FRAME_LEN, ProtocolVersion};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use super::backoff::BackoffConfig;
 use super::cert::CertificateSource;
 use super::tls::ServerVerification;
-use super::token::Token;
+use crate::secret::Token;
 
 /// Largest first frame (the `Hello`) accepted before an agent is authenticated, in bytes:
 /// an unauthenticated peer cannot make the server buffer more than this (plus the QUIC
@@ -97,6 +97,13 @@ pub struct ServerConfig {
     /// Messages (acks included) waiting to be written to one agent (default 1,024). An agent
     /// that lets it fill up is disconnected.
     pub send_queue_len: usize,
+    /// The newest protocol version served (default the newest this build speaks). `V1`
+    /// reads hellos exactly as the releases before v2 did (a v2 hello is then a protocol
+    /// violation): what a v2 agent meets at a server not yet upgraded.
+    pub max_protocol: ProtocolVersion,
+    /// The features this server offers in a v2 welcome (`core::link::feature`); none until
+    /// the features are built.
+    pub features: BTreeSet<String>,
 }
 
 impl ServerConfig {
@@ -114,6 +121,8 @@ impl ServerConfig {
             dedup_window_batches: 1_024,
             event_queue_len: 1_024,
             send_queue_len: 1_024,
+            max_protocol: ProtocolVersion::LATEST,
+            features: BTreeSet::new(),
         }
     }
 }
@@ -172,6 +181,12 @@ pub struct AgentLinkConfig {
     /// Server messages waiting for `recv` (default 256); beyond that new ones are dropped
     /// and logged (the latest pool is kept regardless).
     pub inbox_len: usize,
+    /// The newest protocol version offered (default the newest this build speaks); a server
+    /// that speaks only v1 is then spoken to in v1.
+    pub max_protocol: ProtocolVersion,
+    /// The features this agent takes, named in a v2 hello (`core::link::feature`); a server
+    /// sends tasks, upgrades and traces only to agents that name them.
+    pub features: BTreeSet<String>,
 }
 
 impl AgentLinkConfig {
@@ -193,6 +208,8 @@ impl AgentLinkConfig {
             backoff: BackoffConfig::default(),
             limits: LinkLimits::default(),
             inbox_len: 256,
+            max_protocol: ProtocolVersion::LATEST,
+            features: BTreeSet::new(),
         }
     }
 

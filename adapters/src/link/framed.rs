@@ -2,12 +2,8 @@
 //! through a [`FrameDecoder`] (bounded by the maximum frame size), and written to a
 //! `SendStream`.
 
-use probermesh_core::wire::{
-    FrameDecoder, LEN_PREFIX_BYTES, WireError, decode_frame, encode_frame,
-};
-use quinn::{ReadError, ReadExactError, RecvStream, SendStream, WriteError};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use probermesh_core::wire::{FrameDecoder, LEN_PREFIX_BYTES, WireError};
+use quinn::{ReadError, ReadExactError, RecvStream, WriteError};
 
 /// Bytes asked from the stream per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -47,12 +43,19 @@ impl FrameReader {
         }
     }
 
-    /// The next message; `Ok(None)` when the peer finished the stream at a frame boundary.
+    /// The next frame, decoded from its body by `decode` (in the connection's protocol
+    /// version); `Ok(None)` when the peer finished the stream at a frame boundary.
     /// Cancel-safe: bytes read are kept in the decoder.
-    pub(crate) async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub(crate) async fn next<T, E>(
+        &mut self,
+        mut decode: impl FnMut(&[u8]) -> Result<T, E>,
+    ) -> Result<Option<T>, FrameError>
+    where
+        FrameError: From<E>,
+    {
         loop {
-            if let Some(msg) = self.decoder.next_frame()? {
-                return Ok(Some(msg));
+            if let Some(body) = self.decoder.next_body()? {
+                return Ok(Some(decode(body)?));
             }
             match self.stream.read(&mut self.chunk).await? {
                 Some(n) => self.decoder.push(&self.chunk[..n]),
@@ -68,11 +71,11 @@ impl FrameReader {
 }
 
 /// Reads exactly one frame of at most `max_frame_len` bytes from the start of `stream`
-/// (the `Hello` or its answer), consuming nothing beyond it.
-pub(crate) async fn read_first_frame<T: DeserializeOwned>(
+/// (the `Hello` or its answer), consuming nothing beyond it; its body.
+pub(crate) async fn read_first_body(
     stream: &mut RecvStream,
     max_frame_len: usize,
-) -> Result<T, FrameError> {
+) -> Result<Vec<u8>, FrameError> {
     let mut prefix = [0u8; LEN_PREFIX_BYTES];
     read_exact(stream, &mut prefix).await?;
     let len = u64::from(u32::from_be_bytes(prefix));
@@ -81,7 +84,7 @@ pub(crate) async fn read_first_frame<T: DeserializeOwned>(
     }
     let mut body = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
     read_exact(stream, &mut body).await?;
-    Ok(decode_frame(&body)?)
+    Ok(body)
 }
 
 async fn read_exact(stream: &mut RecvStream, buf: &mut [u8]) -> Result<(), FrameError> {
@@ -100,15 +103,4 @@ pub(crate) enum WriteFrameError {
     /// Writing failed (connection lost, stream stopped).
     #[error("writing the stream failed: {0}")]
     Write(#[from] WriteError),
-}
-
-/// Encodes `msg` and writes it as one frame.
-pub(crate) async fn write_message<T: Serialize>(
-    stream: &mut SendStream,
-    msg: &T,
-    max_frame_len: usize,
-) -> Result<(), WriteFrameError> {
-    let frame = encode_frame(msg, max_frame_len)?;
-    stream.write_all(&frame).await?;
-    Ok(())
 }

@@ -8,10 +8,12 @@
 
 use std::sync::Arc;
 
+use probermesh_core::link::Capabilities;
 use probermesh_core::model::{AgentId, AgentVersion, Region};
 use probermesh_core::ports::LinkError;
 use probermesh_core::wire::{
-    AgentMessage, PROTOCOL_VERSION, RefusalV1, ServerMessage, WireError, encode_frame,
+    AgentMessage, Hello, HelloError, ProtocolVersion, RefusalV1, Welcome, WireSecret, decode_frame,
+    decode_hello, encode_refused, encode_welcome,
 };
 use quinn::{Connection, Incoming, RecvStream, SendStream};
 use tokio::time::{Instant, timeout_at};
@@ -19,7 +21,7 @@ use tokio::time::{Instant, timeout_at};
 use super::cert_check::{describe_peer_alert, readable_tls_text};
 use super::close::{CloseCode, close};
 use super::config::MAX_HELLO_FRAME_LEN;
-use super::framed::{FrameError, read_first_frame};
+use super::framed::{FrameError, read_first_body};
 use super::server::{Shared, bump};
 
 /// How long the server waits, after sending `Refused`, for the agent to read it and hang up.
@@ -40,7 +42,9 @@ pub(crate) struct AcceptedHello {
     pub(crate) agent: AgentId,
     pub(crate) version: AgentVersion,
     pub(crate) instance_id: u64,
-    pub(crate) welcome: ServerMessage,
+    /// The connection's protocol version and the agent's features.
+    pub(crate) capabilities: Capabilities,
+    pub(crate) welcome: Welcome,
 }
 
 /// The text of a refusal, for the agent's error and both sides' logs.
@@ -123,12 +127,7 @@ pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<A
             return None;
         }
     };
-    let first = match timeout_at(
-        deadline,
-        read_first_frame::<AgentMessage>(&mut recv, MAX_HELLO_FRAME_LEN),
-    )
-    .await
-    {
+    let first = match timeout_at(deadline, read_first_body(&mut recv, MAX_HELLO_FRAME_LEN)).await {
         Ok(Ok(msg)) => msg,
         Ok(Err(FrameError::Read(e))) => {
             failed("the agent left before its Hello", &e);
@@ -166,7 +165,7 @@ pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<A
         }
         Err(Rejection::Refused(reason)) => {
             let text = describe_refusal(&reason);
-            if let Ok(frame) = encode_frame(&ServerMessage::Refused { reason }, usize::MAX)
+            if let Ok(frame) = encode_refused(&reason)
                 && send.write_all(&frame).await.is_ok()
             {
                 let _ = send.finish();
@@ -187,46 +186,77 @@ enum Rejection {
     Refused(RefusalV1),
 }
 
-/// Checks the first message: a `Hello` within limits, our protocol version, the right token,
-/// a valid region. Logs and counts refusals (never the token).
+/// Reads the first frame's body as a `Hello` of a version this server serves: v1 and v2, or
+/// with `max_protocol` V1 exactly as the releases before v2 did (only a v1 `Hello` decodes).
+fn read_hello(shared: &Shared, body: &[u8]) -> Result<Hello, HelloError> {
+    if shared.config.max_protocol == ProtocolVersion::V1 {
+        let first: AgentMessage = decode_frame(body).map_err(HelloError::Wire)?;
+        first.check_limits().map_err(HelloError::Wire)?;
+        let AgentMessage::Hello {
+            protocol_version,
+            agent_version,
+            region,
+            ip,
+            instance_id,
+            token,
+        } = first
+        else {
+            return Err(HelloError::Wire(
+                probermesh_core::wire::WireError::Invalid {
+                    field: "message".into(),
+                    reason: "the first message must be a Hello".into(),
+                },
+            ));
+        };
+        if protocol_version != ProtocolVersion::V1.as_u16() {
+            return Err(HelloError::UnsupportedVersion {
+                version: protocol_version,
+            });
+        }
+        return Ok(Hello {
+            protocol_version: ProtocolVersion::V1,
+            agent_version,
+            region,
+            ip: ip.into(),
+            instance_id,
+            token,
+            features: std::collections::BTreeSet::new(),
+        });
+    }
+    decode_hello(body)
+}
+
+/// Checks the first message: a `Hello` within limits, a protocol version this server serves,
+/// the right token, a valid region. Logs and counts refusals (never the token).
 fn check_hello(
     shared: &Shared,
-    first: AgentMessage,
+    first: Vec<u8>,
     remote: std::net::SocketAddr,
 ) -> Result<AcceptedHello, Rejection> {
-    first
-        .check_limits()
-        .map_err(|e: WireError| Rejection::Protocol(e.to_string()))?;
-    let AgentMessage::Hello {
+    let hello = match read_hello(shared, &first) {
+        Ok(hello) => hello,
+        Err(HelloError::UnsupportedVersion { version }) => {
+            bump(&shared.counters.refused_version);
+            let reason = RefusalV1::VersionMismatch {
+                server: shared.config.max_protocol.as_u16(),
+                agent: version,
+            };
+            tracing::warn!(%remote, "agent refused: {}", describe_refusal(&reason));
+            return Err(Rejection::Refused(reason));
+        }
+        Err(HelloError::Wire(error)) => return Err(Rejection::Protocol(error.to_string())),
+    };
+    let Hello {
         protocol_version,
         agent_version,
         region,
         ip,
         instance_id,
         token,
-    } = first
-    else {
-        return Err(Rejection::Protocol(
-            "the first message must be a Hello".into(),
-        ));
-    };
+        features,
+    } = hello;
     let version = AgentVersion::new(&agent_version);
-    if protocol_version != PROTOCOL_VERSION {
-        bump(&shared.counters.refused_version);
-        let reason = RefusalV1::VersionMismatch {
-            server: PROTOCOL_VERSION,
-            agent: protocol_version,
-        };
-        tracing::warn!(
-            %remote,
-            region = %region.escape_debug(),
-            agent_version = %version,
-            "agent refused: {}",
-            describe_refusal(&reason)
-        );
-        return Err(Rejection::Refused(reason));
-    }
-    if !shared.config.token.matches(token.expose()) {
+    if !shared.config.token.matches(WireSecret::expose(&token)) {
         bump(&shared.counters.refused_bad_token);
         tracing::warn!(
             %remote,
@@ -245,14 +275,27 @@ fn check_hello(
             return Err(Rejection::Refused(RefusalV1::Other(text)));
         }
     };
+    let server_features = match protocol_version {
+        ProtocolVersion::V1 => std::collections::BTreeSet::new(),
+        ProtocolVersion::V2 => shared.config.features.clone(),
+    };
     Ok(AcceptedHello {
-        agent: AgentId::new(region, ip.into()),
+        agent: AgentId::new(region, ip),
         version,
         instance_id,
-        welcome: ServerMessage::Welcome {
-            protocol_version: PROTOCOL_VERSION,
+        capabilities: probermesh_core::wire::capabilities(protocol_version, &features),
+        welcome: Welcome {
+            protocol_version,
             server_version: shared.config.server_version.clone(),
-            observed_addr: remote.into(),
+            observed_addr: remote,
+            features: server_features,
         },
     })
+}
+
+/// The `Welcome` frame of an accepted hello.
+pub(crate) fn welcome_frame(
+    hello: &AcceptedHello,
+) -> Result<Vec<u8>, probermesh_core::wire::WireError> {
+    encode_welcome(&hello.welcome)
 }

@@ -4,11 +4,12 @@
 //!
 //! - Security: the server's certificate comes from PEM files or is generated once and kept
 //!   ([`cert`]); agents verify it with a CA file or a pinned SHA-256 fingerprint ([`tls`]) and
-//!   authenticate with a shared token compared in constant time ([`token`]).
+//!   authenticate with a shared token compared in constant time ([`crate::secret`]).
 //! - Protocol: one bidirectional stream per connection, opened by the agent; `Hello` first,
-//!   within the handshake timeout ([`handshake`]); length-prefixed frames both ways, bounded by
-//!   the maximum frame size (`framed`); a bad frame closes that connection with a code and a
-//!   reason ([`close`]).
+//!   within the handshake timeout ([`handshake`]), in the newest version both ends speak (v2,
+//!   or v1 with a server that speaks only v1: `session`); length-prefixed frames both ways,
+//!   bounded by the maximum frame size (`framed`), each decoded in the connection's version;
+//!   a bad frame closes that connection with a code and a reason ([`close`]).
 //! - Resilience: agents reconnect with backoff and jitter ([`backoff`]), buffer results in
 //!   core's `Outbox` and resend unacknowledged batches; the server deduplicates with core's
 //!   `Deduplicator` ([`server`], `session`). A restarted server resets the connections of the
@@ -28,7 +29,6 @@ pub mod server;
 mod session;
 mod stable_keys;
 pub mod tls;
-pub mod token;
 
 pub use agent::{AgentLink, AgentLinkStats, AgentSetupError};
 pub use backoff::BackoffConfig;
@@ -39,4 +39,3 @@ pub use fingerprint::{FingerprintError, Sha256Fingerprint};
 pub use handshake::describe_refusal;
 pub use server::{ReportServer, ServerSetupError, ServerStats};
 pub use tls::{ALPN, ServerVerification, TlsSetupError, client_crypto, server_crypto};
-pub use token::{TOKEN_ENV_VAR, Token, TokenError};

@@ -20,9 +20,7 @@ use probermesh_core::delivery::Deduplicator;
 use probermesh_core::link::{FromAgent, ToAgent};
 use probermesh_core::model::AgentId;
 use probermesh_core::ports::{ConnectionId, LinkError, LinkEvent, ReportSource};
-use probermesh_core::wire::{
-    AgentMessage, ServerMessage, encode_frame, from_agent_v1, to_agent_v1,
-};
+use probermesh_core::wire::{ProtocolVersion, decode_from_agent, encode_to_agent};
 use quinn::{Connection, Endpoint, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -125,6 +123,8 @@ struct Queued {
 #[derive(Debug)]
 struct Registered {
     conn: Connection,
+    /// The connection's protocol version: every message to it is encoded in it.
+    protocol: ProtocolVersion,
     /// Encoded frames for the writer.
     frames: mpsc::Sender<Vec<u8>>,
     writer: JoinHandle<()>,
@@ -393,7 +393,8 @@ impl ReportSource for ReportServer {
             };
             let first = lock(&self.shared.dedup).first_delivery(&key, *seq);
             if let Some(registered) = registry.connections.get(connection)
-                && let Ok(ack) = encode_frame(&ServerMessage::Ack { seq: *seq }, usize::MAX)
+                && let Ok(ack) =
+                    encode_to_agent(registered.protocol, &ToAgent::Ack { seq: *seq }, usize::MAX)
             {
                 // A lost ack only means a resend, which is recognised below next time.
                 let _ = queue_on(&self.shared, *connection, registered, ack);
@@ -407,8 +408,14 @@ impl ReportSource for ReportServer {
     }
 
     async fn send_to(&self, connection: ConnectionId, msg: ToAgent) -> Result<(), LinkError> {
-        let frame = encode_frame(
-            &to_agent_v1(&msg),
+        let protocol = lock(&self.shared.registry)
+            .connections
+            .get(&connection)
+            .map(|registered| registered.protocol)
+            .ok_or(LinkError::Disconnected)?;
+        let frame = encode_to_agent(
+            protocol,
+            &msg,
             self.shared.config.limits.max_frame_len_bytes,
         )
         .map_err(|e| LinkError::Protocol {
@@ -424,6 +431,14 @@ impl ReportSource for ReportServer {
             tracing::warn!(%connection, %reason, "closing the connection");
             close(&registered.conn, CloseCode::Protocol, reason);
         }
+    }
+
+    async fn shutdown(&self) {
+        ReportServer::shutdown(self).await;
+    }
+
+    fn duplicate_batches(&self) -> u64 {
+        self.stats().duplicate_batches
     }
 }
 
@@ -473,8 +488,10 @@ async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
     let connection = ConnectionId(shared.next_connection_id.fetch_add(1, Ordering::Relaxed));
     let remote = conn.remote_address();
     let (frames_tx, frames_rx) = mpsc::channel(shared.config.send_queue_len.max(2));
-    let welcome = encode_frame(&hello.welcome, usize::MAX);
-    let Ok(welcome) = welcome else { return };
+    let Ok(welcome) = handshake::welcome_frame(&hello) else {
+        return;
+    };
+    let protocol = hello.welcome.protocol_version;
     let _ = frames_tx.try_send(welcome);
     {
         let mut registry = lock(&shared.registry);
@@ -487,6 +504,7 @@ async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
             connection,
             Registered {
                 conn: conn.clone(),
+                protocol,
                 frames: frames_tx,
                 writer,
             },
@@ -497,6 +515,7 @@ async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
         %connection,
         agent = %hello.agent,
         version = %hello.version,
+        %protocol,
         %remote,
         "agent connected"
     );
@@ -507,6 +526,7 @@ async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
         agent: agent.clone(),
         version: hello.version,
         observed_addr: remote,
+        capabilities: hello.capabilities,
     };
     let announced = shared
         .events
@@ -517,7 +537,13 @@ async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
         .await
         .is_ok();
     if announced {
-        read_agent(shared, &conn, connection, &agent, instance_id, recv).await;
+        let peer = Peer {
+            connection,
+            agent: &agent,
+            instance_id,
+            protocol,
+        };
+        read_agent(shared, &conn, &peer, recv).await;
     }
     // Dropping the frame sender lets the writer finish the stream.
     lock(&shared.registry).connections.remove(&connection);
@@ -532,30 +558,30 @@ async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
     }
 }
 
+/// Who an authenticated connection is.
+struct Peer<'a> {
+    connection: ConnectionId,
+    agent: &'a AgentId,
+    instance_id: u64,
+    protocol: ProtocolVersion,
+}
+
 /// Reads an authenticated agent's frames into the event queue until the connection ends or
 /// breaks the protocol (then it is closed with code `Protocol`).
-async fn read_agent(
-    shared: &Shared,
-    conn: &Connection,
-    connection: ConnectionId,
-    agent: &AgentId,
-    instance_id: u64,
-    recv: quinn::RecvStream,
-) {
+async fn read_agent(shared: &Shared, conn: &Connection, peer: &Peer<'_>, recv: quinn::RecvStream) {
+    let Peer {
+        connection,
+        agent,
+        instance_id,
+        protocol,
+    } = *peer;
     let mut reader = FrameReader::new(recv, shared.config.limits.max_frame_len_bytes);
     loop {
-        match reader.next::<AgentMessage>().await {
+        match reader
+            .next(|body| decode_from_agent(protocol, body, agent))
+            .await
+        {
             Ok(Some(message)) => {
-                let message = match message
-                    .check_limits()
-                    .and_then(|()| from_agent_v1(message, agent))
-                {
-                    Ok(message) => message,
-                    Err(e) => {
-                        protocol_error(shared, conn, connection, agent, &e.to_string());
-                        return;
-                    }
-                };
                 let event = LinkEvent::Message {
                     connection,
                     agent: agent.clone(),

@@ -1,19 +1,26 @@
 //! One agent connection: connect and say `Hello`, then read and write until it ends.
 //!
-//! The reader applies `Ack`s to the outbox, keeps the latest valid target pool and forwards
-//! what the agent driver wants (`TargetPool`, `Task`, `UpgradeOffer`). The writer asks for the
-//! pool, sends heartbeats and control messages, and drains the outbox: unacknowledged batches
-//! of earlier connections first, then new ones, within the window of unacknowledged batches.
-//! The connection ends when the *reader* ends, so every `Ack` the server wrote before finishing
-//! its stream is applied before the agent hangs up.
+//! The agent offers the newest protocol version it speaks; a server that speaks only v1
+//! (every release before v2) cannot read a v2 `Hello` and closes the connection as a protocol
+//! violation, or refuses the version: the agent then connects again at once with a v1 `Hello`
+//! (docs/wire.md, Versions and negotiation). Every message after the handshake is encoded and
+//! decoded in the connection's version.
+//!
+//! The reader applies `Ack`s to the outbox and forwards everything else to the agent's
+//! driver (a pool it cannot accept as `InvalidPool`). The writer sends the control messages
+//! the driver hands over and drains the outbox: unacknowledged batches of earlier connections
+//! first, then new ones, within the window of unacknowledged batches. The connection ends
+//! when the *reader* ends, so every `Ack` the server wrote before finishing its stream is
+//! applied before the agent hangs up.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use probermesh_core::link::FromServer;
+use probermesh_core::link::{Capabilities, FromAgent, FromServer, ToAgent};
 use probermesh_core::ports::LinkError;
 use probermesh_core::wire::{
-    AgentMessage, PROTOCOL_VERSION, ServerMessage, WireError, WireSecret, from_server_v1,
+    Answer, FromServerError, Hello, ProtocolVersion, RefusalV1, WireError, WireSecret,
+    decode_answer, decode_from_server, encode_hello, encode_to_server,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
@@ -21,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use super::agent::AgentShared;
 use super::close::{CloseCode, close, link_error};
 use super::config::{AgentLinkConfig, MAX_HELLO_FRAME_LEN};
-use super::framed::{FrameError, FrameReader, WriteFrameError, read_first_frame, write_message};
+use super::framed::{FrameError, FrameReader, WriteFrameError, read_first_body};
 use super::handshake::refused;
 
 /// A connection that passed the handshake.
@@ -34,6 +41,8 @@ pub(crate) struct Session {
     recv: RecvStream,
     pub(crate) observed_addr: SocketAddr,
     pub(crate) server_version: String,
+    /// The connection's protocol version and the server's features.
+    pub(crate) capabilities: Capabilities,
 }
 
 /// How a session ended.
@@ -64,10 +73,58 @@ pub(crate) async fn connect(
     }
 }
 
+/// Connects offering the newest version; falls back to v1 at once when the server speaks only
+/// v1.
 async fn connect_inner(
     config: &AgentLinkConfig,
     client: &quinn::ClientConfig,
 ) -> Result<Session, LinkError> {
+    let offered = config.max_protocol;
+    match connect_offering(config, client, offered).await {
+        Err(Attempt::OnlyV1(why)) if offered != ProtocolVersion::V1 => {
+            tracing::info!(
+                server = %config.server_addr,
+                answer = %why,
+                "the server speaks protocol v1 only; connecting again in v1 (tasks, upgrades and traces need a v2 server)"
+            );
+            connect_offering(config, client, ProtocolVersion::V1)
+                .await
+                .map_err(Attempt::into_error)
+        }
+        other => other.map_err(Attempt::into_error),
+    }
+}
+
+/// How one connection attempt failed.
+enum Attempt {
+    /// The server cannot read this version's `Hello` (it speaks only v1); why it said so.
+    OnlyV1(String),
+    /// Any other failure.
+    Failed(LinkError),
+}
+
+impl Attempt {
+    fn into_error(self) -> LinkError {
+        match self {
+            Self::OnlyV1(why) => LinkError::Protocol {
+                detail: format!("the server does not accept this agent's protocol: {why}"),
+            },
+            Self::Failed(error) => error,
+        }
+    }
+}
+
+impl From<LinkError> for Attempt {
+    fn from(error: LinkError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+async fn connect_offering(
+    config: &AgentLinkConfig,
+    client: &quinn::ClientConfig,
+    offered: ProtocolVersion,
+) -> Result<Session, Attempt> {
     let io = |detail: String| LinkError::Io { detail };
     let server = tokio::net::lookup_host(config.server_addr.as_str())
         .await
@@ -90,61 +147,62 @@ async fn connect_inner(
         })?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| link_error(&e))?;
     let identity = &config.identity;
-    let hello = AgentMessage::Hello {
-        protocol_version: PROTOCOL_VERSION,
+    let hello = Hello {
+        protocol_version: offered,
         agent_version: identity.version.to_string(),
         region: identity.agent.region.to_string(),
-        ip: identity.agent.ip.into(),
+        ip: identity.agent.ip,
         instance_id: identity.instance_id,
         token: WireSecret::new(config.token.expose().to_owned()),
+        features: config.features.clone(),
     };
-    write_message(&mut send, &hello, MAX_HELLO_FRAME_LEN)
+    let frame = encode_hello(&hello).map_err(|e| LinkError::Protocol {
+        detail: format!("cannot encode the Hello: {e}"),
+    })?;
+    send.write_all(&frame)
         .await
-        .map_err(|e| write_error(&conn, &e))?;
-    let reply = read_first_frame::<ServerMessage>(&mut recv, MAX_HELLO_FRAME_LEN)
-        .await
-        .map_err(|e| read_error(&conn, e))?;
-    if let Err(e) = reply.check_limits() {
+        .map_err(|e| write_error(&conn, &WriteFrameError::Write(e)))?;
+    let reply = match read_first_body(&mut recv, MAX_HELLO_FRAME_LEN).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            // A server that speaks only v1 cannot decode a v2 Hello: it closes the connection
+            // as a protocol violation before any answer.
+            if offered != ProtocolVersion::V1
+                && let Some(reason) = conn.close_reason()
+                && let Some((CloseCode::Protocol, why)) = CloseCode::of_error(&reason)
+            {
+                return Err(Attempt::OnlyV1(why));
+            }
+            return Err(read_error(&conn, error).into());
+        }
+    };
+    let answer = decode_answer(offered, &reply).map_err(|e| {
         close(&conn, CloseCode::Protocol, &e.to_string());
-        return Err(LinkError::Protocol {
+        LinkError::Protocol {
             detail: format!("bad answer to Hello: {e}"),
-        });
-    }
-    match reply {
-        ServerMessage::Welcome {
-            server_version,
-            observed_addr,
-            ..
-        } => Ok(Session {
+        }
+    })?;
+    match answer {
+        Answer::Welcome(welcome) => Ok(Session {
             endpoint,
             conn,
             send,
             recv,
-            observed_addr: observed_addr.into(),
-            server_version,
+            observed_addr: welcome.observed_addr,
+            server_version: welcome.server_version.clone(),
+            capabilities: welcome.capabilities(),
         }),
-        ServerMessage::Refused { reason } => {
+        Answer::Refused(reason) => {
             close(&conn, CloseCode::Done, "refused");
-            Err(refused(&reason))
+            match reason {
+                RefusalV1::VersionMismatch { server, .. }
+                    if offered != ProtocolVersion::V1 && server == ProtocolVersion::V1.as_u16() =>
+                {
+                    Err(Attempt::OnlyV1(super::handshake::describe_refusal(&reason)))
+                }
+                other => Err(refused(&other).into()),
+            }
         }
-        other => {
-            close(&conn, CloseCode::Protocol, "expected Welcome or Refused");
-            Err(LinkError::Protocol {
-                detail: format!("expected Welcome or Refused, got {}", kind(&other)),
-            })
-        }
-    }
-}
-
-/// The name of a message kind, for errors (never its content).
-fn kind(msg: &ServerMessage) -> &'static str {
-    match msg {
-        ServerMessage::Welcome { .. } => "Welcome",
-        ServerMessage::Refused { .. } => "Refused",
-        ServerMessage::TargetPool { .. } => "TargetPool",
-        ServerMessage::Ack { .. } => "Ack",
-        ServerMessage::Task { .. } => "Task",
-        ServerMessage::UpgradeOffer { .. } => "UpgradeOffer",
     }
 }
 
@@ -181,7 +239,7 @@ impl Session {
         self,
         shared: &Arc<AgentShared>,
         config: &AgentLinkConfig,
-        control: &mut mpsc::Receiver<AgentMessage>,
+        control: &mut mpsc::Receiver<FromAgent>,
         stop: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
         let Self {
@@ -189,10 +247,13 @@ impl Session {
             conn,
             send,
             recv,
+            capabilities,
             ..
         } = self;
-        let reader = read_loop(shared, config, &conn, recv);
-        let writer = write_loop(shared, config, send, control);
+        let protocol =
+            ProtocolVersion::from_u16(capabilities.protocol_version).unwrap_or(ProtocolVersion::V1);
+        let reader = read_loop(shared, config, &conn, recv, protocol);
+        let writer = write_loop(shared, config, send, control, protocol);
         tokio::pin!(reader, writer);
         let end = tokio::select! {
             end = &mut reader => end,
@@ -224,53 +285,40 @@ async fn read_loop(
     config: &AgentLinkConfig,
     conn: &Connection,
     recv: RecvStream,
+    protocol: ProtocolVersion,
 ) -> SessionEnd {
     let mut reader = FrameReader::new(recv, config.limits.max_frame_len_bytes);
     loop {
-        let msg = match reader.next::<ServerMessage>().await {
-            Ok(Some(msg)) => msg,
+        let decoded = match reader
+            .next(|body| Ok::<_, WireError>(decode_from_server(protocol, body)))
+            .await
+        {
+            Ok(Some(decoded)) => decoded,
             Ok(None) => return SessionEnd::ServerFinished,
             Err(e) => return SessionEnd::Failed(read_error(conn, e)),
         };
-        if let Err(e) = msg.check_limits() {
-            return SessionEnd::Failed(LinkError::Protocol {
-                detail: format!("bad message from the server: {e}"),
-            });
-        }
-        match msg {
-            ServerMessage::Ack { seq } => {
+        match decoded {
+            Ok(ToAgent::Ack { seq }) => {
                 shared.outbox().ack(seq);
                 shared.outbox_changed.notify_one();
             }
-            ServerMessage::Welcome { .. } | ServerMessage::Refused { .. } => {
-                return SessionEnd::Failed(LinkError::Protocol {
-                    detail: format!("unexpected {} after the handshake", kind(&msg)),
-                });
+            Ok(message) => shared.forward(Ok(FromServer::Message(message))),
+            // The agent keeps its previous pool and tells the server (AgentState).
+            Err(FromServerError::InvalidPool { revision, error }) => {
+                let (field, reason) = match error {
+                    WireError::Invalid { field, reason } => (field, reason),
+                    other => (String::new(), other.to_string()),
+                };
+                shared.forward(Ok(FromServer::InvalidPool {
+                    revision,
+                    field,
+                    reason,
+                }));
             }
-            ServerMessage::TargetPool { revision, .. } => match from_server_v1(msg) {
-                Ok(pool) => shared.forward(Ok(FromServer::Message(pool))),
-                // The agent keeps its previous pool and tells the server (AgentState).
-                Err(error) => {
-                    let (field, reason) = match error {
-                        WireError::Invalid { field, reason } => (field, reason),
-                        other => (String::new(), other.to_string()),
-                    };
-                    shared.forward(Ok(FromServer::InvalidPool {
-                        revision,
-                        field,
-                        reason,
-                    }));
-                }
-            },
-            other @ (ServerMessage::Task { .. } | ServerMessage::UpgradeOffer { .. }) => {
-                match from_server_v1(other) {
-                    Ok(message) => shared.forward(Ok(FromServer::Message(message))),
-                    Err(e) => {
-                        return SessionEnd::Failed(LinkError::Protocol {
-                            detail: format!("bad message from the server: {e}"),
-                        });
-                    }
-                }
+            Err(FromServerError::Wire(e)) => {
+                return SessionEnd::Failed(LinkError::Protocol {
+                    detail: format!("bad message from the server: {e}"),
+                });
             }
         }
     }
@@ -280,7 +328,8 @@ async fn write_loop(
     shared: &AgentShared,
     config: &AgentLinkConfig,
     mut send: SendStream,
-    control: &mut mpsc::Receiver<AgentMessage>,
+    control: &mut mpsc::Receiver<FromAgent>,
+    protocol: ProtocolVersion,
 ) -> WriteFrameError {
     let max_frame_len = config.limits.max_frame_len_bytes;
     loop {
@@ -294,6 +343,7 @@ async fn write_loop(
                     "resending batch"
                 );
             }
+            // A result batch has the same bytes in every protocol version.
             if let Err(e) = send.write_all(&batch.frame).await {
                 return e.into();
             }
@@ -306,8 +356,17 @@ async fn write_loop(
             },
             _ = shared.outbox_changed.notified() => continue,
         };
-        if let Err(e) = write_message(&mut send, &msg, max_frame_len).await {
-            return e;
+        let frame = match encode_to_server(protocol, &msg, max_frame_len) {
+            Ok(frame) => frame,
+            // Not in this connection's version (a v2 message on a v1 link) or too large:
+            // dropped, the connection goes on.
+            Err(e) => {
+                tracing::warn!(kind = msg.kind(), %protocol, error = %e, "a message to the server could not be sent");
+                continue;
+            }
+        };
+        if let Err(e) = send.write_all(&frame).await {
+            return e.into();
         }
     }
 }

@@ -27,7 +27,7 @@ use quinn_proto::InvalidCid;
 use ring::hmac;
 use sha2::{Digest, Sha256};
 
-use super::token::constant_time_eq;
+use crate::secret::constant_time_eq;
 
 /// Label of the stateless-reset key derivation.
 const RESET_KEY_LABEL: &[u8] = b"probermesh quic stateless reset key v1";

@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use probermesh_adapters::clock::SystemClock;
@@ -16,8 +15,9 @@ use probermesh_adapters::identity::{
     DetectionTimeouts, IpOptions, MetadataEndpoint, NetworkType, agent_ip, detect_region,
 };
 use probermesh_adapters::link::{
-    AgentIdentity, AgentLink, AgentLinkConfig, ServerVerification, Sha256Fingerprint, Token,
+    AgentIdentity, AgentLink, AgentLinkConfig, ServerVerification, Sha256Fingerprint,
 };
+use probermesh_adapters::secret::Token;
 use probermesh_core::agent::{AgentConfig, AgentState};
 use probermesh_core::model::{AgentId, AgentVersion};
 use probermesh_core::ports::{Clock, DnsResolver};
@@ -46,21 +46,6 @@ pub(crate) fn system_probers() -> Result<Probers> {
         dns,
         icmp: Arc::new(engine),
     })
-}
-
-/// How much longer than a probe interval a graceful stop waits for the probes in flight (a
-/// probe's timeout is at most its interval; the ICMP engine adds its reply timeout).
-const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
-
-/// How long a graceful stop waits for the server to acknowledge the last results.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The bounds of an agent's graceful stop, for `probe_interval`.
-fn stop_bounds(probe_interval: Duration) -> StopBounds {
-    StopBounds {
-        in_flight: probe_interval + IN_FLIGHT_GRACE,
-        drain: DRAIN_TIMEOUT,
-    }
 }
 
 /// What every link of this agent is made of: a re-identification starts another.
@@ -144,8 +129,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
             probe_interval: choices.probe_interval,
             sync_interval: choices.sync_interval,
             heartbeat_interval: choices.probe_interval,
-            // The public address is the one the server sees (decision 12).
-            follow_observed_ip: network_type == NetworkType::Public && override_ip.is_none(),
+            follow_observed_ip: ip_options.follows_server_view(),
         },
         clock.now(),
     );
@@ -162,7 +146,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         system_probers()?,
         clock,
         stopping,
-        stop_bounds(choices.probe_interval),
+        StopBounds::for_interval(choices.probe_interval),
     )
     .await;
     signals.await.context("the signal handler")??;

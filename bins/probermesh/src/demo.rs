@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use argh::FromArgs;
 use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, CertificateSource, ServerConfig, ServerVerification,
-    Token,
 };
+use probermesh_adapters::secret::Token;
 use probermesh_core::aggregate::{self as families, AggregationMethod, AggregatorConfig};
 use probermesh_core::model::{
     AgentId, AgentVersion, HttpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
@@ -75,16 +75,20 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         probe_file: None,
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: None,
-        handoff_file: None,
+        data_dir: None,
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.
     let health = format!("http://{}/-/healthy", server.http_addr());
-    server.set_file_configs(vec![ProbeConfig {
-        region: Region::new("web")?,
-        targets: vec![Target::parse(ProbeKind::Http, &health)?],
-        module: ProbeModule::Http(HttpModule::default()),
-    }]);
+    server
+        .handle()
+        .set_file_configs(vec![ProbeConfig {
+            region: Region::new("web")?,
+            targets: vec![Target::parse(ProbeKind::Http, &health)?],
+            module: ProbeModule::Http(HttpModule::default()),
+        }])
+        .await
+        .map_err(|e| anyhow::anyhow!("the demo's pool: {e}"))?;
     let fingerprint = server
         .fingerprint()
         .parse()
@@ -155,7 +159,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             _ = ticker.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        let table = render_table(&server.snapshot());
+        let table = render_table(&server.handle().snapshot());
         if tty {
             print_line("\x1b[2J\x1b[H")?;
         }

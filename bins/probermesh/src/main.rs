@@ -9,21 +9,20 @@
 mod agent;
 mod cli;
 mod demo;
-mod handoff;
 mod http_probe;
 mod logging;
 mod ping;
 mod server;
 
-use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use argh::FromArgs;
+use probermesh_adapters::probe_file::ProbeFileOnDisk;
 use probermesh_core::model::{ProbeConfig, ProbeModule};
-use probermesh_core::probe_file::parse_probe_file;
+use probermesh_core::ports::PoolSource;
 
 /// ProberMesh: a network mesh prober (ICMP region to region, HTTP region to URL).
 #[derive(FromArgs, Debug)]
@@ -144,16 +143,15 @@ pub(crate) fn print_line(line: &str) -> Result<()> {
 }
 
 fn check_probe_file(args: &CheckProbeFile) -> Result<()> {
-    let name = args.file.display().to_string();
-    let yaml =
-        fs::read_to_string(&args.file).with_context(|| format!("reading probe file {name}"))?;
-    let file = parse_probe_file(&name, &yaml).map_err(anyhow::Error::new)?;
-    let targets: usize = file.configs.iter().map(|c| c.targets.len()).sum();
+    let source = ProbeFileOnDisk::new(&args.file);
+    let configs = source.load()?;
+    let targets: usize = configs.iter().map(|c| c.targets.len()).sum();
     print_line(&format!(
-        "{name}: ok, {} blocks, {targets} targets",
-        file.configs.len()
+        "{}: ok, {} blocks, {targets} targets",
+        source.describe(),
+        configs.len()
     ))?;
-    for config in &file.configs {
+    for config in &configs {
         print_line(&describe(config))?;
     }
     Ok(())

@@ -225,6 +225,7 @@ impl AgentState {
             FromServer::Welcomed {
                 server_version,
                 observed_addr,
+                ..
             } => {
                 self.connected = true;
                 self.observed_addr = Some(observed_addr);
@@ -254,7 +255,13 @@ impl AgentState {
                 self.pool = Some(ReceivedPool { revision, configs });
             }
             FromServer::Message(ToAgent::Ack { .. }) => {}
-            FromServer::Message(other @ (ToAgent::Task(_) | ToAgent::UpgradeOffer { .. })) => {
+            // Tasks, upgrades and traces arrive with their issues.
+            FromServer::Message(
+                other @ (ToAgent::Task(_)
+                | ToAgent::UpgradeOffer { .. }
+                | ToAgent::BinaryChunk { .. }
+                | ToAgent::Trace(_)),
+            ) => {
                 self.notice(AgentNotice::Unhandled { kind: other.kind() });
             }
             FromServer::InvalidPool {
@@ -366,6 +373,7 @@ mod tests {
     fn welcome(ip: &str) -> FromServer {
         FromServer::Welcomed {
             server_version: "0.1.0".into(),
+            capabilities: crate::link::Capabilities::v1(),
             observed_addr: SocketAddr::new(ip.parse().unwrap(), 40_000),
         }
     }

@@ -46,7 +46,8 @@ fn finish_frame(
 }
 
 /// Encodes `AgentMessage::ResultBatch { seq, results }` as one frame from borrowed results,
-/// `head` then `tail` (the same bytes as [`encode_frame`] of the owned message).
+/// `head` then `tail` (the same bytes as [`encode_frame`] of the owned message, in protocol v1
+/// and v2 alike).
 ///
 /// # Errors
 /// As [`encode_frame`].
@@ -142,6 +143,19 @@ impl FrameDecoder {
     /// [`WireError::FrameTooLarge`] for a prefix above the limit, [`WireError::Decode`] and
     /// [`WireError::TrailingBytes`] for a body that is not exactly one `T`.
     pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+        match self.next_body()? {
+            Some(body) => decode_frame(body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The body of the next complete frame (without its length prefix), consumed;
+    /// `Ok(None)` when more bytes are needed. For decoding that depends on the connection's
+    /// protocol version ([`super::decode_hello`], [`super::decode_from_agent`], …).
+    ///
+    /// # Errors
+    /// [`WireError::FrameTooLarge`] for a prefix above the limit.
+    pub fn next_body(&mut self) -> Result<Option<&[u8]>, WireError> {
         if let Some(len) = self.oversized_len {
             return Err(WireError::FrameTooLarge {
                 len,
@@ -166,13 +180,9 @@ impl FrameDecoder {
             return Ok(None);
         }
         let body_end = body_start + body_len;
-        let res = decode_frame(&self.buf[body_start..body_end]);
+        // The consumed bytes stay in `buf` until the next `push` drops them.
         self.start = body_end;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        res.map(Some)
+        Ok(Some(&self.buf[body_start..body_end]))
     }
 
     /// Bytes received and not consumed yet.
@@ -313,6 +323,22 @@ mod tests {
         let err = decode_frame::<ServerMessage>(&[3, 1, 0]).unwrap_err();
         assert_eq!(err, WireError::TrailingBytes { n_trailing: 1 });
         assert_eq!(err.to_string(), "frame holds 1 bytes after the message");
+    }
+
+    #[test]
+    fn bodies_come_out_whole_without_their_prefix() {
+        let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+        let mut bytes = ack_frame(300);
+        bytes.extend(ack_frame(1));
+        decoder.push(&bytes[..5]);
+        assert_eq!(decoder.next_body().unwrap(), None);
+        decoder.push(&bytes[5..]);
+        assert_eq!(decoder.next_body().unwrap(), Some(&[3, 0xac, 0x02][..]));
+        assert_eq!(decoder.next_body().unwrap(), Some(&[3, 1][..]));
+        assert_eq!(decoder.next_body().unwrap(), None);
+        assert_eq!(decoder.buffered_len(), 0);
+        decoder.push(&[0, 0, 0, 0]);
+        assert_eq!(decoder.next_body().unwrap(), Some(&[][..]));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Tests of the wire protocol as a whole: property round trips through framing and through the
 //! domain conversions, robustness against arbitrary bytes, the golden bytes of
-//! `fixtures/wire/v1/` (our compatibility promise), the replay of `fixtures/wire/corpus/`, and
-//! one test per `into_domain` validation with its error text.
+//! `fixtures/wire/v1/` and `fixtures/wire/v2/` (our compatibility promise), the replay of
+//! `fixtures/wire/corpus/`, and one test per `into_domain` validation with its error text.
+//! The tests of protocol v2 and the handshake are in `tests/v2.rs`.
+
+mod v2;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -760,29 +763,27 @@ fn decode_in_chunks<T: serde::de::DeserializeOwned>(bytes: &[u8], chunk_sizes: &
     messages
 }
 
-/// Decodes whatever `bytes` hold as both message types and converts every message that
-/// decodes; used by the no-panic properties and the corpus replay. Returns the messages seen.
+/// Cuts whatever `bytes` hold into frames and reads every body in every way a peer does: as a
+/// hello, as an answer to one and as a message from agent and server, in every protocol
+/// version, converting whatever decodes; used by the no-panic properties and the corpus replay.
+/// Returns how many times a body decoded as one of the four message enums.
 fn replay(bytes: &[u8], max_frame_len: usize) -> usize {
     let mut n_messages = 0;
     let source = AgentId::new(Region::new("replay").unwrap(), IpAddr::from([127, 0, 0, 1]));
-    let mut agent_decoder = FrameDecoder::new(max_frame_len);
-    agent_decoder.push(bytes);
-    while let Ok(Some(msg)) = agent_decoder.next_frame::<AgentMessage>() {
-        assert!(agent_decoder.buffered_len() <= bytes.len());
-        n_messages += 1;
-        let _ = msg.check_limits();
-        if let AgentMessage::ResultBatch { results, .. } = msg {
-            let _ = results_into_domain(results, &source);
+    let mut decoder = FrameDecoder::new(max_frame_len);
+    decoder.push(bytes);
+    while let Ok(Some(body)) = decoder.next_body() {
+        n_messages += usize::from(decode_frame::<AgentMessage>(body).is_ok())
+            + usize::from(decode_frame::<ServerMessage>(body).is_ok())
+            + usize::from(decode_frame::<AgentMessageV2>(body).is_ok())
+            + usize::from(decode_frame::<ServerMessageV2>(body).is_ok());
+        let _ = decode_hello(body);
+        for version in ProtocolVersion::ALL {
+            let _ = decode_from_agent(version, body, &source);
+            let _ = decode_from_server(version, body);
+            let _ = decode_answer(version, body);
         }
-    }
-    let mut server_decoder = FrameDecoder::new(max_frame_len);
-    server_decoder.push(bytes);
-    while let Ok(Some(msg)) = server_decoder.next_frame::<ServerMessage>() {
-        n_messages += 1;
-        let _ = msg.check_limits();
-        if let ServerMessage::TargetPool { configs, .. } = msg {
-            let _ = pool_into_domain(configs);
-        }
+        assert!(decoder.buffered_len() <= bytes.len());
     }
     n_messages
 }
@@ -1200,35 +1201,55 @@ fn malformed_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Golden frames: file stem, the `#` comment describing the value, and the frame.
+type GoldenFrames = Vec<(&'static str, &'static str, Vec<u8>)>;
+
+/// The golden frames of every version: its folder in `fixtures/wire/`, the prefix of its files
+/// in the corpus, and its frames.
+fn golden_frames_by_version() -> Vec<(&'static str, &'static str, GoldenFrames)> {
+    vec![
+        ("v1", "golden-", golden_frames()),
+        ("v2", "golden-v2-", v2::golden_frames()),
+    ]
+}
+
 #[test]
 fn golden_frames_are_the_promised_bytes() {
-    let v1_dir = fixtures_dir().join("v1");
     let corpus_dir = fixtures_dir().join("corpus");
     if update_golden() {
-        std::fs::create_dir_all(&v1_dir).unwrap();
         std::fs::create_dir_all(&corpus_dir).unwrap();
-        for (stem, comment, frame) in golden_frames() {
-            std::fs::write(v1_dir.join(format!("{stem}.hex")), to_hex(comment, &frame)).unwrap();
-            std::fs::write(corpus_dir.join(format!("golden-{stem}.bin")), &frame).unwrap();
+        for (version, corpus_prefix, frames) in golden_frames_by_version() {
+            let dir = fixtures_dir().join(version);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (stem, comment, frame) in frames {
+                std::fs::write(dir.join(format!("{stem}.hex")), to_hex(comment, &frame)).unwrap();
+                std::fs::write(
+                    corpus_dir.join(format!("{corpus_prefix}{stem}.bin")),
+                    &frame,
+                )
+                .unwrap();
+            }
         }
-        for (stem, bytes) in malformed_seeds() {
+        for (stem, bytes) in malformed_seeds().into_iter().chain(v2::malformed_seeds()) {
             std::fs::write(corpus_dir.join(format!("{stem}.bin")), bytes).unwrap();
         }
     }
-    for (stem, _, frame) in golden_frames() {
-        let path = v1_dir.join(format!("{stem}.hex"));
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            text.starts_with("# "),
-            "{} must start with a # comment line",
-            path.display()
-        );
-        assert_eq!(
-            from_hex(&text),
-            frame,
-            "{stem}: the encoding changed; v1 bytes are a compatibility promise (see fixtures/wire/README.md)"
-        );
+    for (version, _, frames) in golden_frames_by_version() {
+        for (stem, _, frame) in frames {
+            let path = fixtures_dir().join(version).join(format!("{stem}.hex"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                text.starts_with("# "),
+                "{} must start with a # comment line",
+                path.display()
+            );
+            assert_eq!(
+                from_hex(&text),
+                frame,
+                "{version}/{stem}: the encoding changed; {version} bytes are a compatibility promise (see fixtures/wire/README.md)"
+            );
+        }
     }
 }
 
@@ -1291,14 +1312,12 @@ fn corpus_replays_without_panicking() {
             n_messages += replay(&std::fs::read(&path).unwrap(), DEFAULT_MAX_FRAME_LEN);
         }
     }
+    let n_golden = golden_frames().len() + v2::golden_frames().len();
     assert!(
-        n_files >= golden_frames().len() + malformed_seeds().len(),
+        n_files >= n_golden + malformed_seeds().len() + v2::malformed_seeds().len(),
         "corpus has only {n_files} files"
     );
-    assert!(
-        n_messages >= golden_frames().len(),
-        "only {n_messages} messages decoded"
-    );
+    assert!(n_messages >= n_golden, "only {n_messages} messages decoded");
 }
 
 // === Validation: one test per rule, with the error text ===
@@ -1864,6 +1883,45 @@ proptest! {
         mutated[at.index(bytes.len())] = byte;
         let _ = decode_open_windows(&mutated);
     }
+}
+
+// === The task signing bytes (v2) ===
+
+#[test]
+fn golden_task_signing_bytes_are_the_promised_bytes() {
+    let path = fixtures_dir().join("v2").join("task_signing_bytes.hex");
+    let bytes = task_signing_bytes(&v2::golden_task_spec());
+    if update_golden() {
+        std::fs::write(
+            &path,
+            to_hex(
+                "task_signing_bytes of the golden task.hex (id 9, \"uptime\", 30000 ms, 65536 bytes, expires 1700000060000): \"probermesh task v2\\0\" then postcard (u64, str, u64, u32, u64)",
+                &bytes,
+            ),
+        )
+        .unwrap();
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        from_hex(&text),
+        bytes,
+        "the task signing bytes changed: every signed task would fail verification"
+    );
+    // Spelled out: the prefix, then id 9, "uptime", 30000 (b0 ea 01), 65536 (80 80 04) and
+    // 1700000060000 as varints.
+    let mut expected = b"probermesh task v2\0".to_vec();
+    expected.extend([9, 6]);
+    expected.extend(b"uptime");
+    expected.extend([0xb0, 0xea, 0x01, 0x80, 0x80, 0x04]);
+    expected.extend(postcard::to_allocvec(&1_700_000_060_000_u64).unwrap());
+    assert_eq!(bytes, expected);
+    // The signature is not signed; every other field is.
+    let mut unsigned = v2::golden_task_spec();
+    unsigned.signature = None;
+    assert_eq!(task_signing_bytes(&unsigned), bytes);
+    let mut other = v2::golden_task_spec();
+    other.expires_at = UnixMillis(1_700_000_060_001);
+    assert_ne!(task_signing_bytes(&other), bytes);
 }
 
 // === What the probe file accepts, every agent accepts ===

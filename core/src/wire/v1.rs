@@ -5,8 +5,8 @@
 //!
 //! Compatibility rules (postcard is not self-describing, so the byte layout *is* the schema):
 //! - never reorder, remove or retype a field or a variant;
-//! - new variants go at the end of an enum, new fields at the end of a struct, and either needs
-//!   a bump of [`super::PROTOCOL_VERSION`];
+//! - v1 is frozen: a new message or field belongs to a new protocol version
+//!   ([`super::ProtocolVersion`]; v2's messages are in [`super::v2`], and share these payloads);
 //! - no serde attribute that needs a self-describing format (`skip_serializing_if`, `flatten`,
 //!   `untagged`, `tag`, `default` on a missing field).
 
@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 
 // === Messages ===
 
-/// Everything an agent sends to the server.
+/// Everything a v1 agent sends to the server.
 ///
-/// A closed enum: variants are only ever appended, with a protocol version bump.
+/// A closed enum, frozen: new messages are protocol v2's ([`super::AgentMessageV2`]).
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub enum AgentMessage {
     /// The first message of every connection: who the agent is and its credentials.
     Hello {
-        /// The protocol version the agent speaks ([`super::PROTOCOL_VERSION`]).
+        /// The protocol version the agent offers (1, [`super::ProtocolVersion::V1`]).
         protocol_version: u16,
         /// The agent's own version (the `version` label).
         agent_version: String,
@@ -97,8 +97,10 @@ pub enum AgentMessage {
 /// can encode the batches it keeps for resending without cloning their results. The results
 /// are `head` followed by `tail` (the two halves of a ring buffer; either may be empty).
 ///
-/// The variant index (2) and field order are those of [`AgentMessage::ResultBatch`]; the test
-/// `a_borrowed_batch_encodes_like_the_owned_one` fails if the two ever differ.
+/// The variant index (2) and field order are those of [`AgentMessage::ResultBatch`] and of
+/// [`super::AgentMessageV2::ResultBatch`], so it serves both versions; the tests
+/// `a_borrowed_batch_encodes_like_the_owned_one` and
+/// `a_borrowed_batch_encodes_like_the_owned_v2_one` fail if they ever differ.
 #[derive(Clone, Copy, Debug)]
 pub struct ResultBatchRef<'a> {
     /// Per-instance sequence number.
@@ -132,7 +134,7 @@ impl Serialize for ResultBatchRef<'_> {
 
 /// Everything the server sends to an agent.
 ///
-/// A closed enum: variants are only ever appended, with a protocol version bump.
+/// A closed enum, frozen: new messages are protocol v2's ([`super::ServerMessageV2`]).
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub enum ServerMessage {
     /// The answer to an accepted [`AgentMessage::Hello`].

@@ -1,7 +1,9 @@
 //! Fuzz target for the protocol's untrusted-input path: arbitrary bytes go through
-//! `FrameDecoder` as both message types, in chunks of a fuzzer-chosen size, and every message
-//! that decodes is checked for limits, converted to domain values and re-encoded.
-//! Nothing may panic, buffer past the frame limit or fail to round-trip.
+//! `FrameDecoder` as the message types of both versions, in chunks of a fuzzer-chosen size,
+//! and every message that decodes is checked for limits, converted to domain values and
+//! re-encoded; every frame body also goes through the hello reader and the version-dispatching
+//! decoders the link uses. Nothing may panic, buffer past the frame limit or fail to
+//! round-trip.
 
 #![no_main]
 
@@ -10,8 +12,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use libfuzzer_sys::fuzz_target;
 use probermesh_core::model::{AgentId, Region};
 use probermesh_core::wire::{
-    AgentMessage, FrameDecoder, LEN_PREFIX_BYTES, ServerMessage, decode_frame, encode_frame,
-    pool_into_domain, results_into_domain,
+    AgentMessage, AgentMessageV2, FrameDecoder, LEN_PREFIX_BYTES, ProtocolVersion, ServerMessage,
+    ServerMessageV2, decode_frame, decode_from_agent, decode_from_server, decode_hello,
+    encode_frame, pool_into_domain, results_into_domain,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -55,6 +58,21 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     });
+    decode_stream::<AgentMessageV2>(stream, chunk_len, |msg| {
+        let _ = msg.check_limits();
+    });
+    decode_stream::<ServerMessageV2>(stream, chunk_len, |msg| {
+        let _ = msg.check_limits();
+    });
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    decoder.push(stream);
+    while let Ok(Some(body)) = decoder.next_body() {
+        let _ = decode_hello(body);
+        for version in ProtocolVersion::ALL {
+            let _ = decode_from_agent(version, body, &source);
+            let _ = decode_from_server(version, body);
+        }
+    }
 });
 
 /// Pushes `stream` in `chunk_len` pieces, checks the buffer bound, and hands every decoded

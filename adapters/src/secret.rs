@@ -1,4 +1,5 @@
-//! The shared agent token: loading it from a file or the environment, keeping it out of logs,
+//! Secrets the adapters share (the link's agent token, the admin endpoints' bearer token):
+//! not an adapter but a leaf both use. The shared agent token: loading it from a file or the environment, keeping it out of logs,
 //! and comparing it in constant time.
 //!
 //! The server reads the token from a file (`-server.auth.token-file` later); an agent from a

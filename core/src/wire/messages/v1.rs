@@ -1,16 +1,15 @@
 //! The v1 messages after the handshake, to and from the domain conversation
 //! ([`crate::link`]). Coming in, every payload goes through the validating conversions of
-//! [`super::convert`]; going out cannot fail.
+//! [`crate::wire::convert`]; going out fails only for what v1 cannot carry.
 
 use std::time::Duration;
 
-use super::convert::{pool_into_domain, results_into_domain};
-use super::v1::{AgentMessage, ProbeConfigV1, ProbeResultV1, ServerMessage, UpgradeStateV1};
-use super::{MAX_TEXT_LEN, WireError, cut_to};
-use crate::link::{FromAgent, ToAgent, UpgradeState};
+use crate::link::{FromAgent, TaskOutput, ToAgent, UpgradeState};
 use crate::model::time::duration_millis;
 use crate::model::{AgentId, UnixMillis};
-use crate::ports::{TaskOutput, TaskSpec, UpgradePlan};
+use crate::wire::convert::{pool_into_domain, results_into_domain};
+use crate::wire::v1::{AgentMessage, ProbeConfigV1, ProbeResultV1, ServerMessage, UpgradeStateV1};
+use crate::wire::{MAX_TEXT_LEN, WireError, cut_to};
 
 /// A v1 message from agent `source` as the domain message, validated.
 ///
@@ -66,7 +65,7 @@ pub fn from_agent_v1(message: AgentMessage, source: &AgentId) -> Result<FromAgen
             offer_id,
             version,
             state: match state {
-                UpgradeStateV1::Downloading => UpgradeState::Downloading,
+                UpgradeStateV1::Downloading => UpgradeState::Downloading { received_bytes: 0 },
                 UpgradeStateV1::Verified => UpgradeState::Verified,
                 UpgradeStateV1::Applied => UpgradeState::Applied,
                 UpgradeStateV1::Failed { reason } => UpgradeState::Failed { reason },
@@ -75,10 +74,18 @@ pub fn from_agent_v1(message: AgentMessage, source: &AgentId) -> Result<FromAgen
     })
 }
 
+/// The error for a message protocol v1 cannot carry.
+fn not_in_v1(kind: &str) -> WireError {
+    WireError::invalid(kind, "not part of protocol v1 (the peer speaks v1 only)")
+}
+
 /// The v1 message for a domain message from an agent.
-#[must_use]
-pub fn to_server_v1(message: &FromAgent) -> AgentMessage {
-    match message {
+///
+/// # Errors
+/// [`WireError::Invalid`] for a message only v2 carries (a chunk request, a trace result,
+/// an upgrade state v1 has no word for).
+pub fn to_server_v1(message: &FromAgent) -> Result<AgentMessage, WireError> {
+    Ok(match message {
         FromAgent::Heartbeat { sent_at } => AgentMessage::Heartbeat {
             sent_at_ms: sent_at.as_millis(),
         },
@@ -115,39 +122,41 @@ pub fn to_server_v1(message: &FromAgent) -> AgentMessage {
             offer_id: *offer_id,
             version: version.clone(),
             state: match state {
-                UpgradeState::Downloading => UpgradeStateV1::Downloading,
+                UpgradeState::Downloading { .. } => UpgradeStateV1::Downloading,
                 UpgradeState::Verified => UpgradeStateV1::Verified,
                 UpgradeState::Applied => UpgradeStateV1::Applied,
                 UpgradeState::Failed { reason } => UpgradeStateV1::Failed {
                     reason: reason.clone(),
                 },
+                UpgradeState::Committed | UpgradeState::RolledBack { .. } => {
+                    return Err(not_in_v1("upgrade_status.state"));
+                }
             },
         },
-    }
+        FromAgent::ChunkRequest { .. } | FromAgent::TraceResult(_) => {
+            return Err(not_in_v1(message.kind()));
+        }
+    })
 }
 
 /// The v1 message for a domain message to an agent.
-#[must_use]
-pub fn to_agent_v1(message: &ToAgent) -> ServerMessage {
-    match message {
+///
+/// # Errors
+/// [`WireError::Invalid`] for a message only v2 carries: tasks, upgrades, chunks and traces
+/// (v1 has `Task` and `UpgradeOffer` variants, but no v1 agent ever acted on them, and they
+/// lack the expiry, signature and size v2 requires).
+pub fn to_agent_v1(message: &ToAgent) -> Result<ServerMessage, WireError> {
+    Ok(match message {
         ToAgent::Pool { revision, configs } => ServerMessage::TargetPool {
             revision: *revision,
             configs: configs.iter().map(ProbeConfigV1::from).collect(),
         },
         ToAgent::Ack { seq } => ServerMessage::Ack { seq: *seq },
-        ToAgent::Task(task) => ServerMessage::Task {
-            task_id: task.id,
-            command: task.command.clone(),
-            timeout_ms: duration_millis(task.timeout),
-            output_limit_bytes: u32::try_from(task.output_limit_bytes).unwrap_or(u32::MAX),
-        },
-        ToAgent::UpgradeOffer { offer_id, plan } => ServerMessage::UpgradeOffer {
-            offer_id: *offer_id,
-            version: plan.version.clone(),
-            url: plan.url.clone(),
-            sha256: plan.sha256,
-        },
-    }
+        ToAgent::Task(_)
+        | ToAgent::UpgradeOffer { .. }
+        | ToAgent::BinaryChunk { .. }
+        | ToAgent::Trace(_) => return Err(not_in_v1(message.kind())),
+    })
 }
 
 /// A v1 message from the server as the domain message, validated (a pool through
@@ -169,29 +178,19 @@ pub fn from_server_v1(message: ServerMessage) -> Result<ToAgent, WireError> {
             configs: std::sync::Arc::new(pool_into_domain(configs)?),
         },
         ServerMessage::Ack { seq } => ToAgent::Ack { seq },
-        ServerMessage::Task {
-            task_id,
-            command,
-            timeout_ms,
-            output_limit_bytes,
-        } => ToAgent::Task(TaskSpec {
-            id: task_id,
-            command,
-            timeout: Duration::from_millis(timeout_ms),
-            output_limit_bytes: usize::try_from(output_limit_bytes).unwrap_or(usize::MAX),
-        }),
-        ServerMessage::UpgradeOffer {
-            offer_id,
-            version,
-            url,
-            sha256,
-        } => ToAgent::UpgradeOffer {
-            offer_id,
-            plan: UpgradePlan {
-                version,
-                url,
-                sha256,
-            },
-        },
+        ServerMessage::Task { .. } | ServerMessage::UpgradeOffer { .. } => {
+            return Err(not_in_v1(message_kind_v1(&message)));
+        }
     })
+}
+
+fn message_kind_v1(message: &ServerMessage) -> &'static str {
+    match message {
+        ServerMessage::Welcome { .. } => "welcome",
+        ServerMessage::Refused { .. } => "refused",
+        ServerMessage::TargetPool { .. } => "target_pool",
+        ServerMessage::Ack { .. } => "ack",
+        ServerMessage::Task { .. } => "task",
+        ServerMessage::UpgradeOffer { .. } => "upgrade_offer",
+    }
 }

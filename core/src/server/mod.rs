@@ -7,6 +7,11 @@
 //! kept while that agent is connected and has not been sent another revision, counted in
 //! `prober_server_pool_refused_total{region,reason}`, handed to the driver to log, and shown
 //! by [`ServerState::pool_refusals`] (for `/-/targets`). Nothing fails silently.
+//!
+//! [`handoff`]: what a stopping server leaves in the store for the next one, and how the
+//! next one files it.
+
+pub mod handoff;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -76,9 +81,11 @@ pub struct PoolTooLarge {
 /// [`PoolTooLarge`] with the size.
 pub fn check_pool_fits(pool: &TargetPool, live_agents: &[AgentId]) -> Result<(), PoolTooLarge> {
     let every_block: Vec<ProbeConfig> = pool.regions(live_agents).into_values().flatten().collect();
-    let message = crate::wire::to_agent_v1(&pool_message(PoolRevision(u64::MAX), every_block));
     let max_len = crate::wire::DEFAULT_MAX_FRAME_LEN;
-    match crate::wire::encode_frame(&message, max_len) {
+    // A pool has the same bytes in v1 and v2.
+    let encoded = crate::wire::to_agent_v1(&pool_message(PoolRevision(u64::MAX), every_block))
+        .and_then(|message| crate::wire::encode_frame(&message, max_len));
+    match encoded {
         Ok(_) => Ok(()),
         Err(crate::wire::WireError::FrameTooLarge { len, .. }) => Err(PoolTooLarge {
             len: usize::try_from(len).unwrap_or(usize::MAX),
@@ -274,8 +281,12 @@ impl ServerState {
                 }
                 actions.refused.push(refusal);
             }
-            // Tasks and upgrades arrive with their issues; their messages are carried already.
-            FromAgent::TaskResult { .. } | FromAgent::UpgradeStatus { .. } => {}
+            // Tasks, upgrades and traces arrive with their issues; their messages are carried
+            // already (protocol v2).
+            FromAgent::TaskResult { .. }
+            | FromAgent::UpgradeStatus { .. }
+            | FromAgent::ChunkRequest { .. }
+            | FromAgent::TraceResult(_) => {}
         }
     }
 
@@ -464,6 +475,7 @@ mod tests {
                 agent: who.clone(),
                 version: AgentVersion::new("1.0.0"),
                 observed_addr: SocketAddr::new(who.ip, 40_000),
+                capabilities: crate::link::Capabilities::v1(),
             },
         )
     }

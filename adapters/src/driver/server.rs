@@ -1,0 +1,465 @@
+//! The server's driver: runs `core::server::ServerState` over a `ReportSource`, a `Clock`, a
+//! `MetricsExporter`, a `PoolSource` (the probe file) and a `Store` (the restart handoff).
+//! Two loops feed the state: the link's events, and the window timer (which also publishes
+//! the settled series once per window). Every decision is the state's; the driver carries out
+//! its actions (send, close) and logs what they report. The HTTP endpoints reach the server
+//! through a [`ServerHandle`] (it implements the admin adapter's `AdminApi`).
+//!
+//! Life cycle: [`ServerDriver::start`] files what a previous server handed over (before any
+//! result comes over the link), [`ServerDriver::started`] removes that record once every
+//! listener is up (a failed start keeps it for the next try), [`ServerDriver::stop`] closes the
+//! link cleanly (every result handed to the state is acknowledged; agents resend the rest to
+//! the next server) and hands the unsettled windows over.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use probermesh_core::aggregate::{Counters, SnapshotPart};
+use probermesh_core::model::ProbeConfig;
+use probermesh_core::ports::{Clock, LinkError, MetricsExporter, PoolSource, ReportSource, Store};
+use probermesh_core::server::handoff::{self, Resumed};
+use probermesh_core::server::{Actions, ServerState};
+use probermesh_core::snapshot::Snapshot;
+use tokio::task::JoinHandle;
+
+use crate::admin::{AdminApi, targets_json};
+
+/// The shortest wait of the timer loop (a due time in the past is not a busy loop).
+const MIN_TIMER_WAIT: Duration = Duration::from_millis(50);
+/// How long a stop waits for the event loop to hand its last events to the state.
+const EVENT_LOOP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a server driver runs over.
+pub struct ServerParts<R> {
+    /// The agents' links.
+    pub link: Arc<R>,
+    /// The state, with its aggregator and pool.
+    pub state: ServerState,
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Where the series go.
+    pub exporter: Arc<dyn MetricsExporter>,
+    /// The probe file, re-read at every reload (`None`: reload answers that there is none).
+    pub pool_source: Option<Arc<dyn PoolSource>>,
+    /// Where unsettled windows are handed to the next server (`None`: they are dropped at
+    /// stop, as the demo does).
+    pub store: Option<Arc<dyn Store>>,
+}
+
+impl<R> std::fmt::Debug for ServerParts<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerParts")
+            .field("state", &self.state)
+            .field("has_pool_source", &self.pool_source.is_some())
+            .field("has_store", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a server did over its life, reported when it stops.
+#[derive(Clone, Copy, Debug)]
+pub struct StopReport {
+    /// Results received and dropped, by the aggregator's counters.
+    pub counters: Counters,
+    /// Result batches sent again by agents and recognised by the link.
+    pub duplicate_batches: u64,
+    /// Results of the unsettled windows written to the store.
+    pub handed_over: usize,
+}
+
+struct Shared<R> {
+    state: Mutex<ServerState>,
+    link: Arc<R>,
+    clock: Arc<dyn Clock>,
+    exporter: Arc<dyn MetricsExporter>,
+    pool_source: Option<Arc<dyn PoolSource>>,
+}
+
+impl<R: ReportSource> Shared<R> {
+    fn state(&self) -> MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes the settled families again (after a window settled or series expired).
+    fn publish_settled(&self) {
+        let snapshot = self
+            .state()
+            .snapshot_part(self.clock.now(), SnapshotPart::Settled);
+        self.exporter.publish(&snapshot);
+    }
+
+    async fn perform(&self, actions: Actions) {
+        for (connection, reason) in actions.close {
+            tracing::warn!(%connection, %reason, "protocol violation; closing the connection");
+            self.link.close(connection, &reason);
+        }
+        let intake = actions.intake;
+        if intake.dropped_late + intake.dropped_future > 0 {
+            tracing::info!(
+                late = intake.dropped_late,
+                future = intake.dropped_future,
+                "results outside the open windows dropped (check the agents' clocks)"
+            );
+        }
+        for refusal in &actions.refused {
+            let block = refusal
+                .block
+                .as_ref()
+                .map(|(region, kind)| format!("{region} {kind}"));
+            tracing::error!(
+                agent = %refusal.agent,
+                revision = refusal.revision,
+                block = block.as_deref().unwrap_or("-"),
+                "an agent refused its target pool and keeps probing its previous one: {refusal}"
+            );
+        }
+        for (connection, message) in actions.send {
+            match self.link.send_to(connection, message).await {
+                Ok(()) => {}
+                // The message cannot be encoded (a pool over the frame limit): loud.
+                Err(error @ LinkError::Protocol { .. }) => {
+                    tracing::error!(%connection, %error, "a message to an agent could not be sent");
+                }
+                Err(error) => tracing::debug!(%connection, %error, "sending to an agent failed"),
+            }
+        }
+    }
+
+    fn replace_file_configs(&self, configs: Vec<ProbeConfig>) -> Result<Actions, String> {
+        self.state()
+            .reload(self.clock.now(), configs)
+            .map_err(|error| error.to_string())
+    }
+
+    async fn reload(&self) -> Result<(), String> {
+        let Some(source) = &self.pool_source else {
+            return Err("no -server.probe.file to reload".to_owned());
+        };
+        let reloaded = source
+            .load()
+            .map_err(|error| error.to_string())
+            .and_then(|configs| {
+                let blocks = configs.len();
+                self.replace_file_configs(configs)
+                    .map(|actions| (blocks, actions))
+                    .map_err(|error| format!("probe file {}: {error}", source.describe()))
+            });
+        match reloaded {
+            Ok((blocks, actions)) => {
+                self.perform(actions).await;
+                tracing::warn!(file = %source.describe(), blocks, "probe file reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "reload failed; the running pool stays");
+                Err(error)
+            }
+        }
+    }
+}
+
+/// A running server: its two loops over the shared state.
+pub struct ServerDriver<R> {
+    shared: Arc<Shared<R>>,
+    store: Option<Arc<dyn Store>>,
+    resumed: Resumed,
+    events: JoinHandle<()>,
+    timer: JoinHandle<()>,
+}
+
+impl<R> std::fmt::Debug for ServerDriver<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerDriver")
+            .field("resumed", &self.resumed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: ReportSource + 'static> ServerDriver<R> {
+    /// Files what a previous server left in the store, then starts the loops.
+    #[must_use]
+    pub fn start(parts: ServerParts<R>) -> Self {
+        let ServerParts {
+            link,
+            mut state,
+            clock,
+            exporter,
+            pool_source,
+            store,
+        } = parts;
+        let resumed = match &store {
+            Some(store) => resume(&mut state, store.as_ref(), clock.now()),
+            None => Resumed::Nothing,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            link,
+            clock,
+            exporter,
+            pool_source,
+        });
+        let events = tokio::spawn(event_loop(Arc::clone(&shared)));
+        let timer = tokio::spawn(timer_loop(Arc::clone(&shared)));
+        Self {
+            shared,
+            store,
+            resumed,
+            events,
+            timer,
+        }
+    }
+
+    /// Every listener is up: the handed-over results now live in this process, so their
+    /// record goes.
+    pub fn started(&self) {
+        if let Some(store) = &self.store
+            && let Err(error) = handoff::finish_resume(store.as_ref(), &self.resumed)
+        {
+            tracing::error!(
+                %error,
+                "cannot remove the handoff record; remove it by hand, or the next start files its results again"
+            );
+        }
+    }
+
+    /// What the start found in the store.
+    #[must_use]
+    pub fn resumed(&self) -> &Resumed {
+        &self.resumed
+    }
+
+    /// What the endpoints and the binary use to reach the server.
+    #[must_use]
+    pub fn handle(&self) -> ServerHandle<R> {
+        ServerHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Stops a start that failed after [`Self::start`]: the loops end, nothing is handed over
+    /// and the handoff record (if one was filed) stays for the next start.
+    pub fn abandon(self) {
+        self.events.abort();
+        self.timer.abort();
+    }
+
+    /// Stops everything: the link closes every connection cleanly, the event loop hands the
+    /// last events to the state, then the unsettled windows go to the store.
+    pub async fn stop(mut self) -> StopReport {
+        self.timer.abort();
+        self.shared.link.shutdown().await;
+        if tokio::time::timeout(EVENT_LOOP_STOP_TIMEOUT, &mut self.events)
+            .await
+            .is_err()
+        {
+            tracing::error!("the event loop did not finish within 5 s; stopping it");
+            self.events.abort();
+        }
+        let now = self.shared.clock.now();
+        let (counters, window, open) = {
+            let mut state = self.shared.state();
+            (state.counters(), state.window(), state.take_open_results())
+        };
+        let handed_over = match &self.store {
+            Some(store) => hand_over(store.as_ref(), now, window, open),
+            None => 0,
+        };
+        StopReport {
+            counters,
+            duplicate_batches: self.shared.link.duplicate_batches(),
+            handed_over,
+        }
+    }
+}
+
+async fn event_loop<R: ReportSource>(shared: Arc<Shared<R>>) {
+    while let Some(event) = shared.link.next_event().await {
+        let actions = shared.state().handle_event(shared.clock.now(), event);
+        shared.perform(actions).await;
+    }
+}
+
+async fn timer_loop<R: ReportSource + 'static>(shared: Arc<Shared<R>>) {
+    loop {
+        let due = shared.state().next_timeout();
+        let wait = Duration::from_millis(
+            due.as_millis()
+                .saturating_sub(shared.clock.now().as_millis()),
+        );
+        tokio::time::sleep(wait.max(MIN_TIMER_WAIT)).await;
+        let actions = shared.state().handle_timeout(shared.clock.now());
+        let publisher = Arc::clone(&shared);
+        // Off the async workers: a big mesh takes a few hundred milliseconds to render.
+        let _ = tokio::task::spawn_blocking(move || publisher.publish_settled()).await;
+        shared.perform(actions).await;
+    }
+}
+
+/// Files the store's handoff record into `state`, logging what happened.
+fn resume(
+    state: &mut ServerState,
+    store: &dyn Store,
+    now: probermesh_core::model::UnixMillis,
+) -> Resumed {
+    match handoff::resume(state, store, now) {
+        Ok(resumed) => {
+            match &resumed {
+                Resumed::Nothing => {}
+                Resumed::OtherWindow {
+                    results,
+                    theirs,
+                    ours,
+                } => tracing::warn!(
+                    results,
+                    their_window = ?theirs,
+                    our_window = ?ours,
+                    "the previous server aggregated over another window; its unsettled windows are not resumed"
+                ),
+                Resumed::Filed {
+                    saved_at,
+                    offered,
+                    intake,
+                } => tracing::warn!(
+                    saved_at_ms = saved_at.as_millis(),
+                    resumed = intake.accepted,
+                    late = intake.dropped_late,
+                    stale = intake.dropped_stale,
+                    duplicate = intake.dropped_duplicate,
+                    offered,
+                    "resumed the previous server's unsettled windows"
+                ),
+                Resumed::Damaged { error, moved_to } => match moved_to {
+                    Ok(to) => tracing::error!(
+                        %error,
+                        "previous server's windows not resumed: the handoff record is damaged (moved to {to})"
+                    ),
+                    Err(move_error) => tracing::error!(
+                        %error,
+                        %move_error,
+                        "previous server's windows not resumed: the handoff record is damaged and cannot be moved aside"
+                    ),
+                },
+            }
+            resumed
+        }
+        Err(error) => {
+            tracing::error!(%error, "previous server's windows not resumed");
+            Resumed::Nothing
+        }
+    }
+}
+
+/// Writes the unsettled windows to `store`; how many results it wrote (errors are logged:
+/// the process is ending).
+fn hand_over(
+    store: &dyn Store,
+    now: probermesh_core::model::UnixMillis,
+    window: Duration,
+    open: Vec<probermesh_core::model::ProbeResult>,
+) -> usize {
+    let offered = open.len();
+    match handoff::hand_over(store, now, window, open) {
+        Ok(written) => {
+            if written.left_out > 0 {
+                tracing::error!(
+                    left_out = written.left_out,
+                    "more unsettled results than a handoff record holds; the oldest are lost"
+                );
+            }
+            if written.written > 0 {
+                tracing::info!(
+                    results = written.written,
+                    "unsettled windows handed over to the next server"
+                );
+            }
+            written.written
+        }
+        Err(error) => {
+            tracing::error!(
+                %error,
+                lost = offered,
+                "cannot hand the unsettled windows over; their results are lost"
+            );
+            0
+        }
+    }
+}
+
+/// The server as its endpoints and the binary see it.
+pub struct ServerHandle<R> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R> std::fmt::Debug for ServerHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").finish_non_exhaustive()
+    }
+}
+
+impl<R> Clone for ServerHandle<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<R: ReportSource + 'static> ServerHandle<R> {
+    /// Re-reads the probe file and pushes what changed; `Err` names the problem, and the
+    /// running pool stays.
+    ///
+    /// # Errors
+    /// The problem, in words.
+    pub async fn reload(&self) -> Result<(), String> {
+        self.shared.reload().await
+    }
+
+    /// Replaces the probe-file blocks (the demo sets its own) and pushes the change.
+    ///
+    /// # Errors
+    /// Why the pool was not replaced (it would not fit a message).
+    pub async fn set_file_configs(&self, configs: Vec<ProbeConfig>) -> Result<(), String> {
+        let actions = self.shared.replace_file_configs(configs)?;
+        self.shared.perform(actions).await;
+        Ok(())
+    }
+
+    /// The series the server would expose now.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.state().snapshot(self.shared.clock.now())
+    }
+
+    /// Agents connected now.
+    #[must_use]
+    pub fn connected(&self) -> usize {
+        self.shared.state().connected()
+    }
+}
+
+#[async_trait::async_trait]
+impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
+    fn metrics(&self) -> Vec<u8> {
+        let live = self
+            .shared
+            .state()
+            .snapshot_part(self.shared.clock.now(), SnapshotPart::Live);
+        self.shared.exporter.scrape(&live)
+    }
+
+    fn targets_json(&self) -> String {
+        let state = self.shared.state();
+        targets_json(
+            &state.targets(self.shared.clock.now()),
+            &state.pool_refusals(),
+        )
+    }
+
+    async fn reload(&self) -> Result<(), String> {
+        self.shared.reload().await
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
