@@ -17,6 +17,7 @@
 //!   ports.
 
 pub mod admin;
+pub mod bounded_read;
 pub mod clock;
 pub mod dns;
 pub mod driver;

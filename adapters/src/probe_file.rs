@@ -1,10 +1,23 @@
 //! The server's probe file on disk (port `PoolSource`): read at start and at every reload,
 //! parsed and validated by `core::probe_file`, whose errors name the file, line and field.
+//!
+//! The files an `http:` block names (`bearer_token_file`, `basic_auth.password_file`,
+//! `tls_config`'s `ca_file`, `cert_file`, `key_file`) are read here, by the server, at the same
+//! time: regular files only, bounded (a secret at most `MAX_TEXT_LEN`, a PEM file at most
+//! `MAX_PEM_FILE_LEN`), a relative path taken from the probe file's directory (as Prometheus
+//! does). Their contents travel to the agents over the encrypted link; no agent opens a path
+//! the server names. A file that cannot be read fails the load, naming the block, the key
+//! and the path, so a reload keeps the previous pool.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use probermesh_core::model::ProbeConfig;
+use probermesh_core::model::http_module::Secret;
+use probermesh_core::model::setting::{MAX_PEM_FILE_LEN, MAX_TEXT_LEN};
+use probermesh_core::model::{ProbeConfig, ProbeModule};
+use probermesh_core::wire::MAX_POOL_FILES;
+
+use crate::bounded_read::read_regular_file;
 use probermesh_core::ports::{PoolSource, PoolSourceError};
 use probermesh_core::probe_file::{MAX_PROBE_FILE_BYTES, parse_probe_file};
 
@@ -40,11 +53,60 @@ impl PoolSource for ProbeFileOnDisk {
                 e.utf8_error().valid_up_to()
             ))
         })?;
-        let file = parse_probe_file(&name, &yaml).map_err(|e| PoolSourceError(e.to_string()))?;
+        let mut file =
+            parse_probe_file(&name, &yaml).map_err(|e| PoolSourceError(e.to_string()))?;
+        let base = self.path.parent().unwrap_or_else(|| Path::new("."));
+        read_referenced_files(&mut file.configs, &name, base)?;
         Ok(file.configs)
     }
 
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+}
+
+/// Reads every file the blocks of `configs` name into them; `name` is the probe file's name
+/// for errors and `base` the directory relative paths start from.
+fn read_referenced_files(
+    configs: &mut [ProbeConfig],
+    name: &str,
+    base: &Path,
+) -> Result<(), PoolSourceError> {
+    let mut tls_files = std::collections::HashSet::new();
+    for (index, config) in configs.iter_mut().enumerate() {
+        let ProbeModule::Http(http) = &mut config.module else {
+            continue;
+        };
+        // Freshly parsed, so not shared: no copy is made.
+        let http = std::sync::Arc::make_mut(http);
+        for (key, file) in http.client.files_mut() {
+            let is_pem = key.starts_with("http_client_config.tls_config.");
+            let max_bytes = if is_pem {
+                MAX_PEM_FILE_LEN
+            } else {
+                MAX_TEXT_LEN
+            };
+            let path = base.join(file.path());
+            let failed = |cause: String| {
+                PoolSourceError(format!(
+                    "probe file {name}: prober_configs[{index}].http.{key}: {:?}: {cause}",
+                    file.path()
+                ))
+            };
+            let bytes = read_regular_file(&path, max_bytes as u64)
+                .map_err(|e| failed(format!("cannot be read by the server: {e}")))?;
+            let text = String::from_utf8(bytes).map_err(|_| failed("is not UTF-8 text".into()))?;
+            if is_pem {
+                tls_files.insert(file.path().to_owned());
+            }
+            file.set_contents(Secret::new(text));
+        }
+    }
+    if tls_files.len() > MAX_POOL_FILES {
+        return Err(PoolSourceError(format!(
+            "probe file {name}: the blocks name {} different tls_config files; the limit is {MAX_POOL_FILES}",
+            tls_files.len()
+        )));
+    }
+    Ok(())
 }

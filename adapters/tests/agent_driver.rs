@@ -34,6 +34,7 @@ fn config(follow_observed_ip: bool) -> AgentConfig {
         sync_interval: Duration::from_secs(60),
         heartbeat_interval: INTERVAL,
         follow_observed_ip,
+        in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
     }
 }
 

@@ -81,6 +81,7 @@ fn start_agent(
             sync_interval: Duration::from_secs(60),
             heartbeat_interval: INTERVAL,
             follow_observed_ip: false,
+            in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
         },
         clock.now(),
     );

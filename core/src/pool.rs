@@ -32,8 +32,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::model::http_module::{
-    BasicAuth, Compression, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol, SecretSource,
-    TlsConfig, TlsMinVersion,
+    BasicAuth, Compression, FileRef, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol,
+    SecretSource, TlsConfig, TlsMinVersion,
 };
 use crate::model::{
     AgentId, HttpModule, IcmpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
@@ -473,9 +473,10 @@ fn write_client_config(f: &mut Fingerprint, client: &HttpClientConfig) {
         insecure_skip_verify,
         min_version,
     } = tls;
-    for path in [ca_file, cert_file, key_file, server_name] {
-        f.option(path.as_ref(), |f, text| f.str(text));
+    for file in [ca_file, cert_file, key_file] {
+        f.option(file.as_ref(), write_file);
     }
+    f.option(server_name.as_ref(), |f, text| f.str(text));
     f.bool(*insecure_skip_verify);
     f.option(min_version.as_ref(), |f, version| {
         f.tag(match version {
@@ -494,11 +495,18 @@ fn write_secret(f: &mut Fingerprint, secret: &SecretSource) {
             f.tag(0);
             f.str(secret.expose());
         }
-        SecretSource::File(path) => {
+        SecretSource::File(file) => {
             f.tag(1);
-            f.str(path);
+            write_file(f, file);
         }
     }
+}
+
+/// A referenced file by path and contents: a changed file that the server re-read at a reload
+/// makes a new revision, which reaches the agents.
+fn write_file(f: &mut Fingerprint, file: &FileRef) {
+    f.str(file.path());
+    f.option(file.contents(), |f, contents| f.str(contents.expose()));
 }
 
 #[cfg(test)]
@@ -538,7 +546,7 @@ mod tests {
     fn http_block_with(region_name: &str, module: HttpModule, targets: &[&str]) -> ProbeConfig {
         ProbeConfig {
             region: region(region_name),
-            module: ProbeModule::Http(module),
+            module: ProbeModule::Http(module.into()),
             targets: targets
                 .iter()
                 .map(|t| Target::parse(ProbeKind::Http, t).unwrap())

@@ -1,9 +1,59 @@
 //! Small pieces every test that runs the `probermesh` binary needs: a bounded poll, a
 //! temporary directory, reading one sample (or an agent's liveness) out of a `/metrics`
-//! scrape, and the fingerprint of a server's generated certificate (which agents pin).
+//! scrape, the fingerprint of a server's generated certificate (which agents pin), a child
+//! process that dies with the test, free loopback ports, and a process's peak memory.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
+
+/// A child process killed when dropped (also when the test panics).
+#[derive(Debug)]
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP port on 127.0.0.1 free a moment ago.
+///
+/// # Panics
+/// When no port can be bound.
+#[must_use]
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port")
+        .port()
+}
+
+/// A UDP port on 127.0.0.1 free a moment ago.
+///
+/// # Panics
+/// When no port can be bound.
+#[must_use]
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`VmHWM`, the peak resident set; `VmRSS`), in bytes.
+#[must_use]
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
 
 /// A fresh directory `<temp>/<name>-<pid>`, emptied first and removed with everything in it
 /// when dropped (also when the test fails).
@@ -117,4 +167,29 @@ pub fn raise_timing_priority() {
             "could not raise this test's priority (not root?): its timings share the CPU with any load"
         );
     }
+}
+
+/// A plain HTTP/1.1 request to `addr`; (status, body), `None` when it failed.
+pub fn http(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    // Chunked bodies: good enough to search in (the chunk sizes stay in the text).
+    Some((status, body))
 }

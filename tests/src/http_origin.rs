@@ -189,6 +189,7 @@ pub struct Origin {
     addr: SocketAddr,
     tls: bool,
     timings: Timings,
+    connections: Arc<std::sync::atomic::AtomicU64>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -219,6 +220,8 @@ impl Origin {
         let (stop, stopped) = oneshot::channel::<()>();
         let timings: Timings = Arc::default();
         let recorder = Arc::clone(&timings);
+        let connections: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let accepted = Arc::clone(&connections);
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -232,6 +235,7 @@ impl Origin {
                         let Ok((tcp, peer)) = listener.accept().await else {
                             continue;
                         };
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let peer = peer.ip();
                         let _ = tcp.set_nodelay(true);
                         let acceptor = acceptor.clone();
@@ -261,6 +265,7 @@ impl Origin {
             addr,
             tls: security != Security::Plain,
             timings,
+            connections,
             _stop: stop,
         }
     }
@@ -272,6 +277,12 @@ impl Origin {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// TCP connections accepted so far.
+    #[must_use]
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where it listens.

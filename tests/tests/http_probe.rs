@@ -13,8 +13,8 @@ use probermesh_adapters::dns::HickoryDns;
 use probermesh_adapters::http::HyperProber;
 use probermesh_core::fake::FakeDns;
 use probermesh_core::model::http_module::{
-    BasicAuth, Compression, HeaderMatch, HttpVersion, IpProtocol, Secret, SecretSource, TlsConfig,
-    TlsMinVersion,
+    BasicAuth, Compression, FileRef, HeaderMatch, HttpVersion, IpProtocol, Secret, SecretSource,
+    TlsConfig, TlsMinVersion,
 };
 use probermesh_core::model::{HttpFailure, HttpModule, HttpResult, HttpUrl, TlsVersion};
 use probermesh_core::ports::{DnsResolver, HttpProber, Resolution};
@@ -74,7 +74,7 @@ fn probe(url: &str, module: &HttpModule) -> HttpResult {
 
 fn trusting(pki: &TestPki) -> HttpModule {
     let mut module = HttpModule::default();
-    module.client.tls.ca_file = Some(pki.ca_pem.display().to_string());
+    module.client.tls.ca_file = Some(shipped(&pki.ca_pem));
     module
 }
 
@@ -420,12 +420,31 @@ fn basic_auth_and_bearer_tokens_inline_and_from_files() {
 
     let token_file = std::env::temp_dir().join(format!("pm-token-{}", std::process::id()));
     std::fs::write(&token_file, "tok-from-file\n").unwrap();
+    // As the server ships a `bearer_token_file` it read: the contents, one newline dropped.
     let mut bearer = HttpModule::default();
-    bearer.client.bearer_token = Some(SecretSource::File(token_file.display().to_string()));
+    bearer.client.bearer_token = Some(SecretSource::File(shipped(&token_file)));
     body_must_match(&mut bearer, &["authorization: Bearer tok-from-file\n"]);
-    let result = probe(&origin.url("/echo"), &bearer);
+    ok(&probe(&origin.url("/echo"), &bearer));
+
+    // A path without contents (from a server too old to send them) is never opened, though
+    // the file exists here: the probe fails before any request leaves.
+    let mut named_only = HttpModule::default();
+    named_only.client.bearer_token = Some(SecretSource::File(FileRef::named(
+        token_file.display().to_string(),
+    )));
+    let before = origin.connections();
+    let result = probe(&origin.url("/echo"), &named_only);
     let _ = std::fs::remove_file(&token_file);
-    ok(&result);
+    assert_eq!(result.failure, Some(HttpFailure::Request), "{result:?}");
+    assert_eq!(origin.connections(), before, "no connection was made");
+}
+
+/// A file as the server ships it: its path and the contents it read.
+fn shipped(path: &std::path::Path) -> FileRef {
+    FileRef::with_contents(
+        path.display().to_string(),
+        Secret::new(std::fs::read_to_string(path).expect("a test file")),
+    )
 }
 
 #[test]
@@ -618,8 +637,8 @@ fn client_certificates_are_presented_when_configured() {
     assert!(without.failure.is_some(), "{without:?}");
     let mut with = trusting(&pki);
     with.client.tls = TlsConfig {
-        cert_file: Some(pki.client_cert_pem.display().to_string()),
-        key_file: Some(pki.client_key_pem.display().to_string()),
+        cert_file: Some(shipped(&pki.client_cert_pem)),
+        key_file: Some(shipped(&pki.client_key_pem)),
         ..with.client.tls.clone()
     };
     ok(&probe(&origin.url("/status/200"), &with));

@@ -196,6 +196,20 @@ fn log(notice: &AgentNotice) {
             %reason,
             "refused the server's target pool; keeping the previous one and telling the server"
         ),
+        AgentNotice::ProbesSkipped {
+            kind,
+            skipped,
+            limit,
+        } => tracing::warn!(
+            %kind,
+            skipped,
+            limit,
+            "probes of the last round were skipped: this many of its kind were running until too late in the round (raise -agent.probe.{kind}-max-in-flight, or lower the timeout or the targets)"
+        ),
+        AgentNotice::FilesNotSent { paths } => tracing::error!(
+            ?paths,
+            "the pool names files whose contents the server did not send (a server older than this agent); this agent does not read files the server names, so the probes that need them fail: upgrade the server"
+        ),
         AgentNotice::Unhandled { kind } => {
             tracing::debug!(kind, "server message not handled by this version");
         }

@@ -79,7 +79,8 @@ struct Progress {
 struct Hop {
     url: HttpUrl,
     method: String,
-    body: Option<String>,
+    /// The module's body, shared (never copied per request).
+    body: Option<Arc<str>>,
     /// Whether credentials still apply (the redirect has not left the first host).
     credentials: bool,
 }
@@ -124,6 +125,18 @@ impl HyperProber {
         module: &HttpModule,
         progress: &mut Progress,
     ) -> Result<(), HttpFailure> {
+        // A credential whose file contents did not come fails before anything is sent.
+        if let Some(token) = &module.client.bearer_token {
+            read_secret(token)?;
+        }
+        if let Some(password) = module
+            .client
+            .basic_auth
+            .as_ref()
+            .and_then(|auth| auth.password.as_ref())
+        {
+            read_secret(password)?;
+        }
         let mut hop = Hop {
             url: url.clone(),
             method: module.method.clone(),
@@ -286,7 +299,11 @@ impl HyperProber {
         let mut request = Request::builder()
             .method(hop.method.as_str())
             .uri(uri)
-            .body(Full::new(Bytes::from(hop.body.clone().unwrap_or_default())))
+            .body(Full::new(
+                hop.body
+                    .clone()
+                    .map_or_else(Bytes::new, |body| Bytes::from_owner(SharedBody(body))),
+            ))
             .map_err(|e| log_failure(HttpFailure::Request, &e))?;
         let headers = request.headers_mut();
         if !h2 {
@@ -336,6 +353,15 @@ impl HyperProber {
     }
 }
 
+/// A request body that borrows the module's copy instead of making one per request.
+struct SharedBody(Arc<str>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// The Host header (and SNI) of a hop: a `Host` entry of `headers:` wins over the URL's.
 fn host_header(module: &HttpModule, url: &HttpUrl) -> String {
     module
@@ -349,24 +375,14 @@ fn header_value(value: &str) -> Result<HeaderValue, HttpFailure> {
     HeaderValue::from_str(value).map_err(|e| log_failure(HttpFailure::Request, &e))
 }
 
-/// Reads a secret given inline or as a file (read at probe time, so rotation needs no
-/// restart); one trailing newline is dropped.
+/// A secret given inline or read from a file by the server (one trailing newline dropped).
+/// The agent never opens the file itself: without contents (from a server too old to send
+/// them) the probe fails, and the agent said why when the pool arrived.
 fn read_secret(source: &SecretSource) -> Result<String, HttpFailure> {
-    match source {
-        SecretSource::Inline(secret) => Ok(secret.expose().to_owned()),
-        SecretSource::File(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Ok(text
-                .strip_suffix('\n')
-                .map(|t| t.strip_suffix('\r').unwrap_or(t))
-                .unwrap_or(&text)
-                .to_owned()),
-            Err(e) => {
-                // The path is configuration, not a secret.
-                tracing::warn!(path, error = %e, "cannot read a credential file");
-                Err(HttpFailure::Request)
-            }
-        },
-    }
+    source.value().map(str::to_owned).ok_or_else(|| {
+        tracing::debug!("a credential file's contents did not come with the pool");
+        HttpFailure::Request
+    })
 }
 
 /// Logs the raw error behind a bounded failure reason.

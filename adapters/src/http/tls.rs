@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use probermesh_core::model::http_module::{TlsConfig, TlsMinVersion};
+use probermesh_core::model::http_module::{FileRef, TlsConfig, TlsMinVersion};
 use probermesh_core::model::{HttpFailure, TlsInfo, TlsVersion};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -93,12 +93,12 @@ fn build(tls: &TlsConfig, offer_h2: bool) -> Result<ClientConfig, TlsSetupError>
             )))
     } else {
         let roots = match &tls.ca_file {
-            Some(path) => {
+            Some(file) => {
                 let mut roots = RootCertStore::empty();
-                for cert in read_certs(path)? {
+                for cert in read_certs("ca_file", file)? {
                     roots
                         .add(cert)
-                        .map_err(|e| TlsSetupError(format!("ca_file {path}: {e}")))?;
+                        .map_err(|e| TlsSetupError(format!("ca_file {:?}: {e}", file.path())))?;
                 }
                 Arc::new(roots)
             }
@@ -108,12 +108,12 @@ fn build(tls: &TlsConfig, offer_h2: bool) -> Result<ClientConfig, TlsSetupError>
     };
     let mut config = match (&tls.cert_file, &tls.key_file) {
         (Some(cert_file), Some(key_file)) => {
-            let certs = read_certs(cert_file)?;
-            let key = PrivateKeyDer::from_pem_file(key_file)
-                .map_err(|e| TlsSetupError(format!("key_file {key_file}: {e}")))?;
+            let certs = read_certs("cert_file", cert_file)?;
+            let key = PrivateKeyDer::from_pem_slice(contents("key_file", key_file)?)
+                .map_err(|e| TlsSetupError(format!("key_file {:?}: {e}", key_file.path())))?;
             builder
                 .with_client_auth_cert(certs, key)
-                .map_err(|e| TlsSetupError(format!("cert_file {cert_file}: {e}")))?
+                .map_err(|e| TlsSetupError(format!("cert_file {:?}: {e}", cert_file.path())))?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -125,13 +125,28 @@ fn build(tls: &TlsConfig, offer_h2: bool) -> Result<ClientConfig, TlsSetupError>
     Ok(config)
 }
 
-fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsSetupError(format!("{path}: {e}")))?
+/// The bytes the server read for `file` (the agent never opens the path itself).
+fn contents<'a>(key: &str, file: &'a FileRef) -> Result<&'a [u8], TlsSetupError> {
+    file.contents()
+        .map(|contents| contents.expose().as_bytes())
+        .ok_or_else(|| {
+            TlsSetupError(format!(
+                "{key} {:?}: the server did not send its contents, and this agent does not read \
+                 files the server names (upgrade the server)",
+                file.path()
+            ))
+        })
+}
+
+fn read_certs(key: &str, file: &FileRef) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let path = file.path();
+    let certs = CertificateDer::pem_slice_iter(contents(key, file)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsSetupError(format!("{path}: {e}")))?;
+        .map_err(|e| TlsSetupError(format!("{key} {path:?}: {e}")))?;
     if certs.is_empty() {
-        return Err(TlsSetupError(format!("{path}: no PEM certificate in it")));
+        return Err(TlsSetupError(format!(
+            "{key} {path:?}: no PEM certificate in it"
+        )));
     }
     Ok(certs)
 }
@@ -218,15 +233,49 @@ pub(crate) fn handshake_failure(error: &io::Error) -> HttpFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use probermesh_core::model::http_module::Secret;
 
     #[test]
-    fn a_missing_ca_file_is_a_setup_error_naming_it() {
+    fn a_file_the_server_did_not_send_is_a_setup_error_naming_it_and_is_not_read() {
+        // The path exists on this machine: it must still not be read.
         let tls = TlsConfig {
-            ca_file: Some("/nonexistent/ca.pem".into()),
+            ca_file: Some(FileRef::named("/etc/hostname")),
             ..TlsConfig::default()
         };
         let error = TlsConfigs::default().get(&tls, true).unwrap_err();
-        assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "tls_config: ca_file \"/etc/hostname\": the server did not send its contents, and this agent does \
+             not read files the server names (upgrade the server)"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_is_built_from_the_contents_the_server_sent() {
+        let pem = rcgen::generate_simple_self_signed(vec!["ca.test".into()])
+            .unwrap()
+            .cert
+            .pem();
+        let tls = TlsConfig {
+            ca_file: Some(FileRef::with_contents(
+                "/not/on/this/agent.pem",
+                Secret::new(pem),
+            )),
+            ..TlsConfig::default()
+        };
+        assert!(TlsConfigs::default().get(&tls, true).is_ok());
+        let garbage = TlsConfig {
+            ca_file: Some(FileRef::with_contents(
+                "/x.pem",
+                Secret::new("not a pem".into()),
+            )),
+            ..TlsConfig::default()
+        };
+        let error = TlsConfigs::default().get(&garbage, true).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "tls_config: ca_file \"/x.pem\": no PEM certificate in it"
+        );
     }
 
     #[test]

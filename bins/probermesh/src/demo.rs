@@ -85,7 +85,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         .set_file_configs(vec![ProbeConfig {
             region: Region::new("web")?,
             targets: vec![Target::parse(ProbeKind::Http, &health)?],
-            module: ProbeModule::Http(HttpModule::default()),
+            module: ProbeModule::Http(HttpModule::default().into()),
         }])
         .await
         .map_err(|e| anyhow::anyhow!("the demo's pool: {e}"))?;
@@ -120,6 +120,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                     sync_interval: Duration::from_secs(60),
                     heartbeat_interval: interval,
                     follow_observed_ip: false,
+                    in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
                 },
                 clock.now(),
             );

@@ -2,13 +2,17 @@
 //! blackbox_exporter's phases. For operators (where does the time of this URL go, from here)
 //! and for the benchmark against blackbox_exporter, which runs many probes concurrently.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
+use probermesh_adapters::bounded_read::read_regular_file;
 use probermesh_adapters::dns::HickoryDns;
 use probermesh_adapters::http::HyperProber;
+use probermesh_core::model::http_module::{FileRef, Secret};
+use probermesh_core::model::setting::MAX_PEM_FILE_LEN;
 use probermesh_core::model::{HttpModule, HttpResult, HttpUrl};
 use probermesh_core::ports::HttpProber;
 
@@ -56,7 +60,14 @@ pub(crate) fn run(args: &HttpProbe) -> Result<()> {
     }
     let timeout = Duration::from_secs_f64(args.timeout_s);
     let mut module = HttpModule::default();
-    module.client.tls.ca_file.clone_from(&args.ca_file);
+    if let Some(path) = &args.ca_file {
+        // The operator's own file on this machine (the agent never reads one).
+        let bytes = read_regular_file(Path::new(path), MAX_PEM_FILE_LEN as u64)
+            .with_context(|| format!("http-probe: --ca-file {path:?}"))?;
+        let pem = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("http-probe: --ca-file {path:?}: not UTF-8 text"))?;
+        module.client.tls.ca_file = Some(FileRef::with_contents(path.clone(), Secret::new(pem)));
+    }
     module.client.tls.insecure_skip_verify = args.insecure;
     // Two workers are plenty for a one-shot command.
     let results = crate::block_on(Some(2), async {

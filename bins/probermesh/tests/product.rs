@@ -3,63 +3,21 @@
 //! series, checked by `promtool`, scraped by a real Prometheus, with agents killed and a broken
 //! probe file reloaded. Short windows (2 s) keep it fast; every wait is a bounded poll.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use probermesh_tests::harness::{TempDir, agent_alive_reads, sample, server_fingerprint, wait_for};
+use probermesh_tests::harness::{
+    Process, TempDir, agent_alive_reads, free_tcp_port, free_udp_port, http, sample,
+    server_fingerprint, wait_for,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
 const TOKEN: &str = "lab-token-0123456789";
 
-/// A child process killed when dropped (also when the test panics).
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free TCP port")
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
-}
-
 fn temp_dir(name: &str) -> TempDir {
     TempDir::new(&format!("pm-product-{name}"))
-}
-
-/// A plain HTTP/1.1 request; returns (status, body).
-fn http(method: &str, addr: SocketAddr, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        tcp,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).ok()?;
-    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    // Chunked bodies: good enough to search in (the chunk sizes stay in the text).
-    Some((status, body))
 }
 
 struct Mesh {

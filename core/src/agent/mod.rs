@@ -9,4 +9,4 @@ pub use plan::{
     PlannedProbe, ProbeHow, delivery_margin, plan_rest_of_round, plan_round, round_start,
     start_offset, start_spread,
 };
-pub use state::{AgentAction, AgentConfig, AgentNotice, AgentState};
+pub use state::{AgentAction, AgentConfig, AgentNotice, AgentState, InFlightLimits};

@@ -33,6 +33,7 @@
 //! is not a multiple of the interval the server cannot give every round that much time (an
 //! agent does not know the server's window), so operations.md asks for a multiple.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{
@@ -66,9 +67,20 @@ pub enum ProbeHow {
     Http {
         /// The URL.
         url: HttpUrl,
-        /// The `http:` block.
-        module: Box<HttpModule>,
+        /// The `http:` block, shared with the pool.
+        module: Arc<HttpModule>,
     },
+}
+
+impl ProbeHow {
+    /// The probe's kind.
+    #[must_use]
+    pub const fn kind(&self) -> crate::model::ProbeKind {
+        match self {
+            Self::Icmp(_) => crate::model::ProbeKind::Icmp,
+            Self::Http { .. } => crate::model::ProbeKind::Http,
+        }
+    }
 }
 
 /// The start of the round holding `now`.
@@ -173,7 +185,7 @@ pub fn plan_round(
                     }
                     (ProbeModule::Http(module), Destination::Http(url)) => ProbeHow::Http {
                         url: url.clone(),
-                        module: Box::new(module.clone()),
+                        module: Arc::clone(module),
                     },
                     // A block never mixes kinds (ProbeConfig is validated); skip defensively.
                     _ => return None,
@@ -251,7 +263,7 @@ mod tests {
         let http = ProbeConfig {
             region: Region::new("web").unwrap(),
             targets: vec![Target::parse(ProbeKind::Http, "http://198.18.9.9/").unwrap()],
-            module: ProbeModule::Http(HttpModule::default()),
+            module: ProbeModule::Http(HttpModule::default().into()),
         };
         let round = UnixMillis(1_800_000_000_000);
         let me = agent("cn", "198.18.0.5".parse().unwrap());

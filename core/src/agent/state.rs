@@ -18,16 +18,22 @@
 //!   reconnection.
 //! - **Identity**: in the public-IP mode (decision 12) the agent is who the server sees; when
 //!   a `Welcome` shows another address, it asks to be re-identified.
+//! - **Probes in flight** are bounded per kind ([`InFlightLimits`]): a due probe waits while its
+//!   kind is at the limit, starts when a probe of its kind finishes, and is skipped (counted
+//!   and reported once per round, [`AgentNotice::ProbesSkipped`]) when it could no longer
+//!   start by the end of its round's start spread ([`super::start_spread`]), the latest start
+//!   whose result still reaches its window. So however large a pool is, an agent runs at most
+//!   `icmp + http` probes at once, and its memory is bounded by the limits, not by the pool.
 //! - **Stopping**: after [`AgentState::stop`] no probe starts; those in flight finish.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::plan::{PlannedProbe, plan_rest_of_round, round_start};
+use super::plan::{PlannedProbe, plan_rest_of_round, round_start, start_spread};
 use crate::link::{FromAgent, FromServer, ToAgent};
 use crate::model::time::duration_millis;
-use crate::model::{AgentId, ProbeResult, UnixMillis};
+use crate::model::{AgentId, ProbeKind, ProbeResult, UnixMillis};
 use crate::ports::ReceivedPool;
 
 /// Refused revisions remembered; beyond this the memory starts afresh.
@@ -47,6 +53,45 @@ pub struct AgentConfig {
     /// Whether the agent is the address the server sees it connect from (the public-IP mode
     /// without `-agent.ip`).
     pub follow_observed_ip: bool,
+    /// The most probes of each kind running at once.
+    pub in_flight_limits: InFlightLimits,
+}
+
+/// The most probes of each kind an agent runs at once (`-agent.probe.icmp-max-in-flight`,
+/// `-agent.probe.http-max-in-flight`). An HTTP probe holds a connection, a file descriptor
+/// and up to `body_size_limit` (at most 16 MiB) of kept body, so its limit is low; an ICMP
+/// probe holds a few hundred bytes, so its limit only stops a runaway pool.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct InFlightLimits {
+    /// ICMP series at once.
+    pub icmp: usize,
+    /// HTTP requests at once.
+    pub http: usize,
+}
+
+impl InFlightLimits {
+    /// ICMP series at once by default: more than 16,384 targets × the series' share of the
+    /// round start together only in a pool of about 30,000 ICMP targets.
+    pub const DEFAULT_ICMP: usize = 16_384;
+    /// HTTP requests at once by default: 256 (a quarter of systemd's default descriptor limit).
+    pub const DEFAULT_HTTP: usize = 256;
+
+    fn of(&self, kind: ProbeKind) -> usize {
+        match kind {
+            ProbeKind::Icmp => self.icmp,
+            ProbeKind::Http => self.http,
+        }
+        .max(1)
+    }
+}
+
+impl Default for InFlightLimits {
+    fn default() -> Self {
+        Self {
+            icmp: Self::DEFAULT_ICMP,
+            http: Self::DEFAULT_HTTP,
+        }
+    }
 }
 
 /// What the agent asks its driver to do.
@@ -62,6 +107,16 @@ pub enum AgentAction {
     Reidentify(AgentId),
     /// Something worth a log line.
     Notice(AgentNotice),
+}
+
+/// The probes of one kind: those of this round still to start, in start order, and those
+/// running.
+#[derive(Debug, Default)]
+struct KindQueue {
+    upcoming: VecDeque<PlannedProbe>,
+    in_flight: usize,
+    /// Probes of this round skipped because the kind was at its limit too long.
+    skipped_this_round: usize,
 }
 
 /// What an agent has to say about itself, for its driver's log.
@@ -90,6 +145,22 @@ pub enum AgentNotice {
         /// What is wrong.
         reason: String,
     },
+    /// Probes of the round that ended did not start: their kind was at its in-flight limit
+    /// until too late in the round.
+    ProbesSkipped {
+        /// Their kind.
+        kind: ProbeKind,
+        /// How many.
+        skipped: usize,
+        /// The kind's in-flight limit.
+        limit: usize,
+    },
+    /// The pool names files whose contents the server did not send (a server of protocol v1):
+    /// the probes needing them fail, since an agent never reads a path the server names.
+    FilesNotSent {
+        /// Their paths, once each (at most 16).
+        paths: Vec<String>,
+    },
     /// A message this version does not act on yet.
     Unhandled {
         /// Its kind.
@@ -106,13 +177,16 @@ pub struct AgentState {
     observed_addr: Option<SocketAddr>,
     /// When the next round starts.
     next_round: UnixMillis,
-    /// This round's probes still to start, in start order.
-    upcoming: VecDeque<PlannedProbe>,
+    /// This round's ICMP probes still to start, and those running.
+    icmp: KindQueue,
+    /// This round's HTTP probes still to start, and those running.
+    http: KindQueue,
+    /// Probes skipped since the start.
+    skipped: u64,
     next_heartbeat: UnixMillis,
     next_sync: UnixMillis,
     reported_refusals: HashSet<u64>,
     stopping: bool,
-    in_flight: usize,
     produced: u64,
     actions: VecDeque<AgentAction>,
 }
@@ -133,12 +207,13 @@ impl AgentState {
             pool: None,
             connected: false,
             observed_addr: None,
-            upcoming: VecDeque::new(),
+            icmp: KindQueue::default(),
+            http: KindQueue::default(),
+            skipped: 0,
             next_heartbeat: now,
             next_sync: now,
             reported_refusals: HashSet::new(),
             stopping: false,
-            in_flight: 0,
             produced: 0,
             actions: VecDeque::new(),
         }
@@ -165,7 +240,13 @@ impl AgentState {
     /// Probes started and not finished.
     #[must_use]
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.icmp.in_flight + self.http.in_flight
+    }
+
+    /// Probes skipped since the start because their kind stayed at its in-flight limit.
+    #[must_use]
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Results produced since the start.
@@ -183,8 +264,15 @@ impl AgentState {
     #[must_use]
     pub fn poll_timeout(&self) -> UnixMillis {
         let mut due = self.next_round;
-        if let Some(probe) = self.upcoming.front() {
-            due = due.min(probe.start_at);
+        for kind in [ProbeKind::Icmp, ProbeKind::Http] {
+            let limit = self.config.in_flight_limits.of(kind);
+            let queue = self.queue(kind);
+            // At the limit, the next start waits for a result, not for a time.
+            if queue.in_flight < limit
+                && let Some(probe) = queue.upcoming.front()
+            {
+                due = due.min(probe.start_at);
+            }
         }
         if self.connected {
             due = due.min(self.next_heartbeat).min(self.next_sync);
@@ -197,20 +285,18 @@ impl AgentState {
     pub fn handle_timeout(&mut self, now: UnixMillis) {
         if now >= self.next_round {
             let interval = self.config.probe_interval;
-            self.upcoming = match (&self.pool, self.stopping) {
+            self.end_round();
+            let plan = match (&self.pool, self.stopping) {
                 (Some(pool), false) => {
-                    plan_rest_of_round(&pool.configs, &self.config.me, now, interval).into()
+                    plan_rest_of_round(&pool.configs, &self.config.me, now, interval)
                 }
-                _ => VecDeque::new(),
+                _ => Vec::new(),
             };
+            self.enqueue(plan);
             self.next_round = after(round_start(now, interval), interval);
         }
-        while self.upcoming.front().is_some_and(|p| p.start_at <= now) {
-            if let Some(probe) = self.upcoming.pop_front() {
-                self.in_flight += 1;
-                self.actions.push_back(AgentAction::Probe(probe));
-            }
-        }
+        self.start_due(now, ProbeKind::Icmp);
+        self.start_due(now, ProbeKind::Http);
         if self.connected && now >= self.next_heartbeat {
             self.heartbeat(now);
         }
@@ -246,11 +332,15 @@ impl AgentState {
                     revision,
                     blocks: configs.len(),
                 });
+                let unsent = files_without_contents(&configs);
+                if !unsent.is_empty() {
+                    self.notice(AgentNotice::FilesNotSent { paths: unsent });
+                }
                 if self.pool.is_none() && !self.stopping {
                     // The first pool: no need to wait for the next round.
                     let interval = self.config.probe_interval;
-                    self.upcoming =
-                        plan_rest_of_round(&configs, &self.config.me, now, interval).into();
+                    let plan = plan_rest_of_round(&configs, &self.config.me, now, interval);
+                    self.enqueue(plan);
                 }
                 self.pool = Some(ReceivedPool { revision, configs });
             }
@@ -296,7 +386,8 @@ impl AgentState {
 
     /// A probe finished: its result goes to the link.
     pub fn handle_result(&mut self, result: ProbeResult) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        let queue = self.queue_mut(result.outcome.kind());
+        queue.in_flight = queue.in_flight.saturating_sub(1);
         self.produced += 1;
         self.actions.push_back(AgentAction::Deliver(vec![result]));
     }
@@ -304,7 +395,73 @@ impl AgentState {
     /// Starts no more probes (a graceful stop); those in flight finish.
     pub fn stop(&mut self) {
         self.stopping = true;
-        self.upcoming.clear();
+        self.icmp.upcoming.clear();
+        self.http.upcoming.clear();
+    }
+
+    fn queue(&self, kind: ProbeKind) -> &KindQueue {
+        match kind {
+            ProbeKind::Icmp => &self.icmp,
+            ProbeKind::Http => &self.http,
+        }
+    }
+
+    fn queue_mut(&mut self, kind: ProbeKind) -> &mut KindQueue {
+        match kind {
+            ProbeKind::Icmp => &mut self.icmp,
+            ProbeKind::Http => &mut self.http,
+        }
+    }
+
+    /// Adds a round's plan (in start order) to the queues of its kinds.
+    fn enqueue(&mut self, plan: Vec<PlannedProbe>) {
+        for probe in plan {
+            self.queue_mut(probe.how.kind()).upcoming.push_back(probe);
+        }
+    }
+
+    /// Starts the due probes of `kind` while it is under its limit; skips those too late to
+    /// start.
+    fn start_due(&mut self, now: UnixMillis, kind: ProbeKind) {
+        let limit = self.config.in_flight_limits.of(kind);
+        let spread = start_spread(self.config.probe_interval);
+        let queue = match kind {
+            ProbeKind::Icmp => &mut self.icmp,
+            ProbeKind::Http => &mut self.http,
+        };
+        while queue.in_flight < limit && queue.upcoming.front().is_some_and(|p| p.start_at <= now) {
+            let Some(probe) = queue.upcoming.pop_front() else {
+                break;
+            };
+            if now > after(probe.round_start, spread) {
+                queue.skipped_this_round += 1;
+                self.skipped += 1;
+                continue;
+            }
+            queue.in_flight += 1;
+            self.actions.push_back(AgentAction::Probe(probe));
+        }
+    }
+
+    /// Closes the round under way: its probes that never started are skipped, and each kind
+    /// with skipped probes is reported once.
+    fn end_round(&mut self) {
+        for kind in [ProbeKind::Icmp, ProbeKind::Http] {
+            let limit = self.config.in_flight_limits.of(kind);
+            let queue = self.queue_mut(kind);
+            let never_due = queue.upcoming.len();
+            let skipped = queue.skipped_this_round + never_due;
+            queue.upcoming.clear();
+            queue.skipped_this_round = 0;
+            self.skipped += never_due as u64;
+            if skipped > 0 {
+                self.notice(AgentNotice::ProbesSkipped {
+                    kind,
+                    skipped,
+                    limit,
+                });
+            }
+        }
     }
 
     fn heartbeat(&mut self, now: UnixMillis) {
@@ -323,6 +480,24 @@ impl AgentState {
     fn notice(&mut self, notice: AgentNotice) {
         self.actions.push_back(AgentAction::Notice(notice));
     }
+}
+
+/// The paths of the files a pool names without their contents, once each, at most 16.
+fn files_without_contents(configs: &[crate::model::ProbeConfig]) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::new();
+    for config in configs {
+        if let crate::model::ProbeModule::Http(http) = &config.module {
+            for file in http.client.files() {
+                if file.contents().is_none()
+                    && paths.len() < 16
+                    && !paths.iter().any(|p| p == file.path())
+                {
+                    paths.push(file.path().to_owned());
+                }
+            }
+        }
+    }
+    paths
 }
 
 /// `at` plus `duration`, at least a millisecond later (a zero interval must not spin).
@@ -354,6 +529,7 @@ mod tests {
             sync_interval: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(15),
             follow_observed_ip: false,
+            in_flight_limits: InFlightLimits::default(),
         }
     }
 
@@ -538,6 +714,7 @@ mod tests {
         let mut state = AgentState::new(
             AgentConfig {
                 follow_observed_ip: true,
+                in_flight_limits: InFlightLimits::default(),
                 ..config()
             },
             UnixMillis(T0),
@@ -563,5 +740,228 @@ mod tests {
                 .any(|a| matches!(a, AgentAction::Reidentify(_)))
         );
         assert_eq!(fixed.me(), &me());
+    }
+
+    // === probes in flight ===
+
+    fn limited(icmp: usize, http: usize) -> AgentConfig {
+        AgentConfig {
+            in_flight_limits: InFlightLimits { icmp, http },
+            ..config()
+        }
+    }
+
+    /// A pool with `icmp` ICMP targets and `http` HTTP targets in region `us`.
+    fn mixed_pool(revision: u64, icmp: usize, http: usize) -> FromServer {
+        let block = |kind: ProbeKind, n: usize, module: ProbeModule| ProbeConfig {
+            region: Region::new("us").unwrap(),
+            targets: (0..n)
+                .map(|i| {
+                    let raw = match kind {
+                        ProbeKind::Icmp => format!("198.18.{}.{}", 2 + i / 250, 1 + i % 250),
+                        ProbeKind::Http => format!("http://198.18.9.1:8080/{i}"),
+                    };
+                    Target::parse(kind, &raw).unwrap()
+                })
+                .collect(),
+            module,
+        };
+        FromServer::Message(ToAgent::Pool {
+            revision,
+            configs: Arc::new(vec![
+                block(
+                    ProbeKind::Icmp,
+                    icmp,
+                    ProbeModule::Icmp(IcmpModule::default()),
+                ),
+                block(
+                    ProbeKind::Http,
+                    http,
+                    ProbeModule::Http(crate::model::HttpModule::default().into()),
+                ),
+            ]),
+        })
+    }
+
+    /// The result of `probe`, as its prober would return it.
+    fn result_of(probe: &PlannedProbe) -> ProbeResult {
+        let outcome = match probe.how.kind() {
+            ProbeKind::Icmp => crate::model::ProbeOutcome::Icmp(
+                crate::model::IcmpResult::measured(Duration::ZERO, 1, &[Duration::from_millis(1)]),
+            ),
+            ProbeKind::Http => crate::model::ProbeOutcome::Http(crate::model::HttpResult {
+                phases: crate::model::HttpPhases::default(),
+                status_code: Some(200),
+                tls: None,
+                failure: None,
+            }),
+        };
+        ProbeResult {
+            source: me(),
+            target_region: probe.target_region.clone(),
+            target: probe.target.raw().to_owned(),
+            round_start: probe.round_start,
+            outcome,
+        }
+    }
+
+    fn skipped_notices(actions: &[AgentAction]) -> Vec<(ProbeKind, usize, usize)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                AgentAction::Notice(AgentNotice::ProbesSkipped {
+                    kind,
+                    skipped,
+                    limit,
+                }) => Some((*kind, *skipped, *limit)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn probes_beyond_the_limit_wait_for_a_result_then_start_or_are_skipped() {
+        let mut state = AgentState::new(limited(16_384, 3), UnixMillis(T0));
+        state.handle_event(UnixMillis(T0), mixed_pool(1, 10, 20));
+        let round = run_until(&mut state, T0 + 15 * SECOND - 1);
+        let started = probes(&round);
+        let http: Vec<_> = started
+            .iter()
+            .filter(|p| p.how.kind() == ProbeKind::Http)
+            .collect();
+        // Three HTTP probes run; the ICMP ones are not held up behind them.
+        assert_eq!(http.len(), 3);
+        assert_eq!(started.len() - http.len(), 10);
+        assert_eq!(state.in_flight(), 13);
+        // At the limit the next deadline is the next round, not a start already past (which
+        // would make the driver spin).
+        assert_eq!(state.poll_timeout(), UnixMillis(T0 + 15 * SECOND));
+        // A result early in the round lets the next HTTP probe start at once.
+        let early = UnixMillis(T0 + 10 * SECOND);
+        state.handle_result(result_of(http[0]));
+        assert!(state.poll_timeout() <= early);
+        state.handle_timeout(early);
+        let after_result = drain(&mut state);
+        assert_eq!(probes(&after_result).len(), 1);
+        assert_eq!(probes(&after_result)[0].how.kind(), ProbeKind::Http);
+        // A result after the spread (10.5 s of 15 s) starts nothing: too late for its window.
+        state.handle_result(result_of(http[1]));
+        state.handle_timeout(UnixMillis(T0 + 11 * SECOND));
+        assert!(probes(&drain(&mut state)).is_empty());
+        // The round ends: 16 HTTP probes never started, reported once.
+        let next = run_until(&mut state, T0 + 15 * SECOND);
+        assert_eq!(skipped_notices(&next), [(ProbeKind::Http, 16, 3)]);
+        assert_eq!(state.skipped(), 16);
+        // Two HTTP probes still run (one from the start, one started after a result): the
+        // new round has one slot.
+        let second = run_until(&mut state, T0 + 30 * SECOND - 1);
+        assert_eq!(
+            probes(&second)
+                .iter()
+                .filter(|p| p.how.kind() == ProbeKind::Http)
+                .count(),
+            1
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever the limits, the pool and the order in which probes finish: no kind ever
+        /// runs more than its limit, every planned probe is started or counted as skipped,
+        /// and nothing is left due after a timeout (no busy loop in the driver).
+        #[test]
+        fn the_limits_hold_and_every_probe_is_started_or_skipped(
+            icmp_limit in 1_usize..8,
+            http_limit in 1_usize..8,
+            icmp_targets in 0_usize..40,
+            http_targets in 0_usize..40,
+            finish in proptest::collection::vec((0_usize..64, 0_u64..3_000), 1..200),
+        ) {
+            let mut state = AgentState::new(limited(icmp_limit, http_limit), UnixMillis(T0));
+            state.handle_event(UnixMillis(T0), mixed_pool(1, icmp_targets, http_targets));
+            let mut running: Vec<PlannedProbe> = Vec::new();
+            let mut started = 0_usize;
+            let mut notices_skipped = 0_usize;
+            let mut now = T0;
+            let mut collect = |state: &mut AgentState, running: &mut Vec<PlannedProbe>| {
+                for action in drain(state) {
+                    match action {
+                        AgentAction::Probe(p) => {
+                            started += 1;
+                            running.push(p);
+                        }
+                        AgentAction::Notice(AgentNotice::ProbesSkipped { skipped, .. }) => {
+                            notices_skipped += skipped;
+                        }
+                        _ => {}
+                    }
+                }
+            };
+            for (pick, wait_ms) in finish {
+                // Time moves on (within the first round and into the second).
+                now = (now + wait_ms).min(T0 + 15 * SECOND - 1);
+                while state.poll_timeout().as_millis() <= now {
+                    let due = state.poll_timeout();
+                    state.handle_timeout(due);
+                    collect(&mut state, &mut running);
+                }
+                state.handle_timeout(UnixMillis(now));
+                collect(&mut state, &mut running);
+                proptest::prop_assert!(state.poll_timeout().as_millis() > now);
+                for kind in [ProbeKind::Icmp, ProbeKind::Http] {
+                    let limit = if kind == ProbeKind::Icmp { icmp_limit } else { http_limit };
+                    let n = running.iter().filter(|p| p.how.kind() == kind).count();
+                    proptest::prop_assert!(n <= limit, "{kind}: {n} running, limit {limit}");
+                }
+                if !running.is_empty() {
+                    let done = running.swap_remove(pick % running.len());
+                    state.handle_result(result_of(&done));
+                }
+            }
+            // End the first round.
+            state.handle_timeout(UnixMillis(T0 + 15 * SECOND));
+            collect(&mut state, &mut running);
+            let started_first: usize = started
+                - running
+                    .iter()
+                    .filter(|p| p.round_start != UnixMillis(T0))
+                    .count();
+            proptest::prop_assert_eq!(started_first + notices_skipped, icmp_targets + http_targets);
+            proptest::prop_assert_eq!(state.skipped(), notices_skipped as u64);
+        }
+    }
+
+    #[test]
+    fn a_pool_naming_files_without_their_contents_is_reported_once_per_path() {
+        use crate::model::http_module::{FileRef, Secret, SecretSource};
+        let mut http = crate::model::HttpModule::default();
+        http.client.bearer_token = Some(SecretSource::File(FileRef::named("/var/run/token")));
+        http.client.tls.ca_file =
+            Some(FileRef::with_contents("/ca.pem", Secret::new("PEM".into())));
+        let block = |http: crate::model::HttpModule| ProbeConfig {
+            region: Region::new("us").unwrap(),
+            targets: vec![Target::parse(ProbeKind::Http, "http://198.18.9.1/").unwrap()],
+            module: ProbeModule::Http(http.into()),
+        };
+        let mut state = AgentState::new(config(), UnixMillis(T0));
+        state.handle_event(
+            UnixMillis(T0),
+            FromServer::Message(ToAgent::Pool {
+                revision: 3,
+                configs: Arc::new(vec![block(http.clone()), block(http)]),
+            }),
+        );
+        let notices: Vec<_> = drain(&mut state)
+            .into_iter()
+            .filter_map(|a| match a {
+                AgentAction::Notice(AgentNotice::FilesNotSent { paths }) => Some(paths),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notices, [vec!["/var/run/token".to_owned()]]);
     }
 }

@@ -3,6 +3,7 @@
 //! receives); every field is already checked, so the prober never has to.
 
 use std::fmt;
+use std::sync::Arc;
 
 use regex::Regex;
 
@@ -111,13 +112,79 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A secret given inline or as a file the agent reads at probe time.
+/// A file the probe file names (`bearer_token_file`, `password_file`, and `tls_config`'s
+/// `ca_file`, `cert_file` and `key_file`): its path as written, and its contents once the
+/// **server** has read it. The server reads every such file when it loads the probe file and
+/// ships the contents over the encrypted link; an agent never opens a path the server names
+/// (a hostile or mistaken probe file could otherwise make every agent send its own secrets to
+/// a URL, or hang on a FIFO). A reference without contents (from a server too old to send
+/// them) makes the probes that need it fail, and the agent says why.
+#[derive(Clone, Debug, Eq, Hash, PartialEq)]
+pub struct FileRef {
+    path: String,
+    contents: Option<Secret>,
+}
+
+impl FileRef {
+    /// A file named by the probe file, not read yet.
+    #[must_use]
+    pub fn named(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            contents: None,
+        }
+    }
+
+    /// A file with the contents the server read.
+    #[must_use]
+    pub fn with_contents(path: impl Into<String>, contents: Secret) -> Self {
+        Self {
+            path: path.into(),
+            contents: Some(contents),
+        }
+    }
+
+    /// The path as the probe file wrote it.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// What the server read, if it did.
+    #[must_use]
+    pub fn contents(&self) -> Option<&Secret> {
+        self.contents.as_ref()
+    }
+
+    /// Records what the server read.
+    pub fn set_contents(&mut self, contents: Secret) {
+        self.contents = Some(contents);
+    }
+}
+
+/// A secret given inline or as a file (read by the server, see [`FileRef`]).
 #[derive(Clone, Debug, Eq, Hash, PartialEq)]
 pub enum SecretSource {
     /// The value itself.
     Inline(Secret),
-    /// A file path whose content (trimmed of one trailing newline) is the secret.
-    File(String),
+    /// A file whose content (trimmed of one trailing newline) is the secret.
+    File(FileRef),
+}
+
+impl SecretSource {
+    /// The secret, trimmed of one trailing newline for a file; `None` for a file whose
+    /// contents did not come.
+    #[must_use]
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Self::Inline(secret) => Some(secret.expose()),
+            Self::File(file) => file.contents().map(|contents| {
+                let text = contents.expose();
+                text.strip_suffix('\n')
+                    .map_or(text, |t| t.strip_suffix('\r').unwrap_or(t))
+            }),
+        }
+    }
 }
 
 /// `basic_auth:` of `http_client_config`.
@@ -133,11 +200,11 @@ pub struct BasicAuth {
 #[derive(Clone, Debug, Default, Eq, Hash, PartialEq)]
 pub struct TlsConfig {
     /// PEM file of CA certificates that replace the system roots.
-    pub ca_file: Option<String>,
+    pub ca_file: Option<FileRef>,
     /// PEM client certificate (needs `key_file`).
-    pub cert_file: Option<String>,
+    pub cert_file: Option<FileRef>,
     /// PEM client key (needs `cert_file`).
-    pub key_file: Option<String>,
+    pub key_file: Option<FileRef>,
     /// SNI and verification name instead of the URL host.
     pub server_name: Option<String>,
     /// Accept any server certificate (labs only).
@@ -161,6 +228,77 @@ pub struct HttpClientConfig {
     pub follow_redirects: bool,
     /// `enable_http2:` (default true).
     pub enable_http2: bool,
+}
+
+impl HttpClientConfig {
+    /// Every file the block names, with its key as the probe file spells it under `http:`
+    /// (`http_client_config.tls_config.ca_file`), for the server to read them.
+    pub fn files_mut(&mut self) -> Vec<(&'static str, &mut FileRef)> {
+        let mut files = Vec::new();
+        if let Some(SecretSource::File(file)) = &mut self.bearer_token {
+            files.push(("http_client_config.bearer_token_file", file));
+        }
+        if let Some(BasicAuth {
+            password: Some(SecretSource::File(file)),
+            ..
+        }) = &mut self.basic_auth
+        {
+            files.push(("http_client_config.basic_auth.password_file", file));
+        }
+        files.extend(self.tls.files_mut());
+        files
+    }
+}
+
+impl HttpClientConfig {
+    /// Every file the block names.
+    #[must_use]
+    pub fn files(&self) -> Vec<&FileRef> {
+        let secrets = [
+            self.bearer_token.as_ref(),
+            self.basic_auth
+                .as_ref()
+                .and_then(|auth| auth.password.as_ref()),
+        ];
+        secrets
+            .into_iter()
+            .flatten()
+            .filter_map(|source| match source {
+                SecretSource::File(file) => Some(file),
+                SecretSource::Inline(_) => None,
+            })
+            .chain(self.tls.files())
+            .collect()
+    }
+}
+
+impl TlsConfig {
+    /// The PEM files (`ca_file`, `cert_file`, `key_file`) set, with their keys under `http:`.
+    pub fn files_mut(&mut self) -> impl Iterator<Item = (&'static str, &mut FileRef)> {
+        [
+            (
+                "http_client_config.tls_config.ca_file",
+                self.ca_file.as_mut(),
+            ),
+            (
+                "http_client_config.tls_config.cert_file",
+                self.cert_file.as_mut(),
+            ),
+            (
+                "http_client_config.tls_config.key_file",
+                self.key_file.as_mut(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, file)| file.map(|file| (key, file)))
+    }
+
+    /// The PEM files set.
+    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+        [&self.ca_file, &self.cert_file, &self.key_file]
+            .into_iter()
+            .flatten()
+    }
 }
 
 impl Default for HttpClientConfig {
@@ -221,8 +359,8 @@ pub struct HttpModule {
     pub method: String,
     /// Request headers in file order; a `Host` entry overrides the Host header and SNI.
     pub headers: Vec<(String, String)>,
-    /// Request body.
-    pub body: Option<String>,
+    /// Request body, shared by every probe of the block and every request (it may be 1 MiB).
+    pub body: Option<Arc<str>>,
     /// Fail when the body matches any of these.
     pub fail_if_body_matches_regexp: Vec<Regex>,
     /// Fail unless the body matches every one of these.

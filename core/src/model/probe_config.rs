@@ -1,19 +1,18 @@
 //! One block of the target pool: a region's targets of one kind with the module that says how
 //! to probe them. Built from a probe-file block, or by discovery for agent addresses.
 
+use std::sync::Arc;
+
 use super::{HttpModule, IcmpModule, ProbeKind, Region, Target};
 
 /// How the targets of a block are probed.
 #[derive(Clone, Debug, Eq, PartialEq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a pool holds one module per block, a few hundred at most; boxing buys nothing"
-)]
 pub enum ProbeModule {
     /// ICMP echo with these settings (the defaults for discovered targets).
     Icmp(IcmpModule),
-    /// HTTP with this module.
-    Http(HttpModule),
+    /// HTTP with this module, shared by the block's planned probes (its `body` alone may be
+    /// 1 MiB: one copy per block, never one per probe).
+    Http(Arc<HttpModule>),
 }
 
 impl ProbeModule {

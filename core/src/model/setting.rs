@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use regex::{Regex, RegexBuilder};
 
-use super::http_module::{BasicAuth, HeaderMatch, HttpClientConfig, SecretSource, TlsConfig};
+use super::http_module::{
+    BasicAuth, FileRef, HeaderMatch, HttpClientConfig, SecretSource, TlsConfig,
+};
 use super::{HttpModule, IcmpModule, ProbeConfig, ProbeModule};
 
 /// Longest short text setting (header names and values, regex sources, paths, user names,
@@ -18,6 +20,9 @@ use super::{HttpModule, IcmpModule, ProbeConfig, ProbeModule};
 pub const MAX_TEXT_LEN: usize = 8 * 1024;
 /// Longest HTTP request body, in bytes.
 pub const MAX_REQUEST_BODY_LEN: usize = 1024 * 1024;
+/// Longest `tls_config` PEM file (`ca_file`, `cert_file`, `key_file`), in bytes: a large CA
+/// bundle is a few hundred KiB.
+pub const MAX_PEM_FILE_LEN: usize = 1024 * 1024;
 /// Most entries in a list of an HTTP module (status codes, versions, headers, regexes).
 pub const MAX_LIST_LEN: usize = 1024;
 /// Largest compiled size of one regular expression (and of its lazy DFA cache), in bytes.
@@ -302,12 +307,40 @@ pub fn proxy_url(proxy_url: &str) -> Checked {
     }
 }
 
-/// A secret: inline (its length only is checked, and never shown) or a file path.
+/// A secret: inline (its length only is checked, and never shown) or a file (its path, and
+/// its contents when read, which must be a secret's size too).
 fn secret(source: &SecretSource) -> Checked {
+    let too_long = |_| SettingError::new(format!("longer than {MAX_TEXT_LEN} bytes"));
     match source {
-        SecretSource::Inline(secret) => text(secret.expose())
-            .map_err(|_| SettingError::new(format!("longer than {MAX_TEXT_LEN} bytes"))),
-        SecretSource::File(path) => text(path),
+        SecretSource::Inline(secret) => text(secret.expose()).map_err(too_long),
+        SecretSource::File(file) => {
+            text(file.path())?;
+            match file.contents() {
+                Some(contents) => text(contents.expose()).map_err(|_| {
+                    SettingError::new(format!(
+                        "{:?} holds more than {MAX_TEXT_LEN} bytes, too long for a secret",
+                        shorten(file.path())
+                    ))
+                }),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// A PEM file of `tls_config`: its path, and its contents when read, at most
+/// [`MAX_PEM_FILE_LEN`].
+fn pem_file(file: &FileRef) -> Checked {
+    text(file.path())?;
+    match file.contents() {
+        Some(contents) if contents.expose().len() > MAX_PEM_FILE_LEN => {
+            Err(SettingError::new(format!(
+                "{:?} is {} bytes long; the limit is {MAX_PEM_FILE_LEN} bytes (1 MiB)",
+                shorten(file.path()),
+                contents.expose().len()
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -320,15 +353,17 @@ fn basic_auth(auth: &BasicAuth) -> Checked {
 }
 
 fn tls_config(tls: &TlsConfig) -> Checked {
-    for (field, value) in [
+    for (field, file) in [
         ("ca_file", &tls.ca_file),
         ("cert_file", &tls.cert_file),
         ("key_file", &tls.key_file),
-        ("server_name", &tls.server_name),
     ] {
-        if let Some(value) = value {
-            text(value).map_err(|e| e.within(field))?;
+        if let Some(file) = file {
+            pem_file(file).map_err(|e| e.within(field))?;
         }
+    }
+    if let Some(name) = &tls.server_name {
+        text(name).map_err(|e| e.within("server_name"))?;
     }
     client_certificate(tls.cert_file.is_some(), tls.key_file.is_some())
 }

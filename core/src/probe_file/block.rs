@@ -99,10 +99,13 @@ fn probe_config(node: &Node, path: &str) -> Result<ProbeConfig, Problem> {
         }
     }
     let module = match kind {
-        ProbeKind::Http => ProbeModule::Http(match fields.get("http") {
-            Some(node) => http_module(node, &join(path, "http"))?,
-            None => crate::model::HttpModule::default(),
-        }),
+        ProbeKind::Http => ProbeModule::Http(
+            match fields.get("http") {
+                Some(node) => http_module(node, &join(path, "http"))?,
+                None => crate::model::HttpModule::default(),
+            }
+            .into(),
+        ),
         ProbeKind::Icmp => ProbeModule::Icmp(match fields.get("icmp") {
             Some(node) => icmp_module(node, &join(path, "icmp"))?,
             None => IcmpModule::default(),

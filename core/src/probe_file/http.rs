@@ -9,8 +9,8 @@ use super::node::{Fields, Node, Pos, Problem, join, shorten};
 use super::size::parse_base2_bytes;
 use crate::model::HttpModule;
 use crate::model::http_module::{
-    BasicAuth, Compression, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol, Secret,
-    SecretSource, TlsConfig, TlsMinVersion,
+    BasicAuth, Compression, FileRef, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol,
+    Secret, SecretSource, TlsConfig, TlsMinVersion,
 };
 use crate::model::setting::{self, SettingError};
 
@@ -199,7 +199,7 @@ pub(super) fn http_module(node: &Node, path: &str) -> Result<HttpModule, Problem
         let path = key("body");
         let body = node.string(&path)?;
         setting::body(&body).map_err(|e| problem(node.at, &path, e))?;
-        module.body = Some(body);
+        module.body = Some(body.into());
     }
     if let Some(node) = fields.get("fail_if_body_matches_regexp") {
         module.fail_if_body_matches_regexp = regex_list(node, &key("fail_if_body_matches_regexp"))?;
@@ -361,7 +361,7 @@ fn client_config(node: &Node, path: &str) -> Result<HttpClientConfig, Problem> {
             ));
         }
         (Some(token), None) => Some(SecretSource::Inline(Secret::new(token))),
-        (None, Some(file)) => Some(SecretSource::File(file)),
+        (None, Some(file)) => Some(SecretSource::File(FileRef::named(file))),
         (None, None) => None,
     };
     if let Err(e) =
@@ -404,7 +404,7 @@ fn basic_auth(node: &Node, path: &str) -> Result<BasicAuth, Problem> {
             ));
         }
         (Some(password), None) => Some(SecretSource::Inline(Secret::new(password))),
-        (None, Some(file)) => Some(SecretSource::File(file)),
+        (None, Some(file)) => Some(SecretSource::File(FileRef::named(file))),
         (None, None) => None,
     };
     Ok(BasicAuth { username, password })
@@ -413,9 +413,9 @@ fn basic_auth(node: &Node, path: &str) -> Result<BasicAuth, Problem> {
 fn tls_config(node: &Node, path: &str) -> Result<TlsConfig, Problem> {
     let fields = node.fields(path, TLS_KEYS, TLS_UNSUPPORTED)?;
     let mut tls = TlsConfig {
-        ca_file: optional_string(&fields, path, "ca_file")?,
-        cert_file: optional_string(&fields, path, "cert_file")?,
-        key_file: optional_string(&fields, path, "key_file")?,
+        ca_file: optional_string(&fields, path, "ca_file")?.map(FileRef::named),
+        cert_file: optional_string(&fields, path, "cert_file")?.map(FileRef::named),
+        key_file: optional_string(&fields, path, "key_file")?.map(FileRef::named),
         server_name: optional_string(&fields, path, "server_name")?,
         ..TlsConfig::default()
     };
@@ -520,10 +520,16 @@ mod tests {
         assert!(!m.fail_if_header_not_matches[0].allow_missing);
         assert_eq!(m.compression, Compression::Gzip);
         assert_eq!(m.body_size_limit, Some(1 << 20));
-        assert_eq!(m.client.bearer_token, Some(SecretSource::File("/t".into())));
+        assert_eq!(
+            m.client.bearer_token,
+            Some(SecretSource::File(FileRef::named("/t")))
+        );
         assert!(!m.client.follow_redirects && !m.client.enable_http2 && !m.follows_redirects());
         assert_eq!(m.client.proxy_url.as_deref(), Some("http://proxy:3128"));
-        assert_eq!(m.client.tls.ca_file.as_deref(), Some("/ca"));
+        assert_eq!(
+            m.client.tls.ca_file.as_ref().map(FileRef::path),
+            Some("/ca")
+        );
         assert_eq!(m.client.tls.min_version, Some(TlsMinVersion::Tls13));
         assert!(m.client.tls.insecure_skip_verify);
     }

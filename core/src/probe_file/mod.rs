@@ -195,7 +195,7 @@ mod tests {
             (http.region.as_str(), http.kind()),
             ("ali-cn-beijing", ProbeKind::Http)
         );
-        assert_eq!(http.module, ProbeModule::Http(HttpModule::default()));
+        assert_eq!(http.module, ProbeModule::Http(HttpModule::default().into()));
         let raw: Vec<_> = http.targets.iter().map(|t| t.raw()).collect();
         assert_eq!(raw, ["http://www.baidu.com", "http://www.taobao.com"]);
         let icmp = &file.configs[1];
@@ -248,13 +248,16 @@ mod tests {
         assert_eq!(first.preferred_ip_protocol, IpProtocol::Ip6);
         assert_eq!(
             file.configs[1].module,
-            ProbeModule::Http(HttpModule::default())
+            ProbeModule::Http(HttpModule::default().into())
         );
         let expected_third = HttpModule {
             method: "HEAD".to_owned(),
             ..HttpModule::default()
         };
-        assert_eq!(file.configs[2].module, ProbeModule::Http(expected_third));
+        assert_eq!(
+            file.configs[2].module,
+            ProbeModule::Http(expected_third.into())
+        );
     }
 
     #[test]

@@ -462,7 +462,7 @@ mod tests {
         let http = ProbeConfig {
             region: Region::new("web").unwrap(),
             targets: vec![Target::parse(ProbeKind::Http, "http://198.18.9.9/").unwrap()],
-            module: ProbeModule::Http(crate::model::HttpModule::default()),
+            module: ProbeModule::Http(crate::model::HttpModule::default().into()),
         };
         ServerState::new(aggregator, TargetPool::new(vec![http], discovery, false))
     }
@@ -725,10 +725,16 @@ mod tests {
             .map(|i| ProbeConfig {
                 region: Region::new(&format!("web{i}")).unwrap(),
                 targets: vec![Target::parse(ProbeKind::Http, "http://198.18.9.9/").unwrap()],
-                module: ProbeModule::Http(crate::model::HttpModule {
-                    body: Some("b".repeat(crate::model::setting::MAX_REQUEST_BODY_LEN)),
-                    ..crate::model::HttpModule::default()
-                }),
+                module: ProbeModule::Http(
+                    crate::model::HttpModule {
+                        body: Some(
+                            "b".repeat(crate::model::setting::MAX_REQUEST_BODY_LEN)
+                                .into(),
+                        ),
+                        ..crate::model::HttpModule::default()
+                    }
+                    .into(),
+                ),
             })
             .collect();
         let error = state.reload(UnixMillis(T0 + 1), big).unwrap_err();

@@ -5,6 +5,7 @@
 //! probe file runs (`model::setting`), so a pool the server built from an accepted file is
 //! accepted here. Every error names the field that is wrong.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
@@ -20,8 +21,8 @@ use super::{
     check_len,
 };
 use crate::model::http_module::{
-    BasicAuth, Compression, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol, Secret,
-    SecretSource, TlsConfig, TlsMinVersion,
+    BasicAuth, Compression, FileRef, HeaderMatch, HttpClientConfig, HttpVersion, IpProtocol,
+    Secret, SecretSource, TlsConfig, TlsMinVersion,
 };
 use crate::model::setting::{self, SettingError};
 use crate::model::time::duration_nanos;
@@ -46,15 +47,17 @@ pub fn results_into_domain(
     source: &AgentId,
 ) -> Result<Vec<ProbeResult>, WireError> {
     check_len("results", results.len(), MAX_RESULTS_PER_BATCH)?;
-    results
-        .into_iter()
-        .enumerate()
-        .map(|(result_idx, result)| {
+    // Allocated once: collecting `Result`s would grow the vector by doubling, moving every
+    // result (a few hundred bytes each) several times per batch.
+    let mut domain = Vec::with_capacity(results.len());
+    for (result_idx, result) in results.into_iter().enumerate() {
+        domain.push(
             result
                 .into_domain(source.clone())
-                .map_err(|e| e.within(&format!("results[{result_idx}]")))
-        })
-        .collect()
+                .map_err(|e| e.within(&format!("results[{result_idx}]")))?,
+        );
+    }
+    Ok(domain)
 }
 
 /// Converts a whole `TargetPool` payload.
@@ -425,7 +428,7 @@ impl ProbeConfigV1 {
                 ProbeModule::Icmp(icmp.into_domain().map_err(|e| e.within("icmp"))?)
             }
             (ProbeKindV1::Http, None, Some(http)) => {
-                ProbeModule::Http(http.into_domain().map_err(|e| e.within("http"))?)
+                ProbeModule::Http(Arc::new(http.into_domain().map_err(|e| e.within("http"))?))
             }
             (ProbeKindV1::Icmp, _, Some(_)) => {
                 return Err(WireError::invalid("http", "present in an ICMP config"));
@@ -466,7 +469,11 @@ impl From<&ProbeConfig> for ProbeConfigV1 {
     fn from(config: &ProbeConfig) -> Self {
         let (kind, icmp, http) = match &config.module {
             ProbeModule::Icmp(icmp) => (ProbeKindV1::Icmp, Some(IcmpModuleV1::from(icmp)), None),
-            ProbeModule::Http(http) => (ProbeKindV1::Http, None, Some(HttpModuleV1::from(http))),
+            ProbeModule::Http(http) => (
+                ProbeKindV1::Http,
+                None,
+                Some(HttpModuleV1::from(http.as_ref())),
+            ),
         };
         Self {
             region: config.region.as_str().to_owned(),
@@ -566,7 +573,7 @@ impl HttpModuleV1 {
                 .into_iter()
                 .map(|h| (h.name, h.value))
                 .collect(),
-            body: self.body,
+            body: self.body.map(Into::into),
             fail_if_body_matches_regexp: compile_regexes(
                 "fail_if_body_matches_regexp",
                 &self.fail_if_body_matches_regexp,
@@ -616,7 +623,7 @@ impl From<&HttpModule> for HttpModuleV1 {
                     value: value.clone(),
                 })
                 .collect(),
-            body: http.body.clone(),
+            body: http.body.as_deref().map(str::to_owned),
             fail_if_body_matches_regexp: regex_sources(&http.fail_if_body_matches_regexp),
             fail_if_body_not_matches_regexp: regex_sources(&http.fail_if_body_not_matches_regexp),
             fail_if_header_matches: http
@@ -760,9 +767,10 @@ impl HttpClientConfigV1 {
                 }),
             bearer_token: self.bearer_token.map(SecretSourceV1::into_domain),
             tls: TlsConfig {
-                ca_file: tls.ca_file,
-                cert_file: tls.cert_file,
-                key_file: tls.key_file,
+                // Paths only: a v2 pool brings their contents beside the configs.
+                ca_file: tls.ca_file.map(FileRef::named),
+                cert_file: tls.cert_file.map(FileRef::named),
+                key_file: tls.key_file.map(FileRef::named),
                 server_name: tls.server_name,
                 insecure_skip_verify: tls.insecure_skip_verify,
                 min_version: tls.min_version.map(TlsMinVersion::from),
@@ -783,9 +791,11 @@ impl From<&HttpClientConfig> for HttpClientConfigV1 {
             }),
             bearer_token: client.bearer_token.as_ref().map(SecretSourceV1::from),
             tls: TlsConfigV1 {
-                ca_file: client.tls.ca_file.clone(),
-                cert_file: client.tls.cert_file.clone(),
-                key_file: client.tls.key_file.clone(),
+                // Paths only: a v2 pool carries their contents beside the configs; an agent
+                // of v1 reads them itself (as it always did).
+                ca_file: client.tls.ca_file.as_ref().map(|f| f.path().to_owned()),
+                cert_file: client.tls.cert_file.as_ref().map(|f| f.path().to_owned()),
+                key_file: client.tls.key_file.as_ref().map(|f| f.path().to_owned()),
                 server_name: client.tls.server_name.clone(),
                 insecure_skip_verify: client.tls.insecure_skip_verify,
                 min_version: client.tls.min_version.map(TlsMinVersionV1::from),
@@ -801,7 +811,7 @@ impl SecretSourceV1 {
     fn into_domain(self) -> SecretSource {
         match self {
             Self::Inline(secret) => SecretSource::Inline(Secret::new(secret.expose().to_owned())),
-            Self::File(path) => SecretSource::File(path),
+            Self::File(path) => SecretSource::File(FileRef::named(path)),
         }
     }
 }
@@ -812,7 +822,11 @@ impl From<&SecretSource> for SecretSourceV1 {
             SecretSource::Inline(secret) => {
                 Self::Inline(WireSecret::new(secret.expose().to_owned()))
             }
-            SecretSource::File(path) => Self::File(path.clone()),
+            // What the server read travels as the value, so no agent opens the file.
+            SecretSource::File(file) => match source.value() {
+                Some(value) => Self::Inline(WireSecret::new(value.to_owned())),
+                None => Self::File(file.path().to_owned()),
+            },
         }
     }
 }

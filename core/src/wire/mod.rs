@@ -79,7 +79,10 @@ pub use v1::{
     ResultBatchRef, RttSummaryV1, SecretSourceV1, ServerMessage, SocketAddrV1, TlsConfigV1,
     TlsInfoV1, TlsMinVersionV1, TlsVersionV1, UpgradeStateV1, WireSecret,
 };
-pub use v2::{AgentMessageV2, ServerMessageV2, TraceHopV2, TraceProtocolV2, UpgradeStateV2};
+pub use v2::{
+    AgentMessageV2, MAX_POOL_FILES, PoolFileV2, ServerMessageV2, TraceHopV2, TraceProtocolV2,
+    UpgradeStateV2,
+};
 
 /// A protocol version this build speaks.
 #[derive(Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]

@@ -6,6 +6,7 @@
 
 mod v2;
 
+use crate::model::http_module::FileRef;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -574,7 +575,7 @@ fn arb_domain_header_match() -> impl Strategy<Value = HeaderMatch> {
 fn arb_domain_secret_source() -> impl Strategy<Value = SecretSource> {
     prop_oneof![
         arb_text().prop_map(|s| SecretSource::Inline(Secret::new(s))),
-        "/[a-z/]{1,20}".prop_map(SecretSource::File),
+        "/[a-z/]{1,20}".prop_map(|path| SecretSource::File(FileRef::named(path))),
     ]
 }
 
@@ -615,9 +616,9 @@ fn arb_domain_client() -> impl Strategy<Value = HttpClientConfig> {
                     basic_auth,
                     bearer_token,
                     tls: TlsConfig {
-                        ca_file,
-                        cert_file,
-                        key_file,
+                        ca_file: ca_file.map(FileRef::named),
+                        cert_file: cert_file.map(FileRef::named),
+                        key_file: key_file.map(FileRef::named),
                         server_name,
                         insecure_skip_verify,
                         min_version,
@@ -696,7 +697,7 @@ fn arb_domain_http_module() -> impl Strategy<Value = HttpModule> {
                 fail_if_not_ssl,
                 method,
                 headers,
-                body,
+                body: body.map(Into::into),
                 fail_if_body_matches_regexp,
                 fail_if_body_not_matches_regexp,
                 fail_if_header_matches,
@@ -726,7 +727,7 @@ fn arb_probe_config() -> impl Strategy<Value = ProbeConfig> {
         btree_set(arb_icmp_target(), 0..6),
     );
     let http = (
-        arb_domain_http_module().prop_map(ProbeModule::Http),
+        arb_domain_http_module().prop_map(|m| ProbeModule::Http(m.into())),
         btree_set(arb_http_target(), 0..6),
     );
     (arb_region(), prop_oneof![icmp, http]).prop_map(|(region, (module, raw_targets))| {

@@ -139,12 +139,16 @@ pub enum ServerMessageV2 {
         /// Why.
         reason: RefusalV1,
     },
-    /// The agent's target pool (as in v1).
+    /// The agent's target pool: v1's, then the contents of the files its blocks name.
     TargetPool {
         /// Increases with every change of the pool.
         revision: u64,
         /// The pool, at most [`super::MAX_CONFIGS_PER_POOL`] blocks.
         configs: Vec<ProbeConfigV1>,
+        /// The `tls_config` files (`ca_file`, `cert_file`, `key_file`) the blocks name, as the
+        /// server read them, at most [`MAX_POOL_FILES`]: the agent never opens such a path
+        /// itself. (Bearer tokens and passwords read from files travel as inline values.)
+        files: Vec<PoolFileV2>,
     },
     /// The server stored the [`AgentMessageV2::ResultBatch`] with this `seq` (as in v1).
     Ack {
@@ -261,4 +265,17 @@ pub enum TraceProtocolV2 {
     Udp,
     /// TCP SYNs.
     Tcp,
+}
+
+/// Most files a v2 `TargetPool` carries.
+pub const MAX_POOL_FILES: usize = 1_024;
+
+/// A file a pool's blocks name, with the contents the server read (at most
+/// [`crate::model::setting::MAX_PEM_FILE_LEN`] bytes).
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct PoolFileV2 {
+    /// The path as the probe file wrote it (the key the blocks use).
+    pub path: String,
+    /// What the server read.
+    pub contents: WireSecret,
 }

@@ -131,6 +131,18 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "target pool refresh period (default 1m)",
     ),
     (
+        "agent.probe.icmp-max-in-flight",
+        Side::Agent,
+        false,
+        "most ICMP probes running at once (default 16384)",
+    ),
+    (
+        "agent.probe.http-max-in-flight",
+        Side::Agent,
+        false,
+        "most HTTP probes running at once (default 256)",
+    ),
+    (
         "agent.region",
         Side::Agent,
         false,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use argh::FromArgs;
+use probermesh_core::agent::InFlightLimits;
 use probermesh_core::aggregate::AggregationMethod;
 use probermesh_core::pool::Discovery;
 
@@ -83,6 +84,12 @@ pub(crate) struct AgentArgs {
     /// target pool refresh period (default 1m)
     #[argh(option, default = "String::from(\"1m\")")]
     pub(crate) sync_interval: String,
+    /// most ICMP probes running at once (default 16384); later ones wait, or are skipped
+    #[argh(option, default = "InFlightLimits::DEFAULT_ICMP")]
+    pub(crate) probe_icmp_max_in_flight: usize,
+    /// most HTTP probes running at once (default 256); later ones wait, or are skipped
+    #[argh(option, default = "InFlightLimits::DEFAULT_HTTP")]
+    pub(crate) probe_http_max_in_flight: usize,
     /// region; else env PROBER_REGION, cloud metadata, cn-shanghai
     #[argh(option, default = "String::new()")]
     pub(crate) region: String,
@@ -178,6 +185,7 @@ impl ServerArgs {
 pub(crate) struct AgentChoices {
     pub(crate) probe_interval: Duration,
     pub(crate) sync_interval: Duration,
+    pub(crate) in_flight_limits: InFlightLimits,
 }
 
 impl AgentArgs {
@@ -220,9 +228,27 @@ impl AgentArgs {
                 self.rpc_report_addr
             );
         }
+        for (flag, limit) in [
+            (
+                "agent.probe.icmp-max-in-flight",
+                self.probe_icmp_max_in_flight,
+            ),
+            (
+                "agent.probe.http-max-in-flight",
+                self.probe_http_max_in_flight,
+            ),
+        ] {
+            if limit == 0 {
+                bail!("invalid value 0 for flag -{flag}: at least 1");
+            }
+        }
         Ok(AgentChoices {
             probe_interval,
             sync_interval,
+            in_flight_limits: InFlightLimits {
+                icmp: self.probe_icmp_max_in_flight,
+                http: self.probe_http_max_in_flight,
+            },
         })
     }
 }

@@ -119,7 +119,17 @@ pub fn decode_from_server(
             }
         },
         ProtocolVersion::V2 => match decode_frame::<ServerMessageV2>(body)? {
-            ServerMessageV2::TargetPool { revision, configs } => pool_message(revision, configs),
+            ServerMessageV2::TargetPool {
+                revision,
+                configs,
+                files,
+            } => match v2::pool_v2_into_domain(configs, files) {
+                Ok(configs) => Ok(ToAgent::Pool {
+                    revision,
+                    configs: Arc::new(configs),
+                }),
+                Err(error) => Err(FromServerError::InvalidPool { revision, error }),
+            },
             message => Ok(from_server_v2(message)?),
         },
     }

@@ -10,12 +10,14 @@ use crate::link::{
     FromAgent, Signature, TaskOutput, TaskSpec, ToAgent, TraceHop, TraceProtocol, TraceReport,
     TraceRequest, UpgradePlan, UpgradeState,
 };
+use crate::model::setting::MAX_PEM_FILE_LEN;
 use crate::model::time::{duration_millis, duration_nanos};
-use crate::model::{AgentId, UnixMillis};
+use crate::model::{AgentId, ProbeConfig, ProbeModule, UnixMillis};
 use crate::wire::convert::{pool_into_domain, results_into_domain};
-use crate::wire::v1::{ProbeConfigV1, ProbeResultV1};
+use crate::wire::v1::{ProbeConfigV1, ProbeResultV1, WireSecret};
 use crate::wire::v2::{
-    AgentMessageV2, ServerMessageV2, TraceHopV2, TraceProtocolV2, UpgradeStateV2,
+    AgentMessageV2, MAX_POOL_FILES, PoolFileV2, ServerMessageV2, TraceHopV2, TraceProtocolV2,
+    UpgradeStateV2,
 };
 use crate::wire::{
     MAX_TASK_OUTPUT_LEN, MAX_TEXT_LEN, MAX_TRACE_HOPS, TASK_SIGNATURE_LEN, WireError, cut_to,
@@ -200,6 +202,7 @@ pub fn to_agent_v2(message: &ToAgent) -> Result<ServerMessageV2, WireError> {
         ToAgent::Pool { revision, configs } => ServerMessageV2::TargetPool {
             revision: *revision,
             configs: configs.iter().map(ProbeConfigV1::from).collect(),
+            files: pool_files(configs)?,
         },
         ToAgent::Ack { seq } => ServerMessageV2::Ack { seq: *seq },
         ToAgent::Task(task) => ServerMessageV2::Task {
@@ -254,9 +257,13 @@ pub fn from_server_v2(message: ServerMessageV2) -> Result<ToAgent, WireError> {
                 "a handshake message after the handshake",
             ));
         }
-        ServerMessageV2::TargetPool { revision, configs } => ToAgent::Pool {
+        ServerMessageV2::TargetPool {
             revision,
-            configs: Arc::new(pool_into_domain(configs)?),
+            configs,
+            files,
+        } => ToAgent::Pool {
+            revision,
+            configs: Arc::new(pool_v2_into_domain(configs, files)?),
         },
         ServerMessageV2::Ack { seq } => ToAgent::Ack { seq },
         ServerMessageV2::Task {
@@ -372,4 +379,94 @@ impl From<TraceProtocol> for TraceProtocolV2 {
             TraceProtocol::Tcp => Self::Tcp,
         }
     }
+}
+
+/// The `tls_config` files a pool's blocks name, with the contents the server read, once per
+/// path (a file named by many blocks travels once).
+///
+/// # Errors
+/// [`WireError::Invalid`] for more than [`MAX_POOL_FILES`] files (the server refuses such a
+/// probe file at load, so this is a bug guard).
+fn pool_files(configs: &[ProbeConfig]) -> Result<Vec<PoolFileV2>, WireError> {
+    let mut files: Vec<PoolFileV2> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for config in configs {
+        let ProbeModule::Http(http) = &config.module else {
+            continue;
+        };
+        for file in http.client.tls.files() {
+            if let Some(contents) = file.contents()
+                && seen.insert(file.path().to_owned())
+            {
+                files.push(PoolFileV2 {
+                    path: file.path().to_owned(),
+                    contents: WireSecret::new(contents.expose().to_owned()),
+                });
+            }
+        }
+    }
+    if files.len() > MAX_POOL_FILES {
+        return Err(WireError::invalid(
+            "target_pool.files",
+            format!("{} files; the limit is {MAX_POOL_FILES}", files.len()),
+        ));
+    }
+    Ok(files)
+}
+
+/// A v2 pool as the domain pool: the configs validated, each `tls_config` file they name
+/// given the contents the server sent.
+///
+/// # Errors
+/// [`WireError::Invalid`] naming the field for an invalid config, too many files, a file over
+/// [`MAX_PEM_FILE_LEN`], or a file named with no contents sent.
+pub(crate) fn pool_v2_into_domain(
+    configs: Vec<ProbeConfigV1>,
+    files: Vec<PoolFileV2>,
+) -> Result<Vec<ProbeConfig>, WireError> {
+    if files.len() > MAX_POOL_FILES {
+        return Err(WireError::invalid(
+            "files",
+            format!("{} files; the limit is {MAX_POOL_FILES}", files.len()),
+        ));
+    }
+    let mut contents = std::collections::HashMap::with_capacity(files.len());
+    for (index, file) in files.into_iter().enumerate() {
+        if file.contents.expose().len() > MAX_PEM_FILE_LEN {
+            return Err(WireError::invalid(
+                format!("files[{index}].contents"),
+                format!(
+                    "{} bytes; the limit is {MAX_PEM_FILE_LEN} bytes (1 MiB)",
+                    file.contents.expose().len()
+                ),
+            ));
+        }
+        contents.insert(file.path, file.contents);
+    }
+    let mut configs = pool_into_domain(configs)?;
+    for (config_index, config) in configs.iter_mut().enumerate() {
+        let ProbeModule::Http(http) = &mut config.module else {
+            continue;
+        };
+        if http.client.tls.files().next().is_none() {
+            continue;
+        }
+        // Fresh from the conversion, so not shared: no copy is made.
+        let http = Arc::make_mut(http);
+        for (key, file) in http.client.tls.files_mut() {
+            let Some(sent) = contents.get(file.path()) else {
+                return Err(WireError::invalid(
+                    format!("configs[{config_index}].http.{key}"),
+                    format!(
+                        "the server sent no contents for {:?} (an agent does not read files the server names)",
+                        crate::model::setting::shorten(file.path())
+                    ),
+                ));
+            };
+            file.set_contents(crate::model::http_module::Secret::new(
+                sent.expose().to_owned(),
+            ));
+        }
+    }
+    Ok(configs)
 }

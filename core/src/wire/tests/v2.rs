@@ -5,6 +5,7 @@
 //! golden task signing bytes are checked in `tests.rs` with the other golden files, so that
 //! `UPDATE_GOLDEN=1 cargo test … wire::tests::golden` writes them all.
 
+use crate::wire::v2::PoolFileV2;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -106,6 +107,13 @@ fn golden_target_pool_v2() -> ServerMessageV2 {
     ServerMessageV2::TargetPool {
         revision: 7,
         configs: vec![golden_http_config()],
+        // The contents of the block's `ca_file`, as the server read it.
+        files: vec![PoolFileV2 {
+            path: "/etc/probermesh/ca.pem".into(),
+            contents: WireSecret::new(
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            ),
+        }],
     }
 }
 
@@ -214,7 +222,7 @@ fn golden_server_messages() -> Vec<(&'static str, &'static str, ServerMessageV2)
         ),
         (
             "target_pool",
-            "ServerMessageV2::TargetPool { revision: 7, configs: [the golden v1 HTTP block] } (v1's bytes; see golden_http_config in core/src/wire/tests.rs)",
+            "ServerMessageV2::TargetPool { revision: 7, configs: [the golden v1 HTTP block], files: [its ca_file's contents] } (v1's bytes, then the files; see golden_http_config in core/src/wire/tests.rs)",
             golden_target_pool_v2(),
         ),
         (
@@ -334,15 +342,16 @@ fn golden_v2_frames_decode_to_their_values() {
 
 #[test]
 fn the_variants_v2_keeps_have_the_v1_bytes() {
-    for stem in [
-        "heartbeat",
-        "result_batch",
-        "pool_refused",
-        "target_pool",
-        "ack",
-    ] {
+    for stem in ["heartbeat", "result_batch", "pool_refused", "ack"] {
         assert_eq!(read_golden("v2", stem), read_golden("v1", stem), "{stem}");
     }
+    // v2's pool is v1's, then the files its blocks name.
+    let (v1_pool, v2_pool) = (
+        read_golden("v1", "target_pool"),
+        read_golden("v2", "target_pool"),
+    );
+    assert!(body(&v2_pool).starts_with(body(&v1_pool)));
+    assert!(body(&v2_pool).len() > body(&v1_pool).len());
     let v1_refused = frame_of(&ServerMessage::Refused {
         reason: RefusalV1::VersionMismatch {
             server: 2,
@@ -931,6 +940,8 @@ proptest! {
 
     #[test]
     fn messages_to_agents_survive_both_versions(message in arb_to_agent()) {
+        // As a server sends it: every file the pool names read.
+        let message = with_tls_contents(message, true);
         let frame = encode_to_agent(ProtocolVersion::V2, &message, DEFAULT_MAX_FRAME_LEN).unwrap();
         let back = decode_from_server(ProtocolVersion::V2, body(&frame)).unwrap();
         prop_assert_eq!(&back, &message);
@@ -938,7 +949,8 @@ proptest! {
         let v1 = encode_to_agent(ProtocolVersion::V1, &message, DEFAULT_MAX_FRAME_LEN);
         if matches!(message, ToAgent::Pool { .. } | ToAgent::Ack { .. }) {
             let back = decode_from_server(ProtocolVersion::V1, body(&v1.unwrap())).unwrap();
-            prop_assert_eq!(back, message);
+            // v1 carries the TLS files' paths only.
+            prop_assert_eq!(back, with_tls_contents(message, false));
         } else {
             let err = v1.unwrap_err();
             prop_assert_eq!(
@@ -1091,14 +1103,38 @@ fn an_invalid_pool_names_its_revision_in_both_versions() {
             "{err}"
         );
     }
+    // A v2 pool must bring the contents of the files it names: the agent does not read them.
+    let without_file = ServerMessageV2::TargetPool {
+        revision: 8,
+        configs: vec![valid_http_config()],
+        files: Vec::new(),
+    };
+    let err = decode_from_server(ProtocolVersion::V2, body(&frame_of(&without_file))).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "target pool revision 8 refused: invalid configs[0].http.http_client_config.tls_config.ca_file: \
+         the server sent no contents for \"/etc/probermesh/ca.pem\" (an agent does not read files the server names)"
+    );
     let valid = ServerMessageV2::TargetPool {
         revision: 8,
         configs: vec![valid_http_config()],
+        files: vec![PoolFileV2 {
+            path: "/etc/probermesh/ca.pem".into(),
+            contents: WireSecret::new("PEM".into()),
+        }],
     };
-    assert!(matches!(
-        decode_from_server(ProtocolVersion::V2, body(&frame_of(&valid))),
-        Ok(ToAgent::Pool { revision: 8, .. })
-    ));
+    let Ok(ToAgent::Pool {
+        revision: 8,
+        configs,
+    }) = decode_from_server(ProtocolVersion::V2, body(&frame_of(&valid)))
+    else {
+        panic!("a valid v2 pool");
+    };
+    let crate::model::ProbeModule::Http(http) = &configs[0].module else {
+        panic!("an HTTP block");
+    };
+    let ca_file = http.client.tls.ca_file.as_ref().unwrap();
+    assert_eq!(ca_file.contents().map(|c| c.expose()), Some("PEM"));
 }
 
 // === Limits ===
@@ -1425,4 +1461,38 @@ pub(super) fn golden_task_spec() -> TaskSpec {
         panic!("not a task");
     };
     task
+}
+
+/// `message` with every `tls_config` file of its pool given contents (`read`) or none.
+fn with_tls_contents(message: ToAgent, read: bool) -> ToAgent {
+    let ToAgent::Pool { revision, configs } = message else {
+        return message;
+    };
+    let configs = configs
+        .iter()
+        .cloned()
+        .map(|mut config| {
+            if let crate::model::ProbeModule::Http(http) = &mut config.module {
+                let http = std::sync::Arc::make_mut(http);
+                for (_, file) in http.client.tls.files_mut() {
+                    *file = if read {
+                        crate::model::http_module::FileRef::with_contents(
+                            file.path(),
+                            crate::model::http_module::Secret::new(format!(
+                                "PEM of {}",
+                                file.path()
+                            )),
+                        )
+                    } else {
+                        crate::model::http_module::FileRef::named(file.path())
+                    };
+                }
+            }
+            config
+        })
+        .collect();
+    ToAgent::Pool {
+        revision,
+        configs: std::sync::Arc::new(configs),
+    }
 }
