@@ -4,14 +4,21 @@
 //! A write goes to a fresh temporary file (mode 0600) that is synced, renamed over the record
 //! and followed by a sync of the directory, so a reader (or the next process after a crash)
 //! sees the old record or the new one, never a mix. The directory is created with mode 0700
-//! when missing. A record over its kind's size limit is neither written nor read. A damaged
-//! record is renamed to `<record>.bin.bad`, kept for a post-mortem and never read again.
+//! when missing, and refused when others could plant files in it (`crate::data_dir`). A
+//! record over its kind's size limit is neither written nor read: a read takes the length from
+//! the open file's metadata and refuses a larger file before reading a byte of it (a huge or
+//! sparse file costs no memory), and refuses anything but a regular file (opened without
+//! blocking and without following a symbolic link, so a FIFO in its place cannot hang the
+//! start). A damaged record is renamed to `<record>.bin.bad`, kept for a post-mortem and never
+//! read again.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use probermesh_core::ports::{Record, Store, StoreError};
+
+use crate::data_dir::{self, DataDirError};
 
 /// The records of one data directory.
 #[derive(Clone, Debug)]
@@ -22,13 +29,23 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// The store of `dir` (created at the first write).
+    /// The store of `dir` (created at the first write; checked at every read and write).
     #[must_use]
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
             max_bytes: None,
         }
+    }
+
+    /// The store of `dir`, created now (mode 0700) when missing and checked now, so a server
+    /// refuses to start on a directory others could plant records in.
+    ///
+    /// # Errors
+    /// [`StoreError`] naming the directory, what is wrong with it and what to do.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        data_dir::ensure(dir).map_err(|e| Self::dir_error(&e))?;
+        Ok(Self::new(dir))
     }
 
     /// The same store with every record capped at `max_bytes` (when lower than its kind's
@@ -57,18 +74,83 @@ impl FileStore {
             cause: cause.to_string(),
         }
     }
+
+    fn dir_error(error: &DataDirError) -> StoreError {
+        Self::error("using the data directory", &error.path, &error.problem)
+    }
+
+    /// The limit of `record` at `limit` bytes and where it comes from, in words.
+    fn limit_reason(&self, record: Record, limit: u64) -> String {
+        if limit < record.max_bytes() {
+            format!("the limit of {limit} bytes this store was given")
+        } else {
+            format!(
+                "the limit of {limit} bytes for {}.bin ({})",
+                record.name(),
+                record.max_bytes_reason()
+            )
+        }
+    }
+
+    fn not_a_file(path: &Path, file_type: std::fs::FileType) -> StoreError {
+        Self::error(
+            "reading",
+            path,
+            format!(
+                "it is {}, not a regular file; it was not read: remove it (the next stop \
+                 writes a new record)",
+                data_dir::describe_file_type(file_type)
+            ),
+        )
+    }
 }
 
 impl Store for FileStore {
     fn read(&self, record: Record) -> Result<Option<Vec<u8>>, StoreError> {
+        if !data_dir::check_if_present(&self.dir).map_err(|e| Self::dir_error(&e))? {
+            return Ok(None);
+        }
         let path = self.path_of(record);
-        let file = match std::fs::File::open(&path) {
+        // Without blocking (a FIFO would wait for a writer) and without following a link; the
+        // type is checked on what was opened, so nothing can be swapped in between.
+        let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW;
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits())
+            .open(&path)
+        {
             Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(Self::error("reading", &path, error)),
+            Err(error) => {
+                // O_NOFOLLOW refuses a symbolic link with ELOOP: say what is there instead.
+                if let Ok(meta) = std::fs::symlink_metadata(&path)
+                    && !meta.is_file()
+                {
+                    return Err(Self::not_a_file(&path, meta.file_type()));
+                }
+                return Err(Self::error("reading", &path, error));
+            }
         };
+        let meta = file
+            .metadata()
+            .map_err(|e| Self::error("reading", &path, e))?;
+        if !meta.is_file() {
+            return Err(Self::not_a_file(&path, meta.file_type()));
+        }
         let limit = self.limit(record);
-        let mut bytes = Vec::new();
+        if meta.len() > limit {
+            return Err(Self::error(
+                "reading",
+                &path,
+                format!(
+                    "the file is {} bytes, over {}; it was not read: remove it (or move it \
+                     away to keep it)",
+                    meta.len(),
+                    self.limit_reason(record, limit)
+                ),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
         file.take(limit.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| Self::error("reading", &path, e))?;
@@ -76,7 +158,10 @@ impl Store for FileStore {
             return Err(Self::error(
                 "reading",
                 &path,
-                format!("larger than {limit} bytes"),
+                format!(
+                    "the file grew past {} while it was read",
+                    self.limit_reason(record, limit)
+                ),
             ));
         }
         Ok(Some(bytes))
@@ -90,16 +175,13 @@ impl Store for FileStore {
                 "writing",
                 &path,
                 format!(
-                    "{} bytes is larger than the {limit} a record holds",
-                    bytes.len()
+                    "{} bytes is larger than {}",
+                    bytes.len(),
+                    self.limit_reason(record, limit)
                 ),
             ));
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| Self::error("creating", &self.dir, e))?;
+        data_dir::ensure(&self.dir).map_err(|e| Self::dir_error(&e))?;
         let temporary = path.with_extension("bin.tmp");
         let write = || -> std::io::Result<()> {
             // A leftover from an interrupted write would keep its old mode: start afresh.
