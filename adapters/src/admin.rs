@@ -46,10 +46,11 @@ pub trait AdminApi: Send + Sync {
 
 /// Why the HTTP endpoints could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for HTTP on {addr}: {source}")]
+#[error("cannot listen for HTTP on {addr}: {cause}")]
 pub struct AdminBindError {
     addr: String,
-    source: std::io::Error,
+    /// In the message, not a `source`: a chain says it once.
+    cause: std::io::Error,
 }
 
 /// The running endpoints.
@@ -72,13 +73,13 @@ impl AdminServer {
     ) -> Result<Self, AdminBindError> {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| AdminBindError {
+            .map_err(|cause| AdminBindError {
                 addr: addr.to_owned(),
-                source,
+                cause,
             })?;
-        let local_addr = listener.local_addr().map_err(|source| AdminBindError {
+        let local_addr = listener.local_addr().map_err(|cause| AdminBindError {
             addr: addr.to_owned(),
-            source,
+            cause,
         })?;
         let (stop, mut stopped) = watch::channel(false);
         let token = Arc::new(admin_token);

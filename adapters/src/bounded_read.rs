@@ -1,12 +1,26 @@
-//! Reading a whole file whose path came from configuration, safely: only a regular file
-//! (a FIFO, a device or a directory is refused without blocking on it: the open does not
-//! wait for a FIFO's writer), and only up to a stated size (checked from its metadata before
-//! reading, and again while reading, in case it grows).
+//! Reading a whole file whose path came from configuration or sits in the data directory,
+//! safely: only a regular file (a FIFO, a device or a directory is refused without blocking
+//! on it: the open does not wait for a FIFO's writer, and the type is checked on what was
+//! opened, so nothing can be swapped in between), optionally not through a symbolic link, and
+//! only up to a stated size (checked from its metadata before reading a byte, and again while
+//! reading, in case it grows). The one reader of the probe file's referenced files, the
+//! `http-probe --ca-file` and the data directory's records.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use crate::data_dir::describe_file_type;
+
+/// Whether a symbolic link may lead to the file.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Links {
+    /// Follow links (configuration files: Kubernetes mounts secrets through links).
+    Follow,
+    /// Refuse a link (the data directory's own records).
+    Refuse,
+}
 
 /// Why a file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -17,14 +31,20 @@ pub enum BoundedReadError {
     /// The path is not a regular file.
     #[error("it is {kind}, not a regular file")]
     NotRegular {
-        /// What it is (`a FIFO`, `a directory`, …).
+        /// What it is (`a FIFO (named pipe)`, `a directory`, …).
         kind: &'static str,
     },
-    /// The file is larger than the limit.
+    /// The file is larger than the limit (nothing was read).
     #[error("it is {len_bytes} bytes long; the limit is {max_bytes} bytes")]
     TooLarge {
-        /// Its size (at least; it may have grown while read).
+        /// Its size.
         len_bytes: u64,
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// The file grew past the limit while it was read.
+    #[error("it grew past the limit of {max_bytes} bytes while it was read")]
+    Grew {
         /// The limit.
         max_bytes: u64,
     },
@@ -35,27 +55,40 @@ pub enum BoundedReadError {
 /// # Errors
 /// [`BoundedReadError`]: it cannot be opened or read, is not a regular file, or is longer than
 /// `max_bytes`.
-pub fn read_regular_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, BoundedReadError> {
+pub fn read_regular_file(
+    path: &Path,
+    max_bytes: u64,
+    links: Links,
+) -> Result<Vec<u8>, BoundedReadError> {
     // O_NONBLOCK: opening a FIFO does not wait for a writer (it is then refused below).
-    let file = File::options()
+    let mut flags = nix::fcntl::OFlag::O_NONBLOCK;
+    if links == Links::Refuse {
+        flags |= nix::fcntl::OFlag::O_NOFOLLOW;
+    }
+    let file = match File::options()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)?;
+        .custom_flags(flags.bits())
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(error) => {
+            // O_NOFOLLOW refuses a link with ELOOP: say what is there instead.
+            if links == Links::Refuse
+                && let Ok(meta) = std::fs::symlink_metadata(path)
+                && meta.file_type().is_symlink()
+            {
+                return Err(BoundedReadError::NotRegular {
+                    kind: describe_file_type(meta.file_type()),
+                });
+            }
+            return Err(error.into());
+        }
+    };
     let metadata = file.metadata()?;
-    let file_type = metadata.file_type();
-    if !file_type.is_file() {
-        let kind = if file_type.is_fifo() {
-            "a FIFO"
-        } else if file_type.is_dir() {
-            "a directory"
-        } else if file_type.is_socket() {
-            "a socket"
-        } else if file_type.is_block_device() || file_type.is_char_device() {
-            "a device"
-        } else {
-            "a special file"
-        };
-        return Err(BoundedReadError::NotRegular { kind });
+    if !metadata.is_file() {
+        return Err(BoundedReadError::NotRegular {
+            kind: describe_file_type(metadata.file_type()),
+        });
     }
     if metadata.len() > max_bytes {
         return Err(BoundedReadError::TooLarge {
@@ -67,10 +100,7 @@ pub fn read_regular_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Bounded
     file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max_bytes {
-        return Err(BoundedReadError::TooLarge {
-            len_bytes: bytes.len() as u64,
-            max_bytes,
-        });
+        return Err(BoundedReadError::Grew { max_bytes });
     }
     Ok(bytes)
 }
@@ -92,8 +122,11 @@ mod tests {
         let dir = temp("ok");
         let path = dir.join("token");
         std::fs::write(&path, b"s3cret\n").unwrap();
-        assert_eq!(read_regular_file(&path, 7).unwrap(), b"s3cret\n");
-        let error = read_regular_file(&path, 6).unwrap_err();
+        assert_eq!(
+            read_regular_file(&path, 7, Links::Follow).unwrap(),
+            b"s3cret\n"
+        );
+        let error = read_regular_file(&path, 6, Links::Follow).unwrap_err();
         assert_eq!(
             error.to_string(),
             "it is 7 bytes long; the limit is 6 bytes"
@@ -108,18 +141,22 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         // With no writer, a blocking open or read would hang here for good.
         assert_eq!(
-            read_regular_file(&fifo, 1024).unwrap_err().to_string(),
-            "it is a FIFO, not a regular file"
+            read_regular_file(&fifo, 1024, Links::Follow)
+                .unwrap_err()
+                .to_string(),
+            "it is a FIFO (named pipe), not a regular file"
         );
         assert_eq!(
-            read_regular_file(&dir, 1024).unwrap_err().to_string(),
+            read_regular_file(&dir, 1024, Links::Follow)
+                .unwrap_err()
+                .to_string(),
             "it is a directory, not a regular file"
         );
         assert_eq!(
-            read_regular_file(Path::new("/dev/zero"), 1024)
+            read_regular_file(Path::new("/dev/zero"), 1024, Links::Follow)
                 .unwrap_err()
                 .to_string(),
-            "it is a device, not a regular file"
+            "it is a character device, not a regular file"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -13,12 +13,16 @@
 //! - [`link`]: the agent↔server link over QUIC and TLS 1.3 ([`link::AgentLink`], port
 //!   `ServerLink`; [`link::ReportServer`], port `ReportSource`), over quinn and rustls (ring).
 //! - [`clock`]: the wall clock (port `Clock`), the system's or one following tokio's clock.
+//! - [`store`]: records that outlive a process (port `Store`), one file each in the data
+//!   directory; [`data_dir`]: the checks of that directory (a shared leaf, also used by the
+//!   link's generated certificate).
 //! - [`driver`]: not an adapter: the tokio loops that run core's state machines over the
 //!   ports.
 
 pub mod admin;
 pub mod bounded_read;
 pub mod clock;
+pub mod data_dir;
 pub mod dns;
 pub mod driver;
 pub mod http;

@@ -32,12 +32,13 @@ impl fmt::Debug for Token {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The token file could not be read.
-    #[error("cannot read the token file {path}: {source}")]
+    #[error("cannot read the token file {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
+        /// The operating system's error (in the message, not a `source`: a chain says it
+        /// once).
+        cause: std::io::Error,
     },
     /// The token is empty (after removing one trailing newline).
     #[error("the token from {origin} is empty")]
@@ -98,9 +99,9 @@ impl Token {
     /// [`TokenError::Read`], [`TokenError::NotUtf8`], or as [`Token::new`].
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
         let origin = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| TokenError::Read {
+        let bytes = std::fs::read(path).map_err(|cause| TokenError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let text = String::from_utf8(bytes).map_err(|_| TokenError::NotUtf8 {
             origin: origin.clone(),

@@ -4,14 +4,22 @@
 //! A write goes to a fresh temporary file (mode 0600) that is synced, renamed over the record
 //! and followed by a sync of the directory, so a reader (or the next process after a crash)
 //! sees the old record or the new one, never a mix. The directory is created with mode 0700
-//! when missing. A record over its kind's size limit is neither written nor read. A damaged
-//! record is renamed to `<record>.bin.bad`, kept for a post-mortem and never read again.
+//! when missing, and refused when others could plant files in it (`crate::data_dir`). A
+//! record over its kind's size limit is neither written nor read: a read takes the length from
+//! the open file's metadata and refuses a larger file before reading a byte of it (a huge or
+//! sparse file costs no memory), and refuses anything but a regular file (opened without
+//! blocking and without following a symbolic link, so a FIFO in its place cannot hang the
+//! start). A damaged record is renamed to `<record>.bin.bad`, kept for a post-mortem and never
+//! read again.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use probermesh_core::ports::{Record, Store, StoreError};
+
+use crate::bounded_read::{BoundedReadError, Links, read_regular_file};
+use crate::data_dir::{self, DataDirError};
 
 /// The records of one data directory.
 #[derive(Clone, Debug)]
@@ -22,13 +30,23 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// The store of `dir` (created at the first write).
+    /// The store of `dir` (created at the first write; checked at every read and write).
     #[must_use]
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
             max_bytes: None,
         }
+    }
+
+    /// The store of `dir`, created now (mode 0700) when missing and checked now, so a server
+    /// refuses to start on a directory others could plant records in.
+    ///
+    /// # Errors
+    /// [`StoreError`] naming the directory, what is wrong with it and what to do.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        data_dir::ensure(dir).map_err(|e| Self::dir_error(&e))?;
+        Ok(Self::new(dir))
     }
 
     /// The same store with every record capped at `max_bytes` (when lower than its kind's
@@ -57,29 +75,66 @@ impl FileStore {
             cause: cause.to_string(),
         }
     }
+
+    fn dir_error(error: &DataDirError) -> StoreError {
+        Self::error("using the data directory", &error.path, &error.problem)
+    }
+
+    /// The limit of `record` at `limit` bytes and where it comes from, in words.
+    fn limit_reason(&self, record: Record, limit: u64) -> String {
+        if limit < record.max_bytes() {
+            format!("the limit of {limit} bytes this store was given")
+        } else {
+            format!(
+                "the limit of {limit} bytes for {}.bin ({})",
+                record.name(),
+                record.max_bytes_reason()
+            )
+        }
+    }
 }
 
 impl Store for FileStore {
     fn read(&self, record: Record) -> Result<Option<Vec<u8>>, StoreError> {
+        if !data_dir::check_if_present(&self.dir).map_err(|e| Self::dir_error(&e))? {
+            return Ok(None);
+        }
         let path = self.path_of(record);
-        let file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(Self::error("reading", &path, error)),
-        };
         let limit = self.limit(record);
-        let mut bytes = Vec::new();
-        file.take(limit.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(|e| Self::error("reading", &path, e))?;
-        if bytes.len() as u64 > limit {
-            return Err(Self::error(
+        // Without blocking (a FIFO would wait for a writer), without following a link, and
+        // refused by its length before a byte is read.
+        match read_regular_file(&path, limit, Links::Refuse) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(BoundedReadError::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(BoundedReadError::NotRegular { kind }) => Err(Self::error(
                 "reading",
                 &path,
-                format!("larger than {limit} bytes"),
-            ));
+                format!(
+                    "it is {kind}, not a regular file; it was not read: remove it (the next \
+                     stop writes a new record)"
+                ),
+            )),
+            Err(BoundedReadError::TooLarge { len_bytes, .. }) => Err(Self::error(
+                "reading",
+                &path,
+                format!(
+                    "the file is {len_bytes} bytes, over {}; it was not read: remove it (or \
+                     move it away to keep it)",
+                    self.limit_reason(record, limit)
+                ),
+            )),
+            Err(BoundedReadError::Grew { .. }) => Err(Self::error(
+                "reading",
+                &path,
+                format!(
+                    "the file grew past {} while it was read",
+                    self.limit_reason(record, limit)
+                ),
+            )),
+            Err(BoundedReadError::Io(error)) => Err(Self::error("reading", &path, error)),
         }
-        Ok(Some(bytes))
     }
 
     fn write(&self, record: Record, bytes: &[u8]) -> Result<(), StoreError> {
@@ -90,16 +145,13 @@ impl Store for FileStore {
                 "writing",
                 &path,
                 format!(
-                    "{} bytes is larger than the {limit} a record holds",
-                    bytes.len()
+                    "{} bytes is larger than {}",
+                    bytes.len(),
+                    self.limit_reason(record, limit)
                 ),
             ));
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| Self::error("creating", &self.dir, e))?;
+        data_dir::ensure(&self.dir).map_err(|e| Self::dir_error(&e))?;
         let temporary = path.with_extension("bin.tmp");
         let write = || -> std::io::Result<()> {
             // A leftover from an interrupted write would keep its old mode: start afresh.

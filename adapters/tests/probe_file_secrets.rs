@@ -102,11 +102,11 @@ fn files_the_server_cannot_or_must_not_read_fail_the_load_naming_them() {
         ),
         (
             "        bearer_token_file: fifo\n",
-            "prober_configs[0].http.http_client_config.bearer_token_file: \"fifo\": cannot be read by the server: it is a FIFO, not a regular file".to_owned(),
+            "prober_configs[0].http.http_client_config.bearer_token_file: \"fifo\": cannot be read by the server: it is a FIFO (named pipe), not a regular file".to_owned(),
         ),
         (
             "        basic_auth:\n          username: u\n          password_file: /dev/zero\n",
-            "prober_configs[0].http.http_client_config.basic_auth.password_file: \"/dev/zero\": cannot be read by the server: it is a device, not a regular file".to_owned(),
+            "prober_configs[0].http.http_client_config.basic_auth.password_file: \"/dev/zero\": cannot be read by the server: it is a character device, not a regular file".to_owned(),
         ),
         (
             "        bearer_token_file: big-token\n",

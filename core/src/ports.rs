@@ -451,12 +451,26 @@ impl Record {
         }
     }
 
-    /// The largest record of this kind read or written.
+    /// The largest record of this kind read or written, in bytes. A store checks a record's
+    /// length against it before reading any of it.
     #[must_use]
     pub const fn max_bytes(self) -> u64 {
         match self {
-            // Two windows of 4 million results fit well below it.
-            Self::OpenWindows => 2 * 1024 * 1024 * 1024,
+            // Derived from the server's limits: two windows of 2 million results each, 256
+            // bytes a result on average (1,024,000,000 bytes); see
+            // `wire::handoff::MAX_OPEN_WINDOWS_BYTES`.
+            Self::OpenWindows => crate::wire::handoff::MAX_OPEN_WINDOWS_BYTES,
+        }
+    }
+
+    /// Why a record of this kind is no larger than [`Self::max_bytes`], for messages.
+    #[must_use]
+    pub const fn max_bytes_reason(self) -> &'static str {
+        match self {
+            Self::OpenWindows => {
+                "2 unsettled windows × 2,000,000 results × 256 bytes a result, the most a \
+                 stopping server writes"
+            }
         }
     }
 }

@@ -57,9 +57,16 @@ pub enum OpenError {
         /// The datagram socket's error.
         datagram: String,
     },
-    /// Any other failure (no IPv6 support, out of descriptors, ...).
+    /// Any other failure (no IPv6 support, out of descriptors, ...); the cause is in the
+    /// message, not a `source`, so a chain says it once.
     #[error("cannot open an ICMP socket: {0}")]
-    Other(#[from] io::Error),
+    Other(io::Error),
+}
+
+impl From<io::Error> for OpenError {
+    fn from(error: io::Error) -> Self {
+        Self::Other(error)
+    }
 }
 
 /// One open ICMP socket.

@@ -34,22 +34,20 @@ pub enum FetchError {
         name: &'static str,
     },
     /// The TCP connection failed.
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}: {cause}")]
     Connect {
         /// The URL asked.
         url: String,
-        /// The socket error.
-        #[source]
-        source: std::io::Error,
+        /// The socket error (in the message, not a `source`: a chain says it once).
+        cause: std::io::Error,
     },
     /// The HTTP exchange failed.
-    #[error("HTTP request to {url} failed: {source}")]
+    #[error("HTTP request to {url} failed: {cause}")]
     Http {
         /// The URL asked.
         url: String,
-        /// hyper's error.
-        #[source]
-        source: hyper::Error,
+        /// hyper's error (in the message, not a `source`: a chain says it once).
+        cause: hyper::Error,
     },
     /// The answer's body is longer than the cap.
     #[error("the answer from {url} is longer than {limit} bytes")]
@@ -167,13 +165,13 @@ async fn exchange(
 
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
-        .map_err(|source| FetchError::Connect {
+        .map_err(|cause| FetchError::Connect {
             url: url.to_owned(),
-            source,
+            cause,
         })?;
-    let http_error = |source| FetchError::Http {
+    let http_error = |cause| FetchError::Http {
         url: url.to_owned(),
-        source,
+        cause,
     };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await

@@ -135,15 +135,12 @@ pub struct AgentIp {
 
 /// No local address routes to the server.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot find the local address that routes to the server {server}: {source}; set -agent.ip"
-)]
+#[error("cannot find the local address that routes to the server {server}: {cause}; set -agent.ip")]
 pub struct IntranetIpError {
     /// The server's address.
     pub server: SocketAddr,
-    /// The socket error.
-    #[source]
-    pub source: std::io::Error,
+    /// The socket error (in the message, not a `source`: a chain says it once).
+    pub cause: std::io::Error,
 }
 
 /// Why the echo service gave no address.
@@ -221,7 +218,7 @@ pub async fn agent_ip(options: &IpOptions) -> Result<AgentIp, IntranetIpError> {
 /// # Errors
 /// [`IntranetIpError`] when there is no route (or no address of that family).
 pub fn intranet_ip(server: SocketAddr) -> Result<IpAddr, IntranetIpError> {
-    let error = |source| IntranetIpError { server, source };
+    let error = |cause| IntranetIpError { server, cause };
     let unspecified: IpAddr = match server {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),

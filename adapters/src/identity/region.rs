@@ -195,15 +195,14 @@ pub struct DetectedRegion {
 
 /// An explicitly given region (flag or environment) is not a valid name.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
-#[error("{origin} is {value:?}, which is not a region name: {source}")]
+#[error("{origin} is {value:?}, which is not a region name: {cause}")]
 pub struct RegionConfigError {
     /// Where the value came from (`-agent.region` or `PROBER_REGION`).
     pub origin: &'static str,
     /// The value as given.
     pub value: String,
-    /// Why it is not a region name.
-    #[source]
-    pub source: RegionError,
+    /// Why it is not a region name (in the message, not a `source`: a chain says it once).
+    pub cause: RegionError,
 }
 
 /// Works out the agent's region: `flag` when non-blank, else `env` (the value of
@@ -225,10 +224,10 @@ pub async fn detect_region(
     let explicit = |value: &str, origin: &'static str, source: RegionSource| {
         Region::new(value.trim())
             .map(|region| DetectedRegion { region, source })
-            .map_err(|source| RegionConfigError {
+            .map_err(|cause| RegionConfigError {
                 origin,
                 value: value.to_owned(),
-                source,
+                cause,
             })
     };
     if let Some(flag) = flag.filter(|f| !f.trim().is_empty()) {
@@ -314,12 +313,8 @@ enum MetadataError {
     NotUtf8 { url: String },
     #[error("{url} answered JSON without a string \"availability_zone\": {reason}")]
     Json { url: String, reason: String },
-    #[error("{url} answered something that is not a region name: {source}")]
-    NotARegion {
-        url: String,
-        #[source]
-        source: RegionError,
-    },
+    #[error("{url} answered something that is not a region name: {cause}")]
+    NotARegion { url: String, cause: RegionError },
 }
 
 /// Asks one service and validates its answer.
@@ -343,7 +338,7 @@ async fn query(endpoint: &MetadataEndpoint, timeout: Duration) -> Result<Region,
             get_text(&url, &[], timeout).await?
         }
     };
-    Region::new(text.trim()).map_err(|source| MetadataError::NotARegion { url, source })
+    Region::new(text.trim()).map_err(|cause| MetadataError::NotARegion { url, cause })
 }
 
 /// AWS: an IMDSv2 session token, then the question with it; without a token (the PUT failed

@@ -32,7 +32,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, thiserror::Error)]
 pub enum AgentSetupError {
     /// The TLS configuration could not be built (an unusable CA file, …).
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] TlsSetupError),
     /// `AgentLink::start` was called outside a tokio runtime.
     #[error("the agent link needs a running tokio runtime")]

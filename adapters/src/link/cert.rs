@@ -1,16 +1,19 @@
 //! The server's TLS certificate: loaded from PEM files, or generated on first start and kept
-//! in the data directory (private key mode 0600), so agents can pin its fingerprint once.
+//! in the data directory (private key mode 0600), so agents can pin its fingerprint once. The
+//! data directory is checked first (`crate::data_dir`: refused when others could plant a key
+//! in it), and a private key readable by other users is warned about.
 
 use std::fmt;
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::fingerprint::Sha256Fingerprint;
+use crate::data_dir::{self, DataDirError};
 
 /// File name of the generated certificate inside the data directory.
 pub const GENERATED_CERT_FILE: &str = "server-cert.pem";
@@ -43,16 +46,20 @@ pub enum CertificateSource {
 /// Why the certificate could not be loaded or generated.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    /// A file could not be read, written or created.
-    #[error("{action} {path}: {source}")]
+    /// A file could not be read, written or created. (The cause is in the message, not a
+    /// `source`, so an error chain says it once.)
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file or directory.
         path: PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    /// The data directory cannot hold the generated certificate.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// A PEM file holds nothing usable.
     #[error("{path}: {detail}")]
     Pem {
@@ -107,8 +114,12 @@ impl ServerCertificate {
             CertificateSource::Files {
                 cert_file,
                 key_file,
-            } => Self::from_files(cert_file, key_file, false),
+            } => {
+                warn_if_key_readable_by_others(key_file);
+                Self::from_files(cert_file, key_file, false)
+            }
             CertificateSource::Generated { data_dir, names } => {
+                data_dir::ensure(data_dir)?;
                 let cert_file = data_dir.join(GENERATED_CERT_FILE);
                 let key_file = data_dir.join(GENERATED_KEY_FILE);
                 match (cert_file.exists(), key_file.exists()) {
@@ -189,17 +200,12 @@ fn generate(
 ) -> Result<(), CertError> {
     fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CertError {
         let path = path.to_owned();
-        move |source| CertError::Io {
+        move |cause| CertError::Io {
             action,
             path,
-            source,
+            cause,
         }
     }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .map_err(io_err("cannot create the data directory", data_dir))?;
     let names = if names.is_empty() {
         vec!["probermesh-server".to_owned()]
     } else {
@@ -300,6 +306,40 @@ mod tests {
             first.fingerprint()
         );
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_key_is_generated_into_a_directory_every_user_may_write() {
+        let dir = temp_dir("world-writable");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = ServerCertificate::load(&CertificateSource::Generated {
+            data_dir: dir.clone(),
+            names: vec![],
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&dir.display().to_string())
+                && text.contains("every user may write it (mode 1777)"),
+            "{text}"
+        );
+        assert!(!dir.join(GENERATED_KEY_FILE).exists(), "no key written");
+
+        // A file in the directory's place is named as what it is.
+        fs::remove_dir_all(&dir).unwrap();
+        fs::write(&dir, "x").unwrap();
+        let text = ServerCertificate::load(&CertificateSource::Generated {
+            data_dir: dir.clone(),
+            names: vec![],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("it is a regular file, not a directory"),
+            "{text}"
+        );
+        fs::remove_file(&dir).unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FrameError {
     /// The bytes are not a valid frame (too large, undecodable, trailing bytes).
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] WireError),
     /// The stream ended in the middle of a frame.
     #[error("the stream ended inside a frame ({buffered_bytes} bytes of it received)")]
@@ -20,9 +20,16 @@ pub(crate) enum FrameError {
         /// Bytes of the incomplete frame.
         buffered_bytes: usize,
     },
-    /// Reading failed (connection lost, stream reset).
+    /// Reading failed (connection lost, stream reset); the cause is in the message, not a
+    /// `source`, so a chain says it once.
     #[error("reading the stream failed: {0}")]
-    Read(#[from] ReadError),
+    Read(ReadError),
+}
+
+impl From<ReadError> for FrameError {
+    fn from(error: ReadError) -> Self {
+        Self::Read(error)
+    }
 }
 
 /// Reads messages from a stream, one frame at a time.
@@ -98,9 +105,16 @@ async fn read_exact(stream: &mut RecvStream, buf: &mut [u8]) -> Result<(), Frame
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WriteFrameError {
     /// The message does not fit in a frame.
-    #[error("{0}")]
+    #[error(transparent)]
     Encode(#[from] WireError),
-    /// Writing failed (connection lost, stream stopped).
+    /// Writing failed (connection lost, stream stopped); the cause is in the message, not a
+    /// `source`, so a chain says it once.
     #[error("writing the stream failed: {0}")]
-    Write(#[from] WriteError),
+    Write(WriteError),
+}
+
+impl From<WriteError> for WriteFrameError {
+    fn from(error: WriteError) -> Self {
+        Self::Write(error)
+    }
 }

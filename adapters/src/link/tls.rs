@@ -57,12 +57,19 @@ pub enum TlsSetupError {
         /// What is wrong.
         detail: String,
     },
-    /// rustls refused the configuration (a key that does not match the certificate, …).
+    /// rustls refused the configuration (a key that does not match the certificate, …); the
+    /// cause is in the message, not a `source`, so a chain says it once.
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
     /// quinn refused the rustls configuration.
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
+}
+
+impl From<rustls::Error> for TlsSetupError {
+    fn from(error: rustls::Error) -> Self {
+        Self::Rustls(error)
+    }
 }
 
 /// The ring provider every configuration of the link uses.

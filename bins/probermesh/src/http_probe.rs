@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
-use probermesh_adapters::bounded_read::read_regular_file;
+use probermesh_adapters::bounded_read::{Links, read_regular_file};
 use probermesh_adapters::dns::HickoryDns;
 use probermesh_adapters::http::HyperProber;
 use probermesh_core::model::http_module::{FileRef, Secret};
@@ -62,7 +62,7 @@ pub(crate) fn run(args: &HttpProbe) -> Result<()> {
     let mut module = HttpModule::default();
     if let Some(path) = &args.ca_file {
         // The operator's own file on this machine (the agent never reads one).
-        let bytes = read_regular_file(Path::new(path), MAX_PEM_FILE_LEN as u64)
+        let bytes = read_regular_file(Path::new(path), MAX_PEM_FILE_LEN as u64, Links::Follow)
             .with_context(|| format!("http-probe: --ca-file {path:?}"))?;
         let pem = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("http-probe: --ca-file {path:?}: not UTF-8 text"))?;

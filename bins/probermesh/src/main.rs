@@ -109,10 +109,28 @@ fn exit(outcome: Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", chain_text(&error));
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// The error and its causes, outermost first, joined by `: ` (anyhow's `{:#}`), each said
+/// once: a cause whose text an outer message already holds (an error type whose message
+/// includes its source, as many libraries' do) is not repeated.
+fn chain_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Runs `job` on a multi-threaded tokio runtime (a worker per core).
@@ -174,4 +192,42 @@ fn describe(config: &ProbeConfig) -> String {
         config.region,
         targets.join(" ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that says its cause and also hands it out as its source.
+    #[derive(Debug)]
+    struct SaysItsSource(std::io::Error);
+
+    impl std::fmt::Display for SaysItsSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot create /d: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for SaysItsSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "File exists");
+        let error = anyhow::Error::new(SaysItsSource(io)).context("starting the agent link");
+        assert_eq!(
+            format!("{error:#}"),
+            "starting the agent link: cannot create /d: File exists: File exists",
+            "anyhow repeats it"
+        );
+        assert_eq!(
+            chain_text(&error),
+            "starting the agent link: cannot create /d: File exists"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(chain_text(&plain), "outer: inner");
+    }
 }

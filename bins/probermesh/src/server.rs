@@ -61,6 +61,11 @@ impl RunningServer {
     /// endpoints.
     pub(crate) async fn start(parts: ServerParts) -> Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // The data directory is checked (and created) before anything is read from it.
+        let store = match parts.data_dir.as_deref() {
+            Some(dir) => Some(Arc::new(FileStore::open(dir)?) as Arc<dyn Store>),
+            None => None,
+        };
         let link = Arc::new(ReportServer::bind(parts.link).context("starting the agent link")?);
         let aggregator =
             Aggregator::new(parts.aggregator, clock.now()).context("the aggregation settings")?;
@@ -73,10 +78,7 @@ impl RunningServer {
                 .probe_file
                 .as_deref()
                 .map(|path| Arc::new(ProbeFileOnDisk::new(path)) as Arc<dyn PoolSource>),
-            store: parts
-                .data_dir
-                .as_deref()
-                .map(|dir| Arc::new(FileStore::new(dir)) as Arc<dyn Store>),
+            store,
         });
         let admin = match AdminServer::start(
             &parts.http_listen_addr,

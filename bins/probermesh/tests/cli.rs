@@ -104,6 +104,77 @@ fn check_probe_file_accepts_the_go_example_and_names_the_error_place() {
     assert!(stderr.contains("/nonexistent/probe.yaml"), "{stderr}");
 }
 
+/// Runs `probermesh server` on loopback ports with `args`; it must fail at start.
+fn failed_server_start(args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(["server", "--rpc-listen-addr", "127.0.0.1:0"])
+        .args(["--http-listen-addr", "127.0.0.1:0"])
+        .args(args)
+        .env("PROBERMESH_TOKEN", "test-token-0123456789abc")
+        .output()
+        .expect("the binary runs");
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{args:?}: {stdout}{stderr}");
+    stderr
+}
+
+#[test]
+fn a_start_error_says_each_cause_once() {
+    let dir = probermesh_tests::harness::TempDir::new("pm-cli-causes");
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    for args in [
+        vec!["--auth-token-file", "/nonexistent/token"],
+        vec![
+            "--tls-cert-file",
+            "/nonexistent/cert.pem",
+            "--tls-key-file",
+            "/nonexistent/key.pem",
+        ],
+    ] {
+        let mut args = args;
+        args.extend(["--data-dir", &data_arg]);
+        let stderr = failed_server_start(&args);
+        assert!(stderr.contains("/nonexistent/"), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_data_directory_that_is_a_file_or_others_may_write_is_refused_saying_why() {
+    let dir = probermesh_tests::harness::TempDir::new("pm-cli-data-dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("written");
+    let stderr = failed_server_start(&["--data-dir", &file.display().to_string()]);
+    assert!(
+        stderr.contains(&format!(
+            "{}: it is a regular file, not a directory; remove it or choose another data \
+             directory (-server.data.dir)",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("File exists"), "{stderr}");
+
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).expect("created");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let stderr = failed_server_start(&["--data-dir", &open.display().to_string()]);
+    assert!(
+        stderr.contains("every user may write it (mode 0777)"),
+        "{stderr}"
+    );
+    assert!(
+        !open.join("server-key.pem").exists(),
+        "no key generated there"
+    );
+}
+
 #[test]
 fn the_demo_shows_a_region_table_and_serves_http() {
     let output = Command::new(BIN)

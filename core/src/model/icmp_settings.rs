@@ -65,6 +65,16 @@ impl IcmpSettings {
     }
 }
 
+/// The shortest probe interval an agent takes (`-agent.probe.interval`) and the shortest
+/// aggregation window (`-server.aggregation.interval`).
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest of both: a day (Go took any duration; longer rounds are not a mesh prober's).
+/// It bounds the probe timeout, so a setting no agent could carry out is refused everywhere
+/// alike (see `setting::echo_span`).
+pub const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The Go system's probe interval and window.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
 /// The Go formula for the per-probe deadline: ceil(0.8 × probe interval) in whole seconds,
 /// and at least one second (12 s for the default 15 s interval).
 #[must_use]

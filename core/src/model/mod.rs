@@ -14,7 +14,10 @@ pub mod time;
 
 pub use agent::{AgentId, AgentVersion};
 pub use http_module::HttpModule;
-pub use icmp_settings::{IcmpModule, IcmpSettings, probe_timeout};
+pub use icmp_settings::{
+    DEFAULT_PROBE_INTERVAL, IcmpModule, IcmpSettings, MAX_PROBE_INTERVAL, MIN_PROBE_INTERVAL,
+    probe_timeout,
+};
 pub use probe_config::{ProbeConfig, ProbeModule};
 pub use region::{Region, RegionError};
 pub use result::{

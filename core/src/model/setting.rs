@@ -13,6 +13,7 @@ use regex::{Regex, RegexBuilder};
 use super::http_module::{
     BasicAuth, FileRef, HeaderMatch, HttpClientConfig, SecretSource, TlsConfig,
 };
+use super::icmp_settings::{DEFAULT_PROBE_INTERVAL, MAX_PROBE_INTERVAL, probe_timeout};
 use super::{HttpModule, IcmpModule, ProbeConfig, ProbeModule};
 
 /// Longest short text setting (header names and values, regex sources, paths, user names,
@@ -493,6 +494,34 @@ pub fn echo_interval(interval: Duration) -> Checked {
     Ok(())
 }
 
+/// The time the echoes of a probe take to leave, `(packet_count − 1) × interval`: shorter than
+/// the longest probe timeout (that of [`MAX_PROBE_INTERVAL`]), since a probe ends at its
+/// timeout and the echoes due after it are never sent. The real timeout is the agent's, ceil(0.8
+/// × its probe interval), 12 s at the default 15 s, which the server does not know; the longest
+/// one is the same for the server and every agent.
+///
+/// # Errors
+/// When no agent could send them all.
+pub fn echo_span(packet_count: u32, interval: Duration) -> Checked {
+    let span = interval.saturating_mul(packet_count.saturating_sub(1));
+    let longest = probe_timeout(MAX_PROBE_INTERVAL);
+    if span < longest {
+        return Ok(());
+    }
+    let show = crate::probe_file::format_duration;
+    Err(SettingError::new(format!(
+        "{packet_count} echoes {} apart take {} to send, but a probe ends at its timeout, \
+         ceil(0.8 × -agent.probe.interval): {} at the default {}s, {} at the longest {}h; the \
+         echoes due after it are never sent, so shorten the interval or send fewer echoes",
+        show(interval),
+        show(span),
+        show(probe_timeout(DEFAULT_PROBE_INTERVAL)),
+        DEFAULT_PROBE_INTERVAL.as_secs(),
+        show(longest),
+        MAX_PROBE_INTERVAL.as_secs() / 3600,
+    )))
+}
+
 impl IcmpModule {
     /// Every constraint on an ICMP module, the same for the probe file and the wire.
     ///
@@ -501,7 +530,8 @@ impl IcmpModule {
     pub fn validate(&self) -> Checked {
         packet_count(i128::from(self.packet_count)).map_err(|e| e.within("packet_count"))?;
         payload_size(i128::from(self.payload_size)).map_err(|e| e.within("payload_size"))?;
-        echo_interval(self.interval).map_err(|e| e.within("interval"))
+        echo_interval(self.interval).map_err(|e| e.within("interval"))?;
+        echo_span(self.packet_count, self.interval).map_err(|e| e.within("interval"))
     }
 }
 
@@ -595,5 +625,32 @@ mod tests {
         assert!(payload_size(-1).is_err());
         assert_eq!(payload_size(24), Ok(24));
         assert!(echo_interval(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn echoes_that_no_probe_timeout_covers_are_refused() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(echo_span(64, Duration::from_millis(15)), Ok(()));
+        assert_eq!(echo_span(1, 2_562_047 * hour), Ok(()), "a single echo");
+        // 19 h 12 min is the longest timeout: 19 gaps of an hour fit, 20 do not.
+        assert_eq!(echo_span(20, hour), Ok(()));
+        let error = echo_span(21, hour).unwrap_err();
+        assert_eq!(
+            error.message,
+            "21 echoes 1h apart take 20h to send, but a probe ends at its timeout, ceil(0.8 × \
+             -agent.probe.interval): 12s at the default 15s, 19h12m at the longest 24h; the \
+             echoes due after it are never sent, so shorten the interval or send fewer echoes"
+        );
+        let huge = IcmpModule {
+            interval: 2_562_047 * hour,
+            ..IcmpModule::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(huge.field, "interval");
+        assert!(
+            huge.message.starts_with("64 echoes 106751d23h apart"),
+            "{huge}"
+        );
     }
 }

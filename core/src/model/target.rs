@@ -47,7 +47,7 @@ pub enum TargetError {
         len: usize,
     },
     /// An ICMP target that is neither an IP address nor a host name.
-    #[error("ICMP target {0:?} is neither an IP address nor a valid host name")]
+    #[error("ICMP target {0:?} is neither an IP address nor a valid host name{hint}", hint = non_ascii_hint(.0))]
     BadHost(String),
     /// An HTTP target that is not a valid http(s) URL.
     #[error("HTTP target {target:?} is not a valid URL: {why}")]
@@ -57,6 +57,15 @@ pub enum TargetError {
         /// What is wrong with it.
         why: &'static str,
     },
+}
+
+/// What to do about a host name with non-ASCII characters (empty for others).
+fn non_ascii_hint(host: &str) -> &'static str {
+    if host.is_ascii() {
+        ""
+    } else {
+        "; write an internationalised name in its ASCII (punycode, xn--) form"
+    }
 }
 
 /// Where an ICMP probe goes.
@@ -171,14 +180,18 @@ impl HttpUrl {
             target: target.to_owned(),
             why,
         };
-        let lower = target
-            .get(..8)
-            .map(str::to_ascii_lowercase)
-            .unwrap_or_default();
-        let (scheme, rest) = if lower.starts_with("https://") {
-            (Scheme::Https, &target[8..])
-        } else if lower.starts_with("http://") {
-            (Scheme::Http, &target[7..])
+        // Compared as bytes: a character after the scheme may be several bytes long, so a
+        // string slice at a fixed length could fall inside it.
+        let has_scheme = |scheme: &str| {
+            target
+                .as_bytes()
+                .get(..scheme.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(scheme.as_bytes()))
+        };
+        let (scheme, rest) = if has_scheme("https://") {
+            (Scheme::Https, target.get(8..).unwrap_or_default())
+        } else if has_scheme("http://") {
+            (Scheme::Http, target.get(7..).unwrap_or_default())
         } else if target.contains("://") {
             return Err(bad("only http:// and https:// are supported"));
         } else {
@@ -202,6 +215,12 @@ impl HttpUrl {
             split_host_port(authority).ok_or_else(|| bad("the host is malformed"))?;
         if host_text.is_empty() {
             return Err(bad("the host is empty"));
+        }
+        if !host_text.is_ascii() {
+            return Err(bad(
+                "the host has non-ASCII characters; write an internationalised name in its \
+                 ASCII (punycode, xn--) form",
+            ));
         }
         let host = Host::parse(host_text)
             .map_err(|_| bad("the host is neither an IP address nor a host name"))?;
@@ -407,6 +426,39 @@ mod tests {
             let err = HttpUrl::parse(input).unwrap_err().to_string();
             assert!(err.contains(why), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn a_non_ascii_host_is_named_as_such_whatever_its_scheme_and_bytes() {
+        // "é" is two bytes: the eighth byte of "http://éxample.com/" is inside it.
+        for input in [
+            "http://éxample.com/",
+            "HTTP://éxample.com/",
+            "https://éxample.com/",
+            "https://日本.example/",
+            "éxample.com",
+        ] {
+            let err = HttpUrl::parse(input).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{input:?}")) && err.contains("non-ASCII characters"),
+                "{input}: {err}"
+            );
+            assert!(!err.contains("only http"), "{input}: {err}");
+        }
+        // Scheme and bytes of every length near the prefix: no panic, a reason each.
+        for input in ["h", "http:/", "http://", "https:/é", "httpé://x", "é://x"] {
+            let _ = HttpUrl::parse(input);
+        }
+        assert!(
+            HttpUrl::parse("httpé://x")
+                .unwrap_err()
+                .to_string()
+                .contains("only http")
+        );
+        let icmp = Target::parse(ProbeKind::Icmp, "éxample.com")
+            .unwrap_err()
+            .to_string();
+        assert!(icmp.contains("punycode"), "{icmp}");
     }
 
     #[test]

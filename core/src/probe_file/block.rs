@@ -213,5 +213,11 @@ fn icmp_module(node: &Node, path: &str) -> Result<IcmpModule, Problem> {
             }
         }
     }
+    // Said at the interval when the echoes outlast every probe timeout (with the default
+    // interval, 15 ms, even the most echoes fit).
+    if let Some(node) = fields.get("interval") {
+        setting::echo_span(module.packet_count, module.interval)
+            .map_err(|e| problem(node.at, &join(path, "interval"), e))?;
+    }
     Ok(module)
 }

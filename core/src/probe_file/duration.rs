@@ -20,7 +20,10 @@ pub enum DurationError {
         input: String,
     },
     /// The duration is longer than Go's `time.Duration` can hold (about 292 years).
-    #[error("duration {input:?} is out of range (at most about 292 years)")]
+    #[error(
+        "duration {input:?} is out of range: the longest is {LONGEST_TEXT} (about 292 years, \
+         what Go's time.Duration holds)"
+    )]
     OutOfRange {
         /// The rejected text (cut to a readable length).
         input: String,
@@ -41,6 +44,8 @@ const UNITS_MS: [(&str, u128); 7] = [
 
 /// The longest duration accepted: Go's `time.Duration` maximum, in whole milliseconds.
 const MAX_MS: u128 = (i64::MAX as u128) / 1_000_000;
+/// [`MAX_MS`] as [`format_duration`] writes it, for messages.
+const LONGEST_TEXT: &str = "106751d23h47m16s854ms";
 
 /// Parses a Prometheus-style duration: `^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$`
 /// or a bare `0`.
@@ -189,6 +194,15 @@ mod tests {
         }
         // The largest accepted value: i64::MAX nanoseconds, in whole milliseconds.
         assert!(parse_duration("106751d23h47m16s854ms").is_ok());
+        assert_eq!(
+            format_duration(Duration::from_millis(MAX_MS as u64)),
+            LONGEST_TEXT
+        );
+        assert_eq!(
+            parse_duration("2562048h").unwrap_err().to_string(),
+            "duration \"2562048h\" is out of range: the longest is 106751d23h47m16s854ms (about \
+             292 years, what Go's time.Duration holds)"
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ use crate::wire::{WireError, decode_open_windows, encode_open_windows};
 pub struct HandedOver {
     /// Results written.
     pub written: usize,
-    /// Results left out because the record holds at most `MAX_OPEN_WINDOW_RESULTS`: the
-    /// oldest rounds go.
+    /// Results left out because the record holds at most `MAX_OPEN_WINDOW_RESULTS` results in
+    /// at most `Record::max_bytes` bytes: the oldest rounds go.
     pub left_out: usize,
 }
 
@@ -36,7 +36,10 @@ pub enum HandoffError {
 }
 
 /// Writes `open`, the results of a stopping server's unsettled windows (aggregated over
-/// `window`), to `store`. Nothing to hand over writes nothing.
+/// `window`), to `store`. Nothing to hand over writes nothing. The record holds at most
+/// `MAX_OPEN_WINDOW_RESULTS` results in at most [`Record::max_bytes`] bytes: the oldest rounds
+/// are left out of a larger one (counted in [`HandedOver::left_out`]), so the next server can
+/// read what this one wrote.
 ///
 /// # Errors
 /// [`HandoffError`] when the record could not be written.
@@ -44,23 +47,44 @@ pub fn hand_over(
     store: &dyn Store,
     now: UnixMillis,
     window: Duration,
+    open: Vec<ProbeResult>,
+) -> Result<HandedOver, HandoffError> {
+    hand_over_within(store, now, window, open, Record::OpenWindows.max_bytes())
+}
+
+/// [`hand_over`] in a record of at most `max_bytes`.
+fn hand_over_within(
+    store: &dyn Store,
+    now: UnixMillis,
+    window: Duration,
     mut open: Vec<ProbeResult>,
+    max_bytes: u64,
 ) -> Result<HandedOver, HandoffError> {
     if open.is_empty() {
         return Ok(HandedOver::default());
     }
-    let left_out = open.len().saturating_sub(MAX_OPEN_WINDOW_RESULTS);
-    if left_out > 0 {
-        open.sort_by_key(|r| std::cmp::Reverse(r.round_start));
-        open.truncate(MAX_OPEN_WINDOW_RESULTS);
+    let offered = open.len();
+    // Newest first: what does not fit is the oldest rounds.
+    open.sort_by_key(|r| std::cmp::Reverse(r.round_start));
+    open.truncate(MAX_OPEN_WINDOW_RESULTS);
+    let mut bytes = encode_open_windows(now, window, &open).map_err(HandoffError::Encode)?;
+    while bytes.len() as u64 > max_bytes && !open.is_empty() {
+        // Keep the share that should fit, with a sixteenth to spare; at least one fewer.
+        let share = u128::from(max_bytes) * 15 / 16 * open.len() as u128 / bytes.len() as u128;
+        let keep = usize::try_from(share)
+            .unwrap_or(usize::MAX)
+            .min(open.len() - 1);
+        open.truncate(keep);
+        bytes = encode_open_windows(now, window, &open).map_err(HandoffError::Encode)?;
     }
-    let bytes = encode_open_windows(now, window, &open).map_err(HandoffError::Encode)?;
-    store
-        .write(Record::OpenWindows, &bytes)
-        .map_err(HandoffError::Store)?;
+    if !open.is_empty() {
+        store
+            .write(Record::OpenWindows, &bytes)
+            .map_err(HandoffError::Store)?;
+    }
     Ok(HandedOver {
         written: open.len(),
-        left_out,
+        left_out: offered - open.len(),
     })
 }
 
@@ -253,6 +277,34 @@ mod tests {
         assert!(!damaged.remove_once_started());
         assert_eq!(store.read(Record::OpenWindows), Ok(None));
         assert_eq!(store.set_aside_records().len(), 1);
+    }
+
+    #[test]
+    fn results_over_the_record_size_leave_the_oldest_rounds_out() {
+        let store = MemoryStore::new();
+        let older = UnixMillis(NOW.as_millis() - 60_000);
+        let open: Vec<ProbeResult> = (0..100)
+            .map(|i| result(if i % 2 == 0 { older } else { NOW }))
+            .collect();
+        let all = encode_open_windows(NOW, Duration::from_secs(60), &open).expect("encoded");
+        // Room for about half of them.
+        let max_bytes = all.len() as u64 / 2 + 16;
+        let written = hand_over_within(&store, NOW, Duration::from_secs(60), open, max_bytes)
+            .expect("written");
+        assert!(written.left_out >= 50, "{written:?}");
+        assert_eq!(written.written + written.left_out, 100);
+        let bytes = store
+            .read(Record::OpenWindows)
+            .expect("read")
+            .expect("a record");
+        assert!(bytes.len() as u64 <= max_bytes, "{} bytes", bytes.len());
+        let kept = decode_open_windows(&bytes).expect("decoded").results;
+        assert_eq!(kept.len(), written.written);
+        assert!(
+            kept.iter().all(|r| r.round_start == NOW),
+            "the oldest round goes first"
+        );
+        assert!(Record::OpenWindows.max_bytes() <= 1 << 30, "1 GiB at most");
     }
 
     #[test]

@@ -20,8 +20,26 @@ use crate::model::{AgentId, ProbeResult, Region, UnixMillis};
 pub const OPEN_WINDOWS_MAGIC: [u8; 8] = *b"PMOPENW\0";
 /// The format written after the magic (a big-endian `u16`).
 pub const OPEN_WINDOWS_FORMAT: u16 = 1;
-/// Most results a handoff file may hold (two windows of a very large mesh).
-pub const MAX_OPEN_WINDOW_RESULTS: usize = 4_000_000;
+/// Windows a handoff file holds: the unsettled ones, the current window and the one before.
+pub const OPEN_WINDOWS_KEPT: usize = 2;
+/// Most results of one window a handoff file holds: 2,000 agents each probing 1,000 targets,
+/// far above any mesh we know of.
+pub const MAX_RESULTS_PER_OPEN_WINDOW: usize = 2_000_000;
+/// Most results a handoff file may hold: [`OPEN_WINDOWS_KEPT`] ×
+/// [`MAX_RESULTS_PER_OPEN_WINDOW`].
+pub const MAX_OPEN_WINDOW_RESULTS: usize = OPEN_WINDOWS_KEPT * MAX_RESULTS_PER_OPEN_WINDOW;
+/// What one result may take in a handoff file on average, in bytes. Measured: about 100 bytes
+/// for an ICMP result (IPv4 target, 64 echoes in the histogram), about 125 for an HTTPS result
+/// with a 50-character URL; 256 leaves room for URLs of about 180 characters on average. The
+/// largest single result is about 2.5 KB (a 2 KiB target); allowing that for every result
+/// would allow a 10 GB file, which no server could hold in memory decoded.
+pub const OPEN_WINDOWS_BYTES_PER_RESULT: u64 = 256;
+/// Largest handoff file, in bytes: [`MAX_OPEN_WINDOW_RESULTS`] ×
+/// [`OPEN_WINDOWS_BYTES_PER_RESULT`] = 1,024,000,000 (under 1 GiB). A store reads no more (it checks the file's
+/// length before reading a byte) and `server::handoff::hand_over` writes no more: when the
+/// results do not fit, the oldest rounds are left out.
+pub const MAX_OPEN_WINDOWS_BYTES: u64 =
+    MAX_OPEN_WINDOW_RESULTS as u64 * OPEN_WINDOWS_BYTES_PER_RESULT;
 
 /// The body of a handoff file.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]

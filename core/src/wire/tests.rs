@@ -24,8 +24,8 @@ use crate::model::http_module::{
 };
 use crate::model::{
     AgentId, HttpFailure, HttpModule, HttpPhases, HttpResult, IcmpFailure, IcmpModule, IcmpResult,
-    ProbeConfig, ProbeModule, ProbeOutcome, ProbeResult, Region, Target, TlsInfo, TlsVersion,
-    UnixMillis,
+    MAX_PROBE_INTERVAL, ProbeConfig, ProbeModule, ProbeOutcome, ProbeResult, Region, Target,
+    TlsInfo, TlsVersion, UnixMillis,
 };
 
 // === Strategies for the DTOs (any value, valid or not) ===
@@ -711,12 +711,19 @@ fn arb_domain_http_module() -> impl Strategy<Value = HttpModule> {
 }
 
 fn arb_probe_config() -> impl Strategy<Value = ProbeConfig> {
+    // Valid modules: the echoes leave within the longest probe timeout (`setting::echo_span`).
+    let longest_ns =
+        crate::model::time::duration_nanos(crate::model::probe_timeout(MAX_PROBE_INTERVAL));
     let icmp = (
-        (
-            1..=IcmpModule::MAX_PACKET_COUNT,
-            arb_duration(),
-            IcmpModule::MIN_PAYLOAD_SIZE..=IcmpModule::MAX_PAYLOAD_SIZE,
-        )
+        (1..=IcmpModule::MAX_PACKET_COUNT)
+            .prop_flat_map(move |packet_count| {
+                let gaps = u64::from(packet_count.saturating_sub(1)).max(1);
+                (
+                    Just(packet_count),
+                    (1..longest_ns / gaps).prop_map(Duration::from_nanos),
+                    IcmpModule::MIN_PAYLOAD_SIZE..=IcmpModule::MAX_PAYLOAD_SIZE,
+                )
+            })
             .prop_map(|(packet_count, interval, payload_size)| {
                 ProbeModule::Icmp(IcmpModule {
                     packet_count,

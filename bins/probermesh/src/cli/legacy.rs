@@ -55,7 +55,7 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "server.aggregation.interval",
         Side::Server,
         false,
-        "aggregation window (default 15s)",
+        "aggregation window (1s to 24h, default 15s)",
     ),
     (
         "server.aggregation.method",
@@ -122,13 +122,13 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "agent.probe.interval",
         Side::Agent,
         false,
-        "probe round period (default 15s)",
+        "probe round period (1s to 24h, default 15s)",
     ),
     (
         "agent.sync.interval",
         Side::Agent,
         false,
-        "target pool refresh period (default 1m)",
+        "target pool refresh period (1s to 24h, default 1m)",
     ),
     (
         "agent.probe.icmp-max-in-flight",
@@ -165,7 +165,7 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "agent.upgrade.interval",
         Side::Agent,
         false,
-        "upgrade poll period (default 1m)",
+        "upgrade poll period (1s to 24h, default 1m)",
     ),
     (
         "agent.tls.ca-file",

@@ -12,6 +12,7 @@ use anyhow::{Result, bail};
 use argh::FromArgs;
 use probermesh_core::agent::InFlightLimits;
 use probermesh_core::aggregate::AggregationMethod;
+use probermesh_core::model::{MAX_PROBE_INTERVAL, MIN_PROBE_INTERVAL};
 use probermesh_core::pool::Discovery;
 
 /// Run the ProberMesh server: pools what agents measure, serves it at /metrics.
@@ -30,7 +31,7 @@ pub(crate) struct ServerArgs {
     /// HTTP address of /metrics and /-/* (default localhost:6001)
     #[argh(option, default = "String::from(\"localhost:6001\")")]
     pub(crate) http_listen_addr: String,
-    /// aggregation window (Go duration, default 15s)
+    /// aggregation window (Go duration, 1s to 24h, default 15s)
     #[argh(option, default = "String::from(\"15s\")")]
     pub(crate) aggregation_interval: String,
     /// robust (default) or mean (the Go math)
@@ -54,7 +55,8 @@ pub(crate) struct ServerArgs {
     /// server private key (PEM)
     #[argh(option)]
     pub(crate) tls_key_file: Option<PathBuf>,
-    /// directory for the generated certificate (default ./probermesh-data)
+    /// directory for the generated certificate and the restart handoff, created 0700;
+    /// refused when other users may write it (default ./probermesh-data)
     #[argh(option, default = "PathBuf::from(\"./probermesh-data\")")]
     pub(crate) data_dir: PathBuf,
     /// file holding the agents' shared token (else env PROBERMESH_TOKEN)
@@ -78,10 +80,10 @@ pub(crate) struct AgentArgs {
     /// server address (default localhost:6000)
     #[argh(option, default = "String::from(\"localhost:6000\")")]
     pub(crate) rpc_report_addr: String,
-    /// probe round period (Go duration, default 15s)
+    /// probe round period (Go duration, 1s to 24h, default 15s)
     #[argh(option, default = "String::from(\"15s\")")]
     pub(crate) probe_interval: String,
-    /// target pool refresh period (default 1m)
+    /// target pool refresh period (1s to 24h, default 1m)
     #[argh(option, default = "String::from(\"1m\")")]
     pub(crate) sync_interval: String,
     /// most ICMP probes running at once (default 16384); later ones wait, or are skipped
@@ -102,7 +104,7 @@ pub(crate) struct AgentArgs {
     /// enable self-upgrade
     #[argh(switch)]
     pub(crate) upgrade: bool,
-    /// upgrade poll period (default 1m)
+    /// upgrade poll period (1s to 24h, default 1m)
     #[argh(option, default = "String::from(\"1m\")")]
     pub(crate) upgrade_interval: String,
     /// CA certificate (PEM) that signed the server's certificate
@@ -136,13 +138,12 @@ pub(crate) struct ServerChoices {
 impl ServerArgs {
     /// Checks the options that have a fixed vocabulary or range.
     pub(crate) fn choices(&self) -> Result<ServerChoices> {
-        let window = go_duration::parse("server.aggregation.interval", &self.aggregation_interval)?;
-        if window < Duration::from_secs(1) {
-            bail!(
-                "invalid value {:?} for flag -server.aggregation.interval: at least 1s",
-                self.aggregation_interval
-            );
-        }
+        let window = go_duration::parse(
+            "server.aggregation.interval",
+            &self.aggregation_interval,
+            MIN_PROBE_INTERVAL,
+            MAX_PROBE_INTERVAL,
+        )?;
         let method = match self.aggregation_method.as_str() {
             "robust" => AggregationMethod::Robust,
             "mean" => AggregationMethod::Mean,
@@ -191,15 +192,12 @@ pub(crate) struct AgentChoices {
 impl AgentArgs {
     /// Checks the options that have a fixed vocabulary or range.
     pub(crate) fn choices(&self) -> Result<AgentChoices> {
-        let probe_interval = go_duration::parse("agent.probe.interval", &self.probe_interval)?;
-        let sync_interval = go_duration::parse("agent.sync.interval", &self.sync_interval)?;
-        go_duration::parse("agent.upgrade.interval", &self.upgrade_interval)?;
-        if probe_interval < Duration::from_secs(1) {
-            bail!(
-                "invalid value {:?} for flag -agent.probe.interval: at least 1s",
-                self.probe_interval
-            );
-        }
+        let (min, max) = (MIN_PROBE_INTERVAL, MAX_PROBE_INTERVAL);
+        let probe_interval =
+            go_duration::parse("agent.probe.interval", &self.probe_interval, min, max)?;
+        let sync_interval =
+            go_duration::parse("agent.sync.interval", &self.sync_interval, min, max)?;
+        go_duration::parse("agent.upgrade.interval", &self.upgrade_interval, min, max)?;
         if self.log_level > 6 {
             bail!(
                 "invalid value {} for flag -log.level: 0..=6",
