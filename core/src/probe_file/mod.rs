@@ -463,6 +463,43 @@ mod tests {
         assert!(file.configs.iter().all(|c| c.targets.len() == 1000));
     }
 
+    /// Each size a pool must stay within (one set of limits for the file and the wire) is
+    /// refused at load, naming the block, the field and the limit: a file the server accepted
+    /// but every agent refused would leave the mesh probing nothing.
+    #[test]
+    fn every_oversized_pool_is_refused_at_load_with_the_limit_named() {
+        let blocks = "  - prober_type: icmp\n    region: r\n    targets: [198.18.0.1]\n"
+            .repeat(crate::model::setting::MAX_CONFIGS_PER_POOL + 1);
+        let targets: String = (0..=crate::model::setting::MAX_TARGETS_PER_CONFIG)
+            .map(|i| format!("      - 10.{}.{}.{}\n", i >> 16, (i >> 8) & 255, i & 255))
+            .collect();
+        let body = "b".repeat(crate::model::setting::MAX_REQUEST_BODY_LEN + 1);
+        let header = "h".repeat(crate::model::setting::MAX_TEXT_LEN + 1);
+        let http = |field: &str| {
+            format!(
+                "prober_configs:\n  - prober_type: http\n    region: web\n    targets: [http://198.18.0.1/]\n    http:\n{field}"
+            )
+        };
+        for (yaml, expected) in [
+            (format!("prober_configs:\n{blocks}"), "10001 blocks; at most 10000 are allowed"),
+            (
+                format!("prober_configs:\n  - prober_type: icmp\n    region: r\n    targets:\n{targets}"),
+                "100001 targets in one block; at most 100000 are allowed",
+            ),
+            (
+                http(&format!("      body: {body}\n")),
+                "http.body: the request body is 1048577 bytes long; the limit is 1048576 bytes (1 MiB)",
+            ),
+            (
+                http(&format!("      headers:\n        X-Big: {header}\n")),
+                "8193 bytes long; the limit is 8192 bytes",
+            ),
+        ] {
+            let text = error(&yaml);
+            assert!(text.contains(expected), "{expected:?} not in {text:?}");
+        }
+    }
+
     #[test]
     fn deep_nesting_is_refused() {
         let yaml = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));

@@ -82,8 +82,8 @@ pub struct PoolTooLarge {
 pub fn check_pool_fits(pool: &TargetPool, live_agents: &[AgentId]) -> Result<(), PoolTooLarge> {
     let every_block: Vec<ProbeConfig> = pool.regions(live_agents).into_values().flatten().collect();
     let max_len = crate::wire::DEFAULT_MAX_FRAME_LEN;
-    // A pool has the same bytes in v1 and v2.
-    let encoded = crate::wire::to_agent_v1(&pool_message(PoolRevision(u64::MAX), every_block))
+    // v2's pool is v1's plus the contents of its TLS files, so it is the larger of the two.
+    let encoded = crate::wire::to_agent_v2(&pool_message(PoolRevision(u64::MAX), every_block))
         .and_then(|message| crate::wire::encode_frame(&message, max_len));
     match encoded {
         Ok(_) => Ok(()),
