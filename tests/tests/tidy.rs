@@ -226,3 +226,26 @@ fn adapters_import_no_other_adapter() {
     }
     assert!(offences.is_empty(), "{}", offences.join("\n"));
 }
+
+#[test]
+fn the_http_prober_opens_no_file() {
+    // An agent never opens a path the server names (the server reads them and sends the
+    // contents): the HTTP prober and its TLS setup have no way to reach the file system.
+    let forbidden = [
+        "std::fs",
+        "tokio::fs",
+        "File::open",
+        "from_pem_file",
+        "pem_file_iter",
+        "read_regular_file",
+    ];
+    let mut offences = Vec::new();
+    for (file, text) in sources(&repo().join("adapters/src/http")) {
+        for word in forbidden {
+            if text.contains(word) {
+                offences.push(format!("{file} uses `{word}`"));
+            }
+        }
+    }
+    assert!(offences.is_empty(), "{}", offences.join("\n"));
+}
