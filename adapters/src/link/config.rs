@@ -11,6 +11,7 @@ use probermesh_core::model::{AgentId, AgentVersion};
 use probermesh_core::wire::{DEFAULT_MAX_FRAME_LEN, ProtocolVersion};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
+use super::admission::AdmissionLimits;
 use super::backoff::BackoffConfig;
 use super::cert::CertificateSource;
 use super::tls::ServerVerification;
@@ -20,6 +21,12 @@ use crate::secret::Token;
 /// an unauthenticated peer cannot make the server buffer more than this (plus the QUIC
 /// receive window).
 pub const MAX_HELLO_FRAME_LEN: usize = 64 * 1024;
+
+/// The connection-wide receive window of a connection before its `Hello` is accepted, in
+/// bytes: room for the largest `Hello` and its length prefix, and no more, so a peer that has
+/// not authenticated cannot make the server buffer the whole window (raised to
+/// [`LinkLimits::receive_window_bytes`] once the `Hello` is accepted).
+pub const HANDSHAKE_RECEIVE_WINDOW_BYTES: u32 = 2 * MAX_HELLO_FRAME_LEN as u32;
 
 /// Limits shared by both ends of the link.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -56,6 +63,28 @@ impl LinkLimits {
     /// the streams the peer may open (`peer_bidi_streams`, no unidirectional ones).
     #[must_use]
     pub fn transport(&self, peer_bidi_streams: u32) -> Arc<TransportConfig> {
+        Arc::new(self.transport_with(peer_bidi_streams, self.receive_window_bytes))
+    }
+
+    /// The server's transport settings: [`LinkLimits::transport`] with one stream for the
+    /// peer and the connection-wide window of a connection that has not authenticated yet
+    /// ([`HANDSHAKE_RECEIVE_WINDOW_BYTES`]).
+    #[must_use]
+    pub fn server_transport(&self) -> Arc<TransportConfig> {
+        Arc::new(
+            self.transport_with(
+                1,
+                self.receive_window_bytes
+                    .min(HANDSHAKE_RECEIVE_WINDOW_BYTES),
+            ),
+        )
+    }
+
+    fn transport_with(
+        &self,
+        peer_bidi_streams: u32,
+        connection_window_bytes: u32,
+    ) -> TransportConfig {
         let mut transport = TransportConfig::default();
         let idle = IdleTimeout::try_from(self.idle_timeout)
             .unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(30_000)));
@@ -65,9 +94,9 @@ impl LinkLimits {
             .max_concurrent_bidi_streams(VarInt::from_u32(peer_bidi_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .stream_receive_window(VarInt::from_u32(self.receive_window_bytes))
-            .receive_window(VarInt::from_u32(self.receive_window_bytes))
+            .receive_window(VarInt::from_u32(connection_window_bytes))
             .send_window(u64::from(self.receive_window_bytes) * 4);
-        Arc::new(transport)
+        transport
     }
 }
 
@@ -84,8 +113,28 @@ pub struct ServerConfig {
     pub server_version: String,
     /// Frame, time and window limits of every connection.
     pub limits: LinkLimits,
-    /// Most connections at once (default 4,096); further attempts are refused at once.
+    /// Most authenticated connections at once (default 4,096); further attempts are refused
+    /// at once. A connection counts from its accepted `Hello`, never during its handshake.
     pub max_connections: usize,
+    /// Most connections in their handshake at once, between the first Initial and an accepted
+    /// `Hello` (default 512). Attempts from validated addresses beyond it are refused.
+    pub max_handshakes: usize,
+    /// Of those, most from addresses not validated yet (default 64): beyond it, an attempt
+    /// from an unvalidated address is answered with a QUIC Retry (address validation), so a
+    /// flood with forged sources costs one stateless packet per Initial. 0 always retries.
+    pub max_unvalidated_handshakes: usize,
+    /// Handshakes one validated source (an IPv4 address, an IPv6 /64) may start per second
+    /// on average (default 8); beyond, its attempts are refused.
+    pub per_source_handshakes_per_sec: f64,
+    /// Handshakes one validated source may start at once after a quiet spell (default 32):
+    /// room for the agents behind one NAT reconnecting together.
+    pub per_source_burst: u32,
+    /// Sources whose rates are remembered (default 16,384); beyond, new sources share one
+    /// rate until remembered ones have been quiet long enough to be forgotten.
+    pub max_tracked_sources: usize,
+    /// Log lines that unauthenticated peers cause are written at most once per kind per this
+    /// interval (default 10 s), each with the count of those left out.
+    pub peer_log_interval: Duration,
     /// Agent instances whose delivered batch numbers are remembered (default 16,384); the
     /// least recently active is forgotten first.
     pub max_tracked_instances: usize,
@@ -107,6 +156,19 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The admission limits (`link::admission`).
+    #[must_use]
+    pub fn admission_limits(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            max_unvalidated_handshakes: self.max_unvalidated_handshakes,
+            per_source_handshakes_per_sec: self.per_source_handshakes_per_sec,
+            per_source_burst: self.per_source_burst,
+            max_tracked_sources: self.max_tracked_sources,
+        }
+    }
+
     /// A configuration with the default limits.
     #[must_use]
     pub fn new(listen_addr: SocketAddr, certificate: CertificateSource, token: Token) -> Self {
@@ -117,6 +179,12 @@ impl ServerConfig {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             limits: LinkLimits::default(),
             max_connections: 4_096,
+            max_handshakes: 512,
+            max_unvalidated_handshakes: 64,
+            per_source_handshakes_per_sec: 8.0,
+            per_source_burst: 32,
+            max_tracked_sources: 16_384,
+            peer_log_interval: Duration::from_secs(10),
             max_tracked_instances: 16_384,
             dedup_window_batches: 1_024,
             event_queue_len: 1_024,

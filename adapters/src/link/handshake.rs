@@ -4,12 +4,16 @@
 //! its first frame; the server answers `Welcome` (with the address it sees) or `Refused`. The
 //! whole exchange, TLS included, must finish within the handshake timeout. Before the `Hello`
 //! is checked nothing the peer sends reaches the event queue, and the first frame may be at
-//! most [`MAX_HELLO_FRAME_LEN`] bytes.
+//! most [`MAX_HELLO_FRAME_LEN`] bytes. A connection takes one of the `max_connections` places
+//! only here, when its `Hello` is accepted. Every line a peer causes before that is
+//! rate-limited and quotes what the peer sent only through `peer_text`
+//! ([`super::peer_log`]).
 
 use std::sync::Arc;
 
 use probermesh_core::link::Capabilities;
-use probermesh_core::model::{AgentId, AgentVersion, Region};
+use probermesh_core::model::region::MAX_REGION_LEN;
+use probermesh_core::model::{AgentId, AgentVersion, Region, RegionError};
 use probermesh_core::ports::LinkError;
 use probermesh_core::wire::{
     AgentMessage, Hello, HelloError, ProtocolVersion, RefusalV1, Welcome, WireSecret, decode_frame,
@@ -22,7 +26,8 @@ use super::cert_check::{describe_peer_alert, readable_tls_text};
 use super::close::{CloseCode, close};
 use super::config::MAX_HELLO_FRAME_LEN;
 use super::framed::{FrameError, read_first_body};
-use super::server::{Shared, bump};
+use super::peer_log::{PeerLine, peer_text};
+use super::server::{ConnectionSlot, Shared, bump};
 
 /// How long the server waits, after sending `Refused`, for the agent to read it and hang up.
 const REFUSAL_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -34,6 +39,8 @@ pub(crate) struct Accepted {
     pub(crate) send: SendStream,
     pub(crate) recv: RecvStream,
     pub(crate) hello: AcceptedHello,
+    /// Its place among the `max_connections`.
+    pub(crate) slot: ConnectionSlot,
 }
 
 /// What a valid `Hello` said, and the `Welcome` to answer.
@@ -87,7 +94,10 @@ pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<A
     let deadline = Instant::now() + shared.config.limits.handshake_timeout;
     let failed = |what: &str, detail: &dyn std::fmt::Display| {
         bump(&shared.counters.handshake_failures);
-        tracing::info!(%remote, error = %detail, "{what}");
+        if let Some(suppressed) = shared.peer_line(PeerLine::HandshakeFailed) {
+            let error = peer_text(&detail.to_string());
+            tracing::info!(%remote, %error, suppressed, "{what}");
+        }
     };
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
@@ -101,7 +111,9 @@ pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<A
         Ok(Err(e)) => {
             if let Some(refusal) = peer_tls_refusal(&e, &shared.certificate_name) {
                 bump(&shared.counters.handshake_failures);
-                tracing::warn!(%remote, "{refusal}");
+                if let Some(suppressed) = shared.peer_line(PeerLine::CertificateRefused) {
+                    tracing::warn!(%remote, suppressed, "{refusal}");
+                }
             } else {
                 failed("TLS handshake failed", &e);
             }
@@ -147,12 +159,20 @@ pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<A
             return None;
         }
     };
-    match check_hello(shared, first, remote) {
-        Ok(hello) => Some(Accepted {
+    let checked =
+        check_hello(shared, first, remote).and_then(|hello| {
+            match ConnectionSlot::try_take(shared) {
+                Some(slot) => Ok((hello, slot)),
+                None => Err(at_capacity(shared, remote)),
+            }
+        });
+    match checked {
+        Ok((hello, slot)) => Some(Accepted {
             conn,
             send,
             recv,
             hello,
+            slot,
         }),
         Err(Rejection::Protocol(detail)) => {
             failed("bad first frame", &detail);
@@ -176,6 +196,19 @@ pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<A
             None
         }
     }
+}
+
+/// The refusal of a valid `Hello` when `max_connections` agents are connected (they
+/// completed their handshakes together); counted and logged like a refused attempt.
+fn at_capacity(shared: &Shared, remote: std::net::SocketAddr) -> Rejection {
+    bump(&shared.counters.refused_capacity);
+    let max_connections = shared.config.max_connections;
+    if let Some(suppressed) = shared.peer_line(PeerLine::RefusedCapacity) {
+        tracing::warn!(%remote, max_connections, suppressed, "agent refused: too many connections");
+    }
+    Rejection::Refused(RefusalV1::Other(format!(
+        "the server has its maximum of {max_connections} agents connected; try again later"
+    )))
 }
 
 /// Why a first frame was not accepted.
@@ -241,7 +274,9 @@ fn check_hello(
                 server: shared.config.max_protocol.as_u16(),
                 agent: version,
             };
-            tracing::warn!(%remote, "agent refused: {}", describe_refusal(&reason));
+            if let Some(suppressed) = shared.peer_line(PeerLine::HelloRefused) {
+                tracing::warn!(%remote, suppressed, "agent refused: {}", describe_refusal(&reason));
+            }
             return Err(Rejection::Refused(reason));
         }
         Err(HelloError::Wire(error)) => return Err(Rejection::Protocol(error.to_string())),
@@ -258,12 +293,15 @@ fn check_hello(
     let version = AgentVersion::new(&agent_version);
     if !shared.config.token.matches(WireSecret::expose(&token)) {
         bump(&shared.counters.refused_bad_token);
-        tracing::warn!(
-            %remote,
-            region = %region.escape_debug(),
-            agent_version = %version,
-            "agent refused: bad token"
-        );
+        if let Some(suppressed) = shared.peer_line(PeerLine::HelloRefused) {
+            tracing::warn!(
+                %remote,
+                region = %peer_text(&region),
+                agent_version = %version,
+                suppressed,
+                "agent refused: bad token"
+            );
+        }
         return Err(Rejection::Refused(RefusalV1::BadToken));
     }
     let region = match Region::new(&region) {
@@ -271,7 +309,15 @@ fn check_hello(
         Err(e) => {
             bump(&shared.counters.refused_other);
             let text = format!("invalid region in Hello: {e}");
-            tracing::warn!(%remote, "agent refused: {text}");
+            if let Some(suppressed) = shared.peer_line(PeerLine::HelloRefused) {
+                tracing::warn!(
+                    %remote,
+                    region = %peer_text(&region),
+                    suppressed,
+                    "agent refused: invalid region in Hello: {}",
+                    region_fault(&e)
+                );
+            }
             return Err(Rejection::Refused(RefusalV1::Other(text)));
         }
     };
@@ -291,6 +337,19 @@ fn check_hello(
             features: server_features,
         },
     })
+}
+
+/// What is wrong with a region, without quoting it (the log line quotes it cut).
+fn region_fault(error: &RegionError) -> String {
+    match error {
+        RegionError::Empty => "it is empty".into(),
+        RegionError::TooLong { len } => {
+            format!("it is {len} bytes long; the limit is {MAX_REGION_LEN}")
+        }
+        RegionError::BadCharacter { character, .. } => {
+            format!("it holds {character:?}; allowed are letters, digits, '-', '_', '.' and ':'")
+        }
+    }
 }
 
 /// The `Welcome` frame of an accepted hello.

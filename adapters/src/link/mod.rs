@@ -16,6 +16,7 @@
 //!   process before it (keys derived from its certificate, `stable_keys`), so agents of a
 //!   crashed server reconnect at once instead of at the idle timeout.
 
+pub mod admission;
 pub mod agent;
 pub mod backoff;
 pub mod cert;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod fingerprint;
 mod framed;
 pub mod handshake;
+pub mod peer_log;
 pub mod server;
 mod session;
 mod stable_keys;
@@ -34,7 +36,10 @@ pub use agent::{AgentLink, AgentLinkStats, AgentSetupError};
 pub use backoff::BackoffConfig;
 pub use cert::{CertError, CertificateSource, ServerCertificate};
 pub use close::CloseCode;
-pub use config::{AgentIdentity, AgentLinkConfig, LinkLimits, MAX_HELLO_FRAME_LEN, ServerConfig};
+pub use config::{
+    AgentIdentity, AgentLinkConfig, HANDSHAKE_RECEIVE_WINDOW_BYTES, LinkLimits,
+    MAX_HELLO_FRAME_LEN, ServerConfig,
+};
 pub use fingerprint::{FingerprintError, Sha256Fingerprint};
 pub use handshake::describe_refusal;
 pub use server::{ReportServer, ServerSetupError, ServerStats};

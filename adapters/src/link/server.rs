@@ -9,12 +9,17 @@
 //! [`ReportServer::shutdown`] is graceful: it stops handing out events, lets every writer flush
 //! the acks already queued, finishes the streams and waits (briefly) for the agents to read them
 //! and hang up, so no batch is both delivered here and resent to the next server process.
+//!
+//! Every connection attempt is decided before any TLS ([`super::admission`]): a place in the
+//! handshake budget, a QUIC Retry, or a refusal; a connection takes one of the
+//! `max_connections` places only when its `Hello` is accepted. Lines unauthenticated peers
+//! cause are rate-limited ([`super::peer_log`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use probermesh_core::delivery::Deduplicator;
 use probermesh_core::link::{FromAgent, ToAgent};
@@ -25,6 +30,7 @@ use quinn::{Connection, Endpoint, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::admission::{self, Admission, Load, Refusal, SourceLimiter};
 use super::cert::{CertError, ServerCertificate};
 use super::cert_check::CertificateFacts;
 use super::close::{CloseCode, close};
@@ -32,6 +38,7 @@ use super::config::ServerConfig;
 use super::fingerprint::Sha256Fingerprint;
 use super::framed::{FrameError, FrameReader};
 use super::handshake::{self, Accepted};
+use super::peer_log::{PeerLine, PeerLog};
 use super::stable_keys;
 use super::tls::{TlsSetupError, server_crypto};
 
@@ -40,6 +47,24 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest chunk of queued frames written at once, in bytes.
 const WRITE_COALESCE_BYTES: usize = 256 * 1024;
+
+/// Connection attempts quinn holds for the accept loop at once; beyond, it drops Initials
+/// without answering (the loop decides each at once, so only a starved runtime fills it).
+const MAX_INCOMING: usize = 1_024;
+
+/// Bytes quinn buffers for one connection attempt after its first datagram, and for all of
+/// them together, before the accept loop decides.
+const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
+const INCOMING_BUFFER_TOTAL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The receive buffer asked for the server's UDP socket, in bytes (the kernel caps it at
+/// `net.core.rmem_max`): the default (about 200 KiB, some 90 full datagrams) overflows when
+/// a burst of Initials meets a briefly descheduled server, and what overflows is dropped
+/// whoever sent it, connected agents included.
+const SOCKET_RECEIVE_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+
+/// How often the accept loop writes the summaries of rate-limited peer lines.
+const PEER_LOG_TICK: Duration = Duration::from_secs(1);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +93,12 @@ pub enum ServerSetupError {
 pub struct ServerStats {
     /// Agents that completed the handshake.
     pub accepted: u64,
-    /// Connections open now (handshaking or authenticated).
+    /// Authenticated connections open now (at most `max_connections`).
     pub open_connections: u64,
+    /// Connections in their handshake now (at most `max_handshakes`).
+    pub handshakes: u64,
+    /// Connection attempts from unvalidated addresses answered with a Retry.
+    pub retries: u64,
     /// Agents refused for a wrong or missing token.
     pub refused_bad_token: u64,
     /// Agents refused for speaking another protocol version.
@@ -78,6 +107,10 @@ pub struct ServerStats {
     pub refused_other: u64,
     /// Connection attempts refused because `max_connections` were open.
     pub refused_capacity: u64,
+    /// Validated connection attempts refused because `max_handshakes` were under way.
+    pub refused_busy: u64,
+    /// Validated connection attempts refused because their source started too many lately.
+    pub refused_rate_limited: u64,
     /// Connections that failed before a `Hello` (TLS failure, timeout, wrong first frame).
     pub handshake_failures: u64,
     /// Connections closed for a bad frame after the handshake.
@@ -95,6 +128,9 @@ pub(crate) struct Counters {
     pub(crate) refused_version: AtomicU64,
     pub(crate) refused_other: AtomicU64,
     pub(crate) refused_capacity: AtomicU64,
+    pub(crate) refused_busy: AtomicU64,
+    pub(crate) refused_rate_limited: AtomicU64,
+    pub(crate) retries: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) slow_readers: AtomicU64,
@@ -145,13 +181,95 @@ pub(crate) struct Shared {
     registry: Mutex<Registry>,
     dedup: Mutex<Deduplicator<InstanceKey>>,
     pub(crate) counters: Counters,
-    open_connections: AtomicUsize,
+    /// Rate limit of the lines unauthenticated peers cause.
+    pub(crate) peer_log: PeerLog,
+    /// Authenticated connections (`ConnectionSlot`s).
+    connections: AtomicUsize,
+    /// Connections in their handshake (`HandshakeSlot`s), and of those the unvalidated.
+    handshakes: AtomicUsize,
+    unvalidated_handshakes: AtomicUsize,
     next_connection_id: AtomicU64,
     events: mpsc::Sender<Queued>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn load(&self) -> Load {
+        Load {
+            connections: self.connections.load(Ordering::Relaxed),
+            handshakes: self.handshakes.load(Ordering::Relaxed),
+            unvalidated_handshakes: self.unvalidated_handshakes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a line of `kind` may be written now: `Some(lines left out since the last)`.
+    pub(crate) fn peer_line(&self, kind: PeerLine) -> Option<u64> {
+        self.peer_log.admit(kind, Instant::now())
+    }
+}
+
+/// A place in the handshake budget, taken by the accept loop and given back on drop.
+#[derive(Debug)]
+struct HandshakeSlot {
+    shared: Arc<Shared>,
+    validated: bool,
+}
+
+impl HandshakeSlot {
+    fn take(shared: &Arc<Shared>, validated: bool) -> Self {
+        shared.handshakes.fetch_add(1, Ordering::Relaxed);
+        if !validated {
+            shared
+                .unvalidated_handshakes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Self {
+            shared: Arc::clone(shared),
+            validated,
+        }
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+        if !self.validated {
+            self.shared
+                .unvalidated_handshakes
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One of the `max_connections` places, taken when a `Hello` is accepted and given back on
+/// drop.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    shared: Arc<Shared>,
+}
+
+impl ConnectionSlot {
+    /// Takes a place, unless `max_connections` are taken.
+    pub(crate) fn try_take(shared: &Arc<Shared>) -> Option<Self> {
+        shared
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.config.max_connections).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self {
+                shared: Arc::clone(shared),
+            })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The server's end of every agent link (port `ReportSource`).
@@ -178,12 +296,16 @@ impl ReportServer {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(&cert)?)
             .map_err(|e| TlsSetupError::Quic(e.to_string()))?;
         let mut quic = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        quic.transport_config(config.limits.transport(1));
+        quic.transport_config(config.limits.server_transport())
+            .max_incoming(MAX_INCOMING)
+            .incoming_buffer_size(INCOMING_BUFFER_BYTES)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
         // Keys derived from the certificate's private key: a restarted server resets the
         // connections of the process before it, so agents reconnect at once (stable_keys).
         let endpoint_config = stable_keys::endpoint_config(cert.key.secret_der());
         let endpoint = std::net::UdpSocket::bind(config.listen_addr)
             .and_then(|socket| {
+                widen_receive_buffer(&socket);
                 Endpoint::new(
                     endpoint_config,
                     Some(quic),
@@ -221,10 +343,13 @@ impl ReportServer {
                 config.max_tracked_instances,
                 config.dedup_window_batches,
             )),
+            peer_log: PeerLog::new(config.peer_log_interval),
             config,
             registry: Mutex::new(Registry::default()),
             counters: Counters::default(),
-            open_connections: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
+            unvalidated_handshakes: AtomicUsize::new(0),
             next_connection_id: AtomicU64::new(1),
             events: events_tx,
         });
@@ -266,11 +391,15 @@ impl ReportServer {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ServerStats {
             accepted: get(&c.accepted),
-            open_connections: self.shared.open_connections.load(Ordering::Relaxed) as u64,
+            open_connections: self.shared.connections.load(Ordering::Relaxed) as u64,
+            handshakes: self.shared.handshakes.load(Ordering::Relaxed) as u64,
+            retries: get(&c.retries),
             refused_bad_token: get(&c.refused_bad_token),
             refused_version: get(&c.refused_version),
             refused_other: get(&c.refused_other),
             refused_capacity: get(&c.refused_capacity),
+            refused_busy: get(&c.refused_busy),
+            refused_rate_limited: get(&c.refused_rate_limited),
             handshake_failures: get(&c.handshake_failures),
             protocol_errors: get(&c.protocol_errors),
             slow_readers: get(&c.slow_readers),
@@ -319,6 +448,18 @@ impl ReportServer {
             return Err(LinkError::Disconnected);
         };
         queue_on(&self.shared, connection, registered, frame)
+    }
+}
+
+/// Asks for [`SOCKET_RECEIVE_BUFFER_BYTES`] of receive buffer on the server's socket; the
+/// kernel may give less, which is only logged.
+fn widen_receive_buffer(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_RECEIVE_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cannot widen the link socket's receive buffer");
+    }
+    if let Ok(bytes) = socket.recv_buffer_size() {
+        tracing::debug!(receive_buffer_bytes = bytes, "link socket receive buffer");
     }
 }
 
@@ -445,28 +586,23 @@ impl ReportSource for ReportServer {
 /// Accepts connections until told to stop; then aborts every connection's reading task.
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tasks = JoinSet::new();
+    let mut sources = SourceLimiter::new(&shared.config.admission_limits(), Instant::now());
+    let mut summaries = tokio::time::interval(PEER_LOG_TICK);
+    summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if shared.open_connections.load(Ordering::Relaxed) >= shared.config.max_connections {
-                    bump(&shared.counters.refused_capacity);
-                    tracing::warn!(
-                        remote = %incoming.remote_address(),
-                        max_connections = shared.config.max_connections,
-                        "connection refused: too many connections"
-                    );
-                    incoming.refuse();
+                let Some((incoming, slot)) = admit(&shared, &mut sources, incoming) else {
                     continue;
-                }
-                shared.open_connections.fetch_add(1, Ordering::Relaxed);
+                };
                 let shared = Arc::clone(&shared);
                 tasks.spawn(async move {
-                    serve(&shared, incoming).await;
-                    shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    serve(&shared, incoming, slot).await;
                 });
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = summaries.tick() => shared.peer_log.write_due_summaries(Instant::now()),
             _ = stop.changed() => break,
         }
     }
@@ -474,17 +610,95 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, mut stop: watch::R
     while tasks.join_next().await.is_some() {}
 }
 
+/// Decides a connection attempt before any TLS (`admission::decide`): a place in the
+/// handshake budget, or a Retry or a refusal sent at once (counted, and logged within the
+/// peer-line rate limit).
+fn admit(
+    shared: &Arc<Shared>,
+    sources: &mut SourceLimiter,
+    incoming: quinn::Incoming,
+) -> Option<(quinn::Incoming, HandshakeSlot)> {
+    let now = Instant::now();
+    let limits = shared.config.admission_limits();
+    let remote = incoming.remote_address();
+    let load = shared.load();
+    let validated = incoming.remote_address_validated();
+    let decision = admission::decide(&limits, load, validated, || sources.take(remote.ip(), now));
+    let refusal = match decision {
+        Admission::Accept { validated } => {
+            return Some((incoming, HandshakeSlot::take(shared, validated)));
+        }
+        Admission::Retry => {
+            bump(&shared.counters.retries);
+            // An unvalidated attempt may always be retried; should quinn say otherwise,
+            // dropping it silently is as cheap.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            if let Some(suppressed) = shared.peer_log.admit(PeerLine::Retry, now) {
+                tracing::info!(
+                    handshakes = load.handshakes,
+                    unvalidated_handshakes = load.unvalidated_handshakes,
+                    suppressed,
+                    "many connection attempts: answering those from unvalidated addresses with \
+                     a Retry (address validation)"
+                );
+            }
+            return None;
+        }
+        Admission::Refuse(refusal) => refusal,
+    };
+    let (counter, kind, why) = match refusal {
+        Refusal::Capacity => (
+            &shared.counters.refused_capacity,
+            PeerLine::RefusedCapacity,
+            "too many connections",
+        ),
+        Refusal::Busy => (
+            &shared.counters.refused_busy,
+            PeerLine::RefusedBusy,
+            "too many handshakes at once",
+        ),
+        Refusal::RateLimited => (
+            &shared.counters.refused_rate_limited,
+            PeerLine::RefusedRateLimited,
+            "this source started too many handshakes",
+        ),
+    };
+    incoming.refuse();
+    bump(counter);
+    if let Some(suppressed) = shared.peer_log.admit(kind, now) {
+        tracing::warn!(
+            %remote,
+            max_connections = limits.max_connections,
+            max_handshakes = limits.max_handshakes,
+            suppressed,
+            "connection refused: {why}"
+        );
+    }
+    None
+}
+
 /// One connection: handshake, then read frames into the event queue until it ends.
-async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming) {
+/// The handshake holds `handshake` (a place in the handshake budget) until the `Hello` is
+/// accepted or refused; an accepted connection holds one of the `max_connections` places.
+async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming, handshake: HandshakeSlot) {
+    let accepted = handshake::accept(shared, incoming).await;
+    drop(handshake);
     let Some(Accepted {
         conn,
         send,
         recv,
         hello,
-    }) = handshake::accept(shared, incoming).await
+        slot: _connection_slot,
+    }) = accepted
     else {
         return;
     };
+    // Authenticated: the whole receive window (it was only room for the Hello).
+    conn.set_receive_window(quinn::VarInt::from_u32(
+        shared.config.limits.receive_window_bytes,
+    ));
     let connection = ConnectionId(shared.next_connection_id.fetch_add(1, Ordering::Relaxed));
     let remote = conn.remote_address();
     let (frames_tx, frames_rx) = mpsc::channel(shared.config.send_queue_len.max(2));

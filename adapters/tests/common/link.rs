@@ -206,24 +206,36 @@ pub struct RawClient {
 }
 
 pub async fn raw_client(server: &ReportServer) -> RawClient {
+    try_raw_client(server, IpAddr::from([127, 0, 0, 1]))
+        .await
+        .expect("TLS handshake")
+}
+
+/// A raw client from `local_ip` (any loopback address): the TLS handshake done and the stream
+/// opened (nothing written yet), or the error that ended the connection attempt.
+pub async fn try_raw_client(
+    server: &ReportServer,
+    local_ip: IpAddr,
+) -> Result<RawClient, quinn::ConnectionError> {
     let crypto = client_crypto(&pinned(server)).expect("client crypto");
     let client = quinn::ClientConfig::new(Arc::new(
         QuicClientConfig::try_from(crypto).expect("quic client config"),
     ));
-    let endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-    let conn = endpoint
-        .connect_with(client, server.local_addr(), "localhost")
-        .expect("connect")
-        .await
-        .expect("TLS handshake");
-    let (send, recv) = conn.open_bi().await.expect("open stream");
-    RawClient {
+    let endpoint = quinn::Endpoint::client(SocketAddr::new(local_ip, 0)).expect("client endpoint");
+    let conn = guarded(
+        "the TLS handshake",
+        endpoint
+            .connect_with(client, server.local_addr(), "localhost")
+            .expect("connect"),
+    )
+    .await?;
+    let (send, recv) = conn.open_bi().await?;
+    Ok(RawClient {
         _endpoint: endpoint,
         conn,
         send,
         recv,
-    }
+    })
 }
 
 pub fn hello(protocol_version: u16, token: &str) -> AgentMessage {

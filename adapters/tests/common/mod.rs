@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod flood;
 pub mod link;
 
 use std::io;
