@@ -66,22 +66,30 @@ const SOCKET_RECEIVE_BUFFER_BYTES: usize = 2 * 1024 * 1024;
 /// How often the accept loop writes the summaries of rate-limited peer lines.
 const PEER_LOG_TICK: Duration = Duration::from_secs(1);
 
+impl From<CertError> for ServerSetupError {
+    fn from(error: CertError) -> Self {
+        Self::Certificate(error)
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerSetupError {
+    // The causes are part of each message and not `source`s, so an error chain prints each
+    // once (the convention of every error of this crate).
     /// The certificate could not be loaded or generated.
     #[error("server certificate: {0}")]
-    Certificate(#[from] CertError),
+    Certificate(CertError),
     /// The TLS configuration was refused.
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] TlsSetupError),
     /// The UDP socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The operating system's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// `ReportServer::bind` was called outside a tokio runtime.
     #[error("the report server needs a running tokio runtime")]
@@ -313,15 +321,15 @@ impl ReportServer {
                     Arc::new(quinn::TokioRuntime),
                 )
             })
-            .map_err(|source| ServerSetupError::Bind {
+            .map_err(|cause| ServerSetupError::Bind {
                 addr: config.listen_addr,
-                source,
+                cause,
             })?;
         let local_addr = endpoint
             .local_addr()
-            .map_err(|source| ServerSetupError::Bind {
+            .map_err(|cause| ServerSetupError::Bind {
                 addr: config.listen_addr,
-                source,
+                cause,
             })?;
         let facts = CertificateFacts::of_der(cert.leaf_der());
         let certificate_name = facts.as_ref().map_or_else(

@@ -481,9 +481,14 @@ mod tests {
             )
         };
         for (yaml, expected) in [
-            (format!("prober_configs:\n{blocks}"), "10001 blocks; at most 10000 are allowed"),
             (
-                format!("prober_configs:\n  - prober_type: icmp\n    region: r\n    targets:\n{targets}"),
+                format!("prober_configs:\n{blocks}"),
+                "10001 blocks; at most 10000 are allowed",
+            ),
+            (
+                format!(
+                    "prober_configs:\n  - prober_type: icmp\n    region: r\n    targets:\n{targets}"
+                ),
                 "100001 targets in one block; at most 100000 are allowed",
             ),
             (
