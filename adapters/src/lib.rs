@@ -13,6 +13,10 @@
 //! - [`link`]: the agent↔server link over QUIC and TLS 1.3 ([`link::AgentLink`], port
 //!   `ServerLink`; [`link::ReportServer`], port `ReportSource`), over quinn and rustls (ring).
 //! - [`clock`]: the wall clock (port `Clock`), the system's or one following tokio's clock.
+//! - [`admin`]: the server's HTTP endpoints over hyper, within a connection cap.
+//! - [`fd_limit`]: the open-files limit raised to the hard limit at start.
+//! - [`log_limit`]: not an adapter: rate-limited log lines and escaped peer text, for
+//!   adapters facing strangers.
 //! - [`driver`]: not an adapter: the tokio loops that run core's state machines over the
 //!   ports.
 
@@ -20,10 +24,12 @@ pub mod admin;
 pub mod clock;
 pub mod dns;
 pub mod driver;
+pub mod fd_limit;
 pub mod http;
 pub mod icmp;
 pub mod identity;
 pub mod link;
+pub mod log_limit;
 pub mod metrics;
 pub mod probe_file;
 pub mod secret;
