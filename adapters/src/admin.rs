@@ -4,44 +4,104 @@
 //! only speaks HTTP: routing, the bearer token of admin endpoints, and limits.
 //!
 //! Admin endpoints (today `/-/reload`; `/-/task` and `/-/upgrade` later) need
-//! `Authorization: Bearer <token>` when a token is configured; the token is compared in
-//! constant time ([`Token::matches`]) and never logged.
+//! `Authorization: Bearer <token>` when a token is configured (the scheme in any case, as
+//! RFC 7235 says); the token is compared in constant time ([`Token::matches`]) and never
+//! logged. `/-/reload` reloads on `POST` and `PUT` only, as Prometheus does.
+//!
+//! Limits, so that no peer can take `/metrics` away from Prometheus:
+//! - at most [`AdminLimits::max_connections`] connections; one more closes the oldest
+//!   connection that is not in a request (one that is, when all are, is refused at once), so
+//!   idle connections cannot lock a scrape out;
+//! - an accept that fails (out of descriptors: `EMFILE`, `ENFILE`) closes the oldest idle
+//!   connection and retries 1 ms later; when there is none to close, after a pause of 10 ms
+//!   doubling to 1 s, instead of retrying at once forever;
+//! - a request's headers within [`AdminLimits::header_read_timeout`] (an idle keep-alive
+//!   connection included), in at most 64 KiB;
+//! - `/-/targets` is rendered off the async workers, one rendering at a time, and kept while
+//!   the server's [`AdminApi::targets_generation`] stays: parallel requests share one;
+//! - what strangers cause in the log (refusals, closed connections, accept errors) is at most
+//!   one line per [`AdminLimits::log_interval`] and kind, with the count of the lines left out,
+//!   and names the peer's address; text they sent is escaped and cut short.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use nix::errno::Errno;
 use probermesh_core::model::{ProbeConfig, Region};
 use probermesh_core::server::PoolRefusal;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
 
+use crate::log_limit::{LogLimit, UNTRUSTED_MAX_BYTES, untrusted};
 use crate::secret::Token;
 
 /// The content type of a scrape answer: the Prometheus text format 0.0.4, which the
 /// `metrics` adapter renders.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The first pause after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The pause after a failed accept that closed an idle connection: time for that connection's
+/// task to give its descriptor back.
+const ACCEPT_RETRY_AFTER_CLOSE: Duration = Duration::from_millis(1);
+/// The longest pause between accepts that keep failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The most a request's headers may take, in bytes (hyper's read buffer).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// What the HTTP endpoints ask of the server.
 #[async_trait::async_trait]
 pub trait AdminApi: Send + Sync {
     /// The `/metrics` body (Prometheus text format).
     fn metrics(&self) -> Vec<u8>;
-    /// The `/-/targets` JSON.
-    fn targets_json(&self) -> String;
+    /// A number that changes whenever [`Self::targets_json`] would answer something else; two
+    /// calls answering the same number promise the same JSON. Cheap (no rendering): asked at
+    /// every `/-/targets` request.
+    fn targets_generation(&self) -> u64;
+    /// The `/-/targets` JSON and the [`Self::targets_generation`] it is of. Costly with a big
+    /// pool (blocking): the endpoints call it off the async workers, one call at a time, and
+    /// keep its answer while the generation stays.
+    fn targets_json(&self) -> (u64, String);
     /// Re-reads the probe file; `Err` names the problem, and the running pool stays.
     async fn reload(&self) -> Result<(), String>;
     /// Whether the server is ready (its listeners are up and the first pool is loaded).
     fn ready(&self) -> bool;
+}
+
+/// The limits of the HTTP endpoints.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct AdminLimits {
+    /// Connections open at once. One more closes the oldest connection that is not in a
+    /// request; when every one is in a request, the new one is closed. Keep it well under
+    /// the open-files limit (see `fd_limit`): 256 by default.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, idle time before them
+    /// included (10 s by default).
+    pub header_read_timeout: Duration,
+    /// At most one log line per this interval for each kind of line strangers can cause
+    /// (1 s by default).
+    pub log_interval: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            log_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Why the HTTP endpoints could not start.
@@ -61,8 +121,8 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `addr` (`host:port`) and serves `api` until dropped or [`AdminServer::stop`].
-    /// `admin_token` protects the admin endpoints when set.
+    /// Binds `addr` (`host:port`) and serves `api` with the default [`AdminLimits`] until
+    /// dropped or [`AdminServer::stop`]. `admin_token` protects the admin endpoints when set.
     ///
     /// # Errors
     /// When the address cannot be bound (the message names it).
@@ -70,6 +130,19 @@ impl AdminServer {
         addr: &str,
         api: Arc<dyn AdminApi>,
         admin_token: Option<Token>,
+    ) -> Result<Self, AdminBindError> {
+        Self::start_with(addr, api, admin_token, AdminLimits::default()).await
+    }
+
+    /// [`AdminServer::start`] with other limits.
+    ///
+    /// # Errors
+    /// When the address cannot be bound (the message names it).
+    pub async fn start_with(
+        addr: &str,
+        api: Arc<dyn AdminApi>,
+        admin_token: Option<Token>,
+        limits: AdminLimits,
     ) -> Result<Self, AdminBindError> {
         let listener = TcpListener::bind(addr)
             .await
@@ -81,36 +154,21 @@ impl AdminServer {
             addr: addr.to_owned(),
             cause,
         })?;
-        let (stop, mut stopped) = watch::channel(false);
-        let token = Arc::new(admin_token);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    _ = stopped.changed() => return,
-                };
-                let Ok((tcp, _)) = accepted else {
-                    continue;
-                };
-                let (api, token) = (Arc::clone(&api), Arc::clone(&token));
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let (api, token) = (Arc::clone(&api), Arc::clone(&token));
-                        async move {
-                            Ok::<_, Infallible>(
-                                route(request, api.as_ref(), (*token).as_ref()).await,
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
+        let (stop, stopped) = watch::channel(false);
+        let endpoints = Arc::new(Endpoints {
+            api,
+            token: admin_token,
+            targets: Arc::new(tokio::sync::Mutex::new(None)),
+            logs: Logs::new(limits.log_interval),
         });
+        let connections = Arc::new(Connections::new(limits.max_connections));
+        tokio::spawn(accept_loop(
+            listener,
+            endpoints,
+            connections,
+            limits,
+            stopped,
+        ));
         Ok(Self { local_addr, stop })
     }
 
@@ -132,6 +190,282 @@ impl Drop for AdminServer {
     }
 }
 
+/// Accepts connections until stopped: within the connection cap, pausing after errors.
+async fn accept_loop(
+    listener: TcpListener,
+    endpoints: Arc<Endpoints>,
+    connections: Arc<Connections>,
+    limits: AdminLimits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => return,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                match Connections::admit(&connections, remote) {
+                    Some((registration, closed)) => {
+                        if let Some(closed) = closed
+                            && let Some(suppressed) = endpoints.logs.cap.admit(Instant::now())
+                        {
+                            tracing::warn!(
+                                %remote,
+                                %closed,
+                                max_connections = limits.max_connections,
+                                suppressed,
+                                "HTTP endpoints at their connection cap: closed the oldest idle connection"
+                            );
+                        }
+                        tokio::spawn(serve(
+                            tcp,
+                            remote,
+                            registration,
+                            Arc::clone(&endpoints),
+                            limits,
+                        ));
+                    }
+                    None => {
+                        drop(tcp);
+                        if let Some(suppressed) = endpoints.logs.cap.admit(Instant::now()) {
+                            tracing::warn!(
+                                %remote,
+                                max_connections = limits.max_connections,
+                                suppressed,
+                                "HTTP endpoints at their connection cap, every connection in a request: closed the new one"
+                            );
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                let out_of_descriptors = error.raw_os_error().is_some_and(|code| {
+                    [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+                        .iter()
+                        .any(|errno| *errno as i32 == code)
+                });
+                let closed_idle = out_of_descriptors && connections.close_oldest_idle().is_some();
+                // Closing an idle connection frees a descriptor: try again soon. Otherwise
+                // wait longer each time, so a lasting shortage costs no CPU.
+                let pause = if closed_idle {
+                    ACCEPT_RETRY_AFTER_CLOSE
+                } else {
+                    backoff
+                };
+                if let Some(suppressed) = endpoints.logs.accept.admit(Instant::now()) {
+                    tracing::warn!(
+                        %error,
+                        closed_idle,
+                        retry_in_ms = pause.as_millis(),
+                        suppressed,
+                        "HTTP endpoints cannot accept a connection; retrying"
+                    );
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stopped.changed() => return,
+                }
+                if !closed_idle {
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Serves one connection until it ends or is closed for a newer one.
+async fn serve(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    registration: Registration,
+    endpoints: Arc<Endpoints>,
+    limits: AdminLimits,
+) {
+    let slot = Arc::clone(&registration.slot);
+    let service = hyper::service::service_fn(move |request| {
+        let endpoints = Arc::clone(&endpoints);
+        let in_request = InRequest::begin(&slot);
+        async move {
+            let response = route(request, remote, &endpoints).await;
+            drop(in_request);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(tcp), service);
+    tokio::select! {
+        _ = connection => {}
+        () = registration.slot.closed.notified() => {}
+    }
+}
+
+/// The open connections, oldest first, up to the cap.
+#[derive(Debug)]
+struct Connections {
+    max: usize,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    open: BTreeMap<u64, Arc<Slot>>,
+}
+
+/// One open connection, as the table sees it.
+#[derive(Debug)]
+struct Slot {
+    /// The peer.
+    remote: SocketAddr,
+    /// Whether a request is being answered (otherwise the connection waits for one).
+    in_request: AtomicBool,
+    /// Closes the connection (the table has already forgotten it).
+    closed: Notify,
+}
+
+impl Connections {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            table: Mutex::new(Table::default()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a new connection from `remote`, and the peer of the idle connection closed
+    /// for it, if one was; `None` when the table is full of connections in a request.
+    fn admit(this: &Arc<Self>, remote: SocketAddr) -> Option<(Registration, Option<SocketAddr>)> {
+        let mut table = this.table();
+        let mut closed = None;
+        if table.open.len() >= this.max {
+            closed = Some(Self::close_oldest_idle_in(&mut table)?);
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let slot = Arc::new(Slot {
+            remote,
+            in_request: AtomicBool::new(false),
+            closed: Notify::new(),
+        });
+        table.open.insert(id, Arc::clone(&slot));
+        Some((
+            Registration {
+                connections: Arc::clone(this),
+                id,
+                slot,
+            },
+            closed,
+        ))
+    }
+
+    /// Closes the oldest connection not in a request; its peer, if there was one.
+    fn close_oldest_idle(&self) -> Option<SocketAddr> {
+        Self::close_oldest_idle_in(&mut self.table())
+    }
+
+    fn close_oldest_idle_in(table: &mut Table) -> Option<SocketAddr> {
+        let oldest_idle = table
+            .open
+            .iter()
+            .find(|(_, slot)| !slot.in_request.load(Ordering::Acquire))
+            .map(|(id, _)| *id);
+        let slot = oldest_idle.and_then(|id| table.open.remove(&id))?;
+        // `notify_one` keeps the wake-up for a connection task not yet waiting.
+        slot.closed.notify_one();
+        Some(slot.remote)
+    }
+}
+
+/// A connection's place in the table, given back when its task ends.
+#[derive(Debug)]
+struct Registration {
+    connections: Arc<Connections>,
+    id: u64,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.connections.table().open.remove(&self.id);
+    }
+}
+
+/// Marks a connection as in a request while alive.
+struct InRequest(Arc<Slot>);
+
+impl InRequest {
+    fn begin(slot: &Arc<Slot>) -> Self {
+        slot.in_request.store(true, Ordering::Release);
+        Self(Arc::clone(slot))
+    }
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        self.0.in_request.store(false, Ordering::Release);
+    }
+}
+
+/// What every connection's requests share.
+struct Endpoints {
+    api: Arc<dyn AdminApi>,
+    token: Option<Token>,
+    /// The last `/-/targets` rendering and its generation; held while rendering, so there is
+    /// one rendering at a time and the requests waiting share it.
+    targets: Arc<tokio::sync::Mutex<Option<(u64, Bytes)>>>,
+    logs: Logs,
+}
+
+/// One limit per kind of log line strangers can cause.
+struct Logs {
+    unauthorized: LogLimit,
+    method: LogLimit,
+    cap: LogLimit,
+    accept: LogLimit,
+}
+
+impl Logs {
+    fn new(interval: Duration) -> Self {
+        Self {
+            unauthorized: LogLimit::new(interval),
+            method: LogLimit::new(interval),
+            cap: LogLimit::new(interval),
+            accept: LogLimit::new(interval),
+        }
+    }
+}
+
+impl Endpoints {
+    /// The `/-/targets` body: the kept rendering while the generation stays, else a new one
+    /// made off the async workers (it is kept even if this request goes away meanwhile).
+    async fn targets_body(&self) -> Result<Bytes, tokio::task::JoinError> {
+        let mut kept = Arc::clone(&self.targets).lock_owned().await;
+        let generation = self.api.targets_generation();
+        if let Some((kept_generation, body)) = kept.as_ref()
+            && *kept_generation == generation
+        {
+            return Ok(body.clone());
+        }
+        let api = Arc::clone(&self.api);
+        tokio::task::spawn_blocking(move || {
+            let (generation, json) = api.targets_json();
+            let body = Bytes::from(json);
+            *kept = Some((generation, body.clone()));
+            body
+        })
+        .await
+    }
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -142,43 +476,87 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     response
 }
 
-fn authorized(request: &Request<Incoming>, token: Option<&Token>) -> bool {
+/// Why a request was not authorized.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Unauthorized {
+    NoCredential,
+    NotBearer,
+    WrongToken,
+}
+
+impl Unauthorized {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NoCredential => "no Authorization header",
+            Self::NotBearer => "not a Bearer credential",
+            Self::WrongToken => "wrong bearer token",
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value: the scheme in any case (RFC 7235
+/// §2.1), any spaces or tabs around the token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value
+        .trim_start_matches([' ', '\t'])
+        .split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches([' ', '\t']))
+}
+
+fn authorize(headers: &HeaderMap, token: Option<&Token>) -> Result<(), Unauthorized> {
     let Some(token) = token else {
-        return true;
+        return Ok(());
     };
-    let presented = request
-        .headers()
+    let value = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    token.matches(presented)
+        .ok_or(Unauthorized::NoCredential)?;
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(bearer_token)
+        .ok_or(Unauthorized::NotBearer)?;
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(Unauthorized::WrongToken)
+    }
 }
 
 async fn route(
     request: Request<Incoming>,
-    api: &dyn AdminApi,
-    token: Option<&Token>,
+    remote: SocketAddr,
+    endpoints: &Endpoints,
 ) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/metrics" => {
-            let mut response = text(StatusCode::OK, api.metrics());
+            let mut response = text(StatusCode::OK, endpoints.api.metrics());
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             response
         }
-        "/-/targets" => {
-            let mut response = text(StatusCode::OK, api.targets_json());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        "/-/targets" => match endpoints.targets_body().await {
+            Ok(body) => {
+                let mut response = text(StatusCode::OK, body);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "rendering /-/targets failed");
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "rendering the targets failed\n",
+                )
+            }
+        },
         "/-/healthy" => text(StatusCode::OK, "ProberMesh is healthy.\n"),
         "/-/ready" => {
-            if api.ready() {
+            if endpoints.api.ready() {
                 text(StatusCode::OK, "ProberMesh is ready.\n")
             } else {
                 text(
@@ -187,24 +565,56 @@ async fn route(
                 )
             }
         }
-        "/-/reload" => {
-            if !authorized(&request, token) {
-                tracing::warn!("/-/reload refused: missing or wrong bearer token");
-                let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
-            }
-            match api.reload().await {
-                Ok(()) => text(StatusCode::OK, "ok"),
-                Err(problem) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("one or more reloader reload failed: {problem}\n"),
-                ),
-            }
-        }
+        "/-/reload" => reload(&request, remote, endpoints).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+/// `/-/reload`: `POST` or `PUT` (as Prometheus), with the admin token.
+async fn reload(
+    request: &Request<Incoming>,
+    remote: SocketAddr,
+    endpoints: &Endpoints,
+) -> Response<Full<Bytes>> {
+    if !matches!(*request.method(), Method::POST | Method::PUT) {
+        if let Some(suppressed) = endpoints.logs.method.admit(Instant::now()) {
+            tracing::warn!(
+                %remote,
+                method = %untrusted(request.method().as_str().as_bytes(), UNTRUSTED_MAX_BYTES),
+                suppressed,
+                "/-/reload refused: it reloads on POST or PUT only"
+            );
+        }
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/-/reload needs a POST or PUT request\n",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST, PUT"));
+        return response;
+    }
+    if let Err(why) = authorize(request.headers(), endpoints.token.as_ref()) {
+        if let Some(suppressed) = endpoints.logs.unauthorized.admit(Instant::now()) {
+            tracing::warn!(
+                %remote,
+                reason = why.as_str(),
+                suppressed,
+                "/-/reload refused: missing or wrong bearer token"
+            );
+        }
+        let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    match endpoints.api.reload().await {
+        Ok(()) => text(StatusCode::OK, "ok"),
+        Err(problem) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("one or more reloader reload failed: {problem}\n"),
+        ),
     }
 }
 
@@ -270,8 +680,11 @@ mod tests {
         fn metrics(&self) -> Vec<u8> {
             b"prober_server_receive_points{prober_type=\"icmp\"} 1\n".to_vec()
         }
-        fn targets_json(&self) -> String {
-            "{}".into()
+        fn targets_generation(&self) -> u64 {
+            0
+        }
+        fn targets_json(&self) -> (u64, String) {
+            (0, "{}".into())
         }
         async fn reload(&self) -> Result<(), String> {
             if self.reload_ok.load(Ordering::Relaxed) {
@@ -338,6 +751,23 @@ mod tests {
         assert!(failed.contains("probe.yaml:3:5"), "{failed}");
         api.reload_ok.store(true, Ordering::Relaxed);
         assert!(get(addr, "/-/reload", Some("s3cret")).await.ends_with("ok"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_with_any_spaces() {
+        for (value, token) in [
+            ("Bearer s3cret", Some("s3cret")),
+            ("bearer s3cret", Some("s3cret")),
+            ("BEARER s3cret", Some("s3cret")),
+            ("bEaReR \t  s3cret  ", Some("s3cret")),
+            ("  Bearer s3cret", Some("s3cret")),
+            ("Bearer", None),
+            ("Bearers3cret", None),
+            ("Basic czNjcmV0", None),
+            ("", None),
+        ] {
+            assert_eq!(bearer_token(value), token, "{value:?}");
+        }
     }
 
     #[tokio::test]

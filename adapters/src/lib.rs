@@ -16,6 +16,10 @@
 //! - [`store`]: records that outlive a process (port `Store`), one file each in the data
 //!   directory; [`data_dir`]: the checks of that directory (a shared leaf, also used by the
 //!   link's generated certificate).
+//! - [`admin`]: the server's HTTP endpoints over hyper, within a connection cap.
+//! - [`fd_limit`]: the open-files limit raised to the hard limit at start.
+//! - [`log_limit`]: not an adapter: rate-limited log lines and escaped peer text, for
+//!   adapters facing strangers.
 //! - [`driver`]: not an adapter: the tokio loops that run core's state machines over the
 //!   ports.
 
@@ -25,10 +29,12 @@ pub mod clock;
 pub mod data_dir;
 pub mod dns;
 pub mod driver;
+pub mod fd_limit;
 pub mod http;
 pub mod icmp;
 pub mod identity;
 pub mod link;
+pub mod log_limit;
 pub mod metrics;
 pub mod probe_file;
 pub mod secret;

@@ -140,7 +140,7 @@ async fn the_driver_sends_pools_closes_violators_and_reloads_through_the_source(
     )));
     let error = driver.handle().reload().await.expect_err("a bad file");
     assert!(error.contains("line 3"), "{error}");
-    let targets = driver.handle().targets_json();
+    let (_, targets) = driver.handle().targets_json();
     assert_eq!(
         targets,
         r#"{"us":[{"prober_type":"icmp","targets":["198.18.1.2"]}]}"#

@@ -18,7 +18,7 @@ use probermesh_core::aggregate::{Counters, SnapshotPart};
 use probermesh_core::model::ProbeConfig;
 use probermesh_core::ports::{Clock, LinkError, MetricsExporter, PoolSource, ReportSource, Store};
 use probermesh_core::server::handoff::{self, Resumed};
-use probermesh_core::server::{Actions, ServerState};
+use probermesh_core::server::{Actions, PoolRefusal, ServerState, TargetsKey};
 use probermesh_core::snapshot::Snapshot;
 use tokio::task::JoinHandle;
 
@@ -69,15 +69,37 @@ pub struct StopReport {
 
 struct Shared<R> {
     state: Mutex<ServerState>,
+    /// The `/-/targets` generation: a number per distinct [`TargetsKey`] seen.
+    targets_generation: Mutex<TargetsGeneration>,
     link: Arc<R>,
     clock: Arc<dyn Clock>,
     exporter: Arc<dyn MetricsExporter>,
     pool_source: Option<Arc<dyn PoolSource>>,
 }
 
+/// Numbers the `/-/targets` keys: a new number whenever the key differs from the last one
+/// numbered, so a number is never given to two keys (a key seen again gets a new one).
+#[derive(Debug, Default)]
+struct TargetsGeneration {
+    last: Option<TargetsKey>,
+    generation: u64,
+}
+
 impl<R: ReportSource> Shared<R> {
     fn state(&self) -> MutexGuard<'_, ServerState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn targets_generation_of(&self, key: TargetsKey) -> u64 {
+        let mut numbered = self
+            .targets_generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if numbered.last.as_ref() != Some(&key) {
+            numbered.generation += 1;
+            numbered.last = Some(key);
+        }
+        numbered.generation
     }
 
     /// Publishes the settled families again (after a window settled or series expired).
@@ -193,6 +215,7 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            targets_generation: Mutex::new(TargetsGeneration::default()),
             link,
             clock,
             exporter,
@@ -447,12 +470,23 @@ impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
         self.shared.exporter.scrape(&live)
     }
 
-    fn targets_json(&self) -> String {
-        let state = self.shared.state();
-        targets_json(
-            &state.targets(self.shared.clock.now()),
-            &state.pool_refusals(),
-        )
+    fn targets_generation(&self) -> u64 {
+        let key = self.shared.state().targets_key(self.shared.clock.now());
+        self.shared.targets_generation_of(key)
+    }
+
+    /// The key, the pool and the refusals are taken under one lock, so the JSON is of the
+    /// generation it is answered with; the JSON is rendered after the lock is released.
+    fn targets_json(&self) -> (u64, String) {
+        let now = self.shared.clock.now();
+        let (key, regions, refusals) = {
+            let state = self.shared.state();
+            let refusals: Vec<PoolRefusal> = state.pool_refusals().into_iter().cloned().collect();
+            (state.targets_key(now), state.targets(now), refusals)
+        };
+        let generation = self.shared.targets_generation_of(key);
+        let refusals: Vec<&PoolRefusal> = refusals.iter().collect();
+        (generation, targets_json(&regions, &refusals))
     }
 
     async fn reload(&self) -> Result<(), String> {

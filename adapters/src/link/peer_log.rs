@@ -5,30 +5,21 @@
 //! line carries `suppressed`, the lines of its kind left out since the previous one, and the
 //! server's accept loop writes a summary for a kind whose interval passed with lines left out
 //! ([`PeerLog::due_summaries`]), so every count reaches the log. Text a peer controls goes
-//! through [`peer_text`]: control characters and quotes escaped, cut to 100 characters.
+//! through [`peer_text`]: escaped and cut by [`crate::log_limit::untrusted`]. The limiting
+//! itself is [`crate::log_limit::LogLimit`], one per kind.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Longest piece of peer-controlled text in a log line, in characters (after escaping).
-pub const MAX_PEER_TEXT_CHARS: usize = 100;
+use crate::log_limit::{LogLimit, untrusted};
 
-/// `text` fit for a log line: escaped as a Rust string literal's contents (control
-/// characters, quotes and backslashes), cut to [`MAX_PEER_TEXT_CHARS`] with `…`.
+/// Longest piece of peer-controlled text in a log line, in bytes (before escaping).
+pub const MAX_PEER_TEXT_BYTES: usize = 100;
+
+/// `text` fit for a log line: non-printable bytes, quotes and backslashes escaped, cut to
+/// [`MAX_PEER_TEXT_BYTES`] (saying how many bytes were left out).
 #[must_use]
 pub fn peer_text(text: &str) -> String {
-    let mut out = String::new();
-    let mut count = 0;
-    for c in text.chars() {
-        let piece: Vec<char> = c.escape_debug().collect();
-        if count + piece.len() > MAX_PEER_TEXT_CHARS {
-            out.push('…');
-            break;
-        }
-        count += piece.len();
-        out.extend(piece);
-    }
-    out
+    untrusted(text.as_bytes(), MAX_PEER_TEXT_BYTES).to_string()
 }
 
 /// The kinds of lines unauthenticated peers cause.
@@ -88,17 +79,11 @@ impl PeerLine {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct KindState {
-    last_line: Option<Instant>,
-    suppressed: u64,
-}
-
 /// The rate limit of peer-caused lines: one line per kind per interval.
 #[derive(Debug)]
 pub struct PeerLog {
     interval: Duration,
-    kinds: Mutex<[KindState; PeerLine::ALL.len()]>,
+    kinds: [LogLimit; PeerLine::ALL.len()],
 }
 
 impl PeerLog {
@@ -107,43 +92,27 @@ impl PeerLog {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            kinds: Mutex::new([KindState::default(); PeerLine::ALL.len()]),
+            kinds: std::array::from_fn(|_| LogLimit::new(interval)),
         }
     }
 
     /// Whether a line of `kind` may be written at `now`: `Some(lines left out since the
     /// previous one)`, or `None` (then it is counted as left out).
     pub fn admit(&self, kind: PeerLine, now: Instant) -> Option<u64> {
-        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        let state = &mut kinds[kind.index()];
-        let due = state
-            .last_line
-            .is_none_or(|at| now.saturating_duration_since(at) >= self.interval);
-        if due {
-            state.last_line = Some(now);
-            Some(std::mem::take(&mut state.suppressed))
-        } else {
-            state.suppressed += 1;
-            None
-        }
+        self.kinds[kind.index()].admit(now)
     }
 
     /// The kinds whose interval has passed with lines left out, with their counts; each
     /// summary is its kind's line for the interval.
     pub fn due_summaries(&self, now: Instant) -> Vec<(PeerLine, u64)> {
-        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        let mut due = Vec::new();
-        for kind in PeerLine::ALL {
-            let state = &mut kinds[kind.index()];
-            let passed = state
-                .last_line
-                .is_none_or(|at| now.saturating_duration_since(at) >= self.interval);
-            if state.suppressed > 0 && passed {
-                state.last_line = Some(now);
-                due.push((kind, std::mem::take(&mut state.suppressed)));
-            }
-        }
-        due
+        PeerLine::ALL
+            .into_iter()
+            .filter_map(|kind| {
+                self.kinds[kind.index()]
+                    .due_summary(now)
+                    .map(|suppressed| (kind, suppressed))
+            })
+            .collect()
     }
 
     /// Writes the due summaries.
@@ -188,15 +157,11 @@ mod tests {
     #[test]
     fn peer_text_is_escaped_and_cut() {
         assert_eq!(peer_text("eu-west"), "eu-west");
-        assert_eq!(peer_text("a\nb\"c\u{1b}[31m"), "a\\nb\\\"c\\u{1b}[31m");
+        assert_eq!(peer_text("a\nb\"c\u{1b}[31m"), "a\\nb\\\"c\\x1b[31m");
         let long = peer_text(&"x".repeat(10_000));
-        assert_eq!(long.chars().count(), MAX_PEER_TEXT_CHARS + 1);
-        assert!(long.ends_with('…'));
-        // An escape is never cut in half.
-        let escapes = peer_text(&"\n".repeat(200));
         assert_eq!(
-            escapes,
-            format!("{}…", "\\n".repeat(MAX_PEER_TEXT_CHARS / 2))
+            long,
+            format!("{}…(+9900 bytes)", "x".repeat(MAX_PEER_TEXT_BYTES))
         );
     }
 }

@@ -1,8 +1,9 @@
-//! What the link's test binaries share: a temporary directory and captured log lines.
+//! What the adapters' test binaries share: a temporary directory and captured log lines.
 //! (They cannot use `probermesh-tests`, which depends on this crate.)
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod admin;
 pub mod flood;
 pub mod link;
 

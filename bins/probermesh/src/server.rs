@@ -13,6 +13,7 @@ use probermesh_adapters::clock::SystemClock;
 use probermesh_adapters::driver::server::{
     ServerDriver, ServerHandle, ServerParts as DriverParts, StopReport,
 };
+use probermesh_adapters::fd_limit;
 use probermesh_adapters::link::{CertificateSource, ReportServer, ServerConfig};
 use probermesh_adapters::metrics::PrometheusExporter;
 use probermesh_adapters::probe_file::ProbeFileOnDisk;
@@ -133,6 +134,22 @@ impl RunningServer {
 pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     let choices = args.choices()?;
     let _log = logging::init("server", args.log_level, &args.log_dir)?;
+    let open_files = match fd_limit::raise_open_files_limit() {
+        Ok(limit) => {
+            if limit.raised() {
+                tracing::info!(
+                    from = limit.before,
+                    to = limit.now,
+                    "open-files limit raised to the hard limit"
+                );
+            }
+            Some(limit.now)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the open-files limit stays");
+            None
+        }
+    };
     let file_configs = match &args.probe_file {
         Some(path) => ProbeFileOnDisk::new(path).load()?,
         None => Vec::new(),
@@ -188,6 +205,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         fingerprint = %server.fingerprint(),
         http = %server.http_addr(),
         method = choices.method.as_str(),
+        open_files_limit = open_files,
         "server started; agents pin the fingerprint with -agent.tls.server-fingerprint"
     );
     wait_for_signals(&server.handle()).await?;

@@ -20,7 +20,7 @@ use crate::link::{FromAgent, ToAgent};
 use crate::model::{
     AgentId, AgentVersion, ProbeConfig, ProbeKind, ProbeResult, Region, UnixMillis,
 };
-use crate::pool::{PoolRevision, TargetPool};
+use crate::pool::{Discovery, PoolRevision, TargetPool};
 use crate::ports::{ConnectionId, LinkEvent};
 use crate::snapshot::{MetricFamily, MetricKind, Series, SeriesValue, Snapshot};
 
@@ -153,6 +153,20 @@ pub struct ServerState {
     refusals: HashMap<ConnectionId, PoolRefusal>,
     /// Refusals since start, by (agent region, label).
     refused_total: BTreeMap<(Region, &'static str), u64>,
+    /// Reloads that replaced the probe file's blocks (part of [`TargetsKey`]).
+    file_generation: u64,
+}
+
+/// What [`ServerState::targets`] and [`ServerState::pool_refusals`] are a function of, taken
+/// without building the pool: two equal keys promise equal answers, so `/-/targets` can keep
+/// its rendering while the key stays. (The pool is the file's blocks, replaced only by a
+/// reload, plus the live agents under dynamic discovery.)
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct TargetsKey {
+    file_generation: u64,
+    /// The live agents when discovery makes them targets; empty under static discovery.
+    live_agents: Vec<AgentId>,
+    refusals: Vec<PoolRefusal>,
 }
 
 impl ServerState {
@@ -165,6 +179,7 @@ impl ServerState {
             sessions: HashMap::new(),
             refusals: HashMap::new(),
             refused_total: BTreeMap::new(),
+            file_generation: 0,
         }
     }
 
@@ -318,6 +333,7 @@ impl ServerState {
         candidate.replace_file_configs(configs);
         check_pool_fits(&candidate, &self.aggregator.live_agents(now))?;
         self.pool = candidate;
+        self.file_generation += 1;
         let mut actions = Actions::default();
         self.push_changed_pools(now, &mut actions);
         Ok(actions)
@@ -396,6 +412,20 @@ impl ServerState {
     #[must_use]
     pub fn targets(&self, now: UnixMillis) -> BTreeMap<Region, Vec<ProbeConfig>> {
         self.pool.regions(&self.aggregator.live_agents(now))
+    }
+
+    /// What [`Self::targets`] and [`Self::pool_refusals`] at `now` are a function of (see
+    /// [`TargetsKey`]); it costs the live agents and the refusals, not the pool.
+    #[must_use]
+    pub fn targets_key(&self, now: UnixMillis) -> TargetsKey {
+        TargetsKey {
+            file_generation: self.file_generation,
+            live_agents: match self.pool.discovery() {
+                Discovery::Dynamic => self.aggregator.live_agents(now),
+                Discovery::Static => Vec::new(),
+            },
+            refusals: self.pool_refusals().into_iter().cloned().collect(),
+        }
     }
 
     /// Agents connected right now.
@@ -697,6 +727,66 @@ mod tests {
                 Some(2.0)
             )])
         );
+    }
+
+    #[test]
+    fn the_targets_key_changes_whenever_the_targets_answer_does() {
+        // Every step that can change `/-/targets` (an agent arriving or expiring under dynamic
+        // discovery, a refusal, a reload) changes the key; equal keys always came with equal
+        // answers, so a rendering kept by key is never stale.
+        for discovery in [Discovery::Dynamic, Discovery::Static] {
+            let mut state = server(discovery);
+            let mut seen: Vec<(TargetsKey, String)> = Vec::new();
+            let mut observe = |state: &ServerState, now: u64| {
+                let now = UnixMillis(now);
+                let answer = format!("{:?} {:?}", state.targets(now), state.pool_refusals());
+                let key = state.targets_key(now);
+                for (earlier_key, earlier_answer) in &seen {
+                    if *earlier_key == key {
+                        assert_eq!(*earlier_answer, answer, "{discovery}: one key, two answers");
+                    }
+                }
+                let changed = seen.last().is_none_or(|(last, _)| *last != key);
+                seen.push((key, answer));
+                changed
+            };
+            assert!(observe(&state, T0));
+            assert!(!observe(&state, T0 + 1), "nothing happened");
+            let eu = agent("eu", "198.18.1.1");
+            let hello = connect(&mut state, 1, &eu, T0 + 2);
+            assert_eq!(observe(&state, T0 + 2), discovery == Discovery::Dynamic);
+            let ToAgent::Pool { revision, .. } = hello.send[0].1.clone() else {
+                panic!("expected a pool");
+            };
+            state.handle_event(
+                UnixMillis(T0 + 3),
+                LinkEvent::Message {
+                    connection: ConnectionId(1),
+                    agent: eu.clone(),
+                    message: FromAgent::PoolRefused {
+                        revision,
+                        field: "configs[0].http.method".into(),
+                        reason: "bad".into(),
+                    },
+                },
+            );
+            assert!(observe(&state, T0 + 3), "{discovery}: a refusal");
+            let icmp = ProbeConfig {
+                region: Region::new("virtual").unwrap(),
+                targets: vec![Target::parse(ProbeKind::Icmp, "198.18.7.7").unwrap()],
+                module: ProbeModule::Icmp(IcmpModule::default()),
+            };
+            state
+                .reload(UnixMillis(T0 + 4), vec![icmp.clone()])
+                .unwrap();
+            assert!(observe(&state, T0 + 4), "{discovery}: a reload");
+            // The same blocks again: a reload all the same (the key may change, never lie).
+            state.reload(UnixMillis(T0 + 5), vec![icmp]).unwrap();
+            observe(&state, T0 + 5);
+            // The agent's liveness runs out (no heartbeats).
+            let expired = T0 + 2 + AggregatorConfig::default().series_ttl().as_millis() as u64 + 1;
+            assert_eq!(observe(&state, expired), discovery == Discovery::Dynamic);
+        }
     }
 
     #[test]
