@@ -123,10 +123,13 @@ impl TestPki {
             .signed_by(&client_key, &issuer)
             .expect("the client certificate");
 
+        // Written whole and renamed, so a reader waiting for a file never sees half of it.
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
-            let mut file = std::fs::File::create(&path).expect("a PEM file");
+            let partial = dir.join(format!("{name}.partial"));
+            let mut file = std::fs::File::create(&partial).expect("a PEM file");
             file.write_all(text.as_bytes()).expect("writing a PEM file");
+            std::fs::rename(&partial, &path).expect("renaming a PEM file");
             path
         };
         Self {

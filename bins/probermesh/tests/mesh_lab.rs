@@ -1052,6 +1052,13 @@ fn http_phases_dns_status_certificates_and_failures_from_two_regions() {
                     &[],
                 )
                 .expect("the lab services");
+            // The server reads the probe file's ca_file when it loads it: wait for the
+            // services to have written it.
+            wait_for("the lab's CA certificate", Duration::from_secs(20), || {
+                std::fs::metadata(pki_dir.join("ca.pem"))
+                    .ok()
+                    .filter(|m| m.len() > 0)
+            });
             let probe_file = dir.join("probe.yaml");
             std::fs::write(
             &probe_file,
