@@ -57,7 +57,7 @@ async fn an_initial_flood_locks_no_agent_out_and_stalls_no_connected_one() {
     config.limits.handshake_timeout = Duration::from_secs(10);
     // Room for 256 agents: what a server that counts every Initial as a connection runs out
     // of even when it is too slow (a debug build) to take 4,096 handshakes in a second.
-    config.max_connections = 256;
+    config.admission.max_connections = 256;
     let server = start_server(config).await;
     let addr = server.local_addr();
     let (recorded, _task) = record(&server);
@@ -130,7 +130,7 @@ async fn an_initial_flood_locks_no_agent_out_and_stalls_no_connected_one() {
 async fn connections_in_their_handshake_take_no_agent_place() {
     let dir = TempDir::new("handshakes");
     let mut config = server_config(dir.path(), "127.0.0.1:0".parse().expect("addr"));
-    config.max_connections = 2;
+    config.admission.max_connections = 2;
     let server = start_server(config).await;
     let (recorded, _task) = record(&server);
     // Three peers that finish TLS and never say Hello.
@@ -156,8 +156,8 @@ async fn connections_in_their_handshake_take_no_agent_place() {
 async fn beyond_the_unvalidated_share_attempts_are_retried_and_beyond_the_budget_refused() {
     let dir = TempDir::new("budget");
     let mut config = server_config(dir.path(), "127.0.0.1:0".parse().expect("addr"));
-    config.max_handshakes = 2;
-    config.max_unvalidated_handshakes = 1;
+    config.admission.max_handshakes = 2;
+    config.admission.max_unvalidated_handshakes = 1;
     let server = start_server(config).await;
     let (recorded, _task) = record(&server);
     let localhost = IpAddr::from([127, 0, 0, 1]);
@@ -189,9 +189,9 @@ async fn a_source_beyond_its_handshake_rate_is_refused_and_other_sources_are_not
     let dir = TempDir::new("rate");
     let mut config = server_config(dir.path(), "127.0.0.1:0".parse().expect("addr"));
     // Every attempt is validated first (the rate applies only to validated sources).
-    config.max_unvalidated_handshakes = 0;
-    config.per_source_burst = 2;
-    config.per_source_handshakes_per_sec = 0.001;
+    config.admission.max_unvalidated_handshakes = 0;
+    config.admission.per_source_burst = 2;
+    config.admission.per_source_handshakes_per_sec = 0.001;
     let server = start_server(config).await;
     let busy = IpAddr::from([127, 0, 0, 1]);
     let other = IpAddr::from([127, 0, 0, 2]);

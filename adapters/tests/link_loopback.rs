@@ -747,7 +747,7 @@ async fn a_silent_peer_is_closed_at_the_handshake_timeout() {
 async fn connections_beyond_the_maximum_are_refused() {
     let dir = TempDir::new("max");
     let mut config = server_config(dir.path(), "127.0.0.1:0".parse().expect("addr"));
-    config.max_connections = 1;
+    config.admission.max_connections = 1;
     let server = start_server(config).await;
     let (recorded, _task) = record(&server);
     let first = start_agent(agent_config(server.local_addr(), "first", pinned(&server)));

@@ -24,18 +24,38 @@ use std::time::{Duration, Instant};
 /// The admission limits (from `ServerConfig`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdmissionLimits {
-    /// Authenticated connections at once.
+    /// Most authenticated connections at once (default 4,096); further attempts are refused
+    /// at once. A connection counts from its accepted `Hello`, never during its handshake.
     pub max_connections: usize,
-    /// Connections in their handshake at once, validated or not.
+    /// Most connections in their handshake at once, between the first Initial and an accepted
+    /// `Hello` (default 512). Attempts from validated addresses beyond it are refused.
     pub max_handshakes: usize,
-    /// Of those, connections from addresses not validated: beyond, attempts get a Retry.
+    /// Of those, most from addresses not validated yet (default 64): beyond it, an attempt
+    /// from an unvalidated address is answered with a QUIC Retry (address validation), so a
+    /// flood with forged sources costs one stateless packet per Initial. 0 always retries.
     pub max_unvalidated_handshakes: usize,
-    /// Handshakes one validated source may start per second, on average.
+    /// Handshakes one validated source (an IPv4 address, an IPv6 /64) may start per second
+    /// on average (default 8); beyond, its attempts are refused.
     pub per_source_handshakes_per_sec: f64,
-    /// Handshakes one validated source may start at once after a quiet spell.
+    /// Handshakes one validated source may start at once after a quiet spell (default 32):
+    /// room for the agents behind one NAT reconnecting together.
     pub per_source_burst: u32,
-    /// Sources whose buckets are remembered; beyond, new sources share one bucket.
+    /// Sources whose rates are remembered (default 16,384); beyond, new sources share one
+    /// rate until remembered ones have been quiet long enough to be forgotten.
     pub max_tracked_sources: usize,
+}
+
+impl Default for AdmissionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4_096,
+            max_handshakes: 512,
+            max_unvalidated_handshakes: 64,
+            per_source_handshakes_per_sec: 8.0,
+            per_source_burst: 32,
+            max_tracked_sources: 16_384,
+        }
+    }
 }
 
 /// The connections open now, as the budgets count them.

@@ -113,25 +113,10 @@ pub struct ServerConfig {
     pub server_version: String,
     /// Frame, time and window limits of every connection.
     pub limits: LinkLimits,
-    /// Most authenticated connections at once (default 4,096); further attempts are refused
-    /// at once. A connection counts from its accepted `Hello`, never during its handshake.
-    pub max_connections: usize,
-    /// Most connections in their handshake at once, between the first Initial and an accepted
-    /// `Hello` (default 512). Attempts from validated addresses beyond it are refused.
-    pub max_handshakes: usize,
-    /// Of those, most from addresses not validated yet (default 64): beyond it, an attempt
-    /// from an unvalidated address is answered with a QUIC Retry (address validation), so a
-    /// flood with forged sources costs one stateless packet per Initial. 0 always retries.
-    pub max_unvalidated_handshakes: usize,
-    /// Handshakes one validated source (an IPv4 address, an IPv6 /64) may start per second
-    /// on average (default 8); beyond, its attempts are refused.
-    pub per_source_handshakes_per_sec: f64,
-    /// Handshakes one validated source may start at once after a quiet spell (default 32):
-    /// room for the agents behind one NAT reconnecting together.
-    pub per_source_burst: u32,
-    /// Sources whose rates are remembered (default 16,384); beyond, new sources share one
-    /// rate until remembered ones have been quiet long enough to be forgotten.
-    pub max_tracked_sources: usize,
+    /// Who may start a handshake and hold a place (`link::admission`): authenticated
+    /// connections (4,096), handshakes (512, 64 of them from unvalidated addresses, beyond
+    /// which attempts get a Retry), and per-source rates; see [`AdmissionLimits`].
+    pub admission: AdmissionLimits,
     /// Log lines that unauthenticated peers cause are written at most once per kind per this
     /// interval (default 10 s), each with the count of those left out.
     pub peer_log_interval: Duration,
@@ -156,19 +141,6 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// The admission limits (`link::admission`).
-    #[must_use]
-    pub fn admission_limits(&self) -> AdmissionLimits {
-        AdmissionLimits {
-            max_connections: self.max_connections,
-            max_handshakes: self.max_handshakes,
-            max_unvalidated_handshakes: self.max_unvalidated_handshakes,
-            per_source_handshakes_per_sec: self.per_source_handshakes_per_sec,
-            per_source_burst: self.per_source_burst,
-            max_tracked_sources: self.max_tracked_sources,
-        }
-    }
-
     /// A configuration with the default limits.
     #[must_use]
     pub fn new(listen_addr: SocketAddr, certificate: CertificateSource, token: Token) -> Self {
@@ -178,12 +150,7 @@ impl ServerConfig {
             token,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             limits: LinkLimits::default(),
-            max_connections: 4_096,
-            max_handshakes: 512,
-            max_unvalidated_handshakes: 64,
-            per_source_handshakes_per_sec: 8.0,
-            per_source_burst: 32,
-            max_tracked_sources: 16_384,
+            admission: AdmissionLimits::default(),
             peer_log_interval: Duration::from_secs(10),
             max_tracked_instances: 16_384,
             dedup_window_batches: 1_024,

@@ -202,7 +202,7 @@ pub(crate) async fn accept(shared: &Arc<Shared>, incoming: Incoming) -> Option<A
 /// completed their handshakes together); counted and logged like a refused attempt.
 fn at_capacity(shared: &Shared, remote: std::net::SocketAddr) -> Rejection {
     bump(&shared.counters.refused_capacity);
-    let max_connections = shared.config.max_connections;
+    let max_connections = shared.config.admission.max_connections;
     if let Some(suppressed) = shared.peer_line(PeerLine::RefusedCapacity) {
         tracing::warn!(%remote, max_connections, suppressed, "agent refused: too many connections");
     }

@@ -32,6 +32,7 @@ mod session;
 mod stable_keys;
 pub mod tls;
 
+pub use admission::AdmissionLimits;
 pub use agent::{AgentLink, AgentLinkStats, AgentSetupError};
 pub use backoff::BackoffConfig;
 pub use cert::{CertError, CertificateSource, ServerCertificate};

@@ -265,7 +265,7 @@ impl ConnectionSlot {
         shared
             .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < shared.config.max_connections).then_some(n + 1)
+                (n < shared.config.admission.max_connections).then_some(n + 1)
             })
             .ok()
             .map(|_| Self {
@@ -594,7 +594,7 @@ impl ReportSource for ReportServer {
 /// Accepts connections until told to stop; then aborts every connection's reading task.
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tasks = JoinSet::new();
-    let mut sources = SourceLimiter::new(&shared.config.admission_limits(), Instant::now());
+    let mut sources = SourceLimiter::new(&shared.config.admission, Instant::now());
     let mut summaries = tokio::time::interval(PEER_LOG_TICK);
     summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -627,7 +627,7 @@ fn admit(
     incoming: quinn::Incoming,
 ) -> Option<(quinn::Incoming, HandshakeSlot)> {
     let now = Instant::now();
-    let limits = shared.config.admission_limits();
+    let limits = shared.config.admission;
     let remote = incoming.remote_address();
     let load = shared.load();
     let validated = incoming.remote_address_validated();

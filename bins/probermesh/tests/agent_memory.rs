@@ -6,17 +6,15 @@
 //! worst case), and the agent's peak resident set (`VmHWM`) is read after several rounds.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use probermesh_tests::harness::{
-    Process, TempDir, free_tcp_port, free_udp_port, http, proc_status_bytes, server_fingerprint,
-    wait_for,
-};
+use probermesh_tests::harness::{http, proc_status_bytes, server_fingerprint, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
-const TOKEN: &str = "lab-token-0123456789";
+mod common;
+
+use common::{start_agent, start_server};
+
 const TARGETS: usize = 1_000;
 const BODY_BYTES: usize = 1 << 20;
 /// The stated bound on the agent's peak resident set with this pool and the default limits
@@ -25,7 +23,6 @@ const AGENT_PEAK_RSS_BOUND_BYTES: u64 = 160 * 1024 * 1024;
 
 #[test]
 fn a_large_shared_body_pool_keeps_the_agent_within_its_memory_bound() {
-    let dir = TempDir::new("pm-agent-memory");
     // Connections queue in the kernel and are never accepted: each request stays in flight.
     let blackhole = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
     let target_port = blackhole.local_addr().expect("its address").port();
@@ -37,61 +34,10 @@ fn a_large_shared_body_pool_keeps_the_agent_within_its_memory_bound() {
     for i in 0..TARGETS {
         let _ = writeln!(probe_file, "      - http://127.0.0.1:{target_port}/t{i}");
     }
-    let probe_path = dir.path().join("probe.yaml");
-    std::fs::write(&probe_path, &probe_file).expect("writing the probe file");
-
-    let http_port = free_tcp_port();
-    let link_port = free_udp_port();
-    let data_dir = dir.path().join("data");
-    let _server = Process(
-        Command::new(BIN)
-            .args([
-                "server",
-                "--rpc-listen-addr",
-                &format!("127.0.0.1:{link_port}"),
-                "--http-listen-addr",
-                &format!("127.0.0.1:{http_port}"),
-                "--aggregation-interval",
-                "2s",
-                "--probe-file",
-                &probe_path.display().to_string(),
-                "--data-dir",
-                &data_dir.display().to_string(),
-            ])
-            .env("PROBERMESH_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server starts"),
-    );
-    let http_addr: SocketAddr = format!("127.0.0.1:{http_port}")
-        .parse()
-        .expect("an address");
-    wait_for("the server to be ready", Duration::from_secs(30), || {
-        http("GET", http_addr, "/-/ready", None).filter(|(s, _)| *s == 200)
-    });
-    let fingerprint = server_fingerprint(&data_dir);
-    let mut agent = Process(
-        Command::new(BIN)
-            .args([
-                "agent",
-                "--region",
-                "eu",
-                "--ip",
-                "127.0.0.11",
-                "--rpc-report-addr",
-                &format!("127.0.0.1:{link_port}"),
-                "--probe-interval",
-                "2s",
-                "--tls-server-fingerprint",
-                &fingerprint,
-            ])
-            .env("PROBERMESH_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("an agent starts"),
-    );
+    let (_server, http_addr, link_port, _probe_path, dir) =
+        start_server("agent-memory", false, &probe_file);
+    let fingerprint = server_fingerprint(&dir.path().join("data"));
+    let mut agent = start_agent("eu", "127.0.0.11", link_port, &fingerprint, false);
     let agent_pid = agent.0.id();
 
     // The agent probed the pool: its (failed) results reach the server's metrics.
