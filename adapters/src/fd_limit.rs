@@ -33,14 +33,14 @@ pub enum OpenFilesLimitError {
     #[error("cannot read the open-files limit (RLIMIT_NOFILE): {0}")]
     Read(Errno),
     /// `setrlimit` refused the hard limit as the soft one.
-    #[error("cannot raise the open-files soft limit from {from} to the hard limit {to}: {source}")]
+    #[error("cannot raise the open-files soft limit from {from} to the hard limit {to}: {cause}")]
     Raise {
         /// The soft limit, unchanged.
         from: u64,
         /// The hard limit asked for.
         to: u64,
         /// Why not.
-        source: Errno,
+        cause: Errno,
     },
 }
 
@@ -51,11 +51,11 @@ pub enum OpenFilesLimitError {
 pub fn raise_open_files_limit() -> Result<OpenFilesLimit, OpenFilesLimitError> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(OpenFilesLimitError::Read)?;
     if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|source| {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|cause| {
             OpenFilesLimitError::Raise {
                 from: soft,
                 to: hard,
-                source,
+                cause,
             }
         })?;
     }

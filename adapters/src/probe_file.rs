@@ -25,6 +25,8 @@ use probermesh_core::probe_file::{MAX_PROBE_FILE_BYTES, parse_probe_file};
 #[derive(Clone, Debug)]
 pub struct ProbeFileOnDisk {
     path: PathBuf,
+    /// Files and directories of the server's own that no block may name.
+    private: Vec<PathBuf>,
 }
 
 impl ProbeFileOnDisk {
@@ -33,7 +35,18 @@ impl ProbeFileOnDisk {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
+            private: Vec::new(),
         }
+    }
+
+    /// Refuses blocks naming these files, or anything in these directories (the data
+    /// directory, the token files, the key): what the server reads for agents goes to every
+    /// URL the probe file names, so whoever edits the probe file could otherwise have the
+    /// agents send the server's key or tokens away.
+    #[must_use]
+    pub fn keeping_private(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.private.extend(paths);
+        self
     }
 }
 
@@ -53,7 +66,7 @@ impl PoolSource for ProbeFileOnDisk {
         let mut file =
             parse_probe_file(&name, &yaml).map_err(|e| PoolSourceError(e.to_string()))?;
         let base = self.path.parent().unwrap_or_else(|| Path::new("."));
-        read_referenced_files(&mut file.configs, &name, base)?;
+        read_referenced_files(&mut file.configs, &name, base, &self.private)?;
         Ok(file.configs)
     }
 
@@ -68,8 +81,17 @@ fn read_referenced_files(
     configs: &mut [ProbeConfig],
     name: &str,
     base: &Path,
+    private: &[PathBuf],
 ) -> Result<(), PoolSourceError> {
+    // Compared after resolving links and `..`, on both sides.
+    let private: Vec<PathBuf> = private
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
     let mut tls_files = std::collections::HashSet::new();
+    // Each file is read once per load and shared by every block naming it.
+    let mut read: std::collections::HashMap<std::path::PathBuf, Secret> =
+        std::collections::HashMap::new();
     for (index, config) in configs.iter_mut().enumerate() {
         let ProbeModule::Http(http) = &mut config.module else {
             continue;
@@ -90,13 +112,38 @@ fn read_referenced_files(
                     file.path()
                 ))
             };
-            let bytes = read_regular_file(&path, max_bytes as u64, Links::Follow)
-                .map_err(|e| failed(format!("cannot be read by the server: {e}")))?;
-            let text = String::from_utf8(bytes).map_err(|_| failed("is not UTF-8 text".into()))?;
+            if let Ok(resolved) = std::fs::canonicalize(&path)
+                && let Some(own) = private.iter().find(|own| resolved.starts_with(own))
+            {
+                return Err(failed(format!(
+                    "is the server's own {} (its data directory, a token or its key); a probe \
+                     file may not send the server's secrets to agents",
+                    own.display()
+                )));
+            }
+            let contents = match read.get(&path) {
+                Some(contents) => contents.clone(),
+                None => {
+                    let bytes = read_regular_file(&path, max_bytes as u64, Links::Follow)
+                        .map_err(|e| failed(format!("cannot be read by the server: {e}")))?;
+                    let text =
+                        String::from_utf8(bytes).map_err(|_| failed("is not UTF-8 text".into()))?;
+                    let contents = Secret::new(text);
+                    read.insert(path.clone(), contents.clone());
+                    contents
+                }
+            };
+            // A secret file read for a PEM key (or the other way) is held to its own limit.
+            if contents.expose().len() > max_bytes {
+                return Err(failed(format!(
+                    "cannot be read by the server: it is {} bytes long; the limit is {max_bytes} bytes",
+                    contents.expose().len()
+                )));
+            }
             if is_pem {
                 tls_files.insert(file.path().to_owned());
             }
-            file.set_contents(Secret::new(text));
+            file.set_contents(contents);
         }
     }
     if tls_files.len() > MAX_POOL_FILES {

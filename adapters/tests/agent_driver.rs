@@ -293,3 +293,53 @@ async fn in_the_public_ip_mode_the_agent_reconnects_as_the_address_the_server_se
             .any(|m| matches!(m, FromAgent::PoolRequest { .. }))
     );
 }
+
+/// A pinger whose every call panics, counting the calls.
+#[derive(Default)]
+struct PanickingPinger {
+    calls: Mutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl IcmpPinger for PanickingPinger {
+    async fn ping(
+        &self,
+        _addr: IpAddr,
+        _settings: &probermesh_core::model::IcmpSettings,
+    ) -> Result<EchoSeries, PingError> {
+        *self.calls.lock().expect("calls") += 1;
+        panic!("a prober bug");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_frees_its_place_for_the_next() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(UnixMillis(T0)));
+    let link = Arc::new(FakeServerLink::new());
+    link.push_incoming(welcome("198.18.0.11"));
+    link.push_incoming(pool(3));
+    // One ICMP probe at a time: a place lost to a panic would stop every later probe.
+    let state = AgentState::new(
+        AgentConfig {
+            in_flight_limits: probermesh_core::agent::InFlightLimits { icmp: 1, http: 1 },
+            ..config(false)
+        },
+        clock.now(),
+    );
+    let pinger = Arc::new(PanickingPinger::default());
+    let (stop, run) = start(
+        state,
+        Arc::clone(&link),
+        no_relink(),
+        Arc::clone(&pinger) as Arc<dyn IcmpPinger>,
+        Arc::clone(&clock),
+        BOUNDS,
+    );
+    tokio::time::sleep(INTERVAL * 3).await;
+    stop.send(true).expect("the driver listens");
+    let run = run.await.expect("the driver ends");
+    let calls = *pinger.calls.lock().expect("calls");
+    // Two whole rounds of three targets at least, one at a time.
+    assert!(calls >= 6, "{calls} probes started");
+    assert_eq!(run.state.in_flight(), 0);
+}

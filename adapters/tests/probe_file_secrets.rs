@@ -122,3 +122,38 @@ fn files_the_server_cannot_or_must_not_read_fail_the_load_naming_them() {
         assert_eq!(error, format!("probe file {name}: {expected}"), "{client}");
     }
 }
+
+#[test]
+fn the_servers_own_secrets_cannot_be_named() {
+    let dir = Dir::new("private");
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("server-key.pem"), "KEY").unwrap();
+    std::fs::write(dir.0.join("agents.token"), "tok").unwrap();
+    // A link to the key is resolved before the comparison.
+    std::os::unix::fs::symlink(data.join("server-key.pem"), dir.0.join("innocent")).unwrap();
+    for (client, own) in [
+        (
+            "        basic_auth:\n          username: u\n          password_file: data/server-key.pem\n",
+            data.clone(),
+        ),
+        ("        bearer_token_file: innocent\n", data.clone()),
+        (
+            "        bearer_token_file: agents.token\n",
+            dir.0.join("agents.token"),
+        ),
+    ] {
+        let path = probe_file(&dir.0, client);
+        let source =
+            ProbeFileOnDisk::new(&path).keeping_private([data.clone(), dir.0.join("agents.token")]);
+        let error = source.load().expect_err(client).to_string();
+        let own = std::fs::canonicalize(own).unwrap();
+        assert!(
+            error.contains(&format!(
+                "is the server's own {} (its data directory, a token or its key); a probe file may not send the server's secrets to agents",
+                own.display()
+            )),
+            "{client}: {error}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use probermesh_core::agent::{AgentAction, AgentNotice, AgentState};
-use probermesh_core::model::{AgentId, ProbeResult};
+use probermesh_core::model::{AgentId, ProbeKind, ProbeResult};
 use probermesh_core::ports::{Clock, ServerLink};
 use probermesh_core::probe::{self, Probers};
 use tokio::sync::watch;
@@ -60,6 +60,35 @@ pub struct AgentRun<L> {
     pub drained: bool,
 }
 
+/// The probes running, each with its kind, so that one ending without a result (a panic)
+/// still frees its kind's place in the state.
+#[derive(Default)]
+struct Probes {
+    tasks: JoinSet<ProbeResult>,
+    kinds: std::collections::HashMap<tokio::task::Id, ProbeKind>,
+}
+
+impl Probes {
+    fn finished(
+        &mut self,
+        state: &mut AgentState,
+        joined: Result<(tokio::task::Id, ProbeResult), tokio::task::JoinError>,
+    ) {
+        match joined {
+            Ok((id, result)) => {
+                self.kinds.remove(&id);
+                state.handle_result(result);
+            }
+            Err(error) => {
+                if let Some(kind) = self.kinds.remove(&error.id()) {
+                    tracing::error!(%kind, %error, "a probe ended without a result");
+                    state.handle_lost(kind);
+                }
+            }
+        }
+    }
+}
+
 /// Runs the agent until `stop` turns true, then stops gracefully within `bounds`.
 pub async fn run<L: ServerLink + 'static>(
     mut state: AgentState,
@@ -70,7 +99,7 @@ pub async fn run<L: ServerLink + 'static>(
     mut stop: watch::Receiver<bool>,
     bounds: StopBounds,
 ) -> AgentRun<L> {
-    let mut probes: JoinSet<ProbeResult> = JoinSet::new();
+    let mut probes = Probes::default();
     let mut recv_paused_until = tokio::time::Instant::now();
     loop {
         link = carry_out(&mut state, link, &mut relink, &probers, &mut probes).await;
@@ -87,10 +116,8 @@ pub async fn run<L: ServerLink + 'static>(
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
-            Some(joined) = probes.join_next(), if !probes.is_empty() => {
-                if let Ok(result) = joined {
-                    state.handle_result(result);
-                }
+            Some(joined) = probes.tasks.join_next_with_id(), if !probes.tasks.is_empty() => {
+                probes.finished(&mut state, joined);
             }
             received = link.recv(), if recv_ready => match received {
                 Ok(event) => state.handle_event(clock.now(), event),
@@ -111,25 +138,24 @@ pub async fn run<L: ServerLink + 'static>(
     let deadline = tokio::time::Instant::now() + bounds.in_flight;
     loop {
         link = carry_out(&mut state, link, &mut relink, &probers, &mut probes).await;
-        if probes.is_empty() {
+        if probes.tasks.is_empty() {
             break;
         }
-        match tokio::time::timeout_at(deadline, probes.join_next()).await {
-            Ok(Some(Ok(result))) => state.handle_result(result),
-            Ok(Some(Err(_))) => {}
+        match tokio::time::timeout_at(deadline, probes.tasks.join_next_with_id()).await {
+            Ok(Some(joined)) => probes.finished(&mut state, joined),
             Ok(None) => break,
             Err(_) => {
                 tracing::warn!(
                     in_flight_bound = ?bounds.in_flight,
-                    running = probes.len(),
+                    running = probes.tasks.len(),
                     "probes still running at stop; their results are not sent"
                 );
                 break;
             }
         }
     }
-    let abandoned_probes = probes.len();
-    probes.abort_all();
+    let abandoned_probes = probes.tasks.len();
+    probes.tasks.abort_all();
     let drained = link.drain(bounds.drain).await;
     link.close().await;
     AgentRun {
@@ -146,13 +172,17 @@ async fn carry_out<L: ServerLink + 'static>(
     mut link: Arc<L>,
     relink: &mut Relink<L>,
     probers: &Probers,
-    probes: &mut JoinSet<ProbeResult>,
+    probes: &mut Probes,
 ) -> Arc<L> {
     while let Some(action) = state.poll_action() {
         match action {
             AgentAction::Probe(planned) => {
                 let (probers, me) = (probers.clone(), state.me().clone());
-                probes.spawn(async move { probe::run(&probers, &me, planned).await });
+                let kind = planned.how.kind();
+                let task = probes
+                    .tasks
+                    .spawn(async move { probe::run(&probers, &me, planned).await });
+                probes.kinds.insert(task.id(), kind);
             }
             AgentAction::Send(message) => {
                 // A lost control message is repeated or moot (see AgentState).
@@ -204,7 +234,7 @@ fn log(notice: &AgentNotice) {
             %kind,
             skipped,
             limit,
-            "probes of the last round were skipped: this many of its kind were running until too late in the round (raise -agent.probe.{kind}-max-in-flight, or lower the timeout or the targets)"
+            "probes of the last round were skipped: they could not start before the end of its start spread, because this many of their kind were running (raise -agent.probe.{kind}-max-in-flight, or lower the targets or the timeout) or the agent was too busy to start them"
         ),
         AgentNotice::FilesNotSent { paths } => tracing::error!(
             ?paths,

@@ -157,15 +157,18 @@ impl<R: ReportSource> Shared<R> {
         let Some(source) = &self.pool_source else {
             return Err("no -server.probe.file to reload".to_owned());
         };
-        let reloaded = source
-            .load()
-            .map_err(|error| error.to_string())
-            .and_then(|configs| {
-                let blocks = configs.len();
-                self.replace_file_configs(configs)
-                    .map(|actions| (blocks, actions))
-                    .map_err(|error| format!("probe file {}: {error}", source.describe()))
-            });
+        // Reading and parsing the file (and the files it names) blocks: off the async workers.
+        let loading = Arc::clone(source);
+        let loaded = tokio::task::spawn_blocking(move || loading.load())
+            .await
+            .map_err(|error| format!("reading the probe file failed: {error}"))
+            .and_then(|loaded| loaded.map_err(|error| error.to_string()));
+        let reloaded = loaded.and_then(|configs| {
+            let blocks = configs.len();
+            self.replace_file_configs(configs)
+                .map(|actions| (blocks, actions))
+                .map_err(|error| format!("probe file {}: {error}", source.describe()))
+        });
         match reloaded {
             Ok((blocks, actions)) => {
                 self.perform(actions).await;

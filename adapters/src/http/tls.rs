@@ -46,7 +46,12 @@ fn system_roots() -> Arc<RootCertStore> {
     }))
 }
 
-/// Client configurations, cached by `tls_config:` and whether HTTP/2 is offered.
+/// Most client configurations kept: a pool has few distinct `tls_config:` blocks, and a
+/// rotated certificate (new contents at a reload) must not keep the old one alive for good.
+const MAX_CACHED_CONFIGS: usize = 64;
+
+/// Client configurations, cached by `tls_config:` (the files' contents, shared, included) and
+/// whether HTTP/2 is offered.
 #[derive(Debug, Default)]
 pub(crate) struct TlsConfigs {
     cache: Mutex<HashMap<(TlsConfig, bool), Arc<ClientConfig>>>,
@@ -69,10 +74,12 @@ impl TlsConfigs {
             return Ok(Arc::clone(config));
         }
         let config = Arc::new(build(tls, offer_h2)?);
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, Arc::clone(&config));
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        // Rotated files make new keys: start afresh rather than keep every past one.
+        if cache.len() >= MAX_CACHED_CONFIGS {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&config));
         Ok(config)
     }
 }

@@ -42,7 +42,8 @@ pub(crate) struct ServerParts {
     pub(crate) link: ServerConfig,
     pub(crate) aggregator: AggregatorConfig,
     pub(crate) pool: TargetPool,
-    pub(crate) probe_file: Option<PathBuf>,
+    /// The probe file, read again at every reload.
+    pub(crate) probe_file: Option<ProbeFileOnDisk>,
     pub(crate) http_listen_addr: String,
     pub(crate) admin_token: Option<Token>,
     /// The data directory whose store receives the unsettled windows at stop (`None`: they
@@ -77,8 +78,7 @@ impl RunningServer {
             exporter: Arc::new(PrometheusExporter::new()),
             pool_source: parts
                 .probe_file
-                .as_deref()
-                .map(|path| Arc::new(ProbeFileOnDisk::new(path)) as Arc<dyn PoolSource>),
+                .map(|file| Arc::new(file) as Arc<dyn PoolSource>),
             store,
         });
         let admin = match AdminServer::start(
@@ -150,8 +150,19 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             None
         }
     };
-    let file_configs = match &args.probe_file {
-        Some(path) => ProbeFileOnDisk::new(path).load()?,
+    // The server's own secrets, which no block may name (they would go to every URL).
+    let private = [
+        Some(args.data_dir.clone()),
+        args.auth_token_file.clone(),
+        args.admin_token_file.clone(),
+        args.tls_key_file.clone(),
+    ];
+    let probe_file = args
+        .probe_file
+        .as_deref()
+        .map(|path| ProbeFileOnDisk::new(path).keeping_private(private.into_iter().flatten()));
+    let file_configs = match &probe_file {
+        Some(file) => file.load()?,
         None => Vec::new(),
     };
     let token = Token::load(args.auth_token_file.as_deref()).context("the agents' token")?;
@@ -194,7 +205,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             }
             pool
         },
-        probe_file: args.probe_file.clone(),
+        probe_file,
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: Some(admin_token),
         data_dir: Some(args.data_dir.clone()),

@@ -337,8 +337,13 @@ impl AgentState {
                     self.notice(AgentNotice::FilesNotSent { paths: unsent });
                 }
                 if self.pool.is_none() && !self.stopping {
-                    // The first pool: no need to wait for the next round.
+                    // The first pool: no need to wait for the next round. A round due now is
+                    // started first, so its plan is not taken for the last round's leftovers.
                     let interval = self.config.probe_interval;
+                    if now >= self.next_round {
+                        self.end_round();
+                        self.next_round = after(round_start(now, interval), interval);
+                    }
                     let plan = plan_rest_of_round(&configs, &self.config.me, now, interval);
                     self.enqueue(plan);
                 }
@@ -390,6 +395,13 @@ impl AgentState {
         queue.in_flight = queue.in_flight.saturating_sub(1);
         self.produced += 1;
         self.actions.push_back(AgentAction::Deliver(vec![result]));
+    }
+
+    /// A probe of `kind` ended without a result (its task panicked or was cancelled): its
+    /// place is free again.
+    pub fn handle_lost(&mut self, kind: ProbeKind) {
+        let queue = self.queue_mut(kind);
+        queue.in_flight = queue.in_flight.saturating_sub(1);
     }
 
     /// Starts no more probes (a graceful stop); those in flight finish.
@@ -904,7 +916,11 @@ mod tests {
             for (pick, wait_ms) in finish {
                 // Time moves on (within the first round and into the second).
                 now = (now + wait_ms).min(T0 + 15 * SECOND - 1);
-                while state.poll_timeout().as_millis() <= now {
+                // Bounded, so that a deadline left in the past fails instead of hanging.
+                for _ in 0..10_000 {
+                    if state.poll_timeout().as_millis() > now {
+                        break;
+                    }
                     let due = state.poll_timeout();
                     state.handle_timeout(due);
                     collect(&mut state, &mut running);
@@ -963,5 +979,22 @@ mod tests {
             })
             .collect();
         assert_eq!(notices, [vec!["/var/run/token".to_owned()]]);
+    }
+
+    #[test]
+    fn a_first_pool_arriving_at_a_round_boundary_is_planned_for_the_new_round_not_skipped() {
+        let mut state = AgentState::new(config(), UnixMillis(T0 + SECOND));
+        // The driver handles the pool before the timer that is due at the same instant.
+        state.handle_event(UnixMillis(T0 + 15 * SECOND), pool(1, 5));
+        let actions = run_until(&mut state, T0 + 30 * SECOND - 1);
+        assert!(skipped_notices(&actions).is_empty(), "{actions:?}");
+        assert_eq!(state.skipped(), 0);
+        let started = probes(&actions);
+        assert_eq!(started.len(), 5);
+        assert!(
+            started
+                .iter()
+                .all(|p| p.round_start == UnixMillis(T0 + 15 * SECOND))
+        );
     }
 }

@@ -87,16 +87,17 @@ pub enum TlsMinVersion {
     Tls13,
 }
 
-/// A secret from the probe file (password, bearer token). `Debug` never shows it, so it cannot
-/// reach a log by accident.
+/// A secret from the probe file (password, bearer token, a file's contents). `Debug` never
+/// shows it, so it cannot reach a log by accident. Shared, not copied, when cloned: a CA
+/// bundle named by many blocks is held once.
 #[derive(Clone, Eq, Hash, PartialEq)]
-pub struct Secret(String);
+pub struct Secret(Arc<str>);
 
 impl Secret {
     /// Wraps a secret value.
     #[must_use]
     pub fn new(value: String) -> Self {
-        Self(value)
+        Self(value.into())
     }
 
     /// The secret itself, for the one place that sends it.

@@ -441,7 +441,11 @@ pub(crate) fn pool_v2_into_domain(
                 ),
             ));
         }
-        contents.insert(file.path, file.contents);
+        // One shared copy per file, whatever the number of blocks naming it.
+        contents.insert(
+            file.path,
+            crate::model::http_module::Secret::new(file.contents.expose().to_owned()),
+        );
     }
     let mut configs = pool_into_domain(configs)?;
     for (config_index, config) in configs.iter_mut().enumerate() {
@@ -463,9 +467,7 @@ pub(crate) fn pool_v2_into_domain(
                     ),
                 ));
             };
-            file.set_contents(crate::model::http_module::Secret::new(
-                sent.expose().to_owned(),
-            ));
+            file.set_contents(sent.clone());
         }
     }
     Ok(configs)
