@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -290,8 +289,9 @@ async fn serve(
         let in_request = InRequest::begin(&slot);
         async move {
             let response = route(request, remote, &endpoints).await;
-            drop(in_request);
-            Ok::<_, Infallible>(response)
+            // The connection stays "in a request" until hyper has written the whole body
+            // (it drops the body then), so a slow scrape is never closed for a newer one.
+            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, in_request)))
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -415,6 +415,54 @@ impl Drop for InRequest {
     }
 }
 
+/// Bytes of a response handed to hyper at a time: it asks for the next piece only once it
+/// has written the previous one, so the body lasts as long as its sending.
+const RESPONSE_PIECE_BYTES: usize = 64 * 1024;
+
+/// A response body that keeps its connection marked as in a request until its last piece is
+/// taken for sending, so a slow scrape of a large `/metrics` or `/-/targets` is never the
+/// "idle" connection closed for a newer one.
+struct GuardedBody {
+    rest: Bytes,
+    _in_request: InRequest,
+}
+
+impl GuardedBody {
+    fn new(rest: Bytes, in_request: InRequest) -> Self {
+        Self {
+            rest,
+            _in_request: in_request,
+        }
+    }
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let piece = this
+            .rest
+            .split_to(this.rest.len().min(RESPONSE_PIECE_BYTES));
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 /// What every connection's requests share.
 struct Endpoints {
     api: Arc<dyn AdminApi>,
@@ -466,8 +514,8 @@ impl Endpoints {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -528,7 +576,7 @@ async fn route(
     request: Request<Incoming>,
     remote: SocketAddr,
     endpoints: &Endpoints,
-) -> Response<Full<Bytes>> {
+) -> Response<Bytes> {
     match request.uri().path() {
         "/metrics" => {
             let mut response = text(StatusCode::OK, endpoints.api.metrics());
@@ -575,7 +623,7 @@ async fn reload(
     request: &Request<Incoming>,
     remote: SocketAddr,
     endpoints: &Endpoints,
-) -> Response<Full<Bytes>> {
+) -> Response<Bytes> {
     if !matches!(*request.method(), Method::POST | Method::PUT) {
         if let Some(suppressed) = endpoints.logs.method.admit(Instant::now()) {
             tracing::warn!(

@@ -39,8 +39,8 @@ impl ProbeFileOnDisk {
         }
     }
 
-    /// Refuses blocks naming these files, or anything in these directories (the data
-    /// directory, the token files, the key): what the server reads for agents goes to every
+    /// Refuses blocks naming these files, or anything in these directories (the server's
+    /// generated key, the token files, the given key): what the server reads for agents goes to every
     /// URL the probe file names, so whoever edits the probe file could otherwise have the
     /// agents send the server's key or tokens away.
     #[must_use]
@@ -116,8 +116,8 @@ fn read_referenced_files(
                 && let Some(own) = private.iter().find(|own| resolved.starts_with(own))
             {
                 return Err(failed(format!(
-                    "is the server's own {} (its data directory, a token or its key); a probe \
-                     file may not send the server's secrets to agents",
+                    "is the server's own {} (a token or its key); a probe file may not send \
+                     the server's secrets to agents",
                     own.display()
                 )));
             }

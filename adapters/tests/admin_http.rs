@@ -459,3 +459,72 @@ async fn reload_takes_post_or_put_and_the_bearer_scheme_in_any_case() {
     }
     assert_eq!(api.reloads.load(Ordering::SeqCst), 6);
 }
+
+/// Answers `/metrics` with a body far larger than the socket buffers.
+struct LargeMetrics(Vec<u8>);
+
+#[async_trait::async_trait]
+impl AdminApi for LargeMetrics {
+    fn metrics(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+    fn targets_generation(&self) -> u64 {
+        0
+    }
+    fn targets_json(&self) -> (u64, String) {
+        (0, "{}".into())
+    }
+    async fn reload(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_scrape_of_a_large_answer_is_not_closed_for_newer_connections() {
+    const BODY_BYTES: usize = 32 << 20;
+    let server = AdminServer::start_with(
+        "127.0.0.1:0",
+        Arc::new(LargeMetrics(vec![b'#'; BODY_BYTES])),
+        None,
+        AdminLimits {
+            max_connections: 2,
+            ..AdminLimits::default()
+        },
+    )
+    .await
+    .expect("the endpoints start");
+    let addr = server.local_addr();
+    let scrape = tokio::task::spawn_blocking(move || {
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        // A slow scraper: the answer waits in the server while newer connections arrive.
+        std::thread::sleep(Duration::from_millis(1_500));
+        let mut answer = Vec::new();
+        slow.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("a timeout");
+        let _ = slow.read_to_end(&mut answer);
+        answer
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Newer connections beyond the cap of 2: each closes the oldest idle one, never the
+    // connection still sending its answer.
+    let mut newer = Vec::new();
+    for _ in 0..4 {
+        newer.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = scrape.await.expect("the scrape");
+    let body_len = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |head| answer.len() - head - 4);
+    assert_eq!(
+        body_len, BODY_BYTES,
+        "the scrape got {body_len} of {BODY_BYTES} bytes"
+    );
+    drop(newer);
+}

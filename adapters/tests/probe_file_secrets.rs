@@ -150,7 +150,7 @@ fn the_servers_own_secrets_cannot_be_named() {
         let own = std::fs::canonicalize(own).unwrap();
         assert!(
             error.contains(&format!(
-                "is the server's own {} (its data directory, a token or its key); a probe file may not send the server's secrets to agents",
+                "is the server's own {} (a token or its key); a probe file may not send the server's secrets to agents",
                 own.display()
             )),
             "{client}: {error}"

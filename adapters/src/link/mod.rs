@@ -35,7 +35,7 @@ pub mod tls;
 pub use admission::AdmissionLimits;
 pub use agent::{AgentLink, AgentLinkStats, AgentSetupError};
 pub use backoff::BackoffConfig;
-pub use cert::{CertError, CertificateSource, ServerCertificate};
+pub use cert::{CertError, CertificateSource, GENERATED_KEY_FILE, ServerCertificate};
 pub use close::CloseCode;
 pub use config::{
     AgentIdentity, AgentLinkConfig, HANDSHAKE_RECEIVE_WINDOW_BYTES, LinkLimits,

@@ -150,9 +150,13 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             None
         }
     };
-    // The server's own secrets, which no block may name (they would go to every URL).
+    // The server's own secrets, which no block may name (they would go to every URL): the
+    // generated key in the data directory, the token files, the given key.
     let private = [
-        Some(args.data_dir.clone()),
+        Some(
+            args.data_dir
+                .join(probermesh_adapters::link::GENERATED_KEY_FILE),
+        ),
         args.auth_token_file.clone(),
         args.admin_token_file.clone(),
         args.tls_key_file.clone(),
