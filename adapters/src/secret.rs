@@ -74,10 +74,7 @@ impl Token {
     /// # Errors
     /// [`TokenError::Empty`] or [`TokenError::TooLong`].
     pub fn new(text: &str, origin: &str) -> Result<Self, TokenError> {
-        let text = text
-            .strip_suffix("\r\n")
-            .or_else(|| text.strip_suffix('\n'))
-            .unwrap_or(text);
+        let text = probermesh_core::model::http_module::without_line_end(text);
         if text.is_empty() {
             return Err(TokenError::Empty {
                 origin: origin.to_owned(),

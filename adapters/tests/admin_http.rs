@@ -460,34 +460,16 @@ async fn reload_takes_post_or_put_and_the_bearer_scheme_in_any_case() {
     assert_eq!(api.reloads.load(Ordering::SeqCst), 6);
 }
 
-/// Answers `/metrics` with a body far larger than the socket buffers.
-struct LargeMetrics(Vec<u8>);
-
-#[async_trait::async_trait]
-impl AdminApi for LargeMetrics {
-    fn metrics(&self) -> Vec<u8> {
-        self.0.clone()
-    }
-    fn targets_generation(&self) -> u64 {
-        0
-    }
-    fn targets_json(&self) -> (u64, String) {
-        (0, "{}".into())
-    }
-    async fn reload(&self) -> Result<(), String> {
-        Ok(())
-    }
-    fn ready(&self) -> bool {
-        true
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_scrape_of_a_large_answer_is_not_closed_for_newer_connections() {
     const BODY_BYTES: usize = 32 << 20;
     let server = AdminServer::start_with(
         "127.0.0.1:0",
-        Arc::new(LargeMetrics(vec![b'#'; BODY_BYTES])),
+        // A `/metrics` answer far larger than the socket buffers.
+        Arc::new(FixedApi {
+            metrics: vec![b'#'; BODY_BYTES],
+            ..FixedApi::default()
+        }),
         None,
         AdminLimits {
             max_connections: 2,

@@ -10,15 +10,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const TOKEN: &str = "admin-token-0123456789";
 
 /// A server that answers the same every time, counting reloads.
-#[derive(Default)]
 pub struct FixedApi {
     pub reloads: AtomicUsize,
+    /// What `/metrics` answers.
+    pub metrics: Vec<u8>,
+}
+
+impl Default for FixedApi {
+    fn default() -> Self {
+        Self {
+            reloads: AtomicUsize::new(0),
+            metrics: b"prober_server_receive_points{prober_type=\"icmp\"} 1\n".to_vec(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl AdminApi for FixedApi {
     fn metrics(&self) -> Vec<u8> {
-        b"prober_server_receive_points{prober_type=\"icmp\"} 1\n".to_vec()
+        self.metrics.clone()
     }
     fn targets_generation(&self) -> u64 {
         0

@@ -163,6 +163,15 @@ impl FileRef {
     }
 }
 
+/// `text` without one trailing line end (`\n` or `\r\n`): how a secret is read from a file,
+/// here and for the link's token.
+#[must_use]
+pub fn without_line_end(text: &str) -> &str {
+    text.strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(text)
+}
+
 /// A secret given inline or as a file (read by the server, see [`FileRef`]).
 #[derive(Clone, Debug, Eq, Hash, PartialEq)]
 pub enum SecretSource {
@@ -179,11 +188,9 @@ impl SecretSource {
     pub fn value(&self) -> Option<&str> {
         match self {
             Self::Inline(secret) => Some(secret.expose()),
-            Self::File(file) => file.contents().map(|contents| {
-                let text = contents.expose();
-                text.strip_suffix('\n')
-                    .map_or(text, |t| t.strip_suffix('\r').unwrap_or(t))
-            }),
+            Self::File(file) => file
+                .contents()
+                .map(|contents| without_line_end(contents.expose())),
         }
     }
 }
