@@ -10,6 +10,8 @@
 //! - [`aggregate`]: the server's aggregator, a sans-IO state machine producing a [`snapshot`];
 //! - [`pool`]: the target pool (static and dynamic discovery) and what each agent receives;
 //! - [`matcher`]: the task region matcher (`=`, `!=`, `=~`, `!~`);
+//! - [`task`]: remote tasks: the command policy, signatures, the server's task book and the
+//!   agent's runs;
 //! - [`probe_file`]: the server's probe file (the Go YAML schema);
 //! - [`wire`]: the agent↔server protocol messages and their framing;
 //! - [`delivery`]: the agent's result outbox and the server's deduplication (sequence numbers,
@@ -79,4 +81,5 @@ pub mod probe_file;
 pub mod server;
 pub mod snapshot;
 pub mod stats;
+pub mod task;
 pub mod wire;

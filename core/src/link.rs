@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::matcher::MatchOp;
 use crate::model::{ProbeConfig, ProbeResult, UnixMillis};
 
 /// What one side of a link said it speaks in its handshake: the protocol version of the
@@ -85,6 +86,11 @@ pub struct TaskSpec {
     /// An agent does not start the task after this instant (a task queued behind a long
     /// disconnection is stale).
     pub expires_at: UnixMillis,
+    /// The region operator the operator chose (`=`, `!=`, `=~`, `!~`); an agent whose region
+    /// it does not select refuses the task (signed, the server cannot widen it).
+    pub region_op: MatchOp,
+    /// The region pattern the operator chose.
+    pub region_pattern: String,
     /// The operator's signature, checked by agents that pin a task key.
     pub signature: Option<Signature>,
 }
@@ -225,6 +231,14 @@ pub enum FromAgent {
         /// Its outcome.
         output: TaskOutput,
     },
+    /// The agent did not run the task, and why (no opt-in, the command policy, the signature,
+    /// the region selector, expiry, a full queue) (v2).
+    TaskRefused {
+        /// The task it answers.
+        task_id: u64,
+        /// Why.
+        reason: String,
+    },
     /// Where an upgrade stands.
     UpgradeStatus {
         /// The offer it reports on.
@@ -255,6 +269,7 @@ impl FromAgent {
             Self::PoolRequest { .. } => "PoolRequest",
             Self::PoolRefused { .. } => "PoolRefused",
             Self::TaskResult { .. } => "TaskResult",
+            Self::TaskRefused { .. } => "TaskRefused",
             Self::UpgradeStatus { .. } => "UpgradeStatus",
             Self::ChunkRequest { .. } => "ChunkRequest",
             Self::TraceResult(_) => "TraceResult",

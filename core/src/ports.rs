@@ -440,6 +440,9 @@ pub enum Record {
     /// The results of a stopped server's unsettled windows, for the next server
     /// (`core::wire::handoff`).
     OpenWindows,
+    /// The book of remote tasks: who was sent what, so that a restarted server sends no task
+    /// twice (`core::wire::task_book`).
+    Tasks,
 }
 
 impl Record {
@@ -448,6 +451,7 @@ impl Record {
     pub const fn name(self) -> &'static str {
         match self {
             Self::OpenWindows => "open-windows",
+            Self::Tasks => "tasks",
         }
     }
 
@@ -460,6 +464,7 @@ impl Record {
             // bytes a result on average (1,024,000,000 bytes); see
             // `wire::handoff::MAX_OPEN_WINDOWS_BYTES`.
             Self::OpenWindows => crate::wire::handoff::MAX_OPEN_WINDOWS_BYTES,
+            Self::Tasks => crate::wire::task_book::MAX_TASK_BOOK_BYTES,
         }
     }
 
@@ -470,6 +475,10 @@ impl Record {
             Self::OpenWindows => {
                 "2 unsettled windows × 2,000,000 results × 256 bytes a result, the most a \
                  stopping server writes"
+            }
+            Self::Tasks => {
+                "1,024 tasks and 100,000 agent runs at most, with 64 KiB commands, the most a \
+                 server keeps"
             }
         }
     }
@@ -518,6 +527,54 @@ pub struct StoreError {
     pub location: String,
     /// The cause.
     pub cause: String,
+}
+
+// === tasks ===
+
+/// Runs a task's command on the agent.
+///
+/// Implemented by the `task_runner` adapter with a child process per run: its own process
+/// group, a cleared environment (`PATH` and the locale kept), stdin closed, stdout and stderr
+/// captured each up to the run's limit, the whole group killed at the timeout and always
+/// reaped. `core::fake::FakeTaskRunner` answers from a script.
+#[async_trait::async_trait]
+pub trait TaskRunner: Send + Sync {
+    /// Runs `run` to its end. Never fails: a program that cannot start is an output with no
+    /// exit code and the reason in `stderr`.
+    async fn run(&self, run: crate::task::TaskRun) -> crate::link::TaskOutput;
+}
+
+/// Keeps what tasks did on the server: per finished run the Go result file
+/// (`<region>_<ip>_<YYYY-MM-DD_HH-MM-SS>`) and a JSON record, written atomically; the audit
+/// log; retention by age and total size.
+///
+/// Implemented by the `task_archive` adapter over `-server.task.meta.dir`;
+/// `core::fake::MemoryTaskArchive` keeps them in memory.
+pub trait TaskArchive: Send + Sync {
+    /// Files one finished run. Two runs of one agent in the same second get two files.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it cannot be written (nothing half-written stays).
+    fn file(&self, record: &crate::task::TaskRecord) -> Result<(), StoreError>;
+
+    /// The runs of `task_id` filed so far (for `GET /-/task/<id>`), by agent.
+    ///
+    /// # Errors
+    /// [`StoreError`] when they cannot be read.
+    fn results(&self, task_id: u64) -> Result<Vec<crate::task::TaskRecord>, StoreError>;
+
+    /// Appends one line to the audit log.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it cannot be written.
+    fn audit(&self, entry: &crate::task::AuditEntry) -> Result<(), StoreError>;
+
+    /// Removes the results older than the retention, then the oldest ones while the total
+    /// size is over its limit; says how many files went.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the directory cannot be read.
+    fn prune(&self, now: UnixMillis) -> Result<usize, StoreError>;
 }
 
 // === probe file ===

@@ -23,6 +23,7 @@ mod link;
 mod network;
 mod probers;
 mod server;
+mod tasks;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -30,6 +31,7 @@ pub use link::{FakeReportSource, FakeServerLink};
 pub use network::{MemoryNetwork, MemoryReportSource, MemoryServerLink};
 pub use probers::{FakeDns, FakeHttpProber, FakePinger, HttpCall};
 pub use server::{CapturingExporter, FakePoolSource, MemoryStore};
+pub use tasks::{FakeTaskRunner, MemoryTaskArchive};
 
 /// Locks `mutex`, taking the data over even if a panicking thread poisoned it.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

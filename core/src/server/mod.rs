@@ -299,6 +299,7 @@ impl ServerState {
             // Tasks, upgrades and traces arrive with their issues; their messages are carried
             // already (protocol v2).
             FromAgent::TaskResult { .. }
+            | FromAgent::TaskRefused { .. }
             | FromAgent::UpgradeStatus { .. }
             | FromAgent::ChunkRequest { .. }
             | FromAgent::TraceResult(_) => {}

@@ -51,6 +51,7 @@ pub mod frame;
 pub mod handoff;
 pub mod hello;
 pub mod messages;
+pub mod task_book;
 pub mod v1;
 pub mod v2;
 
@@ -382,6 +383,9 @@ impl AgentMessageV2 {
                     None => Ok(()),
                 }
             }
+            Self::TaskRefused { reason, .. } => {
+                check_len("task_refused.reason", reason.len(), MAX_TEXT_LEN)
+            }
             Self::Heartbeat { .. } | Self::PoolRequest { .. } | Self::ChunkRequest { .. } => Ok(()),
         }
     }
@@ -412,10 +416,14 @@ impl ServerMessageV2 {
             Self::Task {
                 command,
                 output_limit_bytes,
+                region_op,
+                region_pattern,
                 signature,
                 ..
             } => {
                 check_len("task.command", command.len(), MAX_COMMAND_LEN)?;
+                check_len("task.region_op", region_op.len(), MAX_TEXT_LEN)?;
+                check_len("task.region_pattern", region_pattern.len(), MAX_TEXT_LEN)?;
                 check_len(
                     "task.output_limit_bytes",
                     usize::try_from(*output_limit_bytes).unwrap_or(usize::MAX),

@@ -115,6 +115,13 @@ pub enum AgentMessageV2 {
         /// Why the trace stopped short, at most `MAX_TEXT_LEN` bytes.
         error: Option<String>,
     },
+    /// The agent did not run a [`ServerMessageV2::Task`], and why.
+    TaskRefused {
+        /// The task this answers.
+        task_id: u64,
+        /// Why, at most `MAX_TEXT_LEN` bytes.
+        reason: String,
+    },
 }
 
 /// Everything a v2 server sends to an agent.
@@ -168,6 +175,10 @@ pub enum ServerMessageV2 {
         output_limit_bytes: u32,
         /// Do not start the command after this instant, in Unix milliseconds.
         expires_at_ms: u64,
+        /// The region operator the operator chose (`=`, `!=`, `=~`, `!~`).
+        region_op: String,
+        /// The region pattern, at most `MAX_TEXT_LEN` bytes.
+        region_pattern: String,
         /// The operator's ed25519 signature over [`super::task_signing_bytes`], exactly
         /// [`super::TASK_SIGNATURE_LEN`] bytes when present (serde has no `[u8; 64]`).
         signature: Option<Vec<u8>>,

@@ -153,8 +153,8 @@ pub const TASK_SIGNING_PREFIX: &[u8] = b"probermesh task v2\0";
 /// The canonical bytes an operator signs with ed25519 for a task (and an agent verifies):
 /// [`TASK_SIGNING_PREFIX`] (`probermesh task v2` and a NUL byte), then the postcard encoding
 /// of the tuple `(id: u64, command: str, timeout_ms: u64, output_limit_bytes: u32,
-/// expires_at_ms: u64)` with exactly the numbers the v2 `Task` message carries. The signature
-/// itself is not part of them.
+/// expires_at_ms: u64, region_op: str, region_pattern: str)` with exactly the values the v2
+/// `Task` message carries. The signature itself is not part of them.
 #[must_use]
 pub fn task_signing_bytes(task: &TaskSpec) -> Vec<u8> {
     let fields = (
@@ -163,6 +163,8 @@ pub fn task_signing_bytes(task: &TaskSpec) -> Vec<u8> {
         duration_millis(task.timeout),
         v2::output_limit_on_wire(task.output_limit_bytes),
         task.expires_at.as_millis(),
+        task.region_op.as_str(),
+        task.region_pattern.as_str(),
     );
     postcard::to_extend(&fields, TASK_SIGNING_PREFIX.to_vec())
         .expect("integers and a string always serialise into a Vec")

@@ -133,7 +133,9 @@ pub fn to_server_v1(message: &FromAgent) -> Result<AgentMessage, WireError> {
                 }
             },
         },
-        FromAgent::ChunkRequest { .. } | FromAgent::TraceResult(_) => {
+        FromAgent::ChunkRequest { .. }
+        | FromAgent::TraceResult(_)
+        | FromAgent::TaskRefused { .. } => {
             return Err(not_in_v1(message.kind()));
         }
     })

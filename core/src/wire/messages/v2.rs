@@ -102,6 +102,9 @@ pub fn from_agent_v2(message: AgentMessageV2, source: &AgentId) -> Result<FromAg
             hops: hops.into_iter().map(TraceHop::from).collect(),
             error,
         }),
+        AgentMessageV2::TaskRefused { task_id, reason } => {
+            FromAgent::TaskRefused { task_id, reason }
+        }
     })
 }
 
@@ -148,6 +151,10 @@ pub fn to_server_v2(message: &FromAgent) -> Result<AgentMessageV2, WireError> {
                 duration_ms: duration_millis(output.duration),
             }
         }
+        FromAgent::TaskRefused { task_id, reason } => AgentMessageV2::TaskRefused {
+            task_id: *task_id,
+            reason: text(reason),
+        },
         FromAgent::UpgradeStatus {
             offer_id,
             version,
@@ -211,6 +218,8 @@ pub fn to_agent_v2(message: &ToAgent) -> Result<ServerMessageV2, WireError> {
             timeout_ms: duration_millis(task.timeout),
             output_limit_bytes: output_limit_on_wire(task.output_limit_bytes),
             expires_at_ms: task.expires_at.as_millis(),
+            region_op: task.region_op.as_str().to_owned(),
+            region_pattern: task.region_pattern.clone(),
             signature: task.signature.map(|signature| signature.0.to_vec()),
         },
         ToAgent::UpgradeOffer { offer_id, plan } => ServerMessageV2::UpgradeOffer {
@@ -272,6 +281,8 @@ pub fn from_server_v2(message: ServerMessageV2) -> Result<ToAgent, WireError> {
             timeout_ms,
             output_limit_bytes,
             expires_at_ms,
+            region_op,
+            region_pattern,
             signature,
         } => ToAgent::Task(TaskSpec {
             id: task_id,
@@ -279,6 +290,10 @@ pub fn from_server_v2(message: ServerMessageV2) -> Result<ToAgent, WireError> {
             timeout: Duration::from_millis(timeout_ms),
             output_limit_bytes: usize::try_from(output_limit_bytes).unwrap_or(usize::MAX),
             expires_at: UnixMillis(expires_at_ms),
+            region_op: region_op
+                .parse()
+                .map_err(|_| WireError::invalid("task.region_op", "not =, !=, =~ or !~"))?,
+            region_pattern,
             signature: signature
                 .map(|bytes| {
                     <[u8; TASK_SIGNATURE_LEN]>::try_from(bytes.as_slice())

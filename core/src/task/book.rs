@@ -1,0 +1,1 @@
+//! The server's book of tasks (being written).
