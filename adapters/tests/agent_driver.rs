@@ -35,6 +35,7 @@ fn config(follow_observed_ip: bool) -> AgentConfig {
         heartbeat_interval: INTERVAL,
         follow_observed_ip,
         in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
+        tasks: None,
     }
 }
 
@@ -322,6 +323,7 @@ async fn a_probe_that_panics_frees_its_place_for_the_next() {
     let state = AgentState::new(
         AgentConfig {
             in_flight_limits: probermesh_core::agent::InFlightLimits { icmp: 1, http: 1 },
+            tasks: None,
             ..config(false)
         },
         clock.now(),

@@ -82,6 +82,7 @@ fn start_agent(
             heartbeat_interval: INTERVAL,
             follow_observed_ip: false,
             in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
+            tasks: None,
         },
         clock.now(),
     );

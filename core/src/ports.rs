@@ -371,6 +371,8 @@ pub enum LinkEvent {
         observed_addr: SocketAddr,
         /// Its protocol version and what it takes beyond probing.
         capabilities: crate::link::Capabilities,
+        /// The agent process (`instance_id` of its hello): a new one after every restart.
+        instance: u64,
     },
     /// An agent sent a message.
     Message {

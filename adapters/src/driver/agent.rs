@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use probermesh_core::agent::{AgentAction, AgentNotice, AgentState};
+use probermesh_core::link::TaskOutput;
 use probermesh_core::model::{AgentId, ProbeKind, ProbeResult};
-use probermesh_core::ports::{Clock, ServerLink};
+use probermesh_core::ports::{Clock, ServerLink, TaskRunner};
 use probermesh_core::probe::{self, Probers};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -89,20 +90,62 @@ impl Probes {
     }
 }
 
-/// Runs the agent until `stop` turns true, then stops gracefully within `bounds`.
+/// The tasks running (one at a time, as the state decides), each with its id, so that one
+/// whose runner panicked is still answered.
+struct TaskRuns {
+    runner: Arc<dyn TaskRunner>,
+    tasks: JoinSet<(u64, TaskOutput)>,
+    ids: std::collections::HashMap<tokio::task::Id, u64>,
+}
+
+impl TaskRuns {
+    fn finished(
+        &mut self,
+        state: &mut AgentState,
+        now: probermesh_core::model::UnixMillis,
+        joined: Result<(tokio::task::Id, (u64, TaskOutput)), tokio::task::JoinError>,
+    ) {
+        match joined {
+            Ok((join_id, (id, output))) => {
+                self.ids.remove(&join_id);
+                state.handle_task_output(now, id, output);
+            }
+            Err(error) => {
+                if let Some(id) = self.ids.remove(&error.id()) {
+                    tracing::error!(task = id, %error, "a task's runner ended without an output");
+                    let output = TaskOutput {
+                        stderr: format!("the agent's task runner failed: {error}").into_bytes(),
+                        ..TaskOutput::default()
+                    };
+                    state.handle_task_output(now, id, output);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent until `stop` turns true, then stops gracefully within `bounds`. Tasks run
+/// on `task_runner` (only those the state lets through: see `core::task::runs`).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<L: ServerLink + 'static>(
     mut state: AgentState,
     mut link: Arc<L>,
     mut relink: Relink<L>,
     probers: Probers,
+    task_runner: Arc<dyn TaskRunner>,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
     bounds: StopBounds,
 ) -> AgentRun<L> {
     let mut probes = Probes::default();
+    let mut task_runs = TaskRuns {
+        runner: task_runner,
+        tasks: JoinSet::new(),
+        ids: std::collections::HashMap::new(),
+    };
     let mut recv_paused_until = tokio::time::Instant::now();
     loop {
-        link = carry_out(&mut state, link, &mut relink, &probers, &mut probes).await;
+        link = carry_out(&mut state, link, &mut relink, &probers, &mut probes, &mut task_runs).await;
         let wait = state
             .poll_timeout()
             .as_millis()
@@ -118,6 +161,9 @@ pub async fn run<L: ServerLink + 'static>(
             _ = stop.wait_for(|stop| *stop) => break,
             Some(joined) = probes.tasks.join_next_with_id(), if !probes.tasks.is_empty() => {
                 probes.finished(&mut state, joined);
+            }
+            Some(joined) = task_runs.tasks.join_next_with_id(), if !task_runs.tasks.is_empty() => {
+                task_runs.finished(&mut state, clock.now(), joined);
             }
             received = link.recv(), if recv_ready => match received {
                 Ok(event) => state.handle_event(clock.now(), event),
@@ -135,9 +181,14 @@ pub async fn run<L: ServerLink + 'static>(
         "shutting down: finishing the probes in flight and delivering their results"
     );
     state.stop();
+    // A task under way is not waited for: its process group is killed with it.
+    if !task_runs.tasks.is_empty() {
+        tracing::warn!(task = ?state.tasks().running(), "a task was running at stop; it is killed and not answered");
+    }
+    task_runs.tasks.abort_all();
     let deadline = tokio::time::Instant::now() + bounds.in_flight;
     loop {
-        link = carry_out(&mut state, link, &mut relink, &probers, &mut probes).await;
+        link = carry_out(&mut state, link, &mut relink, &probers, &mut probes, &mut task_runs).await;
         if probes.tasks.is_empty() {
             break;
         }
@@ -173,9 +224,19 @@ async fn carry_out<L: ServerLink + 'static>(
     relink: &mut Relink<L>,
     probers: &Probers,
     probes: &mut Probes,
+    task_runs: &mut TaskRuns,
 ) -> Arc<L> {
     while let Some(action) = state.poll_action() {
         match action {
+            AgentAction::RunTask(run) => {
+                tracing::warn!(task = run.id, command = %run.invocation, timeout = ?run.timeout, "running a task");
+                let runner = Arc::clone(&task_runs.runner);
+                let id = run.id;
+                let task = task_runs
+                    .tasks
+                    .spawn(async move { (id, runner.run(run).await) });
+                task_runs.ids.insert(task.id(), id);
+            }
             AgentAction::Probe(planned) => {
                 let (probers, me) = (probers.clone(), state.me().clone());
                 let kind = planned.how.kind();

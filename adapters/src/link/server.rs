@@ -749,6 +749,7 @@ async fn serve(shared: &Arc<Shared>, incoming: quinn::Incoming, handshake: Hands
         version: hello.version,
         observed_addr: remote,
         capabilities: hello.capabilities,
+        instance: instance_id,
     };
     let announced = shared
         .events

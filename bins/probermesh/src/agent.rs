@@ -131,6 +131,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
             heartbeat_interval: choices.probe_interval,
             follow_observed_ip: ip_options.follows_server_view(),
             in_flight_limits: choices.in_flight_limits,
+            tasks: None,
         },
         clock.now(),
     );

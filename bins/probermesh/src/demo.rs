@@ -121,6 +121,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                     heartbeat_interval: interval,
                     follow_observed_ip: false,
                     in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
+                    tasks: None,
                 },
                 clock.now(),
             );

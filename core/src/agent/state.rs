@@ -35,6 +35,8 @@ use crate::link::{FromAgent, FromServer, ToAgent};
 use crate::model::time::duration_millis;
 use crate::model::{AgentId, ProbeKind, ProbeResult, UnixMillis};
 use crate::ports::ReceivedPool;
+use crate::task::TaskRun;
+use crate::task::runs::{AgentTasks, TaskPolicy, TaskStep};
 
 /// Refused revisions remembered; beyond this the memory starts afresh.
 const MAX_REMEMBERED_REFUSALS: usize = 1_024;
@@ -55,6 +57,8 @@ pub struct AgentConfig {
     pub follow_observed_ip: bool,
     /// The most probes of each kind running at once.
     pub in_flight_limits: InFlightLimits,
+    /// How remote tasks run (`-agent.task`); `None`: every task is refused.
+    pub tasks: Option<TaskPolicy>,
 }
 
 /// The most probes of each kind an agent runs at once (`-agent.probe.icmp-max-in-flight`,
@@ -105,6 +109,8 @@ pub enum AgentAction {
     Deliver(Vec<ProbeResult>),
     /// The server sees this agent at another address: restart the link under this identity.
     Reidentify(AgentId),
+    /// Run this task and hand its output to [`AgentState::handle_task_output`].
+    RunTask(TaskRun),
     /// Something worth a log line.
     Notice(AgentNotice),
 }
@@ -188,6 +194,7 @@ pub struct AgentState {
     reported_refusals: HashSet<u64>,
     stopping: bool,
     produced: u64,
+    tasks: AgentTasks,
     actions: VecDeque<AgentAction>,
 }
 
@@ -201,6 +208,7 @@ impl AgentState {
             probe_interval: interval,
             ..config
         };
+        let tasks = AgentTasks::new(config.tasks.clone());
         Self {
             next_round: after(round_start(now, interval), interval),
             config,
@@ -215,6 +223,7 @@ impl AgentState {
             reported_refusals: HashSet::new(),
             stopping: false,
             produced: 0,
+            tasks,
             actions: VecDeque::new(),
         }
     }
@@ -350,10 +359,13 @@ impl AgentState {
                 self.pool = Some(ReceivedPool { revision, configs });
             }
             FromServer::Message(ToAgent::Ack { .. }) => {}
-            // Tasks, upgrades and traces arrive with their issues.
+            FromServer::Message(ToAgent::Task(task)) => {
+                let steps = self.tasks.receive(now, &self.config.me, task);
+                self.task_steps(steps);
+            }
+            // Upgrades and traces arrive with their issues.
             FromServer::Message(
-                other @ (ToAgent::Task(_)
-                | ToAgent::UpgradeOffer { .. }
+                other @ (ToAgent::UpgradeOffer { .. }
                 | ToAgent::BinaryChunk { .. }
                 | ToAgent::Trace(_)),
             ) => {
@@ -381,6 +393,28 @@ impl AgentState {
                         }));
                 }
             }
+        }
+    }
+
+    /// The run of task `id` ended with `output` at `now`: its answer goes to the server and
+    /// the next queued task starts.
+    pub fn handle_task_output(&mut self, now: UnixMillis, id: u64, output: crate::link::TaskOutput) {
+        let steps = self.tasks.finished(now, id, output);
+        self.task_steps(steps);
+    }
+
+    /// The agent's tasks (opt-in, counts).
+    #[must_use]
+    pub fn tasks(&self) -> &AgentTasks {
+        &self.tasks
+    }
+
+    fn task_steps(&mut self, steps: Vec<TaskStep>) {
+        for step in steps {
+            self.actions.push_back(match step {
+                TaskStep::Send(message) => AgentAction::Send(message),
+                TaskStep::Run(run) => AgentAction::RunTask(run),
+            });
         }
     }
 
@@ -542,6 +576,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(15),
             follow_observed_ip: false,
             in_flight_limits: InFlightLimits::default(),
+            tasks: None,
         }
     }
 
@@ -727,6 +762,7 @@ mod tests {
             AgentConfig {
                 follow_observed_ip: true,
                 in_flight_limits: InFlightLimits::default(),
+                tasks: None,
                 ..config()
             },
             UnixMillis(T0),
@@ -759,6 +795,7 @@ mod tests {
     fn limited(icmp: usize, http: usize) -> AgentConfig {
         AgentConfig {
             in_flight_limits: InFlightLimits { icmp, http },
+            tasks: None,
             ..config()
         }
     }

@@ -325,6 +325,7 @@ mod tests {
             version: AgentVersion::new("0.1.0"),
             observed_addr: SocketAddr::new(ip("203.0.113.7"), 40_000),
             capabilities: crate::link::Capabilities::v1(),
+            instance: 1,
         };
         let message = LinkEvent::Message {
             connection: ConnectionId(1),

@@ -160,6 +160,7 @@ impl Net {
             version: end.version.clone(),
             observed_addr: end.observed_addr,
             capabilities: end.capabilities.clone(),
+            instance: end.instance_id,
         };
         let server = &mut self.servers[generation];
         server.connections.insert(connection, index);

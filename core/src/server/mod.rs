@@ -16,7 +16,9 @@ pub mod handoff;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::aggregate::{Aggregator, Counters, Intake, SnapshotPart};
-use crate::link::{FromAgent, ToAgent};
+use crate::link::{FromAgent, ToAgent, feature};
+use crate::task::book::{AgentLink, Answer, BookChanges, BookTask, KnownAgent, Submission, SubmitError, Submitted, TaskBook};
+use crate::task::{AuditEntry, TaskRecord};
 use crate::model::{
     AgentId, AgentVersion, ProbeConfig, ProbeKind, ProbeResult, Region, UnixMillis,
 };
@@ -120,11 +122,18 @@ fn refusal_place(field: &str) -> (Option<usize>, &'static str) {
     (index.parse().ok(), label)
 }
 
+/// `prober_server_task_submissions_total` (ours): task submissions by outcome.
+pub const TASK_SUBMISSIONS: &str = "prober_server_task_submissions_total";
+/// `prober_server_task_runs_total` (ours): agent runs of tasks that ended, by final state.
+pub const TASK_RUNS: &str = "prober_server_task_runs_total";
+
 /// One connected agent.
 #[derive(Clone, Debug)]
 struct Session {
     agent: AgentId,
     version: AgentVersion,
+    /// What its handshake said, for tasks.
+    link: AgentLink,
     /// The pool revision last sent to it.
     sent: Option<PoolRevision>,
 }
@@ -141,6 +150,13 @@ pub struct Actions {
     pub intake: Intake,
     /// Pools agents refused just now (for the log).
     pub refused: Vec<PoolRefusal>,
+    /// Task runs that ended, to file in the task archive.
+    pub task_records: Vec<TaskRecord>,
+    /// Task audit lines to write.
+    pub task_audit: Vec<AuditEntry>,
+    /// The task book changed: write these bytes to the store (`Record::Tasks`) before
+    /// sending anything of this action, so a restarted server knows what was sent.
+    pub persist_tasks: Option<Vec<u8>>,
 }
 
 /// The server's state between events.
@@ -155,6 +171,8 @@ pub struct ServerState {
     refused_total: BTreeMap<(Region, &'static str), u64>,
     /// Reloads that replaced the probe file's blocks (part of [`TargetsKey`]).
     file_generation: u64,
+    /// Remote tasks (`-server.task`); `None` when they are off.
+    tasks: Option<TaskBook>,
 }
 
 /// What [`ServerState::targets`] and [`ServerState::pool_refusals`] are a function of, taken
@@ -180,6 +198,103 @@ impl ServerState {
             refusals: HashMap::new(),
             refused_total: BTreeMap::new(),
             file_generation: 0,
+            tasks: None,
+        }
+    }
+
+    /// Turns remote tasks on with `book` (an empty one, or what a previous server kept).
+    #[must_use]
+    pub fn with_tasks(mut self, book: TaskBook) -> Self {
+        self.tasks = Some(book);
+        self
+    }
+
+    /// The task book, when tasks are on.
+    #[must_use]
+    pub fn tasks(&self) -> Option<&TaskBook> {
+        self.tasks.as_ref()
+    }
+
+    /// A task of the book.
+    #[must_use]
+    pub fn task(&self, id: u64) -> Option<&BookTask> {
+        self.tasks.as_ref()?.task(id)
+    }
+
+    /// Counts a submission the endpoints refused before it reached the book (no credential,
+    /// tasks off: `unauthorized`, `disabled`).
+    pub fn count_refused_submission(&mut self, label: &'static str) {
+        if let Some(book) = &mut self.tasks {
+            book.count_refused_submission(label);
+        }
+    }
+
+    /// Dispatches a task at `now` to the matching agents, connected or alive.
+    ///
+    /// # Errors
+    /// [`SubmitError`] (tasks off is `BadRequest` on `-server.task`); nothing is dispatched.
+    pub fn submit_task(
+        &mut self,
+        now: UnixMillis,
+        submission: Submission,
+    ) -> Result<(Submitted, Actions), SubmitError> {
+        let mut known: Vec<KnownAgent> = Vec::new();
+        let mut sessions: Vec<&Session> = self.sessions.values().collect();
+        sessions.sort_by_key(|s| (s.agent.clone(), s.link.instance));
+        for session in sessions {
+            if known.last().is_some_and(|k| k.agent == session.agent) {
+                continue;
+            }
+            known.push(KnownAgent {
+                agent: session.agent.clone(),
+                link: Some(session.link),
+            });
+        }
+        for agent in self.aggregator.live_agents(now) {
+            if !known.iter().any(|k| k.agent == agent) {
+                known.push(KnownAgent { agent, link: None });
+            }
+        }
+        let Some(book) = &mut self.tasks else {
+            return Err(SubmitError::BadRequest {
+                field: "-server.task",
+                why: "remote tasks are off on this server".into(),
+            });
+        };
+        let mut submitted = book.submit(now, submission, &known)?;
+        let changes = std::mem::take(&mut submitted.changes);
+        let mut actions = Actions::default();
+        self.apply_task_changes(changes, &mut actions);
+        Ok((submitted, actions))
+    }
+
+    /// Carries a book change into `actions`: sends go to the connections of the agent
+    /// process each run was sent to; the book's bytes come first when it changed.
+    fn apply_task_changes(&mut self, changes: BookChanges, actions: &mut Actions) {
+        let Some(book) = &mut self.tasks else {
+            return;
+        };
+        for (agent, spec) in changes.sends {
+            let instance = book
+                .task(spec.id)
+                .and_then(|t| t.runs.get(&agent))
+                .and_then(|r| r.instance);
+            let mut connections: Vec<ConnectionId> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.agent == agent && Some(s.link.instance) == instance)
+                .map(|(c, _)| *c)
+                .collect();
+            connections.sort();
+            if let Some(connection) = connections.last() {
+                actions.send.push((*connection, ToAgent::Task(spec)));
+            }
+        }
+        actions.task_records.extend(changes.records);
+        actions.task_audit.extend(changes.audit);
+        if book.is_dirty() {
+            actions.persist_tasks = Some(book.to_record());
+            book.mark_saved();
         }
     }
 
@@ -191,19 +306,31 @@ impl ServerState {
                 connection,
                 agent,
                 version,
+                capabilities,
+                instance,
                 ..
             } => {
                 self.aggregator.handle_heartbeat(now, &agent, &version);
+                let link = AgentLink {
+                    instance,
+                    protocol_version: capabilities.protocol_version,
+                    takes_tasks: capabilities.has(feature::TASK),
+                };
                 self.sessions.insert(
                     connection,
                     Session {
-                        agent,
+                        agent: agent.clone(),
                         version,
+                        link,
                         sent: None,
                     },
                 );
                 // A new agent can change every region's pool (dynamic discovery).
                 self.push_changed_pools(now, &mut actions);
+                if let Some(book) = &mut self.tasks {
+                    let changes = book.connected(now, &agent, link);
+                    self.apply_task_changes(changes, &mut actions);
+                }
             }
             LinkEvent::Message {
                 connection,
@@ -296,28 +423,54 @@ impl ServerState {
                 }
                 actions.refused.push(refusal);
             }
-            // Tasks, upgrades and traces arrive with their issues; their messages are carried
+            // Upgrades and traces arrive with their issues; their messages are carried
             // already (protocol v2).
-            FromAgent::TaskResult { .. }
-            | FromAgent::TaskRefused { .. }
-            | FromAgent::UpgradeStatus { .. }
+            FromAgent::TaskResult { task_id, output } => {
+                self.task_answer(now, &agent, task_id, Answer::Output(output), actions);
+            }
+            FromAgent::TaskRefused { task_id, reason } => {
+                self.task_answer(now, &agent, task_id, Answer::Refused(reason), actions);
+            }
+            FromAgent::UpgradeStatus { .. }
             | FromAgent::ChunkRequest { .. }
             | FromAgent::TraceResult(_) => {}
         }
     }
 
-    /// Settles due windows, expires series and pushes the pools that changed.
+    fn task_answer(
+        &mut self,
+        now: UnixMillis,
+        agent: &AgentId,
+        task_id: u64,
+        answer: Answer,
+        actions: &mut Actions,
+    ) {
+        if let Some(book) = &mut self.tasks {
+            let changes = book.answered(now, agent, task_id, answer);
+            self.apply_task_changes(changes, actions);
+        }
+    }
+
+    /// Settles due windows, expires series and task runs, and pushes the pools that changed.
     pub fn handle_timeout(&mut self, now: UnixMillis) -> Actions {
         self.aggregator.handle_timeout(now);
         let mut actions = Actions::default();
         self.push_changed_pools(now, &mut actions);
+        if let Some(book) = &mut self.tasks {
+            let changes = book.tick(now);
+            self.apply_task_changes(changes, &mut actions);
+        }
         actions
     }
 
     /// When [`Self::handle_timeout`] is next due.
     #[must_use]
     pub fn next_timeout(&self) -> UnixMillis {
-        self.aggregator.next_timeout()
+        let window = self.aggregator.next_timeout();
+        match self.tasks.as_ref().and_then(TaskBook::next_timeout) {
+            Some(task) => window.min(task),
+            None => window,
+        }
     }
 
     /// Replaces the probe file's blocks (a reload) and pushes what changed. Dynamic targets
@@ -377,6 +530,9 @@ impl ServerState {
         let mut snapshot = self.aggregator.snapshot_part(now, part);
         if part != SnapshotPart::Settled {
             snapshot.families.push(self.refused_family());
+            if let Some(book) = &self.tasks {
+                snapshot.families.extend(task_families(book));
+            }
         }
         snapshot
     }
@@ -464,6 +620,53 @@ impl ServerState {
     }
 }
 
+/// The task counters: submissions by outcome, runs by final state (every label present
+/// from the start, so `rate()` sees the first one).
+fn task_families(book: &TaskBook) -> [MetricFamily; 2] {
+    let counts = book.counts();
+    #[allow(clippy::cast_precision_loss)]
+    let number = |n: u64| SeriesValue::Number(n as f64);
+    let outcomes = [
+        "accepted",
+        "unauthorized",
+        "disabled",
+        "bad_request",
+        "no_agent",
+        "too_many_agents",
+        "duplicate_id",
+        "full",
+    ];
+    [
+        MetricFamily {
+            name: TASK_SUBMISSIONS,
+            help: "Task submissions (/-/task) by outcome.",
+            kind: MetricKind::Counter,
+            label_names: &["outcome"],
+            series: outcomes
+                .iter()
+                .map(|outcome| Series {
+                    label_values: vec![(*outcome).to_owned()],
+                    value: number(counts.submissions.get(outcome).copied().unwrap_or(0)),
+                })
+                .collect(),
+        },
+        MetricFamily {
+            name: TASK_RUNS,
+            help: "Agent runs of tasks that ended, by final state.",
+            kind: MetricKind::Counter,
+            label_names: &["state"],
+            series: crate::task::TaskState::ALL
+                .iter()
+                .filter(|state| state.is_final())
+                .map(|state| Series {
+                    label_values: vec![state.as_str().to_owned()],
+                    value: number(counts.runs.get(state).copied().unwrap_or(0)),
+                })
+                .collect(),
+        },
+    ]
+}
+
 fn pool_message(revision: PoolRevision, configs: Vec<ProbeConfig>) -> ToAgent {
     ToAgent::Pool {
         revision: revision.0,
@@ -507,6 +710,7 @@ mod tests {
                 version: AgentVersion::new("1.0.0"),
                 observed_addr: SocketAddr::new(who.ip, 40_000),
                 capabilities: crate::link::Capabilities::v1(),
+                instance: id,
             },
         )
     }

@@ -1903,7 +1903,7 @@ fn golden_task_signing_bytes_are_the_promised_bytes() {
         std::fs::write(
             &path,
             to_hex(
-                "task_signing_bytes of the golden task.hex (id 9, \"uptime\", 30000 ms, 65536 bytes, expires 1700000060000): \"probermesh task v2\\0\" then postcard (u64, str, u64, u32, u64)",
+                "task_signing_bytes of the golden task.hex (id 9, \"uptime\", 30000 ms, 65536 bytes, expires 1700000060000, =~ \"eu-.*\"): \"probermesh task v2\\0\" then postcard (u64, str, u64, u32, u64, str, str)",
                 &bytes,
             ),
         )
@@ -1922,6 +1922,10 @@ fn golden_task_signing_bytes_are_the_promised_bytes() {
     expected.extend(b"uptime");
     expected.extend([0xb0, 0xea, 0x01, 0x80, 0x80, 0x04]);
     expected.extend(postcard::to_allocvec(&1_700_000_060_000_u64).unwrap());
+    expected.extend([2]);
+    expected.extend(b"=~");
+    expected.extend([5]);
+    expected.extend(b"eu-.*");
     assert_eq!(bytes, expected);
     // The signature is not signed; every other field is.
     let mut unsigned = v2::golden_task_spec();
@@ -1930,6 +1934,9 @@ fn golden_task_signing_bytes_are_the_promised_bytes() {
     let mut other = v2::golden_task_spec();
     other.expires_at = UnixMillis(1_700_000_060_001);
     assert_ne!(task_signing_bytes(&other), bytes);
+    let mut widened = v2::golden_task_spec();
+    widened.region_pattern = ".*".into();
+    assert_ne!(task_signing_bytes(&widened), bytes, "the region selector is signed");
 }
 
 // === What the probe file accepts, every agent accepts ===

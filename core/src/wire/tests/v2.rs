@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::*;
+use crate::matcher::MatchOp;
 use crate::link::{
     Capabilities, FromAgent, Signature, TaskOutput, TaskSpec, ToAgent, TraceHop, TraceProtocol,
     TraceReport, TraceRequest, UpgradePlan, UpgradeState, feature,
@@ -53,6 +54,8 @@ fn golden_task() -> ServerMessageV2 {
         timeout_ms: 30_000,
         output_limit_bytes: 65_536,
         expires_at_ms: 1_700_000_060_000,
+        region_op: "=~".into(),
+        region_pattern: "eu-.*".into(),
         signature: Some(golden_signature()),
     }
 }
@@ -153,6 +156,14 @@ fn golden_agent_messages() -> Vec<(&'static str, &'static str, AgentMessageV2)> 
                 stderr: Vec::new(),
                 truncated: false,
                 duration_ms: 12,
+            },
+        ),
+        (
+            "task_refused",
+            "AgentMessageV2::TaskRefused { task_id: 9, reason: \"no\" } (variant 9)",
+            AgentMessageV2::TaskRefused {
+                task_id: 9,
+                reason: "no".into(),
             },
         ),
         (
@@ -820,14 +831,17 @@ fn arb_task() -> impl Strategy<Value = TaskSpec> {
         0..=MAX_TASK_OUTPUT_LEN,
         any::<u64>(),
         option::of(vec(any::<u8>(), TASK_SIGNATURE_LEN)),
+        (0usize..4, arb_text()),
     )
         .prop_map(
-            |(id, command, timeout_ms, output_limit_bytes, expires_at_ms, signature)| TaskSpec {
+            |(id, command, timeout_ms, output_limit_bytes, expires_at_ms, signature, (op, pattern))| TaskSpec {
                 id,
                 command,
                 timeout: Duration::from_millis(timeout_ms),
                 output_limit_bytes,
                 expires_at: UnixMillis(expires_at_ms),
+                region_op: [MatchOp::Eq, MatchOp::Ne, MatchOp::Re, MatchOp::NotRe][op],
+                region_pattern: pattern,
                 signature: signature.map(|bytes| Signature(bytes.try_into().unwrap())),
             },
         )
@@ -982,6 +996,8 @@ fn v1_refuses_the_v2_only_messages_by_name() {
         timeout: Duration::from_secs(1),
         output_limit_bytes: 1,
         expires_at: UnixMillis(1),
+        region_op: MatchOp::Re,
+        region_pattern: ".*".into(),
         signature: None,
     });
     let chunk = ToAgent::BinaryChunk {
@@ -1258,6 +1274,8 @@ fn task_fields_are_bounded() {
         timeout: Duration::from_secs(1),
         output_limit_bytes: 1,
         expires_at: UnixMillis(1),
+        region_op: MatchOp::Re,
+        region_pattern: ".*".into(),
         signature: None,
     });
     assert_invalid(
