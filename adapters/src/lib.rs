@@ -16,6 +16,10 @@
 //! - [`store`]: records that outlive a process (port `Store`), one file each in the data
 //!   directory; [`data_dir`]: the checks of that directory (a shared leaf, also used by the
 //!   link's generated certificate).
+//! - [`task_runner`]: remote tasks' commands as child processes
+//!   ([`task_runner::ProcessTaskRunner`], port `TaskRunner`): their own process group, a
+//!   cleared environment, output kept up to a limit, the whole group killed at the timeout and
+//!   at the end.
 //! - [`admin`]: the server's HTTP endpoints over hyper, within a connection cap.
 //! - [`fd_limit`]: the open-files limit raised to the hard limit at start.
 //! - [`log_limit`]: not an adapter: rate-limited log lines and escaped peer text, for
@@ -39,3 +43,4 @@ pub mod metrics;
 pub mod probe_file;
 pub mod secret;
 pub mod store;
+pub mod task_runner;
