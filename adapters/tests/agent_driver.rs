@@ -94,6 +94,7 @@ fn start(
         link,
         relink,
         probers(icmp),
+        Arc::new(probermesh_core::fake::FakeTaskRunner::new()),
         clock,
         stopping,
         bounds,

@@ -97,6 +97,7 @@ fn start_agent(
         Arc::clone(&link),
         Box::new(|_| Err("agents of this test keep their address".into())),
         probers,
+        Arc::new(probermesh_core::fake::FakeTaskRunner::new()),
         Arc::clone(clock),
         stopping,
         StopBounds {

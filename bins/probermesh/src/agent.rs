@@ -17,7 +17,13 @@ use probermesh_adapters::identity::{
 use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, ServerVerification, Sha256Fingerprint,
 };
+use probermesh_adapters::bounded_read::{Links, read_regular_file};
 use probermesh_adapters::secret::Token;
+use probermesh_adapters::task_runner::ProcessTaskRunner;
+use probermesh_core::task::signing::TaskPublicKey;
+
+/// The longest task key file read, in bytes.
+const MAX_KEY_FILE_LEN: u64 = 4096;
 use probermesh_core::agent::{AgentConfig, AgentState};
 use probermesh_core::model::{AgentId, AgentVersion};
 use probermesh_core::ports::{Clock, DnsResolver};
@@ -53,6 +59,8 @@ struct LinkRecipe {
     server_addr: String,
     verification: ServerVerification,
     token: Token,
+    /// The features named in the hello (`task` with `-agent.task`).
+    features: std::collections::BTreeSet<String>,
 }
 
 impl LinkRecipe {
@@ -60,12 +68,13 @@ impl LinkRecipe {
     fn start(&self, me: &AgentId) -> Result<Arc<AgentLink>, String> {
         let identity = AgentIdentity::new(me.clone(), AgentVersion::new(env!("CARGO_PKG_VERSION")))
             .map_err(|e| format!("no randomness for the instance id: {e}"))?;
-        let config = AgentLinkConfig::new(
+        let mut config = AgentLinkConfig::new(
             self.server_addr.clone(),
             self.verification.clone(),
             self.token.clone(),
             identity,
         );
+        config.features.clone_from(&self.features);
         AgentLink::start(config)
             .map(Arc::new)
             .map_err(|e| format!("starting the agent link: {e}"))
@@ -106,10 +115,38 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
     };
     let mut ip_options = IpOptions::new(network_type, server_addr);
     ip_options.override_ip = override_ip;
+    let mut task_policy = choices.tasks.clone();
+    if let (Some(policy), Some(path)) = (&mut task_policy, &args.task_pubkey) {
+        let text = read_regular_file(path, MAX_KEY_FILE_LEN, Links::Follow)
+            .with_context(|| format!("-agent.task.pubkey {}", path.display()))?;
+        let text = String::from_utf8(text)
+            .with_context(|| format!("-agent.task.pubkey {}: not UTF-8 text", path.display()))?;
+        policy.key = Some(
+            TaskPublicKey::parse(&text)
+                .with_context(|| format!("-agent.task.pubkey {}", path.display()))?,
+        );
+    }
+    match &task_policy {
+        None => tracing::info!("tasks off: every task the server sends is refused (-agent.task turns them on)"),
+        Some(policy) if policy.command.shell => tracing::warn!(
+            signed_only = policy.key.is_some(),
+            "-agent.task.shell: tasks run through /bin/sh -c, any command, as this agent's user"
+        ),
+        Some(policy) => tracing::warn!(
+            policy = %policy.command,
+            signed_only = policy.key.is_some(),
+            max_timeout = ?policy.max_timeout,
+            "tasks on"
+        ),
+    }
     let recipe = LinkRecipe {
         server_addr: args.rpc_report_addr.clone(),
         verification,
         token,
+        features: task_policy
+            .iter()
+            .map(|_| probermesh_core::link::feature::TASK.to_owned())
+            .collect(),
     };
     let chosen = agent_ip(&ip_options).await?;
     let me = AgentId::new(detected.region.clone(), chosen.ip);
@@ -131,7 +168,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
             heartbeat_interval: choices.probe_interval,
             follow_observed_ip: ip_options.follows_server_view(),
             in_flight_limits: choices.in_flight_limits,
-            tasks: None,
+            tasks: task_policy,
         },
         clock.now(),
     );
@@ -146,6 +183,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         link,
         relink,
         system_probers()?,
+        Arc::new(ProcessTaskRunner::new()),
         clock,
         stopping,
         StopBounds::for_interval(choices.probe_interval),

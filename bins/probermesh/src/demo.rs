@@ -133,6 +133,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                 link,
                 relink,
                 probers.clone(),
+                Arc::new(probermesh_adapters::task_runner::ProcessTaskRunner::new()),
                 Arc::clone(&clock),
                 stopping.clone(),
                 // The demo ends when asked: what is in flight then does not matter.

@@ -77,6 +77,30 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "task result directory (default ./task_meta/)",
     ),
     (
+        "server.task.max-agents",
+        Side::Server,
+        false,
+        "agents a task may reach without confirm (default 50)",
+    ),
+    (
+        "server.task.lifetime",
+        Side::Server,
+        false,
+        "how long a task waits for agents (default 5m)",
+    ),
+    (
+        "server.task.timeout",
+        Side::Server,
+        false,
+        "longest a task may run (default 30s)",
+    ),
+    (
+        "server.task.retention",
+        Side::Server,
+        false,
+        "task results kept this long (default 168h)",
+    ),
+    (
         "server.probe.self",
         Side::Server,
         true,
@@ -166,6 +190,31 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         Side::Agent,
         false,
         "upgrade poll period (1s to 24h, default 1m)",
+    ),
+    ("agent.task", Side::Agent, true, "run the server's tasks"),
+    (
+        "agent.task.shell",
+        Side::Agent,
+        true,
+        "run tasks through /bin/sh -c (any command)",
+    ),
+    (
+        "agent.task.allow",
+        Side::Agent,
+        false,
+        "programs tasks may run, comma-separated",
+    ),
+    (
+        "agent.task.pubkey",
+        Side::Agent,
+        false,
+        "ed25519 task public key: only signed tasks run",
+    ),
+    (
+        "agent.task.timeout",
+        Side::Agent,
+        false,
+        "longest a task may run (default 30s)",
     ),
     (
         "agent.tls.ca-file",

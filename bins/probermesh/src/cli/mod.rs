@@ -14,6 +14,9 @@ use probermesh_core::agent::InFlightLimits;
 use probermesh_core::aggregate::AggregationMethod;
 use probermesh_core::model::{MAX_PROBE_INTERVAL, MIN_PROBE_INTERVAL};
 use probermesh_core::pool::Discovery;
+use probermesh_core::task::book::TaskSettings;
+use probermesh_core::task::command::CommandPolicy;
+use probermesh_core::task::runs::TaskPolicy;
 
 /// Run the ProberMesh server: pools what agents measure, serves it at /metrics.
 #[derive(FromArgs, Debug)]
@@ -46,6 +49,18 @@ pub(crate) struct ServerArgs {
     /// task result directory (default ./task_meta/)
     #[argh(option, default = "PathBuf::from(\"./task_meta/\")")]
     pub(crate) task_meta_dir: PathBuf,
+    /// agents a task may reach without "confirm": true (default 50)
+    #[argh(option, default = "50")]
+    pub(crate) task_max_agents: usize,
+    /// how long a task waits for matching agents to connect (Go duration, default 5m)
+    #[argh(option, default = "String::from(\"5m\")")]
+    pub(crate) task_lifetime: String,
+    /// longest a task's command may run (Go duration, default 30s)
+    #[argh(option, default = "String::from(\"30s\")")]
+    pub(crate) task_timeout: String,
+    /// task results older than this are removed (Go duration, default 168h)
+    #[argh(option, default = "String::from(\"168h\")")]
+    pub(crate) task_retention: String,
     /// agents also probe targets of their own region
     #[argh(switch)]
     pub(crate) probe_self: bool,
@@ -107,6 +122,21 @@ pub(crate) struct AgentArgs {
     /// upgrade poll period (1s to 24h, default 1m)
     #[argh(option, default = "String::from(\"1m\")")]
     pub(crate) upgrade_interval: String,
+    /// run the tasks the server sends (off by default: every task is refused)
+    #[argh(switch)]
+    pub(crate) task: bool,
+    /// run tasks through /bin/sh -c, any command (the Go behaviour; warns at every start)
+    #[argh(switch)]
+    pub(crate) task_shell: bool,
+    /// programs tasks may run, comma-separated (default mtr,traceroute,tracepath,ping,dig,curl)
+    #[argh(option)]
+    pub(crate) task_allow: Option<String>,
+    /// file holding the ed25519 task public key: only tasks it signed run
+    #[argh(option)]
+    pub(crate) task_pubkey: Option<PathBuf>,
+    /// longest a task may run on this agent (Go duration, default 30s)
+    #[argh(option, default = "String::from(\"30s\")")]
+    pub(crate) task_timeout: String,
     /// CA certificate (PEM) that signed the server's certificate
     #[argh(option)]
     pub(crate) tls_ca_file: Option<PathBuf>,
@@ -128,11 +158,13 @@ pub(crate) struct AgentArgs {
 }
 
 /// Validated server durations and choices.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ServerChoices {
     pub(crate) window: Duration,
     pub(crate) method: AggregationMethod,
     pub(crate) discovery: Discovery,
+    /// Remote tasks (`-server.task.*`), used when `-server.task` is on.
+    pub(crate) tasks: TaskSettings,
 }
 
 impl ServerArgs {
@@ -173,20 +205,51 @@ impl ServerArgs {
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             bail!("-server.tls.cert-file and -server.tls.key-file go together");
         }
+        let defaults = TaskSettings::default();
+        let second = Duration::from_secs(1);
+        let tasks = TaskSettings {
+            lifetime: go_duration::parse(
+                "server.task.lifetime",
+                &self.task_lifetime,
+                second,
+                defaults.max_lifetime,
+            )?,
+            timeout: go_duration::parse(
+                "server.task.timeout",
+                &self.task_timeout,
+                second,
+                Duration::from_secs(3600),
+            )?,
+            retention: go_duration::parse(
+                "server.task.retention",
+                &self.task_retention,
+                Duration::from_secs(60),
+                Duration::from_secs(3650 * 24 * 3600),
+            )?,
+            max_agents: self.task_max_agents,
+            ..defaults
+        };
+        if self.task_max_agents == 0 {
+            bail!("invalid value 0 for flag -server.task.max-agents: at least 1");
+        }
         Ok(ServerChoices {
             window,
             method,
             discovery,
+            tasks,
         })
     }
 }
 
 /// Validated agent durations.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct AgentChoices {
     pub(crate) probe_interval: Duration,
     pub(crate) sync_interval: Duration,
     pub(crate) in_flight_limits: InFlightLimits,
+    /// How tasks run, without the pinned key (read by the agent at start); `None` without
+    /// `-agent.task`.
+    pub(crate) tasks: Option<TaskPolicy>,
 }
 
 impl AgentArgs {
@@ -240,9 +303,48 @@ impl AgentArgs {
                 bail!("invalid value 0 for flag -{flag}: at least 1");
             }
         }
+        let task_timeout = go_duration::parse(
+            "agent.task.timeout",
+            &self.task_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?;
+        if !self.task && (self.task_shell || self.task_allow.is_some() || self.task_pubkey.is_some())
+        {
+            bail!(
+                "-agent.task.shell, -agent.task.allow and -agent.task.pubkey need -agent.task \
+                 (without it the agent runs no task at all)"
+            );
+        }
+        let tasks = self.task.then(|| {
+            let mut command = CommandPolicy {
+                shell: self.task_shell,
+                ..CommandPolicy::default()
+            };
+            if let Some(list) = &self.task_allow {
+                command.allowed = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
+            TaskPolicy {
+                command,
+                max_timeout: task_timeout,
+                ..TaskPolicy::default()
+            }
+        });
+        if let Some(policy) = &tasks
+            && policy.command.allowed.is_empty()
+            && !policy.command.shell
+        {
+            bail!("invalid value for flag -agent.task.allow: no program named");
+        }
         Ok(AgentChoices {
             probe_interval,
             sync_interval,
+            tasks,
             in_flight_limits: InFlightLimits {
                 icmp: self.probe_icmp_max_in_flight,
                 http: self.probe_http_max_in_flight,
