@@ -16,6 +16,9 @@
 //! - [`store`]: records that outlive a process (port `Store`), one file each in the data
 //!   directory; [`data_dir`]: the checks of that directory (a shared leaf, also used by the
 //!   link's generated certificate).
+//! - [`task_archive`]: what remote tasks did, kept on the server (port `TaskArchive`) in
+//!   `-server.task.meta.dir`: the Go result files, a JSON record per run, the audit log,
+//!   retention by age and total size.
 //! - [`admin`]: the server's HTTP endpoints over hyper, within a connection cap.
 //! - [`fd_limit`]: the open-files limit raised to the hard limit at start.
 //! - [`log_limit`]: not an adapter: rate-limited log lines and escaped peer text, for
@@ -39,3 +42,4 @@ pub mod metrics;
 pub mod probe_file;
 pub mod secret;
 pub mod store;
+pub mod task_archive;
