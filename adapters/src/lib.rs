@@ -20,6 +20,9 @@
 //!   ([`task_runner::ProcessTaskRunner`], port `TaskRunner`): their own process group, a
 //!   cleared environment, output kept up to a limit, the whole group killed at the timeout and
 //!   at the end.
+//! - [`task_archive`]: what remote tasks did, kept on the server (port `TaskArchive`) in
+//!   `-server.task.meta.dir`: the Go result files, a JSON record per run, the audit log,
+//!   retention by age and total size.
 //! - [`admin`]: the server's HTTP endpoints over hyper, within a connection cap.
 //! - [`fd_limit`]: the open-files limit raised to the hard limit at start.
 //! - [`log_limit`]: not an adapter: rate-limited log lines and escaped peer text, for
@@ -43,4 +46,5 @@ pub mod metrics;
 pub mod probe_file;
 pub mod secret;
 pub mod store;
+pub mod task_archive;
 pub mod task_runner;
