@@ -339,6 +339,7 @@ async fn parallel_targets_requests_share_one_rendering_made_off_the_async_worker
         exporter: Arc::new(CapturingExporter::new()),
         pool_source: None,
         store: None,
+        task_archive: None,
     });
     let api = Arc::new(GatedRenders {
         handle: driver.handle(),

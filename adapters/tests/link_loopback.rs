@@ -221,6 +221,8 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
         timeout: Duration::from_secs(30),
         output_limit_bytes: 4_096,
         expires_at: UnixMillis(1_800_000_000_000),
+        region_op: probermesh_core::matcher::MatchOp::Re,
+        region_pattern: ".*".into(),
         signature: Some(Signature([5; 64])),
     });
     server

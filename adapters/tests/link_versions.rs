@@ -52,6 +52,8 @@ fn task() -> ToAgent {
         timeout: Duration::from_secs(30),
         output_limit_bytes: 1024,
         expires_at: UnixMillis(1_800_000_000_000),
+        region_op: probermesh_core::matcher::MatchOp::Re,
+        region_pattern: ".*".into(),
         signature: None,
     })
 }

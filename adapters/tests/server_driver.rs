@@ -77,6 +77,7 @@ impl Parts {
             exporter: Arc::clone(&self.exporter) as _,
             pool_source: Some(Arc::clone(&self.pool_source) as _),
             store: Some(Arc::clone(&self.store) as Arc<dyn Store>),
+            task_archive: None,
         })
     }
 }
@@ -88,6 +89,7 @@ fn connected(id: u64) -> LinkEvent {
         version: AgentVersion::new("1.0.0"),
         observed_addr: SocketAddr::from(([198, 18, 0, 1], 40_000)),
         capabilities: Capabilities::v1(),
+        instance: id,
     }
 }
 

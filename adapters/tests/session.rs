@@ -133,6 +133,7 @@ fn start_server(
         exporter: Arc::new(CapturingExporter::new()),
         pool_source: None,
         store: Some(Arc::clone(store) as Arc<dyn Store>),
+        task_archive: None,
     });
     driver.started();
     (source, driver)

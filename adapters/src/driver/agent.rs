@@ -145,7 +145,15 @@ pub async fn run<L: ServerLink + 'static>(
     };
     let mut recv_paused_until = tokio::time::Instant::now();
     loop {
-        link = carry_out(&mut state, link, &mut relink, &probers, &mut probes, &mut task_runs).await;
+        link = carry_out(
+            &mut state,
+            link,
+            &mut relink,
+            &probers,
+            &mut probes,
+            &mut task_runs,
+        )
+        .await;
         let wait = state
             .poll_timeout()
             .as_millis()
@@ -188,7 +196,15 @@ pub async fn run<L: ServerLink + 'static>(
     task_runs.tasks.abort_all();
     let deadline = tokio::time::Instant::now() + bounds.in_flight;
     loop {
-        link = carry_out(&mut state, link, &mut relink, &probers, &mut probes, &mut task_runs).await;
+        link = carry_out(
+            &mut state,
+            link,
+            &mut relink,
+            &probers,
+            &mut probes,
+            &mut task_runs,
+        )
+        .await;
         if probes.tasks.is_empty() {
             break;
         }

@@ -16,13 +16,17 @@ use std::time::Duration;
 
 use probermesh_core::aggregate::{Counters, SnapshotPart};
 use probermesh_core::model::ProbeConfig;
-use probermesh_core::ports::{Clock, LinkError, MetricsExporter, PoolSource, ReportSource, Store};
+use probermesh_core::ports::{
+    Clock, LinkError, MetricsExporter, PoolSource, Record, ReportSource, Store, TaskArchive,
+};
 use probermesh_core::server::handoff::{self, Resumed};
 use probermesh_core::server::{Actions, PoolRefusal, ServerState, TargetsKey};
 use probermesh_core::snapshot::Snapshot;
+use probermesh_core::task::book::{Submission, SubmitError, Submitted};
+use probermesh_core::task::{AuditEntry, TaskRecord};
 use tokio::task::JoinHandle;
 
-use crate::admin::{AdminApi, targets_json};
+use crate::admin::{AdminApi, TaskApi, TaskView, targets_json};
 
 /// The shortest wait of the timer loop (a due time in the past is not a busy loop).
 const MIN_TIMER_WAIT: Duration = Duration::from_millis(50);
@@ -42,8 +46,10 @@ pub struct ServerParts<R> {
     /// The probe file, re-read at every reload (`None`: reload answers that there is none).
     pub pool_source: Option<Arc<dyn PoolSource>>,
     /// Where unsettled windows are handed to the next server (`None`: they are dropped at
-    /// stop, as the demo does).
+    /// stop, as the demo does); also where the task book is kept.
     pub store: Option<Arc<dyn Store>>,
+    /// Where task results and the audit log go (`-server.task.meta.dir`), when tasks are on.
+    pub task_archive: Option<Arc<dyn TaskArchive>>,
 }
 
 impl<R> std::fmt::Debug for ServerParts<R> {
@@ -75,7 +81,12 @@ struct Shared<R> {
     clock: Arc<dyn Clock>,
     exporter: Arc<dyn MetricsExporter>,
     pool_source: Option<Arc<dyn PoolSource>>,
+    store: Option<Arc<dyn Store>>,
+    task_archive: Option<Arc<dyn TaskArchive>>,
 }
+
+/// How often task results past their retention are removed.
+const TASK_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Numbers the `/-/targets` keys: a new number whenever the key differs from the last one
 /// numbered, so a number is never given to two keys (a key seen again gets a new one).
@@ -110,7 +121,62 @@ impl<R: ReportSource> Shared<R> {
         self.exporter.publish(&snapshot);
     }
 
+    /// Writes the task book, files the finished runs and the audit lines (off the async
+    /// workers). Before any send: an agent is sent a task only once the book says so.
+    async fn keep_tasks(
+        &self,
+        book: Option<Vec<u8>>,
+        records: Vec<TaskRecord>,
+        audit: Vec<AuditEntry>,
+    ) {
+        if book.is_none() && records.is_empty() && audit.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let archive = self.task_archive.clone();
+        let kept = tokio::task::spawn_blocking(move || {
+            if let (Some(bytes), Some(store)) = (book, &store)
+                && let Err(error) = store.write(Record::Tasks, &bytes)
+            {
+                tracing::error!(%error, "cannot write the task book: a restarted server would not know which tasks it sent");
+            }
+            let Some(archive) = archive else {
+                return;
+            };
+            for record in &records {
+                if let Err(error) = archive.file(record) {
+                    tracing::error!(%error, task = record.task_id, agent = %record.agent, "cannot file a task result");
+                }
+            }
+            for entry in &audit {
+                if let Err(error) = archive.audit(entry) {
+                    tracing::error!(%error, task = ?entry.task_id, "cannot write the task audit log");
+                }
+            }
+        })
+        .await;
+        if let Err(error) = kept {
+            tracing::error!(%error, "keeping task records failed");
+        }
+    }
+
     async fn perform(&self, actions: Actions) {
+        for record in &actions.task_records {
+            tracing::warn!(
+                task = record.task_id,
+                agent = %record.agent,
+                state = %record.state,
+                exit_code = ?record.output.exit_code,
+                reason = record.reason.as_deref().unwrap_or("-"),
+                "task run ended"
+            );
+        }
+        self.keep_tasks(
+            actions.persist_tasks,
+            actions.task_records,
+            actions.task_audit,
+        )
+        .await;
         for (connection, reason) in actions.close {
             tracing::warn!(%connection, %reason, "protocol violation; closing the connection");
             self.link.close(connection, &reason);
@@ -211,11 +277,17 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
             exporter,
             pool_source,
             store,
+            task_archive,
         } = parts;
         let resumed = match &store {
             Some(store) => resume(&mut state, store.as_ref(), clock.now()),
             None => Resumed::Nothing,
         };
+        if let Some(store) = &store
+            && state.tasks().is_some()
+        {
+            resume_tasks(&mut state, store.as_ref());
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             targets_generation: Mutex::new(TargetsGeneration::default()),
@@ -223,6 +295,8 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
             clock,
             exporter,
             pool_source,
+            store: store.clone(),
+            task_archive,
         });
         let events = tokio::spawn(event_loop(Arc::clone(&shared)));
         let timer = tokio::spawn(timer_loop(Arc::clone(&shared)));
@@ -305,8 +379,41 @@ async fn event_loop<R: ReportSource>(shared: Arc<Shared<R>>) {
     }
 }
 
+/// Reads the task book a previous server kept; a damaged one is set aside.
+fn resume_tasks(state: &mut ServerState, store: &dyn Store) {
+    match store.read(Record::Tasks) {
+        Ok(None) => {}
+        Ok(Some(bytes)) => match state.resume_tasks(&bytes) {
+            Ok(tasks) => tracing::info!(tasks, "task book of the previous server read"),
+            Err(error) => {
+                let moved = store.set_aside(Record::Tasks);
+                tracing::error!(%error, moved_to = ?moved, "the task book is damaged; set aside, starting with an empty book (tasks in flight may be reported unreachable)");
+            }
+        },
+        Err(error) => {
+            tracing::error!(%error, "cannot read the task book; starting with an empty one")
+        }
+    }
+}
+
 async fn timer_loop<R: ReportSource + 'static>(shared: Arc<Shared<R>>) {
+    let mut next_prune = tokio::time::Instant::now();
     loop {
+        if let Some(archive) = &shared.task_archive
+            && tokio::time::Instant::now() >= next_prune
+        {
+            next_prune = tokio::time::Instant::now() + TASK_PRUNE_INTERVAL;
+            let archive = Arc::clone(archive);
+            let now = shared.clock.now();
+            match tokio::task::spawn_blocking(move || archive.prune(now)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => {
+                    tracing::info!(removed, "task results past their retention removed")
+                }
+                Ok(Err(error)) => tracing::error!(%error, "pruning task results failed"),
+                Err(error) => tracing::error!(%error, "pruning task results failed"),
+            }
+        }
         let due = shared.state().next_timeout();
         let wait = Duration::from_millis(
             due.as_millis()
@@ -464,6 +571,72 @@ impl<R: ReportSource + 'static> ServerHandle<R> {
 }
 
 #[async_trait::async_trait]
+impl<R: ReportSource + 'static> TaskApi for ServerHandle<R> {
+    fn tasks_enabled(&self) -> bool {
+        self.shared.state().tasks().is_some()
+    }
+
+    async fn submit_task(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        let now = self.shared.clock.now();
+        let refusal_text = |error: &SubmitError| {
+            probermesh_core::task::book::TaskBook::refusal_audit(
+                now,
+                &submission,
+                &error.to_string(),
+            )
+        };
+        let result = self.shared.state().submit_task(now, submission.clone());
+        match result {
+            Ok((submitted, actions)) => {
+                tracing::warn!(
+                    task = submitted.id,
+                    actor = %submission.actor,
+                    remote = %submission.remote,
+                    selector = %format!("{} {:?}", submission.op, submission.pattern),
+                    command = %submission.command,
+                    matched = submitted.matched.len(),
+                    "task submitted"
+                );
+                self.shared.perform(actions).await;
+                Ok(submitted)
+            }
+            Err(error) => {
+                tracing::warn!(actor = %submission.actor, remote = %submission.remote, %error, "task refused");
+                self.shared
+                    .keep_tasks(None, Vec::new(), vec![refusal_text(&error)])
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn refuse_task(&self, label: &'static str, entry: AuditEntry) {
+        self.shared.state().count_refused_submission(label);
+        self.shared.keep_tasks(None, Vec::new(), vec![entry]).await;
+    }
+
+    async fn task(&self, id: u64) -> Option<TaskView> {
+        let task = self.shared.state().task(id).cloned();
+        let records = match &self.shared.task_archive {
+            Some(archive) => {
+                let archive = Arc::clone(archive);
+                tokio::task::spawn_blocking(move || archive.results(id))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        (task.is_some() || !records.is_empty()).then_some(TaskView { task, records })
+    }
+
+    fn now(&self) -> probermesh_core::model::UnixMillis {
+        self.shared.clock.now()
+    }
+}
+
+#[async_trait::async_trait]
 impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
     fn metrics(&self) -> Vec<u8> {
         let live = self
@@ -498,5 +671,9 @@ impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
 
     fn ready(&self) -> bool {
         true
+    }
+
+    fn task_api(&self) -> Option<Arc<dyn TaskApi>> {
+        Some(Arc::new(self.clone()))
     }
 }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use probermesh_adapters::bounded_read::{Links, read_regular_file};
 use probermesh_adapters::clock::SystemClock;
 use probermesh_adapters::dns::HickoryDns;
 use probermesh_adapters::driver::agent::{self as driver, StopBounds};
@@ -17,7 +18,6 @@ use probermesh_adapters::identity::{
 use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, ServerVerification, Sha256Fingerprint,
 };
-use probermesh_adapters::bounded_read::{Links, read_regular_file};
 use probermesh_adapters::secret::Token;
 use probermesh_adapters::task_runner::ProcessTaskRunner;
 use probermesh_core::task::signing::TaskPublicKey;
@@ -127,7 +127,9 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         );
     }
     match &task_policy {
-        None => tracing::info!("tasks off: every task the server sends is refused (-agent.task turns them on)"),
+        None => tracing::info!(
+            "tasks off: every task the server sends is refused (-agent.task turns them on)"
+        ),
         Some(policy) if policy.command.shell => tracing::warn!(
             signed_only = policy.key.is_some(),
             "-agent.task.shell: tasks run through /bin/sh -c, any command, as this agent's user"

@@ -76,6 +76,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: None,
         data_dir: None,
+        tasks: None,
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.

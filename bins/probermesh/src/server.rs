@@ -19,10 +19,13 @@ use probermesh_adapters::metrics::PrometheusExporter;
 use probermesh_adapters::probe_file::ProbeFileOnDisk;
 use probermesh_adapters::secret::Token;
 use probermesh_adapters::store::FileStore;
+use probermesh_adapters::task_archive::{ArchiveLimits, FileTaskArchive};
 use probermesh_core::aggregate::{Aggregator, AggregatorConfig};
 use probermesh_core::pool::TargetPool;
+use probermesh_core::ports::TaskArchive;
 use probermesh_core::ports::{Clock, PoolSource, Store};
 use probermesh_core::server::{ServerState, check_pool_fits};
+use probermesh_core::task::book::{TaskBook, TaskSettings};
 
 use crate::cli::ServerArgs;
 use crate::logging;
@@ -49,6 +52,8 @@ pub(crate) struct ServerParts {
     /// The data directory whose store receives the unsettled windows at stop (`None`: they
     /// are dropped, as the demo does).
     pub(crate) data_dir: Option<PathBuf>,
+    /// Remote tasks (`-server.task`): their settings and `-server.task.meta.dir`.
+    pub(crate) tasks: Option<(TaskSettings, PathBuf)>,
 }
 
 /// A started server: its link, driver and endpoints.
@@ -71,15 +76,28 @@ impl RunningServer {
         let link = Arc::new(ReportServer::bind(parts.link).context("starting the agent link")?);
         let aggregator =
             Aggregator::new(parts.aggregator, clock.now()).context("the aggregation settings")?;
+        let mut state = ServerState::new(aggregator, parts.pool);
+        let mut task_archive = None;
+        if let Some((settings, meta_dir)) = parts.tasks {
+            let limits = ArchiveLimits {
+                retention: settings.retention,
+                ..ArchiveLimits::default()
+            };
+            let archive = FileTaskArchive::open(&meta_dir, limits)
+                .with_context(|| format!("-server.task.meta.dir {}", meta_dir.display()))?;
+            task_archive = Some(Arc::new(archive) as Arc<dyn TaskArchive>);
+            state = state.with_tasks(TaskBook::new(settings));
+        }
         let driver = ServerDriver::start(DriverParts {
             link: Arc::clone(&link),
-            state: ServerState::new(aggregator, parts.pool),
+            state,
             clock,
             exporter: Arc::new(PrometheusExporter::new()),
             pool_source: parts
                 .probe_file
                 .map(|file| Arc::new(file) as Arc<dyn PoolSource>),
             store,
+            task_archive,
         });
         let admin = match AdminServer::start(
             &parts.http_listen_addr,
@@ -177,7 +195,9 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
     if args.task {
         tracing::warn!(
             meta_dir = %args.task_meta_dir.display(),
-            "-server.task: remote tasks are not implemented in this version; /-/task answers 404"
+            max_agents = choices.tasks.max_agents,
+            lifetime = ?choices.tasks.lifetime,
+            "-server.task: remote tasks on; /-/task needs the admin bearer token and runs only on agents started with -agent.task"
         );
     }
     let listen = resolve_addr("server.rpc.listen.addr", &args.rpc_listen_addr).await?;
@@ -213,6 +233,9 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: Some(admin_token),
         data_dir: Some(args.data_dir.clone()),
+        tasks: args
+            .task
+            .then(|| (choices.tasks.clone(), args.task_meta_dir.clone())),
     })
     .await?;
     tracing::warn!(
@@ -289,6 +312,7 @@ mod tests {
             http_listen_addr: http_listen_addr.to_owned(),
             admin_token: None,
             data_dir: Some(dir.to_owned()),
+            tasks: None,
         }
     }
 

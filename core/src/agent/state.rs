@@ -398,7 +398,12 @@ impl AgentState {
 
     /// The run of task `id` ended with `output` at `now`: its answer goes to the server and
     /// the next queued task starts.
-    pub fn handle_task_output(&mut self, now: UnixMillis, id: u64, output: crate::link::TaskOutput) {
+    pub fn handle_task_output(
+        &mut self,
+        now: UnixMillis,
+        id: u64,
+        output: crate::link::TaskOutput,
+    ) {
         let steps = self.tasks.finished(now, id, output);
         self.task_steps(steps);
     }

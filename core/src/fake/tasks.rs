@@ -44,14 +44,15 @@ impl TaskRunner for FakeTaskRunner {
             Invocation::Program { program, .. } => program.clone(),
             Invocation::Shell { .. } => "sh".to_owned(),
         };
-        let output = lock(&self.answers).get(&program).cloned().unwrap_or_else(|| {
-            TaskOutput {
+        let output = lock(&self.answers)
+            .get(&program)
+            .cloned()
+            .unwrap_or_else(|| TaskOutput {
                 exit_code: Some(0),
                 stdout: format!("{}\n", run.invocation).into_bytes(),
                 duration: Duration::from_millis(1),
                 ..TaskOutput::default()
-            }
-        });
+            });
         lock(&self.runs).push(run);
         output
     }
@@ -98,7 +99,10 @@ impl TaskArchive for MemoryTaskArchive {
     }
 
     fn results(&self, task_id: u64) -> Result<Vec<TaskRecord>, StoreError> {
-        Ok(lock(&self.records).get(&task_id).cloned().unwrap_or_default())
+        Ok(lock(&self.records)
+            .get(&task_id)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {

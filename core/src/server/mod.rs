@@ -17,14 +17,17 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::aggregate::{Aggregator, Counters, Intake, SnapshotPart};
 use crate::link::{FromAgent, ToAgent, feature};
-use crate::task::book::{AgentLink, Answer, BookChanges, BookTask, KnownAgent, Submission, SubmitError, Submitted, TaskBook};
-use crate::task::{AuditEntry, TaskRecord};
 use crate::model::{
     AgentId, AgentVersion, ProbeConfig, ProbeKind, ProbeResult, Region, UnixMillis,
 };
 use crate::pool::{Discovery, PoolRevision, TargetPool};
 use crate::ports::{ConnectionId, LinkEvent};
 use crate::snapshot::{MetricFamily, MetricKind, Series, SeriesValue, Snapshot};
+use crate::task::book::{
+    AgentLink, Answer, BookChanges, BookTask, KnownAgent, Submission, SubmitError, Submitted,
+    TaskBook,
+};
+use crate::task::{AuditEntry, TaskRecord};
 
 /// `prober_server_pool_refused_total` (ours): pools agents refused, by the agent's region and
 /// the kind of setting at fault.
@@ -207,6 +210,21 @@ impl ServerState {
     pub fn with_tasks(mut self, book: TaskBook) -> Self {
         self.tasks = Some(book);
         self
+    }
+
+    /// Replaces the (empty) task book with what a previous server kept, with this server's
+    /// settings; nothing happens when tasks are off.
+    ///
+    /// # Errors
+    /// [`crate::wire::WireError`] for a damaged or foreign record (the book stays empty).
+    pub fn resume_tasks(&mut self, bytes: &[u8]) -> Result<usize, crate::wire::WireError> {
+        let Some(book) = &mut self.tasks else {
+            return Ok(0);
+        };
+        let resumed = TaskBook::from_record(book.settings().clone(), bytes)?;
+        let count = resumed.tasks().count();
+        *book = resumed;
+        Ok(count)
     }
 
     /// The task book, when tasks are on.

@@ -165,7 +165,9 @@ pub enum SubmitError {
         id: u64,
     },
     /// The book holds as many unfinished tasks or runs as it may.
-    #[error("the server holds {tasks} unfinished tasks and {runs} runs, its limit; try again later")]
+    #[error(
+        "the server holds {tasks} unfinished tasks and {runs} runs, its limit; try again later"
+    )]
     Full {
         /// Unfinished tasks.
         tasks: usize,
@@ -223,7 +225,9 @@ pub struct BookTask {
 
 impl BookTask {
     fn selects(&self, agent: &AgentId) -> bool {
-        self.matcher.as_ref().is_some_and(|m| m.matches(&agent.region))
+        self.matcher
+            .as_ref()
+            .is_some_and(|m| m.matches(&agent.region))
     }
 
     fn counts(&self) -> BTreeMap<TaskState, usize> {
@@ -398,8 +402,16 @@ impl TaskBook {
         known: &[KnownAgent],
     ) -> Result<Submitted, SubmitError> {
         let settings = self.settings.clone();
-        let matcher = RegionMatcher::new(&submission.op, &submission.pattern)
-            .map_err(|e| bad(if e.to_string().contains("operator") { "expr" } else { "region" }, e.to_string()))?;
+        let matcher = RegionMatcher::new(&submission.op, &submission.pattern).map_err(|e| {
+            bad(
+                if e.to_string().contains("operator") {
+                    "expr"
+                } else {
+                    "region"
+                },
+                e.to_string(),
+            )
+        })?;
         if submission.pattern.len() > MAX_TEXT_LEN {
             return Err(bad("region", format!("longer than {MAX_TEXT_LEN} bytes")));
         }
@@ -477,7 +489,10 @@ impl TaskBook {
                 )
             }
         };
-        let selected: Vec<&KnownAgent> = known.iter().filter(|k| matcher.matches(&k.agent.region)).collect();
+        let selected: Vec<&KnownAgent> = known
+            .iter()
+            .filter(|k| matcher.matches(&k.agent.region))
+            .collect();
         if selected.is_empty() {
             return Err(SubmitError::NoAgent {
                 op: submission.op,
@@ -492,10 +507,17 @@ impl TaskBook {
             });
         }
         self.forget_finished(selected.len());
-        let unfinished = self.tasks.values().filter(|t| t.finished_at.is_none()).count();
+        let unfinished = self
+            .tasks
+            .values()
+            .filter(|t| t.finished_at.is_none())
+            .count();
         let runs: usize = self.tasks.values().map(|t| t.runs.len()).sum();
         if self.tasks.len() >= settings.max_tasks || runs + selected.len() > settings.max_runs {
-            return Err(SubmitError::Full { tasks: unfinished, runs });
+            return Err(SubmitError::Full {
+                tasks: unfinished,
+                runs,
+            });
         }
         let spec = TaskSpec {
             id,
@@ -525,7 +547,9 @@ impl TaskBook {
                 changes.sends.push((known.agent.clone(), spec.clone()));
             }
             if run.state.is_final() {
-                changes.records.push(record(&task, &known.agent, &run, TaskOutput::default()));
+                changes
+                    .records
+                    .push(record(&task, &known.agent, &run, TaskOutput::default()));
                 *self.counts.runs.entry(run.state).or_default() += 1;
             }
             matched.push((known.agent.clone(), run.state, run.reason.clone()));
@@ -613,7 +637,9 @@ impl TaskBook {
                         changes.sends.push((agent.clone(), task.spec.clone()));
                     }
                     if new_run.state.is_final() {
-                        changes.records.push(record(task, agent, &new_run, TaskOutput::default()));
+                        changes
+                            .records
+                            .push(record(task, agent, &new_run, TaskOutput::default()));
                         *self.counts.runs.entry(new_run.state).or_default() += 1;
                     }
                     task.runs.insert(agent.clone(), new_run);
@@ -633,7 +659,9 @@ impl TaskBook {
                             ),
                             updated_at: now,
                         };
-                        changes.records.push(record(task, agent, &ended, TaskOutput::default()));
+                        changes
+                            .records
+                            .push(record(task, agent, &ended, TaskOutput::default()));
                         *self.counts.runs.entry(ended.state).or_default() += 1;
                         task.runs.insert(agent.clone(), ended);
                         self.dirty = true;
@@ -649,7 +677,9 @@ impl TaskBook {
                         changes.sends.push((agent.clone(), task.spec.clone()));
                     }
                     if run.state.is_final() {
-                        changes.records.push(record(task, agent, &run, TaskOutput::default()));
+                        changes
+                            .records
+                            .push(record(task, agent, &run, TaskOutput::default()));
                         *self.counts.runs.entry(run.state).or_default() += 1;
                     }
                     task.runs.insert(agent.clone(), run);
@@ -684,9 +714,10 @@ impl TaskBook {
         }
         let (state, reason, output) = match answer {
             Answer::Output(output) => {
-                let reason = (output.exit_code.is_none() && !output.timed_out && output.stdout.is_empty())
-                    .then(|| String::from_utf8_lossy(&output.stderr).into_owned())
-                    .filter(|r| !r.is_empty());
+                let reason =
+                    (output.exit_code.is_none() && !output.timed_out && output.stdout.is_empty())
+                        .then(|| String::from_utf8_lossy(&output.stderr).into_owned())
+                        .filter(|r| !r.is_empty());
                 (TaskState::of_output(&output), reason, output)
             }
             Answer::Refused(reason) => (TaskState::Refused, Some(reason), TaskOutput::default()),
@@ -741,7 +772,9 @@ impl TaskBook {
                 ));
             }
             for (agent, run) in ended {
-                changes.records.push(record(task, &agent, &run, TaskOutput::default()));
+                changes
+                    .records
+                    .push(record(task, &agent, &run, TaskOutput::default()));
                 *self.counts.runs.entry(run.state).or_default() += 1;
                 task.runs.insert(agent, run);
                 self.dirty = true;
@@ -824,7 +857,10 @@ impl TaskBook {
     ///
     /// # Errors
     /// [`crate::wire::WireError`] for a damaged or foreign record.
-    pub fn from_record(settings: TaskSettings, bytes: &[u8]) -> Result<Self, crate::wire::WireError> {
+    pub fn from_record(
+        settings: TaskSettings,
+        bytes: &[u8],
+    ) -> Result<Self, crate::wire::WireError> {
         let (last_id, tasks) = crate::wire::task_book::decode(bytes)?;
         let mut book = Self::new(settings);
         book.last_id = last_id;
@@ -983,12 +1019,17 @@ mod tests {
             max_agents: 2,
             ..TaskSettings::default()
         });
-        let error = book.submit(NOW, submission("=~", ".*"), &fleet()).unwrap_err();
+        let error = book
+            .submit(NOW, submission("=~", ".*"), &fleet())
+            .unwrap_err();
         assert_eq!(error, SubmitError::TooManyAgents { matched: 3, max: 2 });
         assert!(error.to_string().contains("confirm"));
         let mut confirmed = submission("=~", ".*");
         confirmed.confirm = true;
-        assert_eq!(book.submit(NOW, confirmed, &fleet()).unwrap().matched.len(), 3);
+        assert_eq!(
+            book.submit(NOW, confirmed, &fleet()).unwrap().matched.len(),
+            3
+        );
     }
 
     #[test]
@@ -1007,10 +1048,29 @@ mod tests {
         });
         let submitted = book.submit(NOW, submission("=~", ".*"), &known).unwrap();
         let states: Vec<TaskState> = submitted.matched.iter().map(|(_, s, _)| *s).collect();
-        assert_eq!(states, [TaskState::Refused, TaskState::Refused, TaskState::Running]);
-        assert!(submitted.matched[0].2.as_deref().unwrap().contains("-agent.task"));
-        assert!(submitted.matched[1].2.as_deref().unwrap().contains("protocol v1"));
-        assert_eq!(submitted.changes.sends.len(), 1, "only the opted-in agent is sent it");
+        assert_eq!(
+            states,
+            [TaskState::Refused, TaskState::Refused, TaskState::Running]
+        );
+        assert!(
+            submitted.matched[0]
+                .2
+                .as_deref()
+                .unwrap()
+                .contains("-agent.task")
+        );
+        assert!(
+            submitted.matched[1]
+                .2
+                .as_deref()
+                .unwrap()
+                .contains("protocol v1")
+        );
+        assert_eq!(
+            submitted.changes.sends.len(),
+            1,
+            "only the opted-in agent is sent it"
+        );
         assert_eq!(submitted.changes.records.len(), 2, "the refusals are filed");
     }
 
@@ -1022,7 +1082,9 @@ mod tests {
             agent: away.clone(),
             link: None,
         }];
-        let submitted = book.submit(NOW, submission("=", "eu-west"), &known).unwrap();
+        let submitted = book
+            .submit(NOW, submission("=", "eu-west"), &known)
+            .unwrap();
         assert_eq!(submitted.matched[0].1, TaskState::Pending);
         assert!(submitted.changes.sends.is_empty());
         let link = AgentLink {
@@ -1032,20 +1094,37 @@ mod tests {
         };
         let back = book.connected(NOW.saturating_add(Duration::from_secs(60)), &away, link);
         assert_eq!(back.sends.len(), 1);
-        assert_eq!(book.task(submitted.id).unwrap().runs[&away].state, TaskState::Running);
+        assert_eq!(
+            book.task(submitted.id).unwrap().runs[&away].state,
+            TaskState::Running
+        );
         // Too late for another one.
-        let late = book.submit(NOW, submission("=", "eu-west"), &known).unwrap();
+        let late = book
+            .submit(NOW, submission("=", "eu-west"), &known)
+            .unwrap();
         let after = late.expires_at.saturating_add(Duration::from_secs(1));
-        assert!(book.connected(after, &away, link).sends.iter().all(|(_, s)| s.id != late.id));
+        assert!(
+            book.connected(after, &away, link)
+                .sends
+                .iter()
+                .all(|(_, s)| s.id != late.id)
+        );
         let ticked = book.tick(after);
-        assert!(ticked.records.iter().any(|r| r.task_id == late.id && r.state == TaskState::Unreachable));
+        assert!(
+            ticked
+                .records
+                .iter()
+                .any(|r| r.task_id == late.id && r.state == TaskState::Unreachable)
+        );
     }
 
     #[test]
     fn a_task_goes_to_one_agent_process_only_even_across_a_server_restart() {
         let mut book = TaskBook::new(TaskSettings::default());
         let who = agent("eu-west", 1);
-        let submitted = book.submit(NOW, submission("=", "eu-west"), &[linked(who.clone(), 5)]).unwrap();
+        let submitted = book
+            .submit(NOW, submission("=", "eu-west"), &[linked(who.clone(), 5)])
+            .unwrap();
         assert_eq!(submitted.changes.sends.len(), 1);
         // The server restarts: the next one reads the book.
         let mut next = TaskBook::from_record(TaskSettings::default(), &book.to_record()).unwrap();
@@ -1054,13 +1133,25 @@ mod tests {
             protocol_version: 2,
             takes_tasks: true,
         };
-        assert_eq!(next.connected(NOW, &who, same).sends.len(), 1, "the same process again: it dedups");
-        let restarted = AgentLink { instance: 6, ..same };
+        assert_eq!(
+            next.connected(NOW, &who, same).sends.len(),
+            1,
+            "the same process again: it dedups"
+        );
+        let restarted = AgentLink {
+            instance: 6,
+            ..same
+        };
         let changes = next.connected(NOW, &who, restarted);
         assert!(changes.sends.is_empty(), "never to another process");
         assert_eq!(changes.records[0].state, TaskState::Unreachable);
         // Its answer after that changes nothing.
-        let late = next.answered(NOW, &who, submitted.id, Answer::Output(TaskOutput::default()));
+        let late = next.answered(
+            NOW,
+            &who,
+            submitted.id,
+            Answer::Output(TaskOutput::default()),
+        );
         assert!(late.records.is_empty());
     }
 
@@ -1068,7 +1159,9 @@ mod tests {
     fn answers_are_filed_once_and_the_task_finishes_after_its_lifetime() {
         let mut book = TaskBook::new(TaskSettings::default());
         let who = agent("eu-west", 1);
-        let submitted = book.submit(NOW, submission("=", "eu-west"), &[linked(who.clone(), 5)]).unwrap();
+        let submitted = book
+            .submit(NOW, submission("=", "eu-west"), &[linked(who.clone(), 5)])
+            .unwrap();
         let output = TaskOutput {
             exit_code: Some(0),
             stdout: b"ok\n".to_vec(),
@@ -1078,7 +1171,11 @@ mod tests {
         assert_eq!(filed.records.len(), 1);
         assert_eq!(filed.records[0].state, TaskState::Done);
         assert_eq!(filed.records[0].output, output);
-        assert!(book.answered(NOW, &who, submitted.id, Answer::Output(output)).records.is_empty());
+        assert!(
+            book.answered(NOW, &who, submitted.id, Answer::Output(output))
+                .records
+                .is_empty()
+        );
         assert!(filed.audit.is_empty(), "still within its lifetime");
         let done = book.tick(submitted.expires_at.saturating_add(Duration::from_secs(1)));
         assert_eq!(done.audit.len(), 1);
@@ -1101,8 +1198,20 @@ mod tests {
         let submitted = book.submit(NOW, request.clone(), &fleet()).unwrap();
         let (_, spec) = &submitted.changes.sends[0];
         assert_eq!(
-            (spec.id, spec.expires_at, spec.timeout, spec.output_limit_bytes, spec.signature),
-            (42, signed.expires_at, signed.timeout, 1000, Some(signed.signature))
+            (
+                spec.id,
+                spec.expires_at,
+                spec.timeout,
+                spec.output_limit_bytes,
+                spec.signature
+            ),
+            (
+                42,
+                signed.expires_at,
+                signed.timeout,
+                1000,
+                Some(signed.signature)
+            )
         );
         assert_eq!(
             book.submit(NOW, request, &fleet()).unwrap_err(),

@@ -329,7 +329,11 @@ mod tests {
     fn only_allowed_programs_run() {
         let refusal = program("bash -c id").unwrap_err();
         assert!(matches!(refusal, CommandRefusal::NotAllowed { .. }));
-        assert!(refusal.to_string().contains("curl,dig,mtr,ping,tracepath,traceroute"));
+        assert!(
+            refusal
+                .to_string()
+                .contains("curl,dig,mtr,ping,tracepath,traceroute")
+        );
         // A path is not the bare name it ends in.
         assert!(matches!(
             program("/tmp/ping a"),

@@ -170,7 +170,9 @@ impl AgentTasks {
         task: TaskSpec,
     ) -> Result<(TaskRun, UnixMillis), String> {
         let Some(policy) = &self.policy else {
-            return Err("this agent does not run tasks (it was started without -agent.task)".into());
+            return Err(
+                "this agent does not run tasks (it was started without -agent.task)".into(),
+            );
         };
         let selector = RegionMatcher::new(task.region_op.as_str(), &task.region_pattern)
             .map_err(|e| format!("the task's region selector is unusable: {e}"))?;
@@ -283,7 +285,10 @@ mod tests {
     use crate::task::signing::TaskSigningKey;
 
     fn me() -> AgentId {
-        AgentId::new(Region::new("eu-west").unwrap(), "198.18.0.2".parse().unwrap())
+        AgentId::new(
+            Region::new("eu-west").unwrap(),
+            "198.18.0.2".parse().unwrap(),
+        )
     }
 
     const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
@@ -327,18 +332,23 @@ mod tests {
         let [TaskStep::Run(run)] = steps.as_slice() else {
             panic!("one run: {steps:?}");
         };
-        assert_eq!(run.timeout, Duration::from_secs(30), "capped at the agent's maximum");
+        assert_eq!(
+            run.timeout,
+            Duration::from_secs(30),
+            "capped at the agent's maximum"
+        );
         assert!(matches!(run.invocation, Invocation::Program { .. }));
-        assert!(tasks.receive(NOW, &me(), task(1, "ping -c1 198.18.0.1")).is_empty());
+        assert!(
+            tasks
+                .receive(NOW, &me(), task(1, "ping -c1 198.18.0.1"))
+                .is_empty()
+        );
         let output = TaskOutput {
             exit_code: Some(0),
             ..TaskOutput::default()
         };
         let done = tasks.finished(NOW, 1, output.clone());
-        let answer = TaskStep::Send(FromAgent::TaskResult {
-            task_id: 1,
-            output,
-        });
+        let answer = TaskStep::Send(FromAgent::TaskResult { task_id: 1, output });
         assert_eq!(done, vec![answer.clone()]);
         assert_eq!(
             tasks.receive(NOW, &me(), task(1, "ping -c1 198.18.0.1")),
@@ -383,15 +393,35 @@ mod tests {
         let mut tasks = opted_in();
         let mut other_region = task(1, "ping a");
         other_region.region_pattern = "us-.*".into();
-        assert!(refusal(&tasks.receive(NOW, &me(), other_region)).unwrap().contains("not selected"));
+        assert!(
+            refusal(&tasks.receive(NOW, &me(), other_region))
+                .unwrap()
+                .contains("not selected")
+        );
         let mut expired = task(2, "ping a");
         expired.expires_at = UnixMillis(NOW.as_millis() - 1);
-        assert!(refusal(&tasks.receive(NOW, &me(), expired)).unwrap().contains("expired"));
+        assert!(
+            refusal(&tasks.receive(NOW, &me(), expired))
+                .unwrap()
+                .contains("expired")
+        );
         let mut far = task(3, "ping a");
         far.expires_at = NOW.saturating_add(Duration::from_secs(2 * 24 * 3600));
-        assert!(refusal(&tasks.receive(NOW, &me(), far)).unwrap().contains("longer than"));
-        assert!(refusal(&tasks.receive(NOW, &me(), task(4, "ping a; id"))).unwrap().contains("shell"));
-        assert!(refusal(&tasks.receive(NOW, &me(), task(5, "rm -rf /"))).unwrap().contains("not a program"));
+        assert!(
+            refusal(&tasks.receive(NOW, &me(), far))
+                .unwrap()
+                .contains("longer than")
+        );
+        assert!(
+            refusal(&tasks.receive(NOW, &me(), task(4, "ping a; id")))
+                .unwrap()
+                .contains("shell")
+        );
+        assert!(
+            refusal(&tasks.receive(NOW, &me(), task(5, "rm -rf /")))
+                .unwrap()
+                .contains("not a program")
+        );
     }
 
     #[test]
@@ -401,19 +431,35 @@ mod tests {
             key: Some(key.public()),
             ..TaskPolicy::default()
         }));
-        assert!(refusal(&tasks.receive(NOW, &me(), task(1, "ping a"))).unwrap().contains("unsigned"));
+        assert!(
+            refusal(&tasks.receive(NOW, &me(), task(1, "ping a")))
+                .unwrap()
+                .contains("unsigned")
+        );
         let mut wrong = task(2, "ping a");
-        wrong.signature = Some(TaskSigningKey::from_seed([4; 32]).sign(&task_signing_bytes(&wrong)));
-        assert!(refusal(&tasks.receive(NOW, &me(), wrong)).unwrap().contains("does not verify"));
+        wrong.signature =
+            Some(TaskSigningKey::from_seed([4; 32]).sign(&task_signing_bytes(&wrong)));
+        assert!(
+            refusal(&tasks.receive(NOW, &me(), wrong))
+                .unwrap()
+                .contains("does not verify")
+        );
         // Signed, then widened by the server: no longer the operator's task.
         let mut widened = task(3, "ping a");
         widened.region_pattern = "eu-west".into();
         widened.signature = Some(key.sign(&task_signing_bytes(&widened)));
         widened.region_pattern = ".*".into();
-        assert!(refusal(&tasks.receive(NOW, &me(), widened)).unwrap().contains("does not verify"));
+        assert!(
+            refusal(&tasks.receive(NOW, &me(), widened))
+                .unwrap()
+                .contains("does not verify")
+        );
         let mut right = task(4, "ping a");
         right.signature = Some(key.sign(&task_signing_bytes(&right)));
-        assert!(matches!(tasks.receive(NOW, &me(), right).as_slice(), [TaskStep::Run(_)]));
+        assert!(matches!(
+            tasks.receive(NOW, &me(), right).as_slice(),
+            [TaskStep::Run(_)]
+        ));
     }
 
     proptest! {

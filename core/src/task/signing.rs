@@ -207,14 +207,14 @@ mod tests {
     #[test]
     fn key_files_round_trip_and_errors_name_the_line() {
         let key = TaskSigningKey::from_seed([9; 32]);
-        let public_text = format!("# probermesh task public key\n\n{}\n", key.public().to_hex());
+        let public_text = format!(
+            "# probermesh task public key\n\n{}\n",
+            key.public().to_hex()
+        );
         assert_eq!(TaskPublicKey::parse(&public_text), Ok(key.public()));
         let private = TaskSigningKey::parse(&key.to_hex()).expect("a private key");
         assert_eq!(private.public(), key.public());
-        assert_eq!(
-            TaskPublicKey::parse("# nothing\n"),
-            Err(KeyError::Missing)
-        );
+        assert_eq!(TaskPublicKey::parse("# nothing\n"), Err(KeyError::Missing));
         assert_eq!(
             TaskPublicKey::parse("#\nabc\n"),
             Err(KeyError::Malformed {
@@ -223,7 +223,10 @@ mod tests {
             })
         );
         let two = format!("{0}\n{0}\n", key.public().to_hex());
-        assert_eq!(TaskPublicKey::parse(&two), Err(KeyError::Second { line: 2 }));
+        assert_eq!(
+            TaskPublicKey::parse(&two),
+            Err(KeyError::Second { line: 2 })
+        );
         let debug = format!("{private:?}");
         assert!(!debug.contains(&key.to_hex()), "the seed stays out of logs");
     }

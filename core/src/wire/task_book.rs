@@ -159,7 +159,11 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<BookTask>), WireError> {
     for (i, task) in book.tasks.into_iter().enumerate() {
         let field = |name: &str| format!("tasks[{i}].{name}");
         check(&field("command"), task.command.len(), MAX_COMMAND_LEN)?;
-        check(&field("region_pattern"), task.region_pattern.len(), MAX_TEXT_LEN)?;
+        check(
+            &field("region_pattern"),
+            task.region_pattern.len(),
+            MAX_TEXT_LEN,
+        )?;
         check(&field("actor"), task.actor.len(), MAX_TEXT_LEN)?;
         check(&field("remote"), task.remote.len(), MAX_TEXT_LEN)?;
         let region_op = task

@@ -1936,7 +1936,11 @@ fn golden_task_signing_bytes_are_the_promised_bytes() {
     assert_ne!(task_signing_bytes(&other), bytes);
     let mut widened = v2::golden_task_spec();
     widened.region_pattern = ".*".into();
-    assert_ne!(task_signing_bytes(&widened), bytes, "the region selector is signed");
+    assert_ne!(
+        task_signing_bytes(&widened),
+        bytes,
+        "the region selector is signed"
+    );
 }
 
 // === What the probe file accepts, every agent accepts ===

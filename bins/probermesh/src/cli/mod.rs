@@ -309,7 +309,8 @@ impl AgentArgs {
             Duration::from_secs(1),
             Duration::from_secs(3600),
         )?;
-        if !self.task && (self.task_shell || self.task_allow.is_some() || self.task_pubkey.is_some())
+        if !self.task
+            && (self.task_shell || self.task_allow.is_some() || self.task_pubkey.is_some())
         {
             bail!(
                 "-agent.task.shell, -agent.task.allow and -agent.task.pubkey need -agent.task \

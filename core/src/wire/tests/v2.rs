@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::*;
-use crate::matcher::MatchOp;
 use crate::link::{
     Capabilities, FromAgent, Signature, TaskOutput, TaskSpec, ToAgent, TraceHop, TraceProtocol,
     TraceReport, TraceRequest, UpgradePlan, UpgradeState, feature,
 };
+use crate::matcher::MatchOp;
 
 // === Golden values ===
 
@@ -834,7 +834,15 @@ fn arb_task() -> impl Strategy<Value = TaskSpec> {
         (0usize..4, arb_text()),
     )
         .prop_map(
-            |(id, command, timeout_ms, output_limit_bytes, expires_at_ms, signature, (op, pattern))| TaskSpec {
+            |(
+                id,
+                command,
+                timeout_ms,
+                output_limit_bytes,
+                expires_at_ms,
+                signature,
+                (op, pattern),
+            )| TaskSpec {
                 id,
                 command,
                 timeout: Duration::from_millis(timeout_ms),

@@ -3,7 +3,8 @@
 //! server itself. The answers come from an [`AdminApi`] the server implements; this module
 //! only speaks HTTP: routing, the bearer token of admin endpoints, and limits.
 //!
-//! Admin endpoints (today `/-/reload`; `/-/task` and `/-/upgrade` later) need
+//! Admin endpoints (`/-/reload`, `/-/task` and `GET /-/task/<id>` (see [`task`]); `/-/upgrade`
+//! later) need
 //! `Authorization: Bearer <token>` when a token is configured (the scheme in any case, as
 //! RFC 7235 says); the token is compared in constant time ([`Token::matches`]) and never
 //! logged. `/-/reload` reloads on `POST` and `PUT` only, as Prometheus does.
@@ -42,6 +43,10 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
+mod task;
+
+pub use task::{MAX_TASK_REQUEST_BYTES, TaskApi, TaskView, view_json};
+
 use crate::log_limit::{LogLimit, UNTRUSTED_MAX_BYTES, untrusted};
 use crate::secret::Token;
 
@@ -76,6 +81,10 @@ pub trait AdminApi: Send + Sync {
     async fn reload(&self) -> Result<(), String>;
     /// Whether the server is ready (its listeners are up and the first pool is loaded).
     fn ready(&self) -> bool;
+    /// The task endpoints' side of the server (`None`: `/-/task` answers 404).
+    fn task_api(&self) -> Option<Arc<dyn TaskApi>> {
+        None
+    }
 }
 
 /// The limits of the HTTP endpoints.
@@ -614,6 +623,9 @@ async fn route(
             }
         }
         "/-/reload" => reload(&request, remote, endpoints).await,
+        path if path == "/-/task" || path.starts_with("/-/task/") => {
+            task::route(request, remote, endpoints).await
+        }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
 }
