@@ -169,22 +169,22 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<BookTask>), WireError> {
         let region_op = task
             .region_op
             .parse()
-            .map_err(|_| WireError::invalid(&field("region_op"), "not =, !=, =~ or !~"))?;
+            .map_err(|_| WireError::invalid(field("region_op"), "not =, !=, =~ or !~"))?;
         let signature = task
             .signature
             .map(|bytes| {
                 <[u8; TASK_SIGNATURE_LEN]>::try_from(bytes.as_slice())
                     .map(Signature)
-                    .map_err(|_| WireError::invalid(&field("signature"), "not 64 bytes"))
+                    .map_err(|_| WireError::invalid(field("signature"), "not 64 bytes"))
             })
             .transpose()?;
         let mut runs = BTreeMap::new();
         for (j, run) in task.runs.into_iter().enumerate() {
             let field = |name: &str| format!("tasks[{i}].runs[{j}].{name}");
             let region = Region::new(&run.region)
-                .map_err(|e| WireError::invalid(&field("region"), e.to_string()))?;
+                .map_err(|e| WireError::invalid(field("region"), e.to_string()))?;
             let state = TaskState::from_name(&run.state)
-                .ok_or_else(|| WireError::invalid(&field("state"), "not a task state"))?;
+                .ok_or_else(|| WireError::invalid(field("state"), "not a task state"))?;
             if let Some(reason) = &run.reason {
                 check(&field("reason"), reason.len(), MAX_TEXT_LEN)?;
             }
