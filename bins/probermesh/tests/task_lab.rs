@@ -161,9 +161,12 @@ impl Lab {
             || {
                 let data = self.status(id);
                 let agents = data["agents"].as_array()?.clone();
-                let done = agents
-                    .iter()
-                    .all(|a| !matches!(a["state"].as_str(), Some("pending" | "running")));
+                // Final in the book and filed in the archive (the record, which carries the
+                // output, is written just after the book changes).
+                let done = agents.iter().all(|a| {
+                    !matches!(a["state"].as_str(), Some("pending" | "running"))
+                        && a["finished_at_ms"].is_u64()
+                });
                 done.then(|| {
                     agents
                         .into_iter()
