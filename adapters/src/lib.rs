@@ -24,6 +24,9 @@
 //!   `-server.task.meta.dir`: the Go result files, a JSON record per run, the audit log,
 //!   retention by age and total size.
 //! - [`admin`]: the server's HTTP endpoints over hyper, within a connection cap.
+//! - [`admin_client`]: the operator's client of those endpoints (`probermesh task`,
+//!   `targets`, `task-key`): plain HTTP/1.1 over hyper, the admin token, signed tasks and the
+//!   task key files.
 //! - [`fd_limit`]: the open-files limit raised to the hard limit at start.
 //! - [`log_limit`]: not an adapter: rate-limited log lines and escaped peer text, for
 //!   adapters facing strangers.
@@ -31,6 +34,7 @@
 //!   ports.
 
 pub mod admin;
+pub mod admin_client;
 pub mod bounded_read;
 pub mod clock;
 pub mod data_dir;

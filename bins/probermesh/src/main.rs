@@ -2,12 +2,14 @@
 //! `probermesh-adapters`, and maps errors to exit codes; it holds no domain logic.
 //!
 //! Subcommands: `server`, `agent`, `demo` (a whole mesh on loopback), `version`, and the
-//! operator tools `ping`, `http-probe` and `check-probe-file`. The Go system's command line
+//! operator tools `ping`, `http-probe`, `check-probe-file`, and the server's clients `task`,
+//! `targets` and `task-key` (see `client`). The Go system's command line
 //! (`probermesh -mode agent -agent.region=eu …`) is translated into the same subcommands
 //! (see `cli::legacy`), so both spellings start the same code.
 
 mod agent;
 mod cli;
+mod client;
 mod demo;
 mod http_probe;
 mod logging;
@@ -40,6 +42,9 @@ enum Command {
     CheckProbeFile(CheckProbeFile),
     HttpProbe(http_probe::HttpProbe),
     Ping(ping::Ping),
+    Task(client::TaskArgs),
+    Targets(client::TargetsArgs),
+    TaskKey(client::TaskKeyArgs),
     Version(Version),
 }
 
@@ -65,7 +70,7 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = client::go_client_args(std::env::args().skip(1).collect());
     let cli = if cli::legacy::is_legacy(&args) {
         match cli::legacy::translate(&args) {
             Ok(cli::legacy::Legacy::Run(translated)) => {
@@ -91,7 +96,20 @@ fn main() -> ExitCode {
             }
         }
     } else {
-        argh::from_env()
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        match Cli::from_args(&["probermesh"], &words) {
+            Ok(cli) => cli,
+            Err(early) if early.status.is_ok() => return exit(print_line(&early.output)),
+            Err(early) => {
+                eprintln!(
+                    "{}\nRun probermesh --help for more information.",
+                    early.output
+                );
+                // argh's own status, except the clients' (2, as Go's flag package).
+                let client = matches!(words.first(), Some(&("task" | "targets" | "task-key")));
+                return ExitCode::from(if client { EXIT_USAGE } else { 1 });
+            }
+        }
     };
     let outcome = match cli.command {
         Command::Server(args) => with_runtime(server::run(args)),
@@ -100,6 +118,9 @@ fn main() -> ExitCode {
         Command::CheckProbeFile(args) => check_probe_file(&args),
         Command::HttpProbe(args) => http_probe::run(&args),
         Command::Ping(args) => ping::run(&args),
+        Command::Task(args) => return client::exit_of(block_on(Some(2), client::task(args))),
+        Command::Targets(args) => return client::exit_of(block_on(Some(2), client::targets(args))),
+        Command::TaskKey(args) => return client::exit_of(client::task_key(&args)),
         Command::Version(_) => print_line(&format!("probermesh {}", env!("CARGO_PKG_VERSION"))),
     };
     exit(outcome)
