@@ -3,7 +3,7 @@
 //! server itself. The answers come from an [`AdminApi`] the server implements; this module
 //! only speaks HTTP: routing, the bearer token of admin endpoints, and limits.
 //!
-//! Admin endpoints (`/-/reload`, `/-/task` and `GET /-/task/<id>` (see [`task`]); `/-/upgrade`
+//! Admin endpoints (`/-/reload`, `/-/task` and `GET /-/task/<id>` (in the `task` submodule); `/-/upgrade`
 //! later) need
 //! `Authorization: Bearer <token>` when a token is configured (the scheme in any case, as
 //! RFC 7235 says); the token is compared in constant time ([`Token::matches`]) and never

@@ -234,7 +234,7 @@ const REFUSED_FLAGS: [ToolFlags; 4] = [
     },
 ];
 
-/// Why `arg` of `tool` is refused, if it is: see [`REFUSED_FLAGS`]; also any curl URL of a
+/// Why `arg` of `tool` is refused, if it is: the table of refused flags (curl, ping, mtr, dig); also any curl URL of a
 /// scheme other than HTTP(S) (`file:`, `dict:`, `gopher:`, …).
 #[must_use]
 pub fn refused_flag(tool: &str, arg: &str) -> Option<&'static str> {
