@@ -78,7 +78,7 @@ pub(crate) struct TargetsArgs {
     token_file: Option<PathBuf>,
 }
 
-/// Generate a task signing key pair: the private key file and <file>.pub for the agents.
+/// Generate a task signing key pair: the private key file and FILE.pub (the --out path) for the agents.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "task-key")]
 pub(crate) struct TaskKeyArgs {
