@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{BIN, TOKEN, temp_dir};
+use common::{BIN, TOKEN, start_agent_with, temp_dir};
 use probermesh_core::link::TaskSpec;
 use probermesh_core::matcher::MatchOp;
 use probermesh_core::model::UnixMillis;
@@ -74,27 +74,7 @@ impl Lab {
 
     fn start_agent(&self, region: &str, ip: &str, extra: &[&str]) -> Process {
         let fingerprint = server_fingerprint(&self.data_dir());
-        let child = Command::new(BIN)
-            .args([
-                "agent",
-                "--region",
-                region,
-                "--ip",
-                ip,
-                "--rpc-report-addr",
-                &format!("127.0.0.1:{}", self.link_port),
-                "--probe-interval",
-                "2s",
-                "--tls-server-fingerprint",
-                &fingerprint,
-            ])
-            .args(extra)
-            .env("PROBERMESH_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("an agent starts");
-        Process(child)
+        start_agent_with(region, ip, self.link_port, &fingerprint, false, extra)
     }
 
     /// Submits `body` with `bearer`: the status and the JSON answer.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use super::{AuditAction, AuditEntry, TaskRecord, TaskState};
 use crate::link::{Signature, TaskOutput, TaskSpec};
-use crate::matcher::RegionMatcher;
+use crate::matcher::{MatcherError, RegionMatcher};
 use crate::model::{AgentId, UnixMillis};
 use crate::wire::{MAX_COMMAND_LEN, MAX_TASK_OUTPUT_LEN, MAX_TEXT_LEN};
 
@@ -402,19 +402,16 @@ impl TaskBook {
         known: &[KnownAgent],
     ) -> Result<Submitted, SubmitError> {
         let settings = self.settings.clone();
-        let matcher = RegionMatcher::new(&submission.op, &submission.pattern).map_err(|e| {
-            bad(
-                if e.to_string().contains("operator") {
-                    "expr"
-                } else {
-                    "region"
-                },
-                e.to_string(),
-            )
-        })?;
         if submission.pattern.len() > MAX_TEXT_LEN {
             return Err(bad("region", format!("longer than {MAX_TEXT_LEN} bytes")));
         }
+        let matcher = RegionMatcher::new(&submission.op, &submission.pattern).map_err(|e| {
+            let field = match e {
+                MatcherError::UnknownOperator { .. } => "expr",
+                MatcherError::BadRegex { .. } => "region",
+            };
+            bad(field, e.to_string())
+        })?;
         let command = submission.command.trim().to_owned();
         if command.is_empty() {
             return Err(bad("cmd", "empty"));
@@ -542,18 +539,16 @@ impl TaskBook {
         let mut changes = BookChanges::default();
         let mut matched = Vec::new();
         for known in &selected {
-            let (run, send) = first_run(now, known.link.as_ref());
-            if send {
-                changes.sends.push((known.agent.clone(), spec.clone()));
-            }
-            if run.state.is_final() {
-                changes
-                    .records
-                    .push(record(&task, &known.agent, &run, TaskOutput::default()));
-                *self.counts.runs.entry(run.state).or_default() += 1;
-            }
+            let run = first_run(now, known.link.as_ref());
             matched.push((known.agent.clone(), run.state, run.reason.clone()));
-            task.runs.insert(known.agent.clone(), run);
+            place_run(
+                &mut task,
+                &known.agent,
+                run,
+                TaskOutput::default(),
+                &mut self.counts,
+                &mut changes,
+            );
         }
         changes.audit.push(AuditEntry {
             at: now,
@@ -632,17 +627,15 @@ impl TaskBook {
             let live = now <= task.spec.expires_at;
             match task.runs.get(agent).cloned() {
                 Some(run) if run.state == TaskState::Pending && live => {
-                    let (new_run, send) = first_run(now, Some(&link));
-                    if send {
-                        changes.sends.push((agent.clone(), task.spec.clone()));
-                    }
-                    if new_run.state.is_final() {
-                        changes
-                            .records
-                            .push(record(task, agent, &new_run, TaskOutput::default()));
-                        *self.counts.runs.entry(new_run.state).or_default() += 1;
-                    }
-                    task.runs.insert(agent.clone(), new_run);
+                    let run = first_run(now, Some(&link));
+                    place_run(
+                        task,
+                        agent,
+                        run,
+                        TaskOutput::default(),
+                        &mut self.counts,
+                        &mut changes,
+                    );
                     self.dirty = true;
                 }
                 Some(run) if run.state == TaskState::Running => {
@@ -659,11 +652,14 @@ impl TaskBook {
                             ),
                             updated_at: now,
                         };
-                        changes
-                            .records
-                            .push(record(task, agent, &ended, TaskOutput::default()));
-                        *self.counts.runs.entry(ended.state).or_default() += 1;
-                        task.runs.insert(agent.clone(), ended);
+                        place_run(
+                            task,
+                            agent,
+                            ended,
+                            TaskOutput::default(),
+                            &mut self.counts,
+                            &mut changes,
+                        );
                         self.dirty = true;
                     }
                 }
@@ -672,17 +668,15 @@ impl TaskBook {
                     if !room || runs_total >= max_runs {
                         continue;
                     }
-                    let (run, send) = first_run(now, Some(&link));
-                    if send {
-                        changes.sends.push((agent.clone(), task.spec.clone()));
-                    }
-                    if run.state.is_final() {
-                        changes
-                            .records
-                            .push(record(task, agent, &run, TaskOutput::default()));
-                        *self.counts.runs.entry(run.state).or_default() += 1;
-                    }
-                    task.runs.insert(agent.clone(), run);
+                    let run = first_run(now, Some(&link));
+                    place_run(
+                        task,
+                        agent,
+                        run,
+                        TaskOutput::default(),
+                        &mut self.counts,
+                        &mut changes,
+                    );
                     runs_total += 1;
                     self.dirty = true;
                 }
@@ -728,9 +722,7 @@ impl TaskBook {
             reason,
             updated_at: now,
         };
-        changes.records.push(record(task, agent, &ended, output));
-        *self.counts.runs.entry(state).or_default() += 1;
-        task.runs.insert(agent.clone(), ended);
+        place_run(task, agent, ended, output, &mut self.counts, &mut changes);
         self.dirty = true;
         changes.extend(self.finish_due(now));
         changes
@@ -772,11 +764,14 @@ impl TaskBook {
                 ));
             }
             for (agent, run) in ended {
-                changes
-                    .records
-                    .push(record(task, &agent, &run, TaskOutput::default()));
-                *self.counts.runs.entry(run.state).or_default() += 1;
-                task.runs.insert(agent, run);
+                place_run(
+                    task,
+                    &agent,
+                    run,
+                    TaskOutput::default(),
+                    &mut self.counts,
+                    &mut changes,
+                );
                 self.dirty = true;
             }
         }
@@ -871,37 +866,40 @@ impl TaskBook {
     }
 }
 
-/// A task's first state for an agent with `link` (none: not connected), and whether to send.
-fn first_run(now: UnixMillis, link: Option<&AgentLink>) -> (AgentRun, bool) {
-    match (link, refusal_reason(link)) {
-        (None, _) => (
-            AgentRun {
-                state: TaskState::Pending,
-                instance: None,
-                reason: None,
-                updated_at: now,
-            },
-            false,
-        ),
-        (Some(_), Some(reason)) => (
-            AgentRun {
-                state: TaskState::Refused,
-                instance: None,
-                reason: Some(reason),
-                updated_at: now,
-            },
-            false,
-        ),
-        (Some(link), None) => (
-            AgentRun {
-                state: TaskState::Running,
-                instance: Some(link.instance),
-                reason: None,
-                updated_at: now,
-            },
-            true,
-        ),
+/// A task's first state for an agent with `link` (none: not connected): `running` (to be
+/// sent), `refused` (the agent cannot take tasks) or `pending`.
+fn first_run(now: UnixMillis, link: Option<&AgentLink>) -> AgentRun {
+    let (state, instance, reason) = match (link, refusal_reason(link)) {
+        (None, _) => (TaskState::Pending, None, None),
+        (Some(_), Some(reason)) => (TaskState::Refused, None, Some(reason)),
+        (Some(link), None) => (TaskState::Running, Some(link.instance), None),
+    };
+    AgentRun {
+        state,
+        instance,
+        reason,
+        updated_at: now,
     }
+}
+
+/// Puts `run` in `task` for `agent`, the one way a run changes: a new `running` run is a task
+/// to send; a final run is filed (with `output`) and counted.
+fn place_run(
+    task: &mut BookTask,
+    agent: &AgentId,
+    run: AgentRun,
+    output: TaskOutput,
+    counts: &mut TaskCounts,
+    changes: &mut BookChanges,
+) {
+    if run.state == TaskState::Running {
+        changes.sends.push((agent.clone(), task.spec.clone()));
+    }
+    if run.state.is_final() {
+        changes.records.push(record(task, agent, &run, output));
+        *counts.runs.entry(run.state).or_default() += 1;
+    }
+    task.runs.insert(agent.clone(), run);
 }
 
 fn record(task: &BookTask, agent: &AgentId, run: &AgentRun, output: TaskOutput) -> TaskRecord {

@@ -16,9 +16,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
+use super::TaskRun;
 use super::command::CommandPolicy;
 use super::signing::TaskPublicKey;
-use super::{TaskRun, TaskState};
 use crate::link::{FromAgent, TaskOutput, TaskSpec};
 use crate::matcher::RegionMatcher;
 use crate::model::{AgentId, UnixMillis};
@@ -79,8 +79,6 @@ pub struct AgentTasks {
     taken_order: VecDeque<u64>,
     answers: VecDeque<(u64, FromAgent)>,
     answer_bytes: usize,
-    /// Runs finished, by final state (done, failed, timed out), and refusals.
-    counts: [u64; TaskState::ALL.len()],
 }
 
 fn answer_len(answer: &FromAgent) -> usize {
@@ -103,7 +101,6 @@ impl AgentTasks {
             taken_order: VecDeque::new(),
             answers: VecDeque::new(),
             answer_bytes: 0,
-            counts: [0; TaskState::ALL.len()],
         }
     }
 
@@ -117,12 +114,6 @@ impl AgentTasks {
     #[must_use]
     pub fn running(&self) -> Option<u64> {
         self.running
-    }
-
-    /// Runs and refusals since the start, in the order of [`TaskState::ALL`].
-    #[must_use]
-    pub fn counts(&self) -> [u64; TaskState::ALL.len()] {
-        self.counts
     }
 
     /// The server sent `task` at `now` to this agent, `me`.
@@ -152,7 +143,6 @@ impl AgentTasks {
         if self.running == Some(id) {
             self.running = None;
         }
-        self.counts[TaskState::of_output(&output) as usize] += 1;
         let answer = FromAgent::TaskResult {
             task_id: id,
             output,
@@ -243,7 +233,6 @@ impl AgentTasks {
     }
 
     fn refuse(&mut self, id: u64, reason: String) -> TaskStep {
-        self.counts[TaskState::Refused as usize] += 1;
         let answer = FromAgent::TaskRefused {
             task_id: id,
             reason,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{IpAddrV1, MAX_COMMAND_LEN, MAX_TEXT_LEN, TASK_SIGNATURE_LEN, WireError};
+use super::{IpAddrV1, MAX_COMMAND_LEN, MAX_TEXT_LEN, TASK_SIGNATURE_LEN, WireError, check_len};
 use crate::link::{Signature, TaskSpec};
 use crate::model::time::duration_millis;
 use crate::model::{AgentId, Region, UnixMillis};
@@ -127,10 +127,6 @@ pub fn encode<'a>(last_id: u64, tasks: impl Iterator<Item = &'a BookTask>) -> Ve
     postcard::to_extend(&body, bytes).unwrap_or_default()
 }
 
-fn check(field: &str, len: usize, max: usize) -> Result<(), WireError> {
-    super::check_len(field, len, max)
-}
-
 /// The book a record holds: its last id and its tasks, validated.
 ///
 /// # Errors
@@ -152,20 +148,20 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<BookTask>), WireError> {
     }
     let book: TaskBookV1 = postcard::from_bytes(&body[2..])
         .map_err(|e| WireError::invalid("task_book", format!("undecodable: {e}")))?;
-    check("task_book.tasks", book.tasks.len(), MAX_BOOK_TASKS)?;
+    check_len("task_book.tasks", book.tasks.len(), MAX_BOOK_TASKS)?;
     let runs: usize = book.tasks.iter().map(|t| t.runs.len()).sum();
-    check("task_book.runs", runs, MAX_BOOK_RUNS)?;
+    check_len("task_book.runs", runs, MAX_BOOK_RUNS)?;
     let mut tasks = Vec::with_capacity(book.tasks.len());
     for (i, task) in book.tasks.into_iter().enumerate() {
         let field = |name: &str| format!("tasks[{i}].{name}");
-        check(&field("command"), task.command.len(), MAX_COMMAND_LEN)?;
-        check(
+        check_len(&field("command"), task.command.len(), MAX_COMMAND_LEN)?;
+        check_len(
             &field("region_pattern"),
             task.region_pattern.len(),
             MAX_TEXT_LEN,
         )?;
-        check(&field("actor"), task.actor.len(), MAX_TEXT_LEN)?;
-        check(&field("remote"), task.remote.len(), MAX_TEXT_LEN)?;
+        check_len(&field("actor"), task.actor.len(), MAX_TEXT_LEN)?;
+        check_len(&field("remote"), task.remote.len(), MAX_TEXT_LEN)?;
         let region_op = task
             .region_op
             .parse()
@@ -186,7 +182,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<BookTask>), WireError> {
             let state = TaskState::from_name(&run.state)
                 .ok_or_else(|| WireError::invalid(field("state"), "not a task state"))?;
             if let Some(reason) = &run.reason {
-                check(&field("reason"), reason.len(), MAX_TEXT_LEN)?;
+                check_len(&field("reason"), reason.len(), MAX_TEXT_LEN)?;
             }
             runs.insert(
                 AgentId::new(region, run.ip.into()),

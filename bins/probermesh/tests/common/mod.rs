@@ -83,6 +83,18 @@ pub(crate) fn start_agent(
     fingerprint: &str,
     legacy: bool,
 ) -> Process {
+    start_agent_with(region, ip, link_port, fingerprint, legacy, &[])
+}
+
+/// [`start_agent`] with `extra` arguments after the usual ones (in the style `legacy` says).
+pub(crate) fn start_agent_with(
+    region: &str,
+    ip: &str,
+    link_port: u16,
+    fingerprint: &str,
+    legacy: bool,
+    extra: &[&str],
+) -> Process {
     let mut command = Command::new(BIN);
     if legacy {
         command.args([
@@ -109,6 +121,7 @@ pub(crate) fn start_agent(
             fingerprint,
         ]);
     }
+    command.args(extra);
     Process(
         command
             .env("PROBERMESH_TOKEN", TOKEN)
