@@ -36,6 +36,7 @@ fn config(follow_observed_ip: bool) -> AgentConfig {
         follow_observed_ip,
         in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
         tasks: None,
+        upgrade: Default::default(),
     }
 }
 
@@ -325,6 +326,7 @@ async fn a_probe_that_panics_frees_its_place_for_the_next() {
         AgentConfig {
             in_flight_limits: probermesh_core::agent::InFlightLimits { icmp: 1, http: 1 },
             tasks: None,
+            upgrade: Default::default(),
             ..config(false)
         },
         clock.now(),

@@ -83,6 +83,7 @@ fn start_agent(
             follow_observed_ip: false,
             in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
             tasks: None,
+            upgrade: Default::default(),
         },
         clock.now(),
     );

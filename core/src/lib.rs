@@ -12,6 +12,8 @@
 //! - [`matcher`]: the task region matcher (`=`, `!=`, `=~`, `!~`);
 //! - [`task`]: remote tasks: the command policy, signatures, the server's task book and the
 //!   agent's runs;
+//! - [`upgrade`]: agent self-upgrade: semantic versions, the server's staged rollout and the
+//!   agent's download, hand-over and probation;
 //! - [`probe_file`]: the server's probe file (the Go YAML schema);
 //! - [`wire`]: the agent↔server protocol messages and their framing;
 //! - [`delivery`]: the agent's result outbox and the server's deduplication (sequence numbers,
@@ -82,4 +84,5 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod task;
+pub mod upgrade;
 pub mod wire;

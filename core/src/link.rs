@@ -127,6 +127,9 @@ pub struct UpgradePlan {
     /// The release's minisign signature (the `.minisig` file's text), checked by agents that
     /// pin a release key.
     pub signature: Option<String>,
+    /// Install even when the version is not newer than the running one (the request's
+    /// `force`): each agent of a rollout is offered it once.
+    pub force: bool,
 }
 
 impl UpgradePlan {

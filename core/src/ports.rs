@@ -445,6 +445,9 @@ pub enum Record {
     /// The book of remote tasks: who was sent what, so that a restarted server sends no task
     /// twice (`core::wire::task_book`).
     Tasks,
+    /// The rollout under way (or the last one): a restarted server resumes it
+    /// (`core::wire::upgrade_book`).
+    Upgrade,
 }
 
 impl Record {
@@ -454,6 +457,7 @@ impl Record {
         match self {
             Self::OpenWindows => "open-windows",
             Self::Tasks => "tasks",
+            Self::Upgrade => "upgrade",
         }
     }
 
@@ -467,6 +471,7 @@ impl Record {
             // `wire::handoff::MAX_OPEN_WINDOWS_BYTES`.
             Self::OpenWindows => crate::wire::handoff::MAX_OPEN_WINDOWS_BYTES,
             Self::Tasks => crate::wire::task_book::MAX_TASK_BOOK_BYTES,
+            Self::Upgrade => crate::wire::upgrade_book::MAX_UPGRADE_BOOK_BYTES,
         }
     }
 
@@ -482,6 +487,7 @@ impl Record {
                 "1,024 tasks and 100,000 agent runs at most, with 64 KiB commands, the most a \
                  server keeps"
             }
+            Self::Upgrade => "one rollout of at most 100,000 agents, with their reasons",
         }
     }
 }

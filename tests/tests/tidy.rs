@@ -63,6 +63,8 @@ fn core_depends_only_on_allowed_crates() {
         "serde-saphyr",
         // Pure computation: task signatures are checked in core (`core::task::signing`).
         "ed25519-dalek",
+        // Pure computation: upgrades compare semantic versions (`core::upgrade::version`).
+        "semver",
     ];
     for line in dependencies
         .lines()

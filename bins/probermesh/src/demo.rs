@@ -77,6 +77,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         admin_token: None,
         data_dir: None,
         tasks: None,
+        upgrade: Default::default(),
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.
@@ -123,6 +124,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                     follow_observed_ip: false,
                     in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
                     tasks: None,
+                    upgrade: Default::default(),
                 },
                 clock.now(),
             );

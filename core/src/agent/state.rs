@@ -37,6 +37,7 @@ use crate::model::{AgentId, ProbeKind, ProbeResult, UnixMillis};
 use crate::ports::ReceivedPool;
 use crate::task::TaskRun;
 use crate::task::runs::{AgentTasks, TaskPolicy, TaskStep};
+use crate::upgrade::agent::{AgentUpgrades, UpgradeSetup, UpgradeStep};
 
 /// Refused revisions remembered; beyond this the memory starts afresh.
 const MAX_REMEMBERED_REFUSALS: usize = 1_024;
@@ -59,6 +60,8 @@ pub struct AgentConfig {
     pub in_flight_limits: InFlightLimits,
     /// How remote tasks run (`-agent.task`); `None`: every task is refused.
     pub tasks: Option<TaskPolicy>,
+    /// How upgrades are taken (`-agent.upgrade`), and whether this process is a trial.
+    pub upgrade: UpgradeSetup,
 }
 
 /// The most probes of each kind an agent runs at once (`-agent.probe.icmp-max-in-flight`,
@@ -111,6 +114,9 @@ pub enum AgentAction {
     Reidentify(AgentId),
     /// Run this task and hand its output to [`AgentState::handle_task_output`].
     RunTask(TaskRun),
+    /// A step of an upgrade (staging, writing, checking the binary; handing over; committing),
+    /// answered with the `handle_upgrade_*` methods. (Its messages come as [`Self::Send`].)
+    Upgrade(UpgradeStep),
     /// Something worth a log line.
     Notice(AgentNotice),
 }
@@ -195,6 +201,7 @@ pub struct AgentState {
     stopping: bool,
     produced: u64,
     tasks: AgentTasks,
+    upgrades: AgentUpgrades,
     actions: VecDeque<AgentAction>,
 }
 
@@ -209,6 +216,7 @@ impl AgentState {
             ..config
         };
         let tasks = AgentTasks::new(config.tasks.clone());
+        let upgrades = AgentUpgrades::new(config.upgrade.clone());
         Self {
             next_round: after(round_start(now, interval), interval),
             config,
@@ -224,6 +232,7 @@ impl AgentState {
             stopping: false,
             produced: 0,
             tasks,
+            upgrades,
             actions: VecDeque::new(),
         }
     }
@@ -286,6 +295,9 @@ impl AgentState {
         if self.connected {
             due = due.min(self.next_heartbeat).min(self.next_sync);
         }
+        if let Some(upgrade) = self.upgrades.next_timeout() {
+            due = due.min(upgrade);
+        }
         due
     }
 
@@ -295,6 +307,8 @@ impl AgentState {
         if now >= self.next_round {
             let interval = self.config.probe_interval;
             self.end_round();
+            let steps = self.upgrades.round_ended();
+            self.upgrade_steps(steps);
             let plan = match (&self.pool, self.stopping) {
                 (Some(pool), false) => {
                     plan_rest_of_round(&pool.configs, &self.config.me, now, interval)
@@ -312,6 +326,8 @@ impl AgentState {
         if self.connected && now >= self.next_sync {
             self.request_pool(now);
         }
+        let steps = self.upgrades.tick(now);
+        self.upgrade_steps(steps);
     }
 
     /// What the link reported at `now`.
@@ -335,6 +351,8 @@ impl AgentState {
                 }
                 self.heartbeat(now);
                 self.request_pool(now);
+                let steps = self.upgrades.welcomed(now);
+                self.upgrade_steps(steps);
             }
             FromServer::Message(ToAgent::Pool { revision, configs }) => {
                 self.notice(AgentNotice::PoolAccepted {
@@ -363,12 +381,20 @@ impl AgentState {
                 let steps = self.tasks.receive(now, &self.config.me, task);
                 self.task_steps(steps);
             }
-            // Upgrades and traces arrive with their issues.
-            FromServer::Message(
-                other @ (ToAgent::UpgradeOffer { .. }
-                | ToAgent::BinaryChunk { .. }
-                | ToAgent::Trace(_)),
-            ) => {
+            FromServer::Message(ToAgent::UpgradeOffer { offer_id, plan }) => {
+                let steps = self.upgrades.offered(now, offer_id, plan);
+                self.upgrade_steps(steps);
+            }
+            FromServer::Message(ToAgent::BinaryChunk {
+                offer_id,
+                offset,
+                bytes,
+            }) => {
+                let steps = self.upgrades.chunk(offer_id, offset, bytes);
+                self.upgrade_steps(steps);
+            }
+            // Traces arrive with their issue.
+            FromServer::Message(other @ ToAgent::Trace(_)) => {
                 self.notice(AgentNotice::Unhandled { kind: other.kind() });
             }
             FromServer::InvalidPool {
@@ -412,6 +438,50 @@ impl AgentState {
     #[must_use]
     pub fn tasks(&self) -> &AgentTasks {
         &self.tasks
+    }
+
+    /// The agent's upgrades (opt-in, probation).
+    #[must_use]
+    pub fn upgrades(&self) -> &AgentUpgrades {
+        &self.upgrades
+    }
+
+    /// The staging file of `offer_id` is open with `received` bytes in it.
+    pub fn handle_upgrade_staged(&mut self, now: UnixMillis, offer_id: u64, received: u64) {
+        let steps = self.upgrades.staged(now, offer_id, received);
+        self.upgrade_steps(steps);
+    }
+
+    /// A chunk of `offer_id` was written: the staging file holds `received` bytes.
+    pub fn handle_upgrade_written(&mut self, now: UnixMillis, offer_id: u64, received: u64) {
+        let steps = self.upgrades.written(now, offer_id, received);
+        self.upgrade_steps(steps);
+    }
+
+    /// The upgrade of `offer_id` failed (staging, a check, the preflight) for `reason`.
+    pub fn handle_upgrade_failed(&mut self, offer_id: u64, reason: String) {
+        let steps = self.upgrades.failed(offer_id, reason);
+        self.upgrade_steps(steps);
+    }
+
+    /// The binary of `offer_id` passed its checks: the hand-over follows.
+    pub fn handle_upgrade_installed(&mut self, offer_id: u64) {
+        let steps = self.upgrades.installed(offer_id);
+        self.upgrade_steps(steps);
+    }
+
+    /// The link has had `acked` results acknowledged (for a trial's probation).
+    pub fn handle_acknowledged(&mut self, acked: u64) {
+        self.upgrades.acknowledged(acked);
+    }
+
+    fn upgrade_steps(&mut self, steps: Vec<UpgradeStep>) {
+        for step in steps {
+            self.actions.push_back(match step {
+                UpgradeStep::Send(message) => AgentAction::Send(message),
+                other => AgentAction::Upgrade(other),
+            });
+        }
     }
 
     fn task_steps(&mut self, steps: Vec<TaskStep>) {
@@ -582,6 +652,7 @@ mod tests {
             follow_observed_ip: false,
             in_flight_limits: InFlightLimits::default(),
             tasks: None,
+            upgrade: Default::default(),
         }
     }
 
@@ -768,6 +839,7 @@ mod tests {
                 follow_observed_ip: true,
                 in_flight_limits: InFlightLimits::default(),
                 tasks: None,
+                upgrade: Default::default(),
                 ..config()
             },
             UnixMillis(T0),
@@ -801,6 +873,7 @@ mod tests {
         AgentConfig {
             in_flight_limits: InFlightLimits { icmp, http },
             tasks: None,
+            upgrade: Default::default(),
             ..config()
         }
     }

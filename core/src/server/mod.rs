@@ -28,6 +28,10 @@ use crate::task::book::{
     TaskBook,
 };
 use crate::task::{AuditEntry, TaskRecord};
+use crate::upgrade::MemberState;
+use crate::upgrade::rollout::{
+    Candidate, Control, ControlError, DeskChanges, RolloutRequest, StartError, UpgradeDesk,
+};
 
 /// `prober_server_pool_refused_total` (ours): pools agents refused, by the agent's region and
 /// the kind of setting at fault.
@@ -129,6 +133,10 @@ fn refusal_place(field: &str) -> (Option<usize>, &'static str) {
 pub const TASK_SUBMISSIONS: &str = "prober_server_task_submissions_total";
 /// `prober_server_task_runs_total` (ours): agent runs of tasks that ended, by final state.
 pub const TASK_RUNS: &str = "prober_server_task_runs_total";
+/// `prober_server_upgrade_agents` (ours): the current rollout's agents by state.
+pub const UPGRADE_AGENTS: &str = "prober_server_upgrade_agents";
+/// `prober_server_agent_versions` (ours): connected agent processes by version.
+pub const AGENT_VERSIONS: &str = "prober_server_agent_versions";
 
 /// One connected agent.
 #[derive(Clone, Debug)]
@@ -160,6 +168,13 @@ pub struct Actions {
     /// The task book changed: write these bytes to the store (`Record::Tasks`) before
     /// sending anything of this action, so a restarted server knows what was sent.
     pub persist_tasks: Option<Vec<u8>>,
+    /// Ranges of the release binary to send as `BinaryChunk`s: (connection, offer, offset,
+    /// length).
+    pub chunks: Vec<(ConnectionId, u64, u64, u64)>,
+    /// The rollout changed: write these bytes to the store (`Record::Upgrade`) before sending.
+    pub persist_upgrade: Option<Vec<u8>>,
+    /// Rollout events for the log (a batch started, halted, completed).
+    pub upgrade_events: Vec<String>,
 }
 
 /// The server's state between events.
@@ -176,6 +191,8 @@ pub struct ServerState {
     file_generation: u64,
     /// Remote tasks (`-server.task`); `None` when they are off.
     tasks: Option<TaskBook>,
+    /// Self-upgrades (`/-/upgrade`).
+    upgrades: UpgradeDesk,
 }
 
 /// What [`ServerState::targets`] and [`ServerState::pool_refusals`] are a function of, taken
@@ -202,6 +219,71 @@ impl ServerState {
             refused_total: BTreeMap::new(),
             file_generation: 0,
             tasks: None,
+            upgrades: UpgradeDesk::default(),
+        }
+    }
+
+    /// Sets the upgrade desk (its settings, or what a previous server kept).
+    #[must_use]
+    pub fn with_upgrades(mut self, desk: UpgradeDesk) -> Self {
+        self.upgrades = desk;
+        self
+    }
+
+    /// The upgrade desk (the current or last rollout).
+    #[must_use]
+    pub fn upgrades(&self) -> &UpgradeDesk {
+        &self.upgrades
+    }
+
+    /// Starts a rollout at `now` among the connected agents it selects.
+    ///
+    /// # Errors
+    /// [`StartError`] when another rollout is open or no agent is selected; nothing changes.
+    pub fn start_rollout(
+        &mut self,
+        now: UnixMillis,
+        request: RolloutRequest,
+    ) -> Result<Actions, StartError> {
+        let changes = self.upgrades.start(now, request)?;
+        let mut actions = Actions::default();
+        self.apply_upgrade_changes(changes, &mut actions);
+        Ok(actions)
+    }
+
+    /// An operator's control of the rollout at `now`.
+    ///
+    /// # Errors
+    /// [`ControlError`] when there is no rollout or its phase does not allow it.
+    pub fn control_rollout(
+        &mut self,
+        now: UnixMillis,
+        control: Control,
+    ) -> Result<Actions, ControlError> {
+        let changes = self.upgrades.control(now, control)?;
+        let mut actions = Actions::default();
+        self.apply_upgrade_changes(changes, &mut actions);
+        Ok(actions)
+    }
+
+    /// Carries a desk change into `actions`: offers go to the connection of the agent process
+    /// named; the desk's bytes come first when it changed.
+    fn apply_upgrade_changes(&mut self, changes: DeskChanges, actions: &mut Actions) {
+        for (agent, instance, offer) in changes.offers {
+            let connection = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.agent == agent && s.link.instance == instance)
+                .map(|(c, _)| *c)
+                .max();
+            if let Some(connection) = connection {
+                actions.send.push((connection, offer));
+            }
+        }
+        actions.upgrade_events.extend(changes.events);
+        if self.upgrades.is_dirty() {
+            actions.persist_upgrade = Some(self.upgrades.to_record());
+            self.upgrades.mark_saved();
         }
     }
 
@@ -334,6 +416,14 @@ impl ServerState {
                     protocol_version: capabilities.protocol_version,
                     takes_tasks: capabilities.has(feature::TASK),
                 };
+                let takes_upgrades = capabilities.has(feature::UPGRADE);
+                let candidate = Candidate {
+                    agent: agent.clone(),
+                    version: version.as_str().to_owned(),
+                    instance,
+                    protocol_version: capabilities.protocol_version,
+                    takes_upgrades,
+                };
                 self.sessions.insert(
                     connection,
                     Session {
@@ -349,6 +439,8 @@ impl ServerState {
                     let changes = book.connected(now, &agent, link);
                     self.apply_task_changes(changes, &mut actions);
                 }
+                let changes = self.upgrades.connected(now, candidate);
+                self.apply_upgrade_changes(changes, &mut actions);
             }
             LinkEvent::Message {
                 connection,
@@ -357,7 +449,10 @@ impl ServerState {
             } => self.handle_message(now, connection, message, &mut actions),
             LinkEvent::Disconnected { connection, .. } => {
                 // Liveness runs out on its own (ratio × window), as decided.
-                self.sessions.remove(&connection);
+                if let Some(session) = self.sessions.remove(&connection) {
+                    self.upgrades
+                        .disconnected(&session.agent, session.link.instance);
+                }
                 self.refusals.remove(&connection);
             }
         }
@@ -441,17 +536,25 @@ impl ServerState {
                 }
                 actions.refused.push(refusal);
             }
-            // Upgrades and traces arrive with their issues; their messages are carried
-            // already (protocol v2).
             FromAgent::TaskResult { task_id, output } => {
                 self.task_answer(now, &agent, task_id, Answer::Output(output), actions);
             }
             FromAgent::TaskRefused { task_id, reason } => {
                 self.task_answer(now, &agent, task_id, Answer::Refused(reason), actions);
             }
-            FromAgent::UpgradeStatus { .. }
-            | FromAgent::ChunkRequest { .. }
-            | FromAgent::TraceResult(_) => {}
+            FromAgent::UpgradeStatus {
+                offer_id, state, ..
+            } => {
+                let changes = self.upgrades.reported(now, &agent, offer_id, state);
+                self.apply_upgrade_changes(changes, actions);
+            }
+            FromAgent::ChunkRequest { offer_id, offset } => {
+                if let Some((offset, len)) = self.upgrades.chunk(now, &agent, offer_id, offset) {
+                    actions.chunks.push((connection, offer_id, offset, len));
+                }
+            }
+            // Traces arrive with their issue; their messages are carried already (v2).
+            FromAgent::TraceResult(_) => {}
         }
     }
 
@@ -478,6 +581,8 @@ impl ServerState {
             let changes = book.tick(now);
             self.apply_task_changes(changes, &mut actions);
         }
+        let changes = self.upgrades.tick(now);
+        self.apply_upgrade_changes(changes, &mut actions);
         actions
     }
 
@@ -485,10 +590,13 @@ impl ServerState {
     #[must_use]
     pub fn next_timeout(&self) -> UnixMillis {
         let window = self.aggregator.next_timeout();
-        match self.tasks.as_ref().and_then(TaskBook::next_timeout) {
-            Some(task) => window.min(task),
-            None => window,
-        }
+        [
+            self.tasks.as_ref().and_then(TaskBook::next_timeout),
+            self.upgrades.next_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(window, UnixMillis::min)
     }
 
     /// Replaces the probe file's blocks (a reload) and pushes what changed. Dynamic targets
@@ -551,8 +659,57 @@ impl ServerState {
             if let Some(book) = &self.tasks {
                 snapshot.families.extend(task_families(book));
             }
+            snapshot.families.extend(self.upgrade_families());
         }
         snapshot
+    }
+
+    /// The rollout's agents by state (every state, 0 without a rollout) and the connected
+    /// agents by version.
+    fn upgrade_families(&self) -> [MetricFamily; 2] {
+        #[allow(clippy::cast_precision_loss)]
+        let number = |n: usize| SeriesValue::Number(n as f64);
+        let counts = self
+            .upgrades
+            .rollout()
+            .map(crate::upgrade::rollout::Rollout::counts)
+            .unwrap_or_default();
+        let mut versions: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for session in self.sessions.values() {
+            // One process may hold two connections for a moment (a handoff): count it once.
+            if seen.insert((&session.agent, session.link.instance)) {
+                *versions.entry(session.version.as_str()).or_default() += 1;
+            }
+        }
+        [
+            MetricFamily {
+                name: UPGRADE_AGENTS,
+                help: "Agents of the current (or last) rollout by state.",
+                kind: MetricKind::Gauge,
+                label_names: &["state"],
+                series: MemberState::ALL
+                    .iter()
+                    .map(|state| Series {
+                        label_values: vec![state.label().to_owned()],
+                        value: number(counts.get(state).copied().unwrap_or(0)),
+                    })
+                    .collect(),
+            },
+            MetricFamily {
+                name: AGENT_VERSIONS,
+                help: "Connected agent processes by the version they run.",
+                kind: MetricKind::Gauge,
+                label_names: &["version"],
+                series: versions
+                    .into_iter()
+                    .map(|(version, n)| Series {
+                        label_values: vec![version.to_owned()],
+                        value: number(n),
+                    })
+                    .collect(),
+            },
+        ]
     }
 
     fn refused_family(&self) -> MetricFamily {

@@ -52,6 +52,7 @@ pub mod handoff;
 pub mod hello;
 pub mod messages;
 pub mod task_book;
+pub mod upgrade_book;
 pub mod v1;
 pub mod v2;
 

@@ -197,6 +197,9 @@ pub enum ServerMessageV2 {
         /// The release's minisign signature (the `.minisig` file's text), at most
         /// `MAX_TEXT_LEN` bytes.
         signature: Option<String>,
+        /// Install even when `version` is not newer than the agent's (a forced downgrade or
+        /// reinstall).
+        force: bool,
     },
     /// Bytes of an offered binary, answering an [`AgentMessageV2::ChunkRequest`].
     BinaryChunk {

@@ -228,6 +228,7 @@ pub fn to_agent_v2(message: &ToAgent) -> Result<ServerMessageV2, WireError> {
             size_bytes: plan.size_bytes,
             sha256: plan.sha256,
             signature: plan.signature.clone(),
+            force: plan.force,
         },
         ToAgent::BinaryChunk {
             offer_id,
@@ -308,6 +309,7 @@ pub fn from_server_v2(message: ServerMessageV2) -> Result<ToAgent, WireError> {
             size_bytes,
             sha256,
             signature,
+            force,
         } => ToAgent::UpgradeOffer {
             offer_id,
             plan: UpgradePlan {
@@ -315,6 +317,7 @@ pub fn from_server_v2(message: ServerMessageV2) -> Result<ToAgent, WireError> {
                 size_bytes,
                 sha256,
                 signature,
+                force,
             },
         },
         ServerMessageV2::BinaryChunk {

@@ -248,13 +248,14 @@ fn golden_server_messages() -> Vec<(&'static str, &'static str, ServerMessageV2)
         ),
         (
             "upgrade_offer",
-            "ServerMessageV2::UpgradeOffer { offer_id: 3, version: \"0.3.0\", size_bytes: 4, sha256: bytes 0x00 to 0x1f, signature: Some(\"untrusted comment: signature\\nRWQ=\\n\") }",
+            "ServerMessageV2::UpgradeOffer { offer_id: 3, version: \"0.3.0\", size_bytes: 4, sha256: bytes 0x00 to 0x1f, signature: Some(\"untrusted comment: signature\\nRWQ=\\n\"), force: false }",
             ServerMessageV2::UpgradeOffer {
                 offer_id: 3,
                 version: "0.3.0".into(),
                 size_bytes: 4,
                 sha256: std::array::from_fn(|i| u8::try_from(i).unwrap()),
                 signature: Some("untrusted comment: signature\nRWQ=\n".into()),
+                force: false,
             },
         ),
         (
@@ -288,7 +289,55 @@ pub(super) fn golden_frames() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let server = golden_server_messages()
         .into_iter()
         .map(|(stem, comment, msg)| (stem, comment, frame_of(&msg)));
-    agent.chain(server).collect()
+    agent
+        .chain(server)
+        .chain([(
+            "upgrade_book",
+            "upgrade record (not a frame): rollout 1 of 1.1.0 over eu/198.18.0.1 (downloading) and eu/198.18.0.2 (pending), canary 1, batches of 25%",
+            golden_upgrade_book(),
+        )])
+        .collect()
+}
+
+/// A server's upgrade record mid-rollout (`crate::wire::upgrade_book`).
+fn golden_upgrade_book() -> Vec<u8> {
+    use crate::upgrade::rollout::{Candidate, Release, RolloutRequest, Strategy, UpgradeDesk};
+    let t0 = crate::model::UnixMillis::from_secs(1_800_000_000);
+    let mut desk = UpgradeDesk::default();
+    for n in [1, 2] {
+        desk.connected(
+            t0,
+            Candidate {
+                agent: crate::model::AgentId::new(
+                    crate::model::Region::new("eu").unwrap(),
+                    std::net::IpAddr::from([198, 18, 0, n]),
+                ),
+                version: "1.0.0".into(),
+                instance: u64::from(n),
+                protocol_version: 2,
+                takes_upgrades: true,
+            },
+        );
+    }
+    desk.start(
+        t0,
+        RolloutRequest {
+            release: Release {
+                version: "1.1.0".parse().unwrap(),
+                size_bytes: 4,
+                sha256: [9; 32],
+                signature: Some("untrusted comment: sig\nRWQ=\n".into()),
+                source: "http://198.18.0.9/probermesh".into(),
+            },
+            force: false,
+            strategy: Strategy::default(),
+            regions: Some(crate::matcher::RegionMatcher::new("=~", "e.*").unwrap()),
+            actor: "admin".into(),
+            remote: "127.0.0.1:4000".into(),
+        },
+    )
+    .unwrap();
+    desk.to_record()
 }
 
 fn frame_of<T: serde::Serialize>(msg: &T) -> Vec<u8> {
@@ -870,19 +919,23 @@ fn arb_to_agent() -> impl Strategy<Value = ToAgent> {
             arb_text(),
             any::<u64>(),
             any::<[u8; 32]>(),
-            option::of(arb_text_up_to(40))
+            option::of(arb_text_up_to(40)),
+            any::<bool>(),
         )
-            .prop_map(|(offer_id, version, size_bytes, sha256, signature)| {
-                ToAgent::UpgradeOffer {
-                    offer_id,
-                    plan: UpgradePlan {
-                        version,
-                        size_bytes,
-                        sha256,
-                        signature,
-                    },
+            .prop_map(
+                |(offer_id, version, size_bytes, sha256, signature, force)| {
+                    ToAgent::UpgradeOffer {
+                        offer_id,
+                        plan: UpgradePlan {
+                            version,
+                            size_bytes,
+                            sha256,
+                            signature,
+                            force,
+                        },
+                    }
                 }
-            }),
+            ),
         (any::<u64>(), any::<u64>(), vec(any::<u8>(), 0..64)).prop_map(
             |(offer_id, offset, bytes)| ToAgent::BinaryChunk {
                 offer_id,
@@ -1325,6 +1378,7 @@ fn upgrade_texts_are_bounded() {
         size_bytes: 1,
         sha256: [0; 32],
         signature: Some("s".repeat(signature)),
+        force: false,
     };
     assert_limit(
         offer(MAX_TEXT_LEN).check_limits(),
