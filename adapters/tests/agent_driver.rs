@@ -96,6 +96,7 @@ fn start(
         relink,
         probers(icmp),
         Arc::new(probermesh_core::fake::FakeTaskRunner::new()),
+        None,
         clock,
         stopping,
         bounds,

@@ -240,6 +240,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
             size_bytes: 4,
             sha256: [7; 32],
             signature: Some("untrusted comment: test\nRWQ=\n".into()),
+            force: true,
         },
     };
     let chunk = ToAgent::BinaryChunk {

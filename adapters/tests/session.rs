@@ -99,6 +99,7 @@ fn start_agent(
         Box::new(|_| Err("agents of this test keep their address".into())),
         probers,
         Arc::new(probermesh_core::fake::FakeTaskRunner::new()),
+        None,
         Arc::clone(clock),
         stopping,
         StopBounds {

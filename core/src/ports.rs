@@ -291,6 +291,10 @@ pub trait ServerLink: Send + Sync {
 
     /// Closes the link cleanly; results not acknowledged yet are lost with the process.
     async fn close(&self);
+
+    /// Results the server has acknowledged over this link's life (a count that only grows):
+    /// how a new version proves itself during its probation.
+    fn acknowledged_results(&self) -> u64;
 }
 
 /// A target pool as an agent received it, validated into domain types.
@@ -675,4 +679,59 @@ mod tests {
         );
         assert_eq!(ConnectionId(7).to_string(), "connection#7");
     }
+}
+
+// === upgrades ===
+
+/// Why a step of an upgrade on the agent failed: the operation and what went wrong, in words
+/// an operator reads as the agent's reason in `GET /-/upgrade`.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("{operation}: {reason}")]
+pub struct InstallError {
+    /// What was being done (`staging the binary`, `checking the signature`, …).
+    pub operation: &'static str,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Does the file work of an upgrade on the agent: the staging file beside the executable
+/// (resumable), the checks of the whole binary, and the trial's commit marker.
+///
+/// Implemented by the `upgrade` adapter (`FileInstaller`); `core::fake::FakeInstaller` keeps
+/// the bytes in memory.
+#[async_trait::async_trait]
+pub trait Installer: Send + Sync {
+    /// Opens (or reopens, to resume) the staging file for `plan`: the bytes already in it.
+    ///
+    /// # Errors
+    /// [`InstallError`] when there is nowhere to stage (a read-only directory, no space).
+    async fn stage(
+        &self,
+        offer_id: u64,
+        plan: &crate::link::UpgradePlan,
+    ) -> Result<u64, InstallError>;
+
+    /// Appends `bytes` at `offset` of the staging file: its length after.
+    ///
+    /// # Errors
+    /// [`InstallError`] when `offset` is not the file's length or the write fails.
+    async fn write(&self, offer_id: u64, offset: u64, bytes: &[u8]) -> Result<u64, InstallError>;
+
+    /// Checks the whole binary: its SHA-256, its signature when this agent pins a release key,
+    /// and that it reports `plan.version` when run with `version`.
+    ///
+    /// # Errors
+    /// [`InstallError`] naming the check that failed; the staged binary is removed then.
+    async fn check(
+        &self,
+        offer_id: u64,
+        plan: &crate::link::UpgradePlan,
+    ) -> Result<(), InstallError>;
+
+    /// This process, the trial of a new version, passed its probation: tells the process that
+    /// started it.
+    ///
+    /// # Errors
+    /// [`InstallError`] when the marker cannot be written.
+    async fn commit(&self, offer_id: u64) -> Result<(), InstallError>;
 }

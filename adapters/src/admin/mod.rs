@@ -3,8 +3,8 @@
 //! server itself. The answers come from an [`AdminApi`] the server implements; this module
 //! only speaks HTTP: routing, the bearer token of admin endpoints, and limits.
 //!
-//! Admin endpoints (`/-/reload`, `/-/task` and `GET /-/task/<id>` (in the `task` submodule); `/-/upgrade`
-//! later) need
+//! Admin endpoints (`/-/reload`, `/-/task` and `GET /-/task/<id>` (the `task` submodule),
+//! `/-/upgrade` and its controls (the `upgrade` submodule)) need
 //! `Authorization: Bearer <token>` when a token is configured (the scheme in any case, as
 //! RFC 7235 says); the token is compared in constant time ([`Token::matches`]) and never
 //! logged. `/-/reload` reloads on `POST` and `PUT` only, as Prometheus does.
@@ -44,8 +44,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 mod task;
+mod upgrade;
 
 pub use task::{MAX_TASK_REQUEST_BYTES, TaskApi, TaskView, view_json};
+pub use upgrade::{
+    MAX_UPGRADE_REQUEST_BYTES, UpgradeApi, UpgradeIntake, UpgradeRefusal, rollout_json,
+};
 
 use crate::log_limit::{LogLimit, UNTRUSTED_MAX_BYTES, untrusted};
 use crate::secret::Token;
@@ -83,6 +87,10 @@ pub trait AdminApi: Send + Sync {
     fn ready(&self) -> bool;
     /// The task endpoints' side of the server (`None`: `/-/task` answers 404).
     fn task_api(&self) -> Option<Arc<dyn TaskApi>> {
+        None
+    }
+    /// The upgrade endpoints' side of the server (`None`: `/-/upgrade` answers 404).
+    fn upgrade_api(&self) -> Option<Arc<dyn UpgradeApi>> {
         None
     }
 }
@@ -625,6 +633,9 @@ async fn route(
         "/-/reload" => reload(&request, remote, endpoints).await,
         path if path == "/-/task" || path.starts_with("/-/task/") => {
             task::route(request, remote, endpoints).await
+        }
+        path if path == "/-/upgrade" || path.starts_with("/-/upgrade/") => {
+            upgrade::route(request, remote, endpoints).await
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }

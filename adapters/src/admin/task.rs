@@ -84,7 +84,11 @@ struct Envelope<T: Serialize> {
     data: T,
 }
 
-fn json<T: Serialize>(status: StatusCode, msg: &'static str, data: T) -> Response<Bytes> {
+pub(super) fn json<T: Serialize>(
+    status: StatusCode,
+    msg: &'static str,
+    data: T,
+) -> Response<Bytes> {
     let code = i64::from(status.as_u16());
     let body = serde_json::to_vec(&Envelope { code, msg, data }).unwrap_or_default();
     let mut response = text(status, body);

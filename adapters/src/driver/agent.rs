@@ -3,15 +3,19 @@
 //! the link, the link's words go to the state; on a re-identification the link is replaced.
 //! A stop is graceful: no new probe, those in flight finish (within a bound) and their
 //! results are handed to the link, which then gets a bound to have them acknowledged.
+//! Upgrades: the state's steps go to an `Installer` (staging, writing, checking the binary);
+//! when the state hands over to a new version, the run stops as gracefully as for a signal
+//! and returns the hand-over in [`AgentRun::handover`] for the `upgrade` adapter to carry out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use probermesh_core::agent::{AgentAction, AgentNotice, AgentState};
-use probermesh_core::link::TaskOutput;
+use probermesh_core::link::{TaskOutput, UpgradePlan};
 use probermesh_core::model::{AgentId, ProbeKind, ProbeResult};
-use probermesh_core::ports::{Clock, ServerLink, TaskRunner};
+use probermesh_core::ports::{Clock, Installer, ServerLink, TaskRunner};
 use probermesh_core::probe::{self, Probers};
+use probermesh_core::upgrade::agent::UpgradeStep;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -59,6 +63,8 @@ pub struct AgentRun<L> {
     pub abandoned_probes: usize,
     /// Whether the link had every result acknowledged before it closed.
     pub drained: bool,
+    /// The run stopped to hand over to a checked new version: its offer and plan.
+    pub handover: Option<(u64, UpgradePlan)>,
 }
 
 /// The probes running, each with its kind, so that one ending without a result (a panic)
@@ -133,10 +139,12 @@ pub async fn run<L: ServerLink + 'static>(
     mut relink: Relink<L>,
     probers: Probers,
     task_runner: Arc<dyn TaskRunner>,
+    installer: Option<Arc<dyn Installer>>,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
     bounds: StopBounds,
 ) -> AgentRun<L> {
+    let mut handover = None;
     let mut probes = Probes::default();
     let mut task_runs = TaskRuns {
         runner: task_runner,
@@ -145,6 +153,9 @@ pub async fn run<L: ServerLink + 'static>(
     };
     let mut recv_paused_until = tokio::time::Instant::now();
     loop {
+        if state.upgrades().in_probation() {
+            state.handle_acknowledged(link.acknowledged_results());
+        }
         link = carry_out(
             &mut state,
             link,
@@ -152,8 +163,16 @@ pub async fn run<L: ServerLink + 'static>(
             &probers,
             &mut probes,
             &mut task_runs,
+            Upgrading {
+                installer: installer.as_deref(),
+                clock: clock.as_ref(),
+                handover: &mut handover,
+            },
         )
         .await;
+        if handover.is_some() {
+            break;
+        }
         let wait = state
             .poll_timeout()
             .as_millis()
@@ -186,6 +205,7 @@ pub async fn run<L: ServerLink + 'static>(
     }
     tracing::warn!(
         in_flight = state.in_flight(),
+        upgrading = handover.is_some(),
         "shutting down: finishing the probes in flight and delivering their results"
     );
     state.stop();
@@ -203,6 +223,11 @@ pub async fn run<L: ServerLink + 'static>(
             &probers,
             &mut probes,
             &mut task_runs,
+            Upgrading {
+                installer: installer.as_deref(),
+                clock: clock.as_ref(),
+                handover: &mut handover,
+            },
         )
         .await;
         if probes.tasks.is_empty() {
@@ -230,6 +255,79 @@ pub async fn run<L: ServerLink + 'static>(
         link,
         abandoned_probes,
         drained,
+        handover,
+    }
+}
+
+/// What carrying out an upgrade step needs.
+struct Upgrading<'a> {
+    /// `None` when upgrades are off (the state then never asks for a step).
+    installer: Option<&'a dyn Installer>,
+    clock: &'a dyn Clock,
+    /// Set by a hand-over step: the run stops.
+    handover: &'a mut Option<(u64, UpgradePlan)>,
+}
+
+impl Upgrading<'_> {
+    /// Carries out `step` and tells the state how it went. The file work is short (a chunk is
+    /// at most 1 MiB; the check hashes the binary and runs its `version` within a bound), so
+    /// it is done in line.
+    async fn carry_out(&mut self, state: &mut AgentState, step: UpgradeStep) {
+        let Some(installer) = self.installer else {
+            if let UpgradeStep::Stage { offer_id, .. } = step {
+                state.handle_upgrade_failed(offer_id, "upgrades are off on this agent".into());
+            }
+            return;
+        };
+        match step {
+            UpgradeStep::Send(_) => {}
+            UpgradeStep::Stage { offer_id, plan } => {
+                tracing::warn!(offer = offer_id, version = %plan.version, size_bytes = plan.size_bytes, "upgrade offered: downloading it from the server");
+                match installer.stage(offer_id, &plan).await {
+                    Ok(received) => {
+                        state.handle_upgrade_staged(self.clock.now(), offer_id, received)
+                    }
+                    Err(error) => self.failed(state, offer_id, &error),
+                }
+            }
+            UpgradeStep::Write {
+                offer_id,
+                offset,
+                bytes,
+            } => match installer.write(offer_id, offset, &bytes).await {
+                Ok(received) => state.handle_upgrade_written(self.clock.now(), offer_id, received),
+                Err(error) => self.failed(state, offer_id, &error),
+            },
+            UpgradeStep::Install { offer_id, plan } => {
+                match installer.check(offer_id, &plan).await {
+                    Ok(()) => {
+                        tracing::warn!(offer = offer_id, version = %plan.version, "upgrade checked (digest, signature, version): handing over to it");
+                        state.handle_upgrade_installed(offer_id);
+                    }
+                    Err(error) => self.failed(state, offer_id, &error),
+                }
+            }
+            UpgradeStep::HandOver { offer_id, plan } => *self.handover = Some((offer_id, plan)),
+            UpgradeStep::Commit { offer_id } => match installer.commit(offer_id).await {
+                Ok(()) => tracing::warn!(
+                    offer = offer_id,
+                    "this new version passed its probation: committed"
+                ),
+                Err(error) => {
+                    tracing::error!(offer = offer_id, %error, "could not tell the previous process of the commit; it will roll back at its deadline")
+                }
+            },
+        }
+    }
+
+    fn failed(
+        &self,
+        state: &mut AgentState,
+        offer_id: u64,
+        error: &probermesh_core::ports::InstallError,
+    ) {
+        tracing::error!(offer = offer_id, %error, "upgrade abandoned; this version keeps running");
+        state.handle_upgrade_failed(offer_id, error.to_string());
     }
 }
 
@@ -241,9 +339,11 @@ async fn carry_out<L: ServerLink + 'static>(
     probers: &Probers,
     probes: &mut Probes,
     task_runs: &mut TaskRuns,
+    mut upgrading: Upgrading<'_>,
 ) -> Arc<L> {
     while let Some(action) = state.poll_action() {
         match action {
+            AgentAction::Upgrade(step) => upgrading.carry_out(state, step).await,
             AgentAction::RunTask(run) => {
                 tracing::warn!(task = run.id, command = %run.invocation, timeout = ?run.timeout, "running a task");
                 let runner = Arc::clone(&task_runs.runner);

@@ -179,6 +179,10 @@ impl Drop for AgentLink {
 
 #[async_trait::async_trait]
 impl ServerLink for AgentLink {
+    fn acknowledged_results(&self) -> u64 {
+        self.shared.outbox().stats().acked_results
+    }
+
     fn enqueue_results(&self, results: Vec<ProbeResult>) {
         if results.is_empty() {
             return;

@@ -171,6 +171,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
             follow_observed_ip: ip_options.follows_server_view(),
             in_flight_limits: choices.in_flight_limits,
             tasks: task_policy,
+            upgrade: Default::default(),
         },
         clock.now(),
     );
@@ -186,6 +187,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         relink,
         system_probers()?,
         Arc::new(ProcessTaskRunner::new()),
+        None,
         clock,
         stopping,
         StopBounds::for_interval(choices.probe_interval),

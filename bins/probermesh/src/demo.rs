@@ -77,7 +77,6 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         admin_token: None,
         data_dir: None,
         tasks: None,
-        upgrade: Default::default(),
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.
@@ -137,6 +136,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                 relink,
                 probers.clone(),
                 Arc::new(probermesh_adapters::task_runner::ProcessTaskRunner::new()),
+                None,
                 Arc::clone(&clock),
                 stopping.clone(),
                 // The demo ends when asked: what is in flight then does not matter.

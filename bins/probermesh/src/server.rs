@@ -313,7 +313,6 @@ mod tests {
             admin_token: None,
             data_dir: Some(dir.to_owned()),
             tasks: None,
-            upgrade: Default::default(),
         }
     }
 

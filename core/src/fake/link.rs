@@ -104,6 +104,11 @@ impl ServerLink for FakeServerLink {
         self.set_disconnected(true);
     }
 
+    /// The fake acknowledges every result as it is enqueued.
+    fn acknowledged_results(&self) -> u64 {
+        lock(&self.state).enqueued.len() as u64
+    }
+
     async fn recv(&self) -> Result<FromServer, LinkError> {
         future::poll_fn(|cx| {
             let mut state = lock(&self.state);

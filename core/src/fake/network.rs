@@ -344,6 +344,13 @@ impl MemoryServerLink {
 
 #[async_trait::async_trait]
 impl ServerLink for MemoryServerLink {
+    fn acknowledged_results(&self) -> u64 {
+        lock(&self.net).agents[self.index]
+            .outbox
+            .stats()
+            .acked_results
+    }
+
     fn enqueue_results(&self, results: Vec<ProbeResult>) {
         let mut net = lock(&self.net);
         net.agents[self.index]
