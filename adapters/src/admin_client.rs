@@ -719,6 +719,30 @@ impl AdminClient {
         })
     }
 
+    /// The envelope's `data` of `GET path` (a 200 answer).
+    ///
+    /// # Errors
+    /// [`ClientError`], a status other than 200 with the server's `msg` and `data`.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.envelope(Method::GET, path, None).await
+    }
+
+    /// The envelope's `data` of `POST path` with `body` as JSON (a 200 answer).
+    ///
+    /// # Errors
+    /// [`ClientError`], a status other than 200 with the server's `msg` and `data`.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: self.url(path),
+            why: e.to_string(),
+        })?;
+        self.envelope(Method::POST, path, Some(bytes)).await
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,

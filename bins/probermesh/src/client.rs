@@ -92,19 +92,24 @@ pub(crate) struct TaskKeyArgs {
 /// `--name=value` (which argh does not take) split in two; and its subcommand `target`. Any
 /// other command line is returned unchanged. `args` excludes the program name.
 pub(crate) fn go_client_args(args: Vec<String>) -> Vec<String> {
-    const RENAMED: [(&str, &str); 3] = [
+    const RENAMED: [(&str, &str); 4] = [
         ("region.match", "region-match"),
         ("server.http.url", "server-http-url"),
         ("prober.type", "prober-type"),
+        ("download.url", "download-url"),
     ];
     const SWITCHES: [&str; 5] = ["confirm", "no-wait", "help", "h", "version"];
+    // `upgrade --version` takes the version to install.
+    const UPGRADE_SWITCHES: [&str; 8] = [
+        "no-wait", "help", "h", "force", "status", "pause", "resume", "abort",
+    ];
     let mut words = args.into_iter();
     let subcommand = match words.next() {
         Some(first) if first == "target" => "targets".to_owned(),
-        Some(first) if first == "task" || first == "targets" => first,
+        Some(first) if first == "task" || first == "targets" || first == "upgrade" => first,
         first => return first.into_iter().chain(words).collect(),
     };
-    let mut out = vec![subcommand];
+    let mut out = vec![subcommand.clone()];
     let mut after_option = false;
     while let Some(arg) = words.next() {
         if after_option || arg == "--" {
@@ -133,7 +138,12 @@ pub(crate) fn go_client_args(args: Vec<String>) -> Vec<String> {
             .iter()
             .find(|(go, _)| *go == name)
             .map_or(name, |(_, ours)| ours);
-        after_option = value.is_none() && !SWITCHES.contains(&name);
+        let switches: &[&str] = if subcommand == "upgrade" {
+            &UPGRADE_SWITCHES
+        } else {
+            &SWITCHES
+        };
+        after_option = value.is_none() && !switches.contains(&name);
         out.push(format!("--{name}"));
         out.extend(value);
     }

@@ -15,6 +15,7 @@ mod http_probe;
 mod logging;
 mod ping;
 mod server;
+mod upgrade_client;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ enum Command {
     Task(client::TaskArgs),
     Targets(client::TargetsArgs),
     TaskKey(client::TaskKeyArgs),
+    Upgrade(upgrade_client::UpgradeArgs),
     Version(Version),
 }
 
@@ -106,7 +108,10 @@ fn main() -> ExitCode {
                     early.output
                 );
                 // argh's own status, except the clients' (2, as Go's flag package).
-                let client = matches!(words.first(), Some(&("task" | "targets" | "task-key")));
+                let client = matches!(
+                    words.first(),
+                    Some(&("task" | "targets" | "task-key" | "upgrade"))
+                );
                 return ExitCode::from(if client { EXIT_USAGE } else { 1 });
             }
         }
@@ -121,6 +126,9 @@ fn main() -> ExitCode {
         Command::Task(args) => return client::exit_of(block_on(Some(2), client::task(args))),
         Command::Targets(args) => return client::exit_of(block_on(Some(2), client::targets(args))),
         Command::TaskKey(args) => return client::exit_of(client::task_key(&args)),
+        Command::Upgrade(args) => {
+            return client::exit_of(block_on(Some(2), upgrade_client::upgrade(args)));
+        }
         Command::Version(_) => print_line(&format!("probermesh {}", env!("CARGO_PKG_VERSION"))),
     };
     exit(outcome)

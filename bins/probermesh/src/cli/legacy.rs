@@ -71,6 +71,18 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
     ),
     ("server.task", Side::Server, true, "enable remote tasks"),
     (
+        "server.upgrade.pubkey",
+        Side::Server,
+        false,
+        "release public key (minisign or ed25519): upgrades must be signed by it",
+    ),
+    (
+        "server.upgrade.allow-md5",
+        Side::Server,
+        true,
+        "accept a Go upgrade request checked by md5 alone",
+    ),
+    (
         "server.task.meta.dir",
         Side::Server,
         false,
@@ -189,7 +201,31 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "agent.upgrade.interval",
         Side::Agent,
         false,
-        "upgrade poll period (1s to 24h, default 1m)",
+        "accepted; offers are pushed over the link (1s to 24h, default 1m)",
+    ),
+    (
+        "agent.upgrade.pubkey",
+        Side::Agent,
+        false,
+        "release public key: only binaries it signed are installed",
+    ),
+    (
+        "agent.upgrade.restart",
+        Side::Agent,
+        false,
+        "exec (default) or exit (for a supervisor) after an upgrade",
+    ),
+    (
+        "agent.upgrade.probation",
+        Side::Agent,
+        false,
+        "acknowledged rounds a new version needs to commit (default 3)",
+    ),
+    (
+        "agent.upgrade.deadline",
+        Side::Agent,
+        false,
+        "a new version not committed by then is rolled back (default 3m)",
     ),
     ("agent.task", Side::Agent, true, "run the server's tasks"),
     (

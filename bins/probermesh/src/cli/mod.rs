@@ -61,6 +61,12 @@ pub(crate) struct ServerArgs {
     /// task results older than this are removed (Go duration, default 168h)
     #[argh(option, default = "String::from(\"168h\")")]
     pub(crate) task_retention: String,
+    /// release public key file (minisign or bare ed25519): every upgrade must be signed by it
+    #[argh(option)]
+    pub(crate) upgrade_pubkey: Option<PathBuf>,
+    /// accept an upgrade request checked by md5 alone (the Go request; no sha256)
+    #[argh(switch)]
+    pub(crate) upgrade_allow_md5: bool,
     /// agents also probe targets of their own region
     #[argh(switch)]
     pub(crate) probe_self: bool,
@@ -119,9 +125,21 @@ pub(crate) struct AgentArgs {
     /// enable self-upgrade
     #[argh(switch)]
     pub(crate) upgrade: bool,
-    /// upgrade poll period (1s to 24h, default 1m)
+    /// accepted for the Go command line: offers are pushed over the link (1s to 24h)
     #[argh(option, default = "String::from(\"1m\")")]
     pub(crate) upgrade_interval: String,
+    /// release public key file: only binaries it signed are installed (needs --upgrade)
+    #[argh(option)]
+    pub(crate) upgrade_pubkey: Option<PathBuf>,
+    /// after an upgrade: exec (default, same pid) or exit (a supervisor restarts it)
+    #[argh(option, default = "String::from(\"exec\")")]
+    pub(crate) upgrade_restart: String,
+    /// rounds whose results must be acknowledged before a new version commits (default 3)
+    #[argh(option, default = "3")]
+    pub(crate) upgrade_probation: u32,
+    /// a new version not committed within this is rolled back (Go duration, default 3m)
+    #[argh(option, default = "String::from(\"3m\")")]
+    pub(crate) upgrade_deadline: String,
     /// run the tasks the server sends (off by default: every task is refused)
     #[argh(switch)]
     pub(crate) task: bool,
@@ -165,6 +183,17 @@ pub(crate) struct ServerChoices {
     pub(crate) discovery: Discovery,
     /// Remote tasks (`-server.task.*`), used when `-server.task` is on.
     pub(crate) tasks: TaskSettings,
+}
+
+/// How an agent takes upgrades (`-agent.upgrade.*`), when `-agent.upgrade` is on.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentUpgradeChoices {
+    /// Exit for a supervisor rather than exec the new version.
+    pub(crate) exit_for_supervisor: bool,
+    /// Acknowledged rounds a new version needs.
+    pub(crate) probation_rounds: u32,
+    /// A new version not committed within this is rolled back.
+    pub(crate) deadline: Duration,
 }
 
 impl ServerArgs {
@@ -250,6 +279,8 @@ pub(crate) struct AgentChoices {
     /// How tasks run, without the pinned key (read by the agent at start); `None` without
     /// `-agent.task`.
     pub(crate) tasks: Option<TaskPolicy>,
+    /// How upgrades are taken; `None` without `-agent.upgrade`.
+    pub(crate) upgrade: Option<AgentUpgradeChoices>,
 }
 
 impl AgentArgs {
@@ -261,6 +292,33 @@ impl AgentArgs {
         let sync_interval =
             go_duration::parse("agent.sync.interval", &self.sync_interval, min, max)?;
         go_duration::parse("agent.upgrade.interval", &self.upgrade_interval, min, max)?;
+        let exit_for_supervisor = match self.upgrade_restart.as_str() {
+            "exec" => false,
+            "exit" => true,
+            other => {
+                bail!("invalid value {other:?} for flag -agent.upgrade.restart: use exec or exit")
+            }
+        };
+        let deadline = go_duration::parse(
+            "agent.upgrade.deadline",
+            &self.upgrade_deadline,
+            Duration::from_secs(10),
+            Duration::from_secs(3600),
+        )?;
+        if !(1..=100).contains(&self.upgrade_probation) {
+            bail!(
+                "invalid value {} for flag -agent.upgrade.probation: 1 to 100 rounds",
+                self.upgrade_probation
+            );
+        }
+        if !self.upgrade && self.upgrade_pubkey.is_some() {
+            bail!("-agent.upgrade.pubkey needs -agent.upgrade (without it nothing is installed)");
+        }
+        let upgrade = self.upgrade.then_some(AgentUpgradeChoices {
+            exit_for_supervisor,
+            probation_rounds: self.upgrade_probation,
+            deadline,
+        });
         if self.log_level > 6 {
             bail!(
                 "invalid value {} for flag -log.level: 0..=6",
@@ -346,6 +404,7 @@ impl AgentArgs {
             probe_interval,
             sync_interval,
             tasks,
+            upgrade,
             in_flight_limits: InFlightLimits {
                 icmp: self.probe_icmp_max_in_flight,
                 http: self.probe_http_max_in_flight,
