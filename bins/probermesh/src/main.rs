@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use argh::FromArgs;
 use probermesh_adapters::probe_file::ProbeFileOnDisk;
+use probermesh_adapters::version::VERSION;
 use probermesh_core::model::{ProbeConfig, ProbeModule};
 use probermesh_core::ports::PoolSource;
 
@@ -84,10 +85,7 @@ fn main() -> ExitCode {
                 }
             }
             Ok(cli::legacy::Legacy::Version) => {
-                return exit(print_line(&format!(
-                    "probermesh version {}",
-                    env!("CARGO_PKG_VERSION")
-                )));
+                return exit(print_line(&format!("probermesh version {VERSION}")));
             }
             Ok(cli::legacy::Legacy::Help) => return exit(print_line(&cli::legacy::usage())),
             Err(error) => {
@@ -121,7 +119,7 @@ fn main() -> ExitCode {
         Command::Task(args) => return client::exit_of(block_on(Some(2), client::task(args))),
         Command::Targets(args) => return client::exit_of(block_on(Some(2), client::targets(args))),
         Command::TaskKey(args) => return client::exit_of(client::task_key(&args)),
-        Command::Version(_) => print_line(&format!("probermesh {}", env!("CARGO_PKG_VERSION"))),
+        Command::Version(_) => print_line(&format!("probermesh {VERSION}")),
     };
     exit(outcome)
 }
