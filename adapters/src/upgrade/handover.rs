@@ -186,6 +186,174 @@ mod tests {
     use super::*;
     use crate::upgrade::test_dir::TestDir;
 
+    const CHILD_CASE: &str = "PM_HANDOVER_TEST_CASE";
+    const CHILD_DIR: &str = "PM_HANDOVER_TEST_DIR";
+
+    /// Not a test of its own: the body of a copy of this test binary that
+    /// [`run_hand_over_in_a_child`] starts (a hand-over ends in `exec`, which would replace the
+    /// test runner itself). Without its variables it does nothing.
+    #[tokio::test]
+    async fn hand_over_child_entry() {
+        let (Some(case), Some(dir)) = (std::env::var_os(CHILD_CASE), std::env::var_os(CHILD_DIR))
+        else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let mode = if case == "exit" {
+            RestartMode::Exit
+        } else {
+            RestartMode::Exec
+        };
+        let plan = Handover {
+            offer_id: 7,
+            version: "1.1.0".to_owned(),
+            from_version: "1.0.0".to_owned(),
+            probation_deadline: Duration::from_secs(60),
+        };
+        let result = hand_over(
+            &dir.join("probermesh"),
+            &dir.join("probermesh.new"),
+            plan,
+            vec!["agent".into(), "--region".into(), "eu".into()],
+            mode,
+        )
+        .await;
+        std::fs::write(dir.join("returned"), format!("{result:?}")).unwrap();
+    }
+
+    /// Sets up `<dir>/probermesh` (the old version: it logs its runs) and `<dir>/probermesh.new`
+    /// (`trial_body` when on trial, else it logs its runs), runs [`hand_over_child_entry`] in
+    /// a copy of this test binary with `case`, and returns what ran after it (`old …`/`new …`
+    /// lines) and what the hand-over returned, if it did.
+    fn run_hand_over_in_a_child(
+        dir: &TestDir,
+        case: &str,
+        trial_body: &str,
+    ) -> (String, Option<String>) {
+        let ran = dir.path().join("ran");
+        dir.script(
+            "probermesh",
+            &format!("echo \"old $*\" >> {}", ran.display()),
+        );
+        dir.script(
+            "probermesh.new",
+            &format!(
+                "if [ -n \"$PROBERMESH_UPGRADE_TRIAL\" ]; then\n{trial_body}\nfi\necho \"new $*\" >> {}",
+                ran.display()
+            ),
+        );
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "upgrade::handover::tests::hand_over_child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_CASE, case)
+            .env(CHILD_DIR, dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        (
+            std::fs::read_to_string(&ran).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("returned")).ok(),
+        )
+    }
+
+    /// The trial body of a new version that commits, records its pid and keeps running.
+    fn committing(dir: &TestDir) -> String {
+        format!(
+            "echo $$ > {}\nprintf 'committed\\n' > \"$PROBERMESH_UPGRADE_TRIAL.tmp\"\n\
+             mv \"$PROBERMESH_UPGRADE_TRIAL.tmp\" \"$PROBERMESH_UPGRADE_TRIAL\"\nexec sleep 600",
+            dir.path().join("trial-pid").display()
+        )
+    }
+
+    fn trial_pid(dir: &TestDir) -> i32 {
+        std::fs::read_to_string(dir.path().join("trial-pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_committed_version_is_installed_and_exec_starts_it_with_the_same_arguments() {
+        let dir = TestDir::new("handover-exec");
+        let exe = dir.path().join("probermesh");
+        let (ran, returned) = run_hand_over_in_a_child(&dir, "exec", &committing(&dir));
+        assert_eq!(ran, "new agent --region eu\n");
+        assert_eq!(returned, None, "exec returned");
+        let new_bytes = std::fs::read_to_string(&exe).unwrap();
+        assert!(
+            new_bytes.contains("PROBERMESH_UPGRADE_TRIAL"),
+            "{new_bytes}"
+        );
+        let prev = std::fs::read_to_string(swap::previous_path(&exe)).unwrap();
+        assert!(prev.contains("echo \"old"), "{prev}");
+        assert!(!dir.path().join("probermesh.new").exists());
+        assert!(!trial_marker_path(&exe).exists());
+        assert!(
+            !crate::upgrade::trial::tests::alive(trial_pid(&dir)),
+            "the trial child was left running"
+        );
+        let record = state_file::take(&exe).unwrap();
+        assert_eq!(
+            record,
+            UpgradeRecord {
+                offer_id: 7,
+                version: "1.1.0".to_owned(),
+                from_version: "1.0.0".to_owned(),
+                outcome: Outcome::Committed
+            }
+        );
+    }
+
+    #[test]
+    fn in_exit_mode_a_committed_version_is_installed_and_left_to_the_supervisor() {
+        let dir = TestDir::new("handover-exit");
+        let exe = dir.path().join("probermesh");
+        let (ran, returned) = run_hand_over_in_a_child(&dir, "exit", &committing(&dir));
+        assert_eq!(ran, "");
+        assert_eq!(returned.as_deref(), Some("Ok(ExitForSupervisor)"));
+        assert!(
+            std::fs::read_to_string(&exe)
+                .unwrap()
+                .contains("PROBERMESH_UPGRADE_TRIAL")
+        );
+        assert!(
+            !crate::upgrade::trial::tests::alive(trial_pid(&dir)),
+            "the trial child was left running"
+        );
+        assert_eq!(state_file::take(&exe).unwrap().outcome, Outcome::Committed);
+    }
+
+    #[test]
+    fn a_new_version_that_crashes_is_rolled_back_and_the_old_one_restarted_in_both_modes() {
+        for case in ["exec", "exit"] {
+            let dir = TestDir::new("handover-crash");
+            let exe = dir.path().join("probermesh");
+            let (ran, returned) = run_hand_over_in_a_child(&dir, case, "exit 1");
+            assert_eq!(ran, "old agent --region eu\n", "{case}");
+            assert_eq!(returned, None, "{case}: exec returned");
+            assert!(
+                std::fs::read_to_string(&exe)
+                    .unwrap()
+                    .contains("echo \"old")
+            );
+            assert!(!swap::previous_path(&exe).exists());
+            assert!(!dir.path().join("probermesh.new").exists());
+            let record = state_file::take(&exe).unwrap();
+            let Outcome::RolledBack { reason } = record.outcome else {
+                panic!("{record:?}")
+            };
+            assert!(
+                reason.starts_with("the new version exited with status 1 after "),
+                "{reason}"
+            );
+        }
+    }
+
     #[test]
     fn at_start_clears_leftovers_and_takes_the_record_once() {
         let dir = TestDir::new("at-start");
