@@ -789,7 +789,7 @@ mod tests {
                     .to_owned(),
             ),
             (
-                format!("http://user:pw@127.0.0.1:1/x"),
+                "http://user:pw@127.0.0.1:1/x".to_owned(),
                 "cannot download http://127.0.0.1:1/x: connecting failed: ".to_owned(),
             ),
         ];
