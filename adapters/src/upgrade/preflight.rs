@@ -301,7 +301,7 @@ echo "probermesh 2.0.0 $env $line""#,
             .parse()
             .unwrap();
         assert!(
-            !crate::upgrade::trial::tests::alive(pid),
+            crate::upgrade::trial::tests::gone_soon(pid),
             "the binary's child {pid} was left running"
         );
 

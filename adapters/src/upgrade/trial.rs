@@ -68,7 +68,8 @@ pub enum TrialOutcome {
     },
 }
 
-/// A committed trial child, still running until [`TrialChild::stop`].
+/// A committed trial child, still running until [`TrialChild::stop`] (dropped without it, it is
+/// killed with `SIGKILL`).
 #[derive(Debug)]
 pub struct TrialChild {
     child: Child,
@@ -260,6 +261,19 @@ pub(crate) mod tests {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .unwrap_or("X");
         !matches!(state, "Z" | "X" | "x")
+    }
+
+    /// Whether `pid` is gone within 5 s: a killed process that is not our child (a
+    /// grandchild, reparented) dies and is reaped by init a moment after the signal.
+    pub(crate) fn gone_soon(pid: i32) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if !alive(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     fn spec(binary: PathBuf, dir: &TestDir, deadline: Duration) -> TrialSpec {
