@@ -30,6 +30,11 @@
 //! - [`fd_limit`]: the open-files limit raised to the hard limit at start.
 //! - [`log_limit`]: not an adapter: rate-limited log lines and escaped peer text, for
 //!   adapters facing strangers.
+//! - [`upgrade`]: agent self-upgrade's I/O: the release key and signatures (minisign or bare
+//!   ed25519), the staged download beside the executable, the preflight, the trial of the new
+//!   version, the swap and the record that survives the restart; the server's release fetch.
+//! - [`version`]: not an adapter: this build's version (`PROBERMESH_VERSION` at build time, or
+//!   the crate version), a leaf every adapter may read.
 //! - [`driver`]: not an adapter: the tokio loops that run core's state machines over the
 //!   ports.
 
@@ -52,3 +57,5 @@ pub mod secret;
 pub mod store;
 pub mod task_archive;
 pub mod task_runner;
+pub mod upgrade;
+pub mod version;

@@ -60,7 +60,7 @@ impl HyperProber {
         Self {
             dns,
             tls: TlsConfigs::default(),
-            user_agent: format!("probermesh/{}", env!("CARGO_PKG_VERSION")),
+            user_agent: format!("probermesh/{}", crate::version::VERSION),
         }
     }
 }

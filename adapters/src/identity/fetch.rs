@@ -146,7 +146,7 @@ async fn exchange(
         .header(HOST, target.authority.as_str())
         .header(
             USER_AGENT,
-            concat!("probermesh/", env!("CARGO_PKG_VERSION")),
+            format!("probermesh/{}", crate::version::VERSION),
         )
         .body(Empty::<Bytes>::new())
         .map_err(|_| FetchError::BadUrl {

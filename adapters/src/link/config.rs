@@ -148,7 +148,7 @@ impl ServerConfig {
             listen_addr,
             certificate,
             token,
-            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            server_version: crate::version::VERSION.to_owned(),
             limits: LinkLimits::default(),
             admission: AdmissionLimits::default(),
             peer_log_interval: Duration::from_secs(10),

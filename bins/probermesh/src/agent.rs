@@ -20,6 +20,7 @@ use probermesh_adapters::link::{
 };
 use probermesh_adapters::secret::Token;
 use probermesh_adapters::task_runner::ProcessTaskRunner;
+use probermesh_adapters::version::VERSION;
 use probermesh_core::task::signing::TaskPublicKey;
 
 /// The longest task key file read, in bytes.
@@ -66,7 +67,7 @@ struct LinkRecipe {
 impl LinkRecipe {
     /// Starts a link for agent `me`.
     fn start(&self, me: &AgentId) -> Result<Arc<AgentLink>, String> {
-        let identity = AgentIdentity::new(me.clone(), AgentVersion::new(env!("CARGO_PKG_VERSION")))
+        let identity = AgentIdentity::new(me.clone(), AgentVersion::new(VERSION))
             .map_err(|e| format!("no randomness for the instance id: {e}"))?;
         let mut config = AgentLinkConfig::new(
             self.server_addr.clone(),

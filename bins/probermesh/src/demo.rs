@@ -16,6 +16,7 @@ use probermesh_adapters::link::{
     AgentIdentity, AgentLink, AgentLinkConfig, CertificateSource, ServerConfig, ServerVerification,
 };
 use probermesh_adapters::secret::Token;
+use probermesh_adapters::version::VERSION;
 use probermesh_core::aggregate::{self as families, AggregationMethod, AggregatorConfig};
 use probermesh_core::model::{
     AgentId, AgentVersion, HttpModule, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
@@ -104,9 +105,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             // 127.0.0.11, .12 for the first region, .21, .22 for the second, …
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, (r as u8 + 1) * 10 + n));
             let me = AgentId::new(Region::new(region)?, ip);
-            let identity =
-                AgentIdentity::new(me.clone(), AgentVersion::new(env!("CARGO_PKG_VERSION")))
-                    .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let identity = AgentIdentity::new(me.clone(), AgentVersion::new(VERSION))
+                .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             let config = AgentLinkConfig::new(
                 server.link_addr().to_string(),
                 ServerVerification::PinnedSha256(fingerprint),

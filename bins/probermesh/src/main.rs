@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use argh::FromArgs;
 use probermesh_adapters::probe_file::ProbeFileOnDisk;
+use probermesh_adapters::version::VERSION;
 use probermesh_core::model::{ProbeConfig, ProbeModule};
 use probermesh_core::ports::PoolSource;
 
@@ -86,10 +87,7 @@ fn main() -> ExitCode {
                 }
             }
             Ok(cli::legacy::Legacy::Version) => {
-                return exit(print_line(&format!(
-                    "probermesh version {}",
-                    env!("CARGO_PKG_VERSION")
-                )));
+                return exit(print_line(&format!("probermesh version {VERSION}")));
             }
             Ok(cli::legacy::Legacy::Help) => return exit(print_line(&cli::legacy::usage())),
             Err(error) => {
@@ -129,7 +127,7 @@ fn main() -> ExitCode {
         Command::Upgrade(args) => {
             return client::exit_of(block_on(Some(2), upgrade_client::upgrade(args)));
         }
-        Command::Version(_) => print_line(&format!("probermesh {}", env!("CARGO_PKG_VERSION"))),
+        Command::Version(_) => print_line(&format!("probermesh {VERSION}")),
     };
     exit(outcome)
 }

@@ -345,7 +345,9 @@ fn bad_flags_fail_with_a_message_and_a_nonzero_exit() {
     }
     let version = Command::new(BIN).arg("-v").output().expect("runs");
     assert!(version.status.success());
-    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains(probermesh_adapters::version::VERSION)
+    );
     let help = Command::new(BIN).arg("-h").output().expect("runs");
     assert!(String::from_utf8_lossy(&help.stdout).contains("-agent.rpc.report.addr"));
 }
