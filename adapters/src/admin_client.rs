@@ -496,13 +496,23 @@ pub struct AgentRun {
     /// Its standard error.
     #[serde(default)]
     pub stderr: Option<String>,
+    /// When it ended, present once its record (exit code and output) is filed.
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
 }
 
 impl AgentRun {
-    /// Whether nothing more will happen to this run.
+    /// Whether its state is final: nothing more will happen to this run.
     #[must_use]
     pub fn is_final(&self) -> bool {
         TaskState::from_name(&self.state).is_some_and(TaskState::is_final)
+    }
+
+    /// Whether it is final and its record is filed (`finished_at_ms`): the server shows a
+    /// run's final state a moment before the exit code and output that come with the record.
+    #[must_use]
+    pub fn is_filed(&self) -> bool {
+        self.is_final() && self.finished_at_ms.is_some()
     }
 
     /// The header line, `== <region> <ip>: <state> (exit <code>, <duration> ms)`, and the
@@ -580,6 +590,15 @@ impl TaskStatus {
         matched.iter().all(|m| {
             self.run_of(&m.region, &m.ip)
                 .is_some_and(AgentRun::is_final)
+        })
+    }
+
+    /// Whether every agent of `matched` has a final run whose record is filed.
+    #[must_use]
+    pub fn all_filed(&self, matched: &[MatchedAgent]) -> bool {
+        matched.iter().all(|m| {
+            self.run_of(&m.region, &m.ip)
+                .is_some_and(AgentRun::is_filed)
         })
     }
 
@@ -682,8 +701,8 @@ impl AdminClient {
         self.decode(&path, data)
     }
 
-    /// Polls task `id` every `every` until every agent of `matched` has a final state or
-    /// `wait` has passed; the last status seen.
+    /// Polls task `id` every `every` until every agent of `matched` has a final run with
+    /// its record filed (its output) or `wait` has passed; the last status seen.
     ///
     /// # Errors
     /// [`ClientError`] of a poll.
@@ -697,7 +716,7 @@ impl AdminClient {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let status = self.status(id).await?;
-            if status.all_final(matched) || tokio::time::Instant::now() + every > deadline {
+            if status.all_filed(matched) || tokio::time::Instant::now() + every > deadline {
                 return Ok(status);
             }
             tokio::time::sleep(every).await;
@@ -1124,7 +1143,7 @@ mod tests {
         let (url, server) = serve_once(
             "200 OK",
             r#"{"code":200,"msg":"success","data":{"task_id":7,"agents":[
-                {"region":"eu","ip":"10.0.0.1","state":"done","reason":null,"exit_code":0,"timed_out":false,"truncated":false,"duration_ms":15,"stdout":"hi\n","stderr":""},
+                {"region":"eu","ip":"10.0.0.1","state":"done","reason":null,"exit_code":0,"timed_out":false,"truncated":false,"duration_ms":15,"stdout":"hi\n","stderr":"","finished_at_ms":5},
                 {"region":"us","ip":"10.0.0.2","state":"refused","reason":"no opt-in"}],
                 "counts":{"done":1,"refused":1},"finished":true}}"#,
         )
@@ -1143,6 +1162,11 @@ mod tests {
             ..MatchedAgent::default()
         };
         assert!(status.all_final(&[eu.clone(), us.clone()]));
+        assert!(status.all_filed(std::slice::from_ref(&eu)));
+        assert!(
+            !status.all_filed(&[eu.clone(), us.clone()]),
+            "us is final but not filed yet"
+        );
         assert!(status.all_done(std::slice::from_ref(&eu)));
         assert!(!status.all_done(&[eu, us]));
         assert_eq!(status.counts.get("done"), Some(&1));
@@ -1154,6 +1178,54 @@ mod tests {
             status.agents[1].header(),
             "== us 10.0.0.2: refused (exit -, - ms): no opt-in"
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_once_the_final_runs_are_filed_not_at_their_final_state() {
+        // The server's book says `done` a moment before the record with the output is filed.
+        let (first, server1) = serve_once(
+            "200 OK",
+            r#"{"code":200,"msg":"success","data":{"task_id":7,"agents":[
+                {"region":"eu","ip":"10.0.0.1","state":"done","reason":null}]}}"#,
+        )
+        .await;
+        let (second, server2) = serve_once(
+            "200 OK",
+            r#"{"code":200,"msg":"success","data":{"task_id":7,"agents":[
+                {"region":"eu","ip":"10.0.0.1","state":"done","reason":null,"exit_code":0,"duration_ms":3,"stdout":"hi\n","stderr":"","finished_at_ms":5}]}}"#,
+        )
+        .await;
+        let eu = MatchedAgent {
+            region: "eu".into(),
+            ip: "10.0.0.1".into(),
+            ..MatchedAgent::default()
+        };
+        // The first server answers once: a client that stopped at `done` would return its
+        // answer, with no output; one that waits for the record polls again and fails.
+        let early = client(first)
+            .wait(
+                7,
+                std::slice::from_ref(&eu),
+                Duration::from_millis(10),
+                Duration::from_secs(5),
+            )
+            .await;
+        server1.await.expect("server");
+        assert!(
+            early.is_err(),
+            "polled again after an unfiled `done`: {early:?}"
+        );
+        let status = client(second)
+            .wait(
+                7,
+                std::slice::from_ref(&eu),
+                Duration::from_millis(10),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("filed");
+        server2.await.expect("server");
+        assert_eq!(status.agents[0].stdout.as_deref(), Some("hi\n"));
     }
 
     #[tokio::test]

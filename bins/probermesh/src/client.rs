@@ -235,9 +235,14 @@ pub(crate) async fn task(args: TaskArgs) -> Result<bool> {
             None => print_line(&format!("== {} {}: no result yet", agent.region, agent.ip))?,
         }
     }
-    if !status.all_final(&submitted.matched) {
+    if !status.all_filed(&submitted.matched) {
+        let what = if status.all_final(&submitted.matched) {
+            "the server did not file every agent's output"
+        } else {
+            "not every agent finished"
+        };
         eprintln!(
-            "not every agent finished within --wait-timeout {}s; see {}",
+            "{what} within --wait-timeout {}s; see {}",
             args.wait_timeout,
             client.url(&format!("/-/task/{}", submitted.task_id))
         );
