@@ -129,6 +129,14 @@ pub enum FetchError {
         /// The limit.
         max_bytes: u64,
     },
+    /// No TLS client configuration could be built.
+    #[error("cannot download {url}: no TLS client configuration: {reason}")]
+    TlsSetup {
+        /// The URL (redacted).
+        url: String,
+        /// rustls's refusal.
+        reason: String,
+    },
     /// The body ended early.
     #[error(
         "cannot download {url}: the body ended after {received_bytes} of the announced \
@@ -174,7 +182,11 @@ pub async fn fetch_release(
     limits: FetchLimits,
     dir: &Path,
 ) -> Result<FetchedRelease, FetchError> {
-    fetch_release_with_tls(url, limits, dir, default_tls()).await
+    let tls = default_tls().map_err(|reason| FetchError::TlsSetup {
+        url: redact(url),
+        reason,
+    })?;
+    fetch_release_with_tls(url, limits, dir, tls).await
 }
 
 /// [`fetch_release`] with the given TLS client configuration (other roots, for tests or a
@@ -200,36 +212,44 @@ pub async fn fetch_release_with_tls(
 }
 
 /// A TLS client configuration with the system's roots (the Mozilla list when it has none),
-/// ring only.
-#[must_use]
-pub fn default_tls() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    Arc::clone(CONFIG.get_or_init(|| {
-        let mut roots = RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-        if added == 0 {
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        }
-        Arc::new(client_config(roots))
-    }))
+/// ring only, built once.
+///
+/// # Errors
+/// rustls refuses the configuration (not with ring and its default versions).
+pub fn default_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            for error in &native.errors {
+                tracing::debug!(%error, "skipping an unreadable system certificate");
+            }
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            client_config(roots)
+                .map(Arc::new)
+                .map_err(|error| error.to_string())
+        })
+        .clone()
 }
 
-/// A ring-only TLS client configuration trusting `roots`, offering HTTP/1.1.
-#[must_use]
-pub fn client_config(roots: RootCertStore) -> rustls::ClientConfig {
+/// A ring-only TLS client configuration (TLS 1.2 and 1.3) trusting `roots`, offering
+/// HTTP/1.1. The provider is named, never the process default, so no second provider can be
+/// picked up (or panic) here.
+///
+/// # Errors
+/// rustls refuses the protocol versions for the provider (not with ring).
+pub fn client_config(roots: RootCertStore) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder =
-        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions();
-    let mut config = match builder {
-        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-        // ring supports the default versions; this is unreachable in practice.
-        Err(_) => rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth(),
-    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+    Ok(config)
 }
 
 /// A URL for messages: scheme, host, port and path; no user-info, no query, no fragment.
@@ -313,7 +333,10 @@ fn parse_hop(url: &str) -> Result<Hop, FetchError> {
 /// `location` resolved against `base` (absolute, scheme-relative, absolute-path or relative).
 fn resolve(base: &Hop, location: &str) -> String {
     let scheme = if base.https { "https" } else { "http" };
-    if location.contains("://") {
+    if location
+        .parse::<Uri>()
+        .is_ok_and(|uri| uri.scheme().is_some())
+    {
         location.to_owned()
     } else if let Some(rest) = location.strip_prefix("//") {
         format!("{scheme}://{rest}")
@@ -842,7 +865,7 @@ mod tests {
         let http_port = origin(None).await;
         let mut roots = RootCertStore::empty();
         roots.add(chain[0].clone()).unwrap();
-        let tls = Arc::new(client_config(roots));
+        let tls = Arc::new(client_config(roots).unwrap());
 
         let fetched = fetch_release_with_tls(
             &format!("https://localhost:{https_port}/hop/2"),

@@ -100,10 +100,12 @@ pub async fn preflight(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = spawn_retrying(&mut command).map_err(|cause| PreflightError::Start {
-        binary: binary.to_owned(),
-        cause,
-    })?;
+    let mut child = spawn_retrying(&mut command)
+        .await
+        .map_err(|cause| PreflightError::Start {
+            binary: binary.to_owned(),
+            cause,
+        })?;
     let group = child
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
@@ -181,13 +183,13 @@ pub fn describe_status(status: ExitStatus) -> String {
 
 /// Spawns `command`, retrying a few times on `ETXTBSY`: a file just written is briefly "busy"
 /// while a child forked meanwhile by another thread still holds its write descriptor.
-pub(super) fn spawn_retrying(command: &mut Command) -> io::Result<Child> {
+pub(super) async fn spawn_retrying(command: &mut Command) -> io::Result<Child> {
     let mut attempts = 0;
     loop {
         match command.spawn() {
             Err(error) if error.raw_os_error() == Some(nix::libc::ETXTBSY) && attempts < 20 => {
                 attempts += 1;
-                std::thread::sleep(Duration::from_millis(10));
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             other => return other,
         }

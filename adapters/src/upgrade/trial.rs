@@ -92,6 +92,10 @@ impl TrialChild {
 /// Runs the trial (see the module's first lines) and says how it ended. The child inherits the
 /// environment (it is the agent itself), stdout and stderr, plus [`TRIAL_ENV`] and
 /// [`TRIAL_PARENT_ENV`]; it is killed if this future is dropped.
+///
+/// The child's death signal (see [`trial_marker_from_env`]) follows the *thread* that spawned
+/// it: call this from a runtime's worker or main thread, not from a `spawn_blocking` thread,
+/// which ends when idle.
 pub async fn run_trial(spec: TrialSpec) -> TrialOutcome {
     match std::fs::remove_file(&spec.marker) {
         Ok(()) => {}
@@ -115,7 +119,7 @@ pub async fn run_trial(spec: TrialSpec) -> TrialOutcome {
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     let started = Instant::now();
-    let mut child = match spawn_retrying(&mut command) {
+    let mut child = match spawn_retrying(&mut command).await {
         Ok(child) => child,
         Err(error) => {
             return TrialOutcome::Failed {
