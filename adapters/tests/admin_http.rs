@@ -340,6 +340,7 @@ async fn parallel_targets_requests_share_one_rendering_made_off_the_async_worker
         pool_source: None,
         store: None,
         task_archive: None,
+        releases: Default::default(),
     });
     let api = Arc::new(GatedRenders {
         handle: driver.handle(),

@@ -78,6 +78,7 @@ impl Parts {
             pool_source: Some(Arc::clone(&self.pool_source) as _),
             store: Some(Arc::clone(&self.store) as Arc<dyn Store>),
             task_archive: None,
+            releases: Default::default(),
         })
     }
 }

@@ -136,6 +136,7 @@ fn start_server(
         pool_source: None,
         store: Some(Arc::clone(store) as Arc<dyn Store>),
         task_archive: None,
+        releases: Default::default(),
     });
     driver.started();
     (source, driver)

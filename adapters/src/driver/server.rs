@@ -50,6 +50,8 @@ pub struct ServerParts<R> {
     pub store: Option<Arc<dyn Store>>,
     /// Where task results and the audit log go (`-server.task.meta.dir`), when tasks are on.
     pub task_archive: Option<Arc<dyn TaskArchive>>,
+    /// How releases are taken for upgrades (`-server.upgrade.*`).
+    pub releases: super::upgrade::ReleaseIntake,
 }
 
 impl<R> std::fmt::Debug for ServerParts<R> {
@@ -73,16 +75,17 @@ pub struct StopReport {
     pub handed_over: usize,
 }
 
-struct Shared<R> {
+pub(super) struct Shared<R> {
     state: Mutex<ServerState>,
     /// The `/-/targets` generation: a number per distinct [`TargetsKey`] seen.
     targets_generation: Mutex<TargetsGeneration>,
-    link: Arc<R>,
-    clock: Arc<dyn Clock>,
+    pub(super) link: Arc<R>,
+    pub(super) clock: Arc<dyn Clock>,
     exporter: Arc<dyn MetricsExporter>,
     pool_source: Option<Arc<dyn PoolSource>>,
-    store: Option<Arc<dyn Store>>,
+    pub(super) store: Option<Arc<dyn Store>>,
     task_archive: Option<Arc<dyn TaskArchive>>,
+    pub(super) releases: super::upgrade::ReleaseIntake,
 }
 
 /// How often task results past their retention are removed.
@@ -97,7 +100,7 @@ struct TargetsGeneration {
 }
 
 impl<R: ReportSource> Shared<R> {
-    fn state(&self) -> MutexGuard<'_, ServerState> {
+    pub(super) fn state(&self) -> MutexGuard<'_, ServerState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -160,7 +163,7 @@ impl<R: ReportSource> Shared<R> {
         }
     }
 
-    async fn perform(&self, actions: Actions) {
+    pub(super) async fn perform(&self, actions: Actions) {
         for record in &actions.task_records {
             tracing::warn!(
                 task = record.task_id,
@@ -177,6 +180,10 @@ impl<R: ReportSource> Shared<R> {
             actions.task_audit,
         )
         .await;
+        self.keep_upgrade(actions.persist_upgrade).await;
+        for event in &actions.upgrade_events {
+            tracing::warn!("{event}");
+        }
         for (connection, reason) in actions.close {
             tracing::warn!(%connection, %reason, "protocol violation; closing the connection");
             self.link.close(connection, &reason);
@@ -211,6 +218,7 @@ impl<R: ReportSource> Shared<R> {
                 Err(error) => tracing::debug!(%connection, %error, "sending to an agent failed"),
             }
         }
+        self.send_chunks(actions.chunks).await;
     }
 
     fn replace_file_configs(&self, configs: Vec<ProbeConfig>) -> Result<Actions, String> {
@@ -278,6 +286,7 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
             pool_source,
             store,
             task_archive,
+            releases,
         } = parts;
         let resumed = match &store {
             Some(store) => resume(&mut state, store.as_ref(), clock.now()),
@@ -288,6 +297,9 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
         {
             resume_tasks(&mut state, store.as_ref());
         }
+        if let Some(store) = &store {
+            resume_upgrade(&mut state, store.as_ref(), &releases);
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             targets_generation: Mutex::new(TargetsGeneration::default()),
@@ -297,6 +309,7 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
             pool_source,
             store: store.clone(),
             task_archive,
+            releases,
         });
         let events = tokio::spawn(event_loop(Arc::clone(&shared)));
         let timer = tokio::spawn(timer_loop(Arc::clone(&shared)));
@@ -376,6 +389,39 @@ async fn event_loop<R: ReportSource>(shared: Arc<Shared<R>>) {
     while let Some(event) = shared.link.next_event().await {
         let actions = shared.state().handle_event(shared.clock.now(), event);
         shared.perform(actions).await;
+    }
+}
+
+/// Reads the rollout a previous server kept; a damaged one is set aside.
+fn resume_upgrade(
+    state: &mut ServerState,
+    store: &dyn Store,
+    releases: &super::upgrade::ReleaseIntake,
+) {
+    match store.read(Record::Upgrade) {
+        Ok(None) => {}
+        Ok(Some(bytes)) => match state.resume_upgrades(&bytes) {
+            Ok(Some(rollout)) => {
+                let kept = releases
+                    .release_path(&rollout.release.sha256)
+                    .is_some_and(|p| p.is_file());
+                if rollout.phase.is_open() && !kept {
+                    tracing::error!(
+                        rollout = rollout.id,
+                        "the rollout's release file is gone from the data directory; agents cannot download it (abort the rollout and post it again)"
+                    );
+                }
+                tracing::warn!(rollout = rollout.id, phase = rollout.phase.label(), version = %rollout.release.version, "rollout of the previous server resumed");
+            }
+            Ok(None) => {}
+            Err(error) => {
+                let moved = store.set_aside(Record::Upgrade);
+                tracing::error!(%error, moved_to = ?moved, "the rollout's record is damaged; set aside, no rollout resumed");
+            }
+        },
+        Err(error) => {
+            tracing::error!(%error, "cannot read the rollout's record; no rollout resumed")
+        }
     }
 }
 
@@ -520,7 +566,7 @@ fn hand_over(
 
 /// The server as its endpoints and the binary see it.
 pub struct ServerHandle<R> {
-    shared: Arc<Shared<R>>,
+    pub(super) shared: Arc<Shared<R>>,
 }
 
 impl<R> std::fmt::Debug for ServerHandle<R> {
@@ -674,6 +720,10 @@ impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
     }
 
     fn task_api(&self) -> Option<Arc<dyn TaskApi>> {
+        Some(Arc::new(self.clone()))
+    }
+
+    fn upgrade_api(&self) -> Option<Arc<dyn crate::admin::UpgradeApi>> {
         Some(Arc::new(self.clone()))
     }
 }

@@ -96,6 +96,7 @@ pub async fn hand_over(
         args: args.clone(),
         marker: marker.clone(),
         deadline: plan.probation_deadline,
+        offer_id: plan.offer_id,
     })
     .await;
     remove_quietly(&marker);

@@ -23,6 +23,7 @@
 
 pub mod fetch;
 pub mod handover;
+pub mod installer;
 pub mod preflight;
 pub mod release_key;
 pub mod staging;

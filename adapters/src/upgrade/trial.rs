@@ -33,6 +33,10 @@ pub const TRIAL_ENV: &str = "PROBERMESH_UPGRADE_TRIAL";
 /// The environment variable holding the waiting parent's pid (the child stops when it is gone).
 pub const TRIAL_PARENT_ENV: &str = "PROBERMESH_UPGRADE_TRIAL_PARENT";
 
+/// The environment variable holding the offer a trial child answers (it reports its commit
+/// under this id).
+pub const TRIAL_OFFER_ENV: &str = "PROBERMESH_UPGRADE_OFFER";
+
 /// What a committed child writes in its marker.
 const COMMITTED: &str = "committed\n";
 
@@ -54,6 +58,8 @@ pub struct TrialSpec {
     pub marker: PathBuf,
     /// How long it has to commit.
     pub deadline: Duration,
+    /// The server's offer it answers ([`TRIAL_OFFER_ENV`]).
+    pub offer_id: u64,
 }
 
 /// How a trial ended.
@@ -114,6 +120,7 @@ pub async fn run_trial(spec: TrialSpec) -> TrialOutcome {
         .args(&spec.args)
         .env(TRIAL_ENV, &spec.marker)
         .env(TRIAL_PARENT_ENV, std::process::id().to_string())
+        .env(TRIAL_OFFER_ENV, spec.offer_id.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
@@ -235,6 +242,12 @@ pub fn trial_marker_from_env() -> Option<PathBuf> {
     Some(PathBuf::from(marker))
 }
 
+/// In a trial child: the offer it answers ([`TRIAL_OFFER_ENV`]), when its parent named one.
+#[must_use]
+pub fn trial_offer_from_env() -> Option<u64> {
+    std::env::var(TRIAL_OFFER_ENV).ok()?.parse().ok()
+}
+
 /// In a trial child: says it is committed, atomically (a temporary file, flushed, renamed).
 ///
 /// # Errors
@@ -286,6 +299,7 @@ pub(crate) mod tests {
             args: vec!["agent".into(), "--region".into(), "eu".into()],
             marker: dir.path().join(".probermesh.upgrade-trial"),
             deadline,
+            offer_id: 7,
         }
     }
 

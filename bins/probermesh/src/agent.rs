@@ -34,6 +34,13 @@ use tokio::sync::watch;
 use crate::cli::AgentArgs;
 use crate::logging;
 use crate::server::resolve_addr;
+use probermesh_adapters::upgrade::handover::{self, Handover, HandoverEnd, RestartMode, hand_over};
+use probermesh_adapters::upgrade::installer::FileInstaller;
+use probermesh_adapters::upgrade::release_key::ReleaseKey;
+use probermesh_adapters::upgrade::state_file::Outcome;
+use probermesh_adapters::upgrade::trial;
+use probermesh_core::link::UpgradeState;
+use probermesh_core::upgrade::agent::{Probation, UpgradePolicy, UpgradeReport, UpgradeSetup};
 
 /// The real probers: the ICMP engine (its socket opened now, so a permission problem shows at
 /// start), hickory DNS from the system configuration, the hyper HTTP prober.
@@ -85,7 +92,10 @@ impl LinkRecipe {
 /// Runs the agent until SIGINT or SIGTERM.
 pub(crate) async fn run(args: AgentArgs) -> Result<()> {
     let choices = args.choices()?;
-    let _log = logging::init("agent", args.log_level, &args.log_dir)?;
+    let log_guard = logging::init("agent", args.log_level, &args.log_dir)?;
+    // Taken before anything can replace the file: the path upgrades replace and restart.
+    let exe = std::env::current_exe().context("finding the agent's own executable")?;
+    let upgrade = upgrade_setup(&args, &choices, &exe)?;
     let detected = detect_region(
         Some(args.region.as_str()).filter(|r| !r.is_empty()),
         std::env::var("PROBER_REGION").ok(),
@@ -149,6 +159,13 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         features: task_policy
             .iter()
             .map(|_| probermesh_core::link::feature::TASK.to_owned())
+            .chain(
+                upgrade
+                    .setup
+                    .policy
+                    .iter()
+                    .map(|_| probermesh_core::link::feature::UPGRADE.to_owned()),
+            )
             .collect(),
     };
     let chosen = agent_ip(&ip_options).await?;
@@ -156,12 +173,6 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
     let link = recipe.start(&me).map_err(anyhow::Error::msg)?;
     let relink: driver::Relink<AgentLink> = Box::new(move |me| recipe.start(me));
     tracing::warn!(agent = %me, ip_source = ?chosen.source, server = %args.rpc_report_addr, "agent started");
-    if args.upgrade {
-        tracing::warn!(
-            interval = %args.upgrade_interval,
-            "-agent.upgrade: self-upgrade is not implemented in this version; the flag is accepted and ignored"
-        );
-    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = AgentState::new(
         AgentConfig {
@@ -172,7 +183,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
             follow_observed_ip: ip_options.follows_server_view(),
             in_flight_limits: choices.in_flight_limits,
             tasks: task_policy,
-            upgrade: Default::default(),
+            upgrade: upgrade.setup.clone(),
         },
         clock.now(),
     );
@@ -188,7 +199,10 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         relink,
         system_probers()?,
         Arc::new(ProcessTaskRunner::new()),
-        None,
+        upgrade
+            .installer
+            .clone()
+            .map(|installer| installer as Arc<dyn probermesh_core::ports::Installer>),
         clock,
         stopping,
         StopBounds::for_interval(choices.probe_interval),
@@ -207,7 +221,108 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         unsent,
         "agent stopped"
     );
+    if let (Some((offer_id, plan)), Some(installer), Some(choices)) =
+        (run.handover, &upgrade.installer, &choices.upgrade)
+    {
+        let staged = installer
+            .checked(offer_id)
+            .context("the checked binary of the upgrade is gone")?;
+        let mode = if choices.exit_for_supervisor {
+            RestartMode::Exit
+        } else {
+            RestartMode::Exec
+        };
+        tracing::warn!(version = %plan.version, staged = %staged.display(), ?mode, deadline = ?choices.deadline, "handing over to the new version: it runs on trial while this process waits");
+        // The file log's writer keeps lines in memory; an exec would lose them.
+        drop(log_guard);
+        let handover = Handover {
+            offer_id,
+            version: plan.version.clone(),
+            from_version: VERSION.to_owned(),
+            probation_deadline: choices.deadline,
+        };
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        match hand_over(&exe, &staged, handover, args, mode).await {
+            Ok(HandoverEnd::ExitForSupervisor) => {
+                tracing::warn!(
+                    "the new version is installed; exiting for the supervisor to start it"
+                );
+            }
+            Err(error) => return Err(error).context("restarting after the upgrade"),
+        }
+    }
     Ok(())
+}
+
+/// The agent's upgrade choices at start: the policy (`-agent.upgrade`), whether this process
+/// is a trial, the previous process's outcome to report, and the installer.
+struct AgentUpgrade {
+    setup: UpgradeSetup,
+    installer: Option<Arc<FileInstaller>>,
+}
+
+fn upgrade_setup(
+    args: &AgentArgs,
+    choices: &crate::cli::AgentChoices,
+    exe: &std::path::Path,
+) -> Result<AgentUpgrade> {
+    let Some(up) = &choices.upgrade else {
+        return Ok(AgentUpgrade {
+            setup: UpgradeSetup::default(),
+            installer: None,
+        });
+    };
+    let key = args
+        .upgrade_pubkey
+        .as_deref()
+        .map(|path| {
+            ReleaseKey::load(path)
+                .with_context(|| format!("-agent.upgrade.pubkey {}", path.display()))
+        })
+        .transpose()?;
+    let report = handover::at_start(exe).map(|record| UpgradeReport {
+        offer_id: record.offer_id,
+        version: record.version,
+        state: match record.outcome {
+            Outcome::Committed => UpgradeState::Committed,
+            Outcome::RolledBack { reason } => UpgradeState::RolledBack { reason },
+            Outcome::Failed { reason } => UpgradeState::Failed { reason },
+        },
+    });
+    if let Some(report) = &report {
+        tracing::warn!(offer = report.offer_id, version = %report.version, state = ?report.state, "the last upgrade's outcome; reported to the server");
+    }
+    let probation = trial::trial_marker_from_env().map(|_| Probation {
+        offer_id: trial::trial_offer_from_env().unwrap_or_default(),
+        version: VERSION.to_owned(),
+        rounds_needed: up.probation_rounds,
+    });
+    if probation.is_some() {
+        tracing::warn!(
+            rounds = up.probation_rounds,
+            "this process is the trial of a new version: it commits once its results are acknowledged in that many rounds"
+        );
+    }
+    let mut policy = UpgradePolicy::new(
+        VERSION
+            .parse()
+            .with_context(|| format!("this build's version {VERSION:?}"))?,
+    );
+    policy.probation_rounds = up.probation_rounds;
+    tracing::warn!(
+        exe = %exe.display(),
+        signed_only = key.is_some(),
+        restart = if up.exit_for_supervisor { "exit" } else { "exec" },
+        "-agent.upgrade: upgrades the server offers are installed (a newer version, or force)"
+    );
+    Ok(AgentUpgrade {
+        setup: UpgradeSetup {
+            policy: Some(policy),
+            probation,
+            report,
+        },
+        installer: Some(Arc::new(FileInstaller::new(exe.to_owned(), key))),
+    })
 }
 
 async fn wait_for_stop() -> Result<()> {

@@ -78,6 +78,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         admin_token: None,
         data_dir: None,
         tasks: None,
+        releases: Default::default(),
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.

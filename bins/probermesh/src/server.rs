@@ -29,6 +29,8 @@ use probermesh_core::task::book::{TaskBook, TaskSettings};
 
 use crate::cli::ServerArgs;
 use crate::logging;
+use probermesh_adapters::driver::upgrade::ReleaseIntake;
+use probermesh_adapters::upgrade::release_key::ReleaseKey;
 
 /// Resolves `host:port` (the Go default `localhost:6000` included) to one socket address;
 /// errors name the flag `-{flag}`.
@@ -54,6 +56,9 @@ pub(crate) struct ServerParts {
     pub(crate) data_dir: Option<PathBuf>,
     /// Remote tasks (`-server.task`): their settings and `-server.task.meta.dir`.
     pub(crate) tasks: Option<(TaskSettings, PathBuf)>,
+    /// How upgrade releases are taken (`-server.upgrade.*`); its `dir` is set from the data
+    /// directory.
+    pub(crate) releases: ReleaseIntake,
 }
 
 /// A started server: its link, driver and endpoints.
@@ -98,6 +103,10 @@ impl RunningServer {
                 .map(|file| Arc::new(file) as Arc<dyn PoolSource>),
             store,
             task_archive,
+            releases: ReleaseIntake {
+                dir: parts.data_dir.as_ref().map(|dir| dir.join("upgrade")),
+                ..parts.releases
+            },
         });
         let admin = match AdminServer::start(
             &parts.http_listen_addr,
@@ -200,6 +209,23 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             "-server.task: remote tasks on; /-/task needs the admin bearer token and runs only on agents started with -agent.task"
         );
     }
+    let releases = ReleaseIntake {
+        key: args
+            .upgrade_pubkey
+            .as_deref()
+            .map(|path| {
+                ReleaseKey::load(path)
+                    .with_context(|| format!("-server.upgrade.pubkey {}", path.display()))
+            })
+            .transpose()?,
+        allow_md5: args.upgrade_allow_md5,
+        ..ReleaseIntake::default()
+    };
+    if releases.allow_md5 {
+        tracing::warn!(
+            "-server.upgrade.allow-md5: upgrade requests checked by md5 alone are taken (md5 does not stop a forged binary; give sha256)"
+        );
+    }
     let listen = resolve_addr("server.rpc.listen.addr", &args.rpc_listen_addr).await?;
     let certificate = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert_file), Some(key_file)) => CertificateSource::Files {
@@ -236,6 +262,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         tasks: args
             .task
             .then(|| (choices.tasks.clone(), args.task_meta_dir.clone())),
+        releases,
     })
     .await?;
     tracing::warn!(
@@ -313,6 +340,7 @@ mod tests {
             admin_token: None,
             data_dir: Some(dir.to_owned()),
             tasks: None,
+            releases: Default::default(),
         }
     }
 

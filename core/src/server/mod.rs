@@ -230,6 +230,20 @@ impl ServerState {
         self
     }
 
+    /// Replaces the (empty) upgrade desk with what a previous server kept: the rollout
+    /// resumed, if there was one.
+    ///
+    /// # Errors
+    /// [`crate::wire::WireError`] naming what is wrong in the record; nothing changes then.
+    pub fn resume_upgrades(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<Option<&crate::upgrade::rollout::Rollout>, crate::wire::WireError> {
+        let desk = UpgradeDesk::from_record(self.upgrades.settings().clone(), bytes)?;
+        self.upgrades = desk;
+        Ok(self.upgrades.rollout())
+    }
+
     /// The upgrade desk (the current or last rollout).
     #[must_use]
     pub fn upgrades(&self) -> &UpgradeDesk {

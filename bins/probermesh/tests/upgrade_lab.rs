@@ -1,0 +1,515 @@
+//! The upgrade lab: a real server and six agents on loopback, each running its own copy of
+//! this build (version A), and a version B built by the test (`PROBERMESH_VERSION`), served
+//! over HTTP on loopback. In order:
+//! 1. refused before any agent changes: a wrong SHA-256, a wrong signature (the server pins a
+//!    release key);
+//! 2. a binary announced as B that reports A: the canary's preflight fails, the rollout halts;
+//! 3. a B that exits at start: the canary rolls back to A by itself, the rollout halts, every
+//!    agent stays on A;
+//! 4. the rollout of B with one canary and batches of two, the server restarted after the
+//!    canary (the rollout resumes), two of the agents under a supervisor-style wrapper
+//!    (`--upgrade-restart exit`): all six end on B, their executables report B, `.prev` holds A;
+//! 5. A offered again without force: a downgrade, refused for every agent.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use probermesh_core::task::signing::{TaskSigningKey, encode_hex};
+use probermesh_tests::harness::{
+    TempDir, free_tcp_port, free_udp_port, http, server_fingerprint, wait_for,
+};
+use serde_json::Value;
+
+mod common;
+use common::{BIN, TOKEN};
+
+/// The version the test builds as B (newer than any version of this crate).
+const VERSION_B: &str = "9.0.0";
+/// Agents of the lab: (region, ip, under a supervisor-style wrapper).
+const AGENTS: [(&str, &str, bool); 6] = [
+    ("r1", "127.0.0.11", false),
+    ("r1", "127.0.0.12", true),
+    ("r2", "127.0.0.13", false),
+    ("r2", "127.0.0.14", false),
+    ("r3", "127.0.0.15", true),
+    ("r3", "127.0.0.16", false),
+];
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A process group killed when dropped: an agent, its trial child, its wrapper.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Version B of this binary, built once into `target/upgrade-lab` (scripts/test.sh builds it
+/// before the tests; here it is then up to date), stripped, copied into `dir`.
+fn build_version_b(dir: &Path) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = workspace.join("target/upgrade-lab");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "probermesh",
+            "--bin",
+            "probermesh",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("PROBERMESH_VERSION", VERSION_B)
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .status()
+        .expect("running cargo to build version B");
+    assert!(status.success(), "building version B failed");
+    let b = dir.join("probermesh-b");
+    std::fs::copy(target.join("debug/probermesh"), &b).expect("copying B");
+    strip(&b);
+    b
+}
+
+fn strip(path: &Path) {
+    let status = Command::new("strip")
+        .arg(path)
+        .status()
+        .expect("running strip (binutils)");
+    assert!(status.success(), "strip {}", path.display());
+}
+
+fn version_of(binary: &Path) -> String {
+    let out = Command::new(binary)
+        .arg("version")
+        .output()
+        .expect("running version");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_owned()
+}
+
+struct Lab {
+    dir: TempDir,
+    http: SocketAddr,
+    link_port: u16,
+    files_port: u16,
+    key: TaskSigningKey,
+    server: Option<Group>,
+    agents: Vec<Group>,
+    _files: Group,
+}
+
+impl Lab {
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn files(&self) -> PathBuf {
+        self.dir.path().join("files")
+    }
+
+    fn start_server(&mut self) {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "server",
+                "--rpc-listen-addr",
+                &format!("127.0.0.1:{}", self.link_port),
+                "--http-listen-addr",
+                &self.http.to_string(),
+                "--aggregation-interval",
+                "2s",
+                "--data-dir",
+                &self.data_dir().display().to_string(),
+                "--upgrade-pubkey",
+                &self.dir.path().join("release.pub").display().to_string(),
+            ])
+            .env("PROBERMESH_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        self.server = Some(Group(command.spawn().expect("the server starts")));
+        let http_addr = self.http;
+        wait_for("the server to be ready", Duration::from_secs(30), || {
+            http("GET", http_addr, "/-/ready", None).filter(|(s, _)| *s == 200)
+        });
+    }
+
+    fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &server.0.id().to_string()])
+                .status();
+            let mut server = server;
+            let _ = server.0.wait();
+        }
+    }
+
+    fn agent_exe(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("agent{index}/probermesh"))
+    }
+
+    fn start_agent(&self, index: usize) -> Group {
+        let (region, ip, supervised) = AGENTS[index];
+        let fingerprint = server_fingerprint(&self.data_dir());
+        let exe = self.agent_exe(index);
+        let agent_args = [
+            "agent".to_owned(),
+            "--region".into(),
+            region.into(),
+            "--ip".into(),
+            ip.into(),
+            "--rpc-report-addr".into(),
+            format!("127.0.0.1:{}", self.link_port),
+            "--probe-interval".into(),
+            "1s".into(),
+            "--tls-server-fingerprint".into(),
+            fingerprint,
+            "--upgrade".into(),
+            "--upgrade-pubkey".into(),
+            self.dir.path().join("release.pub").display().to_string(),
+            "--upgrade-probation".into(),
+            "2".into(),
+            "--upgrade-deadline".into(),
+            "40s".into(),
+            "--upgrade-restart".into(),
+            if supervised { "exit" } else { "exec" }.into(),
+        ];
+        let mut command = if supervised {
+            // What supervisord's autorestart or systemd's Restart=always do: start the same
+            // path again whenever it exits.
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg("while :; do \"$0\" \"$@\"; sleep 0.2; done")
+                .arg(&exe)
+                .args(&agent_args);
+            command
+        } else {
+            let mut command = Command::new(&exe);
+            command.args(&agent_args);
+            command
+        };
+        command
+            .env("PROBERMESH_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        Group(command.spawn().expect("an agent starts"))
+    }
+
+    /// `body` to `path` with the admin token: the status and the envelope.
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let mut tcp = TcpStream::connect(self.http).expect("connecting");
+        tcp.set_read_timeout(Some(Duration::from_secs(120)))
+            .expect("a timeout");
+        write!(
+            tcp,
+            "{method} {path} HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("sending");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).expect("reading");
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status");
+        let json = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .expect("a body");
+        (status, serde_json::from_str(json).unwrap_or(Value::Null))
+    }
+
+    /// Posts a rollout of `file` (served by the lab) announced as `version`, signed with
+    /// `key` (the lab's own when `None`).
+    fn post(
+        &self,
+        file: &str,
+        version: &str,
+        sha256: &str,
+        key: Option<&TaskSigningKey>,
+        extra: &str,
+    ) -> (u16, Value) {
+        let bytes = std::fs::read(self.files().join(file)).expect("the release file");
+        let signature = encode_hex(&key.unwrap_or(&self.key).sign(&bytes).0);
+        let body = format!(
+            r#"{{"downloadURL":"http://127.0.0.1:{}/{file}","md5Check":"","version":"{version}","force":false,"sha256":"{sha256}","signature":"{signature}","strategy":{{"canary":1,"batch":2,"soak":"1s"}}{extra}}}"#,
+            self.files_port
+        );
+        self.request("POST", "/-/upgrade", &body)
+    }
+
+    fn status(&self) -> Value {
+        let (status, envelope) = self.request("GET", "/-/upgrade", "");
+        assert_eq!(status, 200, "{envelope}");
+        envelope["data"].clone()
+    }
+
+    /// Waits until the rollout is in one of `phases`; its view.
+    fn wait_phase(&self, phases: &[&str]) -> Value {
+        wait_for(
+            &format!("the rollout to be {phases:?}"),
+            ROLLOUT_TIMEOUT,
+            || {
+                let view = self.status();
+                phases
+                    .contains(&view["phase"].as_str().unwrap_or_default())
+                    .then_some(view)
+            },
+        )
+    }
+
+    fn abort(&self) {
+        let (status, envelope) = self.request("POST", "/-/upgrade/abort", "{}");
+        assert_eq!(status, 200, "{envelope}");
+    }
+
+    /// Every agent's executable reports `version`, and the server sees them all on it.
+    fn assert_all_on(&self, version: &str) {
+        for index in 0..AGENTS.len() {
+            assert_eq!(
+                version_of(&self.agent_exe(index)),
+                format!("probermesh {version}"),
+                "agent {index}'s executable"
+            );
+        }
+        let http_addr = self.http;
+        wait_for(
+            &format!("six agents connected on {version}"),
+            Duration::from_secs(60),
+            || {
+                let (_, metrics) = http("GET", http_addr, "/metrics", None)?;
+                metrics
+                    .lines()
+                    .any(|l| {
+                        l == format!("prober_server_agent_versions{{version=\"{version}\"}} 6")
+                    })
+                    .then_some(())
+            },
+        );
+    }
+}
+
+fn states(view: &Value) -> Vec<(String, String, String)> {
+    view["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["ip"].as_str().unwrap_or_default().to_owned(),
+                a["state"].as_str().unwrap_or_default().to_owned(),
+                a["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
+    let dir = TempDir::new("pm-upgrade-lab");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    // A: this build, stripped (a debug build is 230 MB; 40 MB stripped).
+    let a = files.join("probermesh-a");
+    std::fs::copy(BIN, &a).expect("copying A");
+    strip(&a);
+    let version_a = version_of(&a)
+        .strip_prefix("probermesh ")
+        .expect("probermesh <version>")
+        .to_owned();
+    let b = build_version_b(&files);
+    assert_eq!(version_of(&b), format!("probermesh {VERSION_B}"));
+    // A broken B: it reports B (so the preflight passes) and exits 1 at start.
+    let broken = files.join("probermesh-broken");
+    std::fs::write(&broken, format!("#!/bin/sh\nif [ \"$1\" = version ]; then echo 'probermesh {VERSION_B}'; exit 0; fi\necho 'broken on purpose' >&2\nexit 1\n")).expect("the broken B");
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let key = TaskSigningKey::from_seed([7; 32]);
+    std::fs::write(dir.path().join("release.pub"), key.public().to_hex()).expect("the release key");
+    let files_port = free_tcp_port();
+    let files_server = Group(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &files_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&files)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("python3 -m http.server"),
+    );
+    let files_addr: SocketAddr = format!("127.0.0.1:{files_port}").parse().expect("addr");
+    wait_for("the file server", Duration::from_secs(20), || {
+        http("GET", files_addr, "/probermesh-a", None).filter(|(s, _)| *s == 200)
+    });
+    let mut lab = Lab {
+        dir,
+        http: format!("127.0.0.1:{}", free_tcp_port())
+            .parse()
+            .expect("addr"),
+        link_port: free_udp_port(),
+        files_port,
+        key,
+        server: None,
+        agents: Vec::new(),
+        _files: files_server,
+    };
+    lab.start_server();
+    for index in 0..AGENTS.len() {
+        let exe = lab.agent_exe(index);
+        std::fs::create_dir_all(exe.parent().expect("a dir")).expect("agent dir");
+        std::fs::copy(&a, &exe).expect("copying A for an agent");
+        let agent = lab.start_agent(index);
+        lab.agents.push(agent);
+    }
+    let http_addr = lab.http;
+    wait_for("six agents connected on A", Duration::from_secs(60), || {
+        let (_, metrics) = http("GET", http_addr, "/metrics", None)?;
+        metrics
+            .lines()
+            .any(|l| l == format!("prober_server_agent_versions{{version=\"{version_a}\"}} 6"))
+            .then_some(())
+    });
+    let sha_b = sha256_hex(&b);
+
+    // 1. Refused before any agent changes.
+    let (status, answer) = lab.post("probermesh-b", VERSION_B, &"00".repeat(32), None, "");
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["data"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the download's SHA-256 is"),
+        "{answer}"
+    );
+    let other = TaskSigningKey::from_seed([8; 32]);
+    let (status, answer) = lab.post("probermesh-b", VERSION_B, &sha_b, Some(&other), "");
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["data"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("signature:"),
+        "{answer}"
+    );
+    assert!(lab.status().is_null(), "no rollout was started");
+
+    // 2. Announced as B, reports A: the canary's preflight refuses it.
+    let (status, answer) = lab.post("probermesh-a", VERSION_B, &sha256_hex(&a), None, "");
+    assert_eq!(status, 200, "{answer}");
+    let view = lab.wait_phase(&["halted"]);
+    let failed: Vec<_> = states(&view)
+        .into_iter()
+        .filter(|(_, s, _)| s == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{view}");
+    assert!(
+        failed[0].2.contains(&format!(
+            "reports {version_a}, not the announced {VERSION_B}"
+        )),
+        "{view}"
+    );
+    assert_eq!(view["counts"]["pending"], 5, "{view}");
+    lab.abort();
+
+    // 3. A B that exits at start: the canary rolls back to A by itself.
+    let (status, answer) = lab.post(
+        "probermesh-broken",
+        VERSION_B,
+        &sha256_hex(&broken),
+        None,
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+    let view = lab.wait_phase(&["halted"]);
+    let rolled: Vec<_> = states(&view)
+        .into_iter()
+        .filter(|(_, s, _)| s == "rolled_back")
+        .collect();
+    assert_eq!(rolled.len(), 1, "{view}");
+    assert!(rolled[0].2.contains("exited with status 1"), "{view}");
+    assert_eq!(view["counts"]["pending"], 5, "{view}");
+    lab.abort();
+    lab.assert_all_on(&version_a);
+
+    // 4. The real rollout; the server restarts once the canary committed.
+    let (status, answer) = lab.post("probermesh-b", VERSION_B, &sha_b, None, "");
+    assert_eq!(status, 200, "{answer}");
+    let rollout_id = answer["data"]["rollout_id"].clone();
+    wait_for("the canary to commit", ROLLOUT_TIMEOUT, || {
+        (lab.status()["counts"]["committed"] == 1).then_some(())
+    });
+    lab.stop_server();
+    lab.start_server();
+    let view = lab.wait_phase(&["completed", "halted"]);
+    assert_eq!(
+        view["rollout_id"], rollout_id,
+        "the same rollout resumed: {view}"
+    );
+    assert_eq!(view["phase"], "completed", "{view}");
+    assert_eq!(view["counts"]["committed"], 6, "{view}");
+    let mut batches: Vec<u64> = view["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["batch"].as_u64())
+        .collect();
+    batches.sort_unstable();
+    assert_eq!(
+        batches,
+        [0, 1, 1, 2, 2, 3],
+        "one canary, then batches of two: {view}"
+    );
+    lab.assert_all_on(VERSION_B);
+    for index in 0..AGENTS.len() {
+        let prev = lab.agent_exe(index).with_file_name("probermesh.prev");
+        assert_eq!(
+            version_of(&prev),
+            format!("probermesh {version_a}"),
+            "agent {index} kept A"
+        );
+    }
+
+    // 5. A downgrade without force: nobody is offered it.
+    let (status, answer) = lab.post("probermesh-a", &version_a, &sha256_hex(&a), None, "");
+    assert_eq!(status, 200, "{answer}");
+    let view = lab.wait_phase(&["completed"]);
+    assert_eq!(view["counts"]["skipped"], 6, "{view}");
+    for (_, _, reason) in states(&view) {
+        assert!(
+            reason.contains(&format!("runs {VERSION_B}, newer than {version_a}")),
+            "{reason}"
+        );
+    }
+    lab.assert_all_on(VERSION_B);
+}
