@@ -20,6 +20,28 @@ impl Drop for Process {
     }
 }
 
+/// How long a graceful stop may take before [`terminate`] kills.
+pub const GRACEFUL_STOP: Duration = Duration::from_secs(30);
+
+/// Stops `child` gracefully: SIGTERM, up to `GRACEFUL_STOP` for it to exit, then SIGKILL;
+/// reaps it. Never waits unbounded, so a process that ignores SIGTERM fails its test
+/// instead of hanging it. Whether it exited by itself.
+pub fn terminate(child: &mut Child) -> bool {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + GRACEFUL_STOP;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 /// A TCP port on 127.0.0.1 free a moment ago.
 ///
 /// # Panics
@@ -176,14 +198,33 @@ pub fn http(
     path: &str,
     bearer: Option<&str>,
 ) -> Option<(u16, String)> {
+    http_with_body(method, addr, path, bearer, "", Duration::from_secs(5))
+}
+
+/// [`http`] with a JSON `body`, waiting up to `read_timeout` for the answer (an upgrade's
+/// POST answers once the server has downloaded the release).
+pub fn http_with_body(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+    read_timeout: Duration,
+) -> Option<(u16, String)> {
     let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    tcp.set_read_timeout(Some(read_timeout)).ok()?;
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     write!(
         tcp,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content_type}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut answer = String::new();

@@ -543,7 +543,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
 
 /// Why a request was not authorized.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
-enum Unauthorized {
+pub(super) enum Unauthorized {
     NoCredential,
     NotBearer,
     WrongToken,

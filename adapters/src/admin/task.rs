@@ -99,6 +99,32 @@ pub(super) fn json<T: Serialize>(
     response
 }
 
+/// A JSON endpoint's answer to a request without the right bearer token: logged (at most one
+/// line per interval) and `401` with `WWW-Authenticate: Bearer`.
+pub(super) fn json_unauthorized(
+    endpoints: &Endpoints,
+    remote: SocketAddr,
+    path: &str,
+    why: super::Unauthorized,
+) -> Response<Bytes> {
+    if let Some(suppressed) = endpoints.logs.unauthorized.admit(Instant::now()) {
+        tracing::warn!(%remote, reason = why.as_str(), suppressed, "{path} refused: missing or wrong bearer token");
+    }
+    let mut response = json(StatusCode::UNAUTHORIZED, "unauthorized", why.as_str());
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Who a request authorized with the configured token is, for the audit and the log.
+pub(super) fn actor_of(endpoints: &Endpoints) -> String {
+    endpoints
+        .token
+        .as_ref()
+        .map_or_else(|| "anonymous".to_owned(), crate::secret::Token::identity)
+}
+
 fn seconds(field: &'static str, value: Option<f64>) -> Result<Option<Duration>, String> {
     match value {
         None => Ok(None),
@@ -214,9 +240,6 @@ pub(super) async fn route(
         return response;
     }
     if let Err(why) = authorize(request.headers(), endpoints.token.as_ref()) {
-        if let Some(suppressed) = endpoints.logs.unauthorized.admit(Instant::now()) {
-            tracing::warn!(%remote, reason = why.as_str(), suppressed, "{path} refused: missing or wrong bearer token");
-        }
         if status_of.is_none() {
             let entry = audit_of(
                 api.now(),
@@ -226,16 +249,9 @@ pub(super) async fn route(
             );
             api.refuse_task("unauthorized", entry).await;
         }
-        let mut response = json(StatusCode::UNAUTHORIZED, "unauthorized", why.as_str());
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        return json_unauthorized(endpoints, remote, &path, why);
     }
-    let actor = endpoints
-        .token
-        .as_ref()
-        .map_or_else(|| "anonymous".to_owned(), crate::secret::Token::identity);
+    let actor = actor_of(endpoints);
     if let Some(id) = status_of {
         return status(api.as_ref(), &id).await;
     }

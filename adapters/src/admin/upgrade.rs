@@ -13,7 +13,7 @@
 //! The answers keep the Go envelope `{code,msg,data}` with real HTTP status codes.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -27,7 +27,8 @@ use probermesh_core::upgrade::rollout::{BatchSize, Control, Strategy};
 use probermesh_core::upgrade::version::Version;
 use serde::Deserialize;
 
-use super::{Endpoints, authorize, task::json};
+use super::task::{actor_of, json, json_unauthorized};
+use super::{Endpoints, authorize};
 use crate::log_limit::{UNTRUSTED_MAX_BYTES, untrusted};
 
 /// The largest `/-/upgrade` request body, in bytes.
@@ -277,19 +278,9 @@ pub(super) async fn route(
         return response;
     }
     if let Err(why) = authorize(request.headers(), endpoints.token.as_ref()) {
-        if let Some(suppressed) = endpoints.logs.unauthorized.admit(Instant::now()) {
-            tracing::warn!(%remote, reason = why.as_str(), suppressed, "{path} refused: missing or wrong bearer token");
-        }
-        let mut response = json(StatusCode::UNAUTHORIZED, "unauthorized", why.as_str());
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        return json_unauthorized(endpoints, remote, &path, why);
     }
-    let actor = endpoints
-        .token
-        .as_ref()
-        .map_or_else(|| "anonymous".to_owned(), crate::secret::Token::identity);
+    let actor = actor_of(endpoints);
     if reading {
         return json(StatusCode::OK, "success", api.upgrade_status().await);
     }

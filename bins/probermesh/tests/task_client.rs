@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use common::{BIN, TOKEN, start_agent_with, temp_dir};
 use probermesh_adapters::admin_client::{TaskRequest, now_unix_millis, read_signing_key};
 use probermesh_tests::harness::{
-    Process, free_tcp_port, free_udp_port, http, sample, server_fingerprint, wait_for,
+    Process, free_tcp_port, free_udp_port, http, http_with_body, sample, server_fingerprint,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -97,24 +98,16 @@ fn client(args: &[&str], env: &[(&str, &str)]) -> Ran {
 
 /// `POST /-/task` with `body` and the admin token: the status and the JSON answer.
 fn post(addr: SocketAddr, body: &str) -> (u16, Value) {
-    let mut tcp = TcpStream::connect(addr).expect("connecting");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("a timeout");
-    write!(
-        tcp,
-        "POST /-/task HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let (status, answer) = http_with_body(
+        "POST",
+        addr,
+        "/-/task",
+        Some(ADMIN),
+        body,
+        Duration::from_secs(10),
     )
-    .expect("sending");
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).expect("reading");
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    let json = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+    .expect("an answer");
+    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
 }
 
 /// `GET /-/task/<id>`'s data once every agent's run is final and filed.
