@@ -164,10 +164,7 @@ impl Namespace {
     pub fn terminate(&mut self, label: &str) {
         for (child_label, child) in &mut self.children {
             if child_label == label {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
-                let _ = child.wait();
+                crate::harness::terminate(child);
             }
         }
         self.children

@@ -208,7 +208,12 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         StopBounds::for_interval(choices.probe_interval),
     )
     .await;
-    signals.await.context("the signal handler")??;
+    if run.handover.is_some() {
+        // The run ended for a hand-over, not a signal: nothing will wake the handler.
+        signals.abort();
+    } else {
+        signals.await.context("the signal handler")??;
+    }
     let outbox = run.link.stats().outbox;
     let produced = run.state.produced();
     let unsent = produced

@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,8 +18,10 @@ use probermesh_core::matcher::MatchOp;
 use probermesh_core::model::UnixMillis;
 use probermesh_core::task::signing::{TaskSigningKey, encode_hex};
 use probermesh_core::wire::task_signing_bytes;
+use probermesh_tests::harness;
 use probermesh_tests::harness::{
-    Process, TempDir, free_tcp_port, free_udp_port, http, server_fingerprint, wait_for,
+    Process, TempDir, free_tcp_port, free_udp_port, http, http_with_body, server_fingerprint,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -79,30 +80,16 @@ impl Lab {
 
     /// Submits `body` with `bearer`: the status and the JSON answer.
     fn post(&self, body: &str, bearer: Option<&str>) -> (u16, Value) {
-        let mut tcp = TcpStream::connect(self.http).expect("connecting");
-        tcp.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("a timeout");
-        let auth = bearer
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            tcp,
-            "POST /-/task HTTP/1.1\r\nHost: lab\r\n{auth}Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        let (status, answer) = http_with_body(
+            "POST",
+            self.http,
+            "/-/task",
+            bearer,
+            body,
+            Duration::from_secs(10),
         )
-        .expect("sending");
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).expect("reading");
-        let status = answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("a status");
-        let json = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .expect("a body");
-        (status, serde_json::from_str(json).unwrap_or(Value::Null))
+        .expect("an answer");
+        (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
     }
 
     fn submit(&self, op: &str, pattern: &str, cmd: &str, extra: &str) -> (u64, Vec<String>) {
@@ -164,12 +151,9 @@ impl Drop for Lab {
     }
 }
 
-/// Stops a process gracefully (SIGTERM) and waits for it.
+/// Stops a process gracefully (SIGTERM, bounded) and reaps it.
 fn terminate(process: &mut Process) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &process.0.id().to_string()])
-        .status();
-    let _ = process.0.wait();
+    harness::terminate(&mut process.0);
 }
 
 fn now_ms() -> u64 {

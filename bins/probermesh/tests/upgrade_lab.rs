@@ -11,16 +11,16 @@
 //!    (`--upgrade-restart exit`): all six end on B, their executables report B, `.prev` holds A;
 //! 5. A offered again without force: a downgrade, refused for every agent.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use probermesh_core::task::signing::{TaskSigningKey, encode_hex};
 use probermesh_tests::harness::{
-    TempDir, free_tcp_port, free_udp_port, http, server_fingerprint, wait_for,
+    self, TempDir, free_tcp_port, free_udp_port, http, http_with_body, server_fingerprint, wait_for,
 };
 use serde_json::Value;
 
@@ -40,14 +40,56 @@ const AGENTS: [(&str, &str, bool); 6] = [
 ];
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// The whole lab's bound: past it the watchdog kills every group and fails the test, so a
+/// hung step cannot hold CI (a hang here once did).
+const LAB_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// Process groups the lab started, for the watchdog.
+static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn kill_group(pgid: u32) {
+    // `--`: without it, kill(1) takes the negative group id for a signal.
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status();
+}
+
+/// Fails the test (exit 101, as a failed test does) and kills every group after `limit`.
+fn arm_watchdog(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("upgrade lab: not done after {limit:?}; killing its processes");
+        let groups = GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+        groups.into_iter().for_each(kill_group);
+        std::process::exit(101);
+    });
+}
+
 /// A process group killed when dropped: an agent, its trial child, its wrapper.
 struct Group(Child);
 
+impl Group {
+    fn spawn(command: &mut Command, what: &str) -> Group {
+        let child = command
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} starts: {e}"));
+        if let Ok(mut groups) = GROUPS.lock() {
+            groups.push(child.id());
+        }
+        Group(child)
+    }
+
+    /// A graceful stop (SIGTERM, bounded); drop then kills what is left of the group.
+    fn stop(mut self) {
+        harness::terminate(&mut self.0);
+    }
+}
+
 impl Drop for Group {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0.id())])
-            .status();
+        kill_group(self.0.id());
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
@@ -146,9 +188,8 @@ impl Lab {
             ])
             .env("PROBERMESH_TOKEN", TOKEN)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        self.server = Some(Group(command.spawn().expect("the server starts")));
+            .stderr(Stdio::null());
+        self.server = Some(Group::spawn(&mut command, "the server"));
         let http_addr = self.http;
         wait_for("the server to be ready", Duration::from_secs(30), || {
             http("GET", http_addr, "/-/ready", None).filter(|(s, _)| *s == 200)
@@ -157,11 +198,7 @@ impl Lab {
 
     fn stop_server(&mut self) {
         if let Some(server) = self.server.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &server.0.id().to_string()])
-                .status();
-            let mut server = server;
-            let _ = server.0.wait();
+            server.stop();
         }
     }
 
@@ -213,34 +250,22 @@ impl Lab {
         command
             .env("PROBERMESH_TOKEN", TOKEN)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        Group(command.spawn().expect("an agent starts"))
+            .stderr(Stdio::null());
+        Group::spawn(&mut command, "an agent")
     }
 
     /// `body` to `path` with the admin token: the status and the envelope.
     fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let mut tcp = TcpStream::connect(self.http).expect("connecting");
-        tcp.set_read_timeout(Some(Duration::from_secs(120)))
-            .expect("a timeout");
-        write!(
-            tcp,
-            "{method} {path} HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        let (status, answer) = http_with_body(
+            method,
+            self.http,
+            path,
+            Some(TOKEN),
+            body,
+            Duration::from_secs(120),
         )
-        .expect("sending");
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).expect("reading");
-        let status = answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("a status");
-        let json = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .expect("a body");
-        (status, serde_json::from_str(json).unwrap_or(Value::Null))
+        .expect("an answer");
+        (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
     }
 
     /// Posts a rollout of `file` (served by the lab) announced as `version`, signed with
@@ -330,6 +355,7 @@ fn states(view: &Value) -> Vec<(String, String, String)> {
 
 #[test]
 fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
+    arm_watchdog(LAB_TIMEOUT);
     let dir = TempDir::new("pm-upgrade-lab");
     let files = dir.path().join("files");
     std::fs::create_dir_all(&files).expect("files dir");
@@ -351,7 +377,7 @@ fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
     let key = TaskSigningKey::from_seed([7; 32]);
     std::fs::write(dir.path().join("release.pub"), key.public().to_hex()).expect("the release key");
     let files_port = free_tcp_port();
-    let files_server = Group(
+    let files_server = Group::spawn(
         Command::new("python3")
             .args([
                 "-m",
@@ -363,14 +389,13 @@ fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
             ])
             .arg(&files)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("python3 -m http.server"),
+            .stderr(Stdio::null()),
+        "python3 -m http.server",
     );
     let files_addr: SocketAddr = format!("127.0.0.1:{files_port}").parse().expect("addr");
     wait_for("the file server", Duration::from_secs(20), || {
-        http("GET", files_addr, "/probermesh-a", None).filter(|(s, _)| *s == 200)
+        // HEAD: the body is a binary, which `http` does not read as text.
+        http("HEAD", files_addr, "/probermesh-a", None).filter(|(s, _)| *s == 200)
     });
     let mut lab = Lab {
         dir,
