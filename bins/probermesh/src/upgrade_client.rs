@@ -19,6 +19,8 @@ use crate::print_line;
 const START_TIMEOUT: Duration = Duration::from_secs(330);
 /// How often the rollout is looked at while following it.
 const POLL_EVERY: Duration = Duration::from_secs(2);
+/// How long the server may stay unreachable (a restart) while a rollout is followed.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(120);
 /// The longest signature file read.
 const MAX_SIGNATURE_FILE_BYTES: u64 = 8 * 1024;
 
@@ -194,6 +196,7 @@ async fn follow(client: &AdminClient, mut view: Value, wait: Duration) -> Result
     let deadline = tokio::time::Instant::now() + wait;
     let id = view["rollout_id"].clone();
     let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
     loop {
         for agent in view["agents"].as_array().into_iter().flatten() {
             let who = format!("{} {}", text(&agent["region"]), text(&agent["ip"]));
@@ -226,10 +229,28 @@ async fn follow(client: &AdminClient, mut view: Value, wait: Duration) -> Result
             return Ok(false);
         }
         tokio::time::sleep(POLL_EVERY).await;
-        view = client
-            .get_json("/-/upgrade")
-            .await
-            .context("following the rollout")?;
+        view = match client.get_json("/-/upgrade").await {
+            Ok(view) => {
+                if unreachable_since.take().is_some() {
+                    eprintln!("the server answers again");
+                }
+                view
+            }
+            // A server restart (the rollout resumes from its record) is not the end of it.
+            Err(error) => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    eprintln!("following the rollout: {error:#}; retrying");
+                    tokio::time::Instant::now()
+                });
+                if since.elapsed() > UNREACHABLE_FOR {
+                    return Err(error).context(format!(
+                        "following the rollout: no answer for {}s",
+                        UNREACHABLE_FOR.as_secs()
+                    ));
+                }
+                continue;
+            }
+        };
         if view["rollout_id"] != id {
             bail!("another rollout ({}) replaced this one", view["rollout_id"]);
         }

@@ -287,6 +287,43 @@ impl Lab {
         self.request("POST", "/-/upgrade", &body)
     }
 
+    /// `probermesh upgrade` for `file` announced as `version`, signed with the lab's key,
+    /// one canary then batches of two, following the rollout (its stdout to `output`).
+    fn client(&self, file: &str, version: &str, output: &Path) -> Command {
+        let bytes = std::fs::read(self.files().join(file)).expect("the release file");
+        let signature = self.dir.path().join(format!("{file}.sig"));
+        std::fs::write(&signature, encode_hex(&self.key.sign(&bytes).0)).expect("the signature");
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "upgrade",
+                "--server-http-url",
+                &self.http.to_string(),
+                "--version",
+                version,
+                "--download-url",
+                &format!("http://127.0.0.1:{}/{file}", self.files_port),
+                "--sha256",
+                &sha256_hex(&self.files().join(file)),
+                "--signature-file",
+            ])
+            .arg(&signature)
+            .args([
+                "--canary",
+                "1",
+                "--batch",
+                "2",
+                "--soak",
+                "1s",
+                "--wait-timeout",
+            ])
+            .arg(ROLLOUT_TIMEOUT.as_secs().to_string())
+            .env("PROBERMESH_TOKEN", TOKEN)
+            .stdout(std::fs::File::create(output).expect("the client's output"))
+            .stderr(Stdio::inherit());
+        command
+    }
+
     fn status(&self) -> Value {
         let (status, envelope) = self.request("GET", "/-/upgrade", "");
         assert_eq!(status, 200, "{envelope}");
@@ -334,6 +371,26 @@ impl Lab {
                     })
                     .then_some(())
             },
+        );
+    }
+}
+
+/// When each batch of a completed rollout committed, from its start (for the closing note;
+/// the assertions are above).
+fn print_batch_times(view: &Value) {
+    let started = view["started_at_ms"].as_u64().unwrap_or_default();
+    let mut last: std::collections::BTreeMap<u64, u64> = Default::default();
+    for agent in view["agents"].as_array().into_iter().flatten() {
+        if let (Some(batch), Some(at)) = (agent["batch"].as_u64(), agent["updated_at_ms"].as_u64())
+        {
+            let slot = last.entry(batch).or_default();
+            *slot = (*slot).max(at);
+        }
+    }
+    for (batch, at) in last {
+        eprintln!(
+            "batch {batch} committed at +{:.1} s",
+            at.saturating_sub(started) as f64 / 1000.0
         );
     }
 }
@@ -467,16 +524,22 @@ fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
     assert_eq!(view["counts"]["pending"], 5, "{view}");
     lab.abort();
 
-    // 3. A B that exits at start: the canary rolls back to A by itself.
-    let (status, answer) = lab.post(
-        "probermesh-broken",
-        VERSION_B,
-        &sha256_hex(&broken),
-        None,
-        "",
+    // 3. A B that exits at start, through `probermesh upgrade`: the canary rolls back to A by
+    // itself, the rollout halts, the client says so and exits 1.
+    let output = lab.dir.path().join("client-broken.out");
+    let mut client = Group::spawn(
+        &mut lab.client("probermesh-broken", VERSION_B, &output),
+        "probermesh upgrade",
     );
-    assert_eq!(status, 200, "{answer}");
-    let view = lab.wait_phase(&["halted"]);
+    let exit = wait_for("the client to exit", ROLLOUT_TIMEOUT, || {
+        client.0.try_wait().ok().flatten()
+    });
+    let printed = std::fs::read_to_string(&output).unwrap_or_default();
+    assert_eq!(exit.code(), Some(1), "the client on a halt: {printed}");
+    assert!(printed.contains(": halted"), "{printed}");
+    assert!(printed.contains("rolled_back"), "{printed}");
+    let view = lab.status();
+    assert_eq!(view["phase"], "halted", "{view}");
     let rolled: Vec<_> = states(&view)
         .into_iter()
         .filter(|(_, s, _)| s == "rolled_back")
@@ -487,10 +550,18 @@ fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
     lab.abort();
     lab.assert_all_on(&version_a);
 
-    // 4. The real rollout; the server restarts once the canary committed.
-    let (status, answer) = lab.post("probermesh-b", VERSION_B, &sha_b, None, "");
-    assert_eq!(status, 200, "{answer}");
-    let rollout_id = answer["data"]["rollout_id"].clone();
+    // 4. The real rollout, followed by `probermesh upgrade`; the server restarts once the
+    // canary committed, and both the rollout and the client go on.
+    let output = lab.dir.path().join("client-b.out");
+    let mut client = Group::spawn(
+        &mut lab.client("probermesh-b", VERSION_B, &output),
+        "probermesh upgrade",
+    );
+    let rollout_id = wait_for("the rollout of B", Duration::from_secs(60), || {
+        let view = lab.status();
+        (view["version"] == VERSION_B && view["phase"] != "aborted")
+            .then(|| view["rollout_id"].clone())
+    });
     wait_for("the canary to commit", ROLLOUT_TIMEOUT, || {
         (lab.status()["counts"]["committed"] == 1).then_some(())
     });
@@ -503,6 +574,14 @@ fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
     );
     assert_eq!(view["phase"], "completed", "{view}");
     assert_eq!(view["counts"]["committed"], 6, "{view}");
+    let exit = wait_for("the client to exit", Duration::from_secs(60), || {
+        client.0.try_wait().ok().flatten()
+    });
+    let printed = std::fs::read_to_string(&output).unwrap_or_default();
+    assert_eq!(exit.code(), Some(0), "the client on completion: {printed}");
+    assert!(printed.contains(": completed"), "{printed}");
+    assert_eq!(printed.matches(": committed").count(), 6, "{printed}");
+    print_batch_times(&view);
     let mut batches: Vec<u64> = view["agents"]
         .as_array()
         .into_iter()
