@@ -286,7 +286,10 @@ async fn a_trial_commits_once_its_results_are_acknowledged_for_its_rounds() {
     assert!(installer.committed().is_empty(), "not after one round");
     tokio::time::sleep(INTERVAL * 3).await;
     assert_eq!(installer.committed(), [5]);
-    assert!(statuses(&link).contains(&UpgradeState::Committed));
+    assert!(
+        !statuses(&link).contains(&UpgradeState::Committed),
+        "the trial does not claim the commit: the restarted process reports it"
+    );
     stop.send(true).expect("stop");
     assert_eq!(run.await.expect("the run").handover, None);
 }

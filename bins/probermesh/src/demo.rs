@@ -79,6 +79,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         data_dir: None,
         tasks: None,
         releases: Default::default(),
+        rollouts: Default::default(),
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.

@@ -26,6 +26,7 @@ use probermesh_core::ports::TaskArchive;
 use probermesh_core::ports::{Clock, PoolSource, Store};
 use probermesh_core::server::{ServerState, check_pool_fits};
 use probermesh_core::task::book::{TaskBook, TaskSettings};
+use probermesh_core::upgrade::rollout::{RolloutSettings, UpgradeDesk};
 
 use crate::cli::ServerArgs;
 use crate::logging;
@@ -59,6 +60,8 @@ pub(crate) struct ServerParts {
     /// How upgrade releases are taken (`-server.upgrade.*`); its `dir` is set from the data
     /// directory.
     pub(crate) releases: ReleaseIntake,
+    /// The rollout's limits (`-server.upgrade.max-bytes-per-second`).
+    pub(crate) rollouts: RolloutSettings,
 }
 
 /// A started server: its link, driver and endpoints.
@@ -81,7 +84,8 @@ impl RunningServer {
         let link = Arc::new(ReportServer::bind(parts.link).context("starting the agent link")?);
         let aggregator =
             Aggregator::new(parts.aggregator, clock.now()).context("the aggregation settings")?;
-        let mut state = ServerState::new(aggregator, parts.pool);
+        let mut state = ServerState::new(aggregator, parts.pool)
+            .with_upgrades(UpgradeDesk::new(parts.rollouts));
         let mut task_archive = None;
         if let Some((settings, meta_dir)) = parts.tasks {
             let limits = ArchiveLimits {
@@ -263,6 +267,11 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             .task
             .then(|| (choices.tasks.clone(), args.task_meta_dir.clone())),
         releases,
+        rollouts: RolloutSettings {
+            max_bytes_per_second: (args.upgrade_max_bytes_per_second > 0)
+                .then_some(args.upgrade_max_bytes_per_second),
+            ..RolloutSettings::default()
+        },
     })
     .await?;
     tracing::warn!(
@@ -340,6 +349,7 @@ mod tests {
             admin_token: None,
             data_dir: Some(dir.to_owned()),
             tasks: None,
+            rollouts: RolloutSettings::default(),
             releases: Default::default(),
         }
     }

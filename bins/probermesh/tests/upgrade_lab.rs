@@ -39,6 +39,11 @@ const AGENTS: [(&str, &str, bool); 6] = [
     ("r3", "127.0.0.16", false),
 ];
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
+/// The server's bandwidth cap (`--upgrade-max-bytes-per-second`): 8 MiB/s, so the 40 MB
+/// stripped B takes about 5 s per agent, where uncapped loopback takes well under one.
+const MAX_BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
+/// The link's chunk (`core::upgrade::rollout::CHUNK_LEN`).
+const CHUNK_LEN: u64 = 256 * 1024;
 
 /// The whole lab's bound: past it the watchdog kills every group and fails the test, so a
 /// hung step cannot hold CI (a hang here once did).
@@ -185,6 +190,8 @@ impl Lab {
                 &self.data_dir().display().to_string(),
                 "--upgrade-pubkey",
                 &self.dir.path().join("release.pub").display().to_string(),
+                "--upgrade-max-bytes-per-second",
+                &MAX_BYTES_PER_SECOND.to_string(),
             ])
             .env("PROBERMESH_TOKEN", TOKEN)
             .stdout(Stdio::null())
@@ -372,6 +379,51 @@ impl Lab {
                     .then_some(())
             },
         );
+    }
+}
+
+fn sha_b_size(lab: &Lab) -> u64 {
+    std::fs::metadata(lab.files().join("probermesh-b"))
+        .expect("B")
+        .len()
+}
+
+/// Between any two views, the agents of batches 2 and 3 received at most one second of the
+/// cap (its burst) plus the cap times the span (taken wide: from before the first request to
+/// after the second), plus the chunk each of the three may have had in hand. And the cap is
+/// what bound them: the three downloads took at least their bytes over the rate, less a burst.
+fn assert_the_cap_held(samples: &[(std::time::Instant, std::time::Instant, u64)], size: u64) {
+    let rate = MAX_BYTES_PER_SECOND as f64;
+    for (i, (before_i, _, received_i)) in samples.iter().enumerate() {
+        for (_, after_j, received_j) in &samples[i + 1..] {
+            let span = after_j.duration_since(*before_i).as_secs_f64();
+            let allowed = rate + rate * span + 3.0 * CHUNK_LEN as f64;
+            let got = received_j.saturating_sub(*received_i) as f64;
+            assert!(
+                got <= allowed,
+                "{got} bytes in {span:.2} s under a cap of {rate} B/s (allowed {allowed})"
+            );
+        }
+    }
+    let first_moving = samples.iter().position(|(_, _, r)| *r > 0);
+    let done = samples.iter().position(|(_, _, r)| *r >= 3 * size);
+    if let (Some(first), Some(done)) = (first_moving, done)
+        && first > 0
+    {
+        // From the last view before anything moved to the first that saw all of it.
+        let start = samples[first.saturating_sub(1)].0;
+        let took = samples[done].1.duration_since(start).as_secs_f64();
+        let least = (3.0 * size as f64 - rate) / rate;
+        eprintln!(
+            "batches 2 and 3: {} bytes in {took:.1} s under the cap",
+            3 * size
+        );
+        assert!(
+            took >= least,
+            "3 × {size} bytes in {took:.2} s: faster than the cap allows ({least:.2} s)"
+        );
+    } else {
+        panic!("the views never saw batches 2 and 3 start and finish: {samples:?}");
     }
 }
 
@@ -567,7 +619,23 @@ fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
     });
     lab.stop_server();
     lab.start_server();
-    let view = lab.wait_phase(&["completed", "halted"]);
+    // Sampled while batches 2 and 3 (started by this server, from offset 0) download: the
+    // bytes agents received, between the instants the views were taken at the latest.
+    let mut samples: Vec<(std::time::Instant, std::time::Instant, u64)> = Vec::new();
+    let view = wait_for("the rollout to end", ROLLOUT_TIMEOUT, || {
+        let before = std::time::Instant::now();
+        let view = lab.status();
+        let received: u64 = view["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["batch"].as_u64().is_some_and(|b| b >= 2))
+            .filter_map(|a| a["received_bytes"].as_u64())
+            .sum();
+        samples.push((before, std::time::Instant::now(), received));
+        std::thread::sleep(Duration::from_millis(250));
+        matches!(view["phase"].as_str(), Some("completed" | "halted")).then_some(view)
+    });
     assert_eq!(
         view["rollout_id"], rollout_id,
         "the same rollout resumed: {view}"
@@ -582,6 +650,7 @@ fn agents_roll_out_halt_roll_back_and_resume_as_their_operator_says() {
     assert!(printed.contains(": completed"), "{printed}");
     assert_eq!(printed.matches(": committed").count(), 6, "{printed}");
     print_batch_times(&view);
+    assert_the_cap_held(&samples, sha_b_size(&lab));
     let mut batches: Vec<u64> = view["agents"]
         .as_array()
         .into_iter()

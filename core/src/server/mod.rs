@@ -137,6 +137,10 @@ pub const TASK_RUNS: &str = "prober_server_task_runs_total";
 pub const UPGRADE_AGENTS: &str = "prober_server_upgrade_agents";
 /// `prober_server_agent_versions` (ours): connected agent processes by version.
 pub const AGENT_VERSIONS: &str = "prober_server_agent_versions";
+/// `prober_server_upgrade_sent_bytes_total` (ours): bytes of releases sent to agents.
+pub const UPGRADE_SENT_BYTES: &str = "prober_server_upgrade_sent_bytes_total";
+/// `prober_server_upgrade_chunks_waiting` (ours): chunks held back by the bandwidth cap.
+pub const UPGRADE_CHUNKS_WAITING: &str = "prober_server_upgrade_chunks_waiting";
 
 /// One connected agent.
 #[derive(Clone, Debug)]
@@ -292,6 +296,19 @@ impl ServerState {
                 .max();
             if let Some(connection) = connection {
                 actions.send.push((connection, offer));
+            }
+        }
+        for grant in changes.chunks {
+            let connection = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.agent == grant.agent && s.link.instance == grant.instance)
+                .map(|(c, _)| *c)
+                .max();
+            if let Some(connection) = connection {
+                actions
+                    .chunks
+                    .push((connection, grant.offer_id, grant.offset, grant.len));
             }
         }
         actions.upgrade_events.extend(changes.events);
@@ -680,7 +697,7 @@ impl ServerState {
 
     /// The rollout's agents by state (every state, 0 without a rollout) and the connected
     /// agents by version.
-    fn upgrade_families(&self) -> [MetricFamily; 2] {
+    fn upgrade_families(&self) -> [MetricFamily; 4] {
         #[allow(clippy::cast_precision_loss)]
         let number = |n: usize| SeriesValue::Number(n as f64);
         let counts = self
@@ -709,6 +726,26 @@ impl ServerState {
                         value: number(counts.get(state).copied().unwrap_or(0)),
                     })
                     .collect(),
+            },
+            MetricFamily {
+                name: UPGRADE_SENT_BYTES,
+                help: "Bytes of releases sent to agents over the link.",
+                kind: MetricKind::Counter,
+                label_names: &[],
+                series: vec![Series {
+                    label_values: Vec::new(),
+                    value: SeriesValue::Number(self.upgrades.sent_bytes() as f64),
+                }],
+            },
+            MetricFamily {
+                name: UPGRADE_CHUNKS_WAITING,
+                help: "Chunks of releases held back by -server.upgrade.max-bytes-per-second.",
+                kind: MetricKind::Gauge,
+                label_names: &[],
+                series: vec![Series {
+                    label_values: Vec::new(),
+                    value: number(self.upgrades.chunks_waiting()),
+                }],
             },
             MetricFamily {
                 name: AGENT_VERSIONS,
@@ -902,6 +939,95 @@ mod tests {
                 instance: id,
             },
         )
+    }
+
+    /// Connects `who` as a v2 agent that takes upgrades, on connection (and process) `id`.
+    fn connect_upgradable(state: &mut ServerState, id: u64, who: &AgentId, now: u64) {
+        state.handle_event(
+            UnixMillis(now),
+            LinkEvent::Connected {
+                connection: ConnectionId(id),
+                agent: who.clone(),
+                version: AgentVersion::new("1.0.0"),
+                observed_addr: SocketAddr::new(who.ip, 40_000),
+                capabilities: crate::link::Capabilities {
+                    protocol_version: 2,
+                    features: [crate::link::feature::UPGRADE.to_owned()].into(),
+                },
+                instance: id,
+            },
+        );
+    }
+
+    #[test]
+    fn chunks_held_back_by_the_cap_go_to_the_agent_that_asked() {
+        use crate::upgrade::rollout::{
+            BatchSize, CHUNK_LEN, Release, RolloutRequest, RolloutSettings, Strategy,
+        };
+        let mut state =
+            server(Discovery::Dynamic).with_upgrades(UpgradeDesk::new(RolloutSettings {
+                // One chunk a second, a burst of one chunk.
+                max_bytes_per_second: Some(CHUNK_LEN),
+                ..RolloutSettings::default()
+            }));
+        let (a, b) = (agent("eu", "198.18.0.1"), agent("us", "198.18.0.2"));
+        connect_upgradable(&mut state, 1, &a, T0);
+        connect_upgradable(&mut state, 2, &b, T0);
+        let actions = state
+            .start_rollout(
+                UnixMillis(T0),
+                RolloutRequest {
+                    release: Release {
+                        version: "1.1.0".parse().unwrap(),
+                        size_bytes: 4 * CHUNK_LEN,
+                        sha256: [1; 32],
+                        signature: None,
+                        source: "http://198.18.0.9/probermesh".into(),
+                    },
+                    force: false,
+                    strategy: Strategy {
+                        canary: 0,
+                        batch: BatchSize::Agents(2),
+                        max_failures: 0,
+                        soak: Duration::from_secs(1),
+                    },
+                    regions: None,
+                    actor: "test".into(),
+                    remote: "127.0.0.1:1".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(actions.send.len(), 2, "both offered: {:?}", actions.send);
+        assert!(
+            actions.persist_upgrade.is_some(),
+            "the record before offers"
+        );
+        let id = state.upgrades().rollout().unwrap().id;
+        let ask = |connection: u64, who: &AgentId| LinkEvent::Message {
+            connection: ConnectionId(connection),
+            agent: who.clone(),
+            message: FromAgent::ChunkRequest {
+                offer_id: id,
+                offset: 0,
+            },
+        };
+        let first = state.handle_event(UnixMillis(T0), ask(1, &a));
+        assert_eq!(first.chunks, [(ConnectionId(1), id, 0, CHUNK_LEN)]);
+        let second = state.handle_event(UnixMillis(T0), ask(2, &b));
+        assert!(second.chunks.is_empty(), "held back by the cap");
+        let due = state.next_timeout();
+        assert_eq!(due, UnixMillis(T0 + 1000));
+        let later = state.handle_timeout(due);
+        assert_eq!(later.chunks, [(ConnectionId(2), id, 0, CHUNK_LEN)]);
+        let metrics = state.upgrade_families();
+        let sent = metrics
+            .iter()
+            .find(|f| f.name == UPGRADE_SENT_BYTES)
+            .unwrap();
+        assert_eq!(
+            sent.series[0].value,
+            SeriesValue::Number(2.0 * CHUNK_LEN as f64)
+        );
     }
 
     fn pool_targets(message: &ToAgent) -> Vec<String> {

@@ -118,7 +118,8 @@ pub enum UpgradeStep {
         /// What is installed.
         plan: UpgradePlan,
     },
-    /// This trial passed its probation: tell the previous process (the adapter's marker).
+    /// This trial passed its probation: tell the previous process (the adapter's marker), which
+    /// installs the new binary and restarts into it; that process reports the outcome.
     Commit {
         /// The offer.
         offer_id: u64,
@@ -381,11 +382,13 @@ impl AgentUpgrades {
         let Some(run) = self.probation.take() else {
             return Vec::new();
         };
-        let (offer_id, version) = (run.probation.offer_id, run.probation.version);
-        vec![
-            status(offer_id, &version, UpgradeState::Committed),
-            UpgradeStep::Commit { offer_id },
-        ]
+        // No `committed` status from here: the previous process swaps the executable once it
+        // sees the commit, and the process it restarts reports the outcome (committed, or
+        // failed when the swap did not happen), so the server never reads "committed" while
+        // the old binary is still in place.
+        vec![UpgradeStep::Commit {
+            offer_id: run.probation.offer_id,
+        }]
     }
 
     /// Advances to `now`: a chunk not answered in time is asked for again, and the download is

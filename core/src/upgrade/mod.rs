@@ -4,6 +4,7 @@
 //! - [`rollout`]: the server's staged rollout: canaries, then batches, each starting when the
 //!   one before it is settled and soaked, halting past the failures allowed; armed only by a
 //!   POST, one at a time, kept in the store across restarts;
+//! - [`budget`]: the bandwidth cap on sending releases (a token bucket);
 //! - [`agent`]: the agent's side: whether to take an offer (opt-in, newer or `force`), the
 //!   download in chunks over the link (resumable), the hand-over to the new binary and its
 //!   probation (committed once its results are acknowledged for a number of rounds).
@@ -12,6 +13,7 @@
 //! the trial process and the rollback) is the `upgrade` adapter's; this module decides.
 
 pub mod agent;
+pub mod budget;
 pub mod rollout;
 pub mod version;
 

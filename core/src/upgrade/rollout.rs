@@ -9,12 +9,13 @@
 //! An agent is identified by its [`AgentId`] (region and address), which survives its
 //! restarts; its process (`instance`) tells the old process from the new one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use super::MemberState;
+use super::budget::ByteBudget;
 use super::version::Version;
 use crate::link::{ToAgent, UpgradePlan, UpgradeState};
 use crate::matcher::RegionMatcher;
@@ -107,6 +108,9 @@ pub struct RolloutSettings {
     pub progress_timeout: Duration,
     /// An agent that restarted must be back, committed (or report its rollback), within this.
     pub restart_timeout: Duration,
+    /// The most bytes of releases sent per second over all agents (a token bucket with a
+    /// burst of one second, at least one chunk); `None`: as fast as agents ask.
+    pub max_bytes_per_second: Option<u64>,
 }
 
 impl Default for RolloutSettings {
@@ -114,6 +118,7 @@ impl Default for RolloutSettings {
         Self {
             progress_timeout: Duration::from_secs(120),
             restart_timeout: Duration::from_secs(300),
+            max_bytes_per_second: None,
         }
     }
 }
@@ -363,6 +368,31 @@ pub struct DeskChanges {
     pub offers: Vec<(AgentId, u64, ToAgent)>,
     /// Lines for the log (batch started, halted, completed).
     pub events: Vec<String>,
+    /// Chunks asked for earlier and held back by the bandwidth cap, now granted.
+    pub chunks: Vec<ChunkGrant>,
+}
+
+/// A range of the release to send to one agent process.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct ChunkGrant {
+    /// The agent.
+    pub agent: AgentId,
+    /// Its process.
+    pub instance: u64,
+    /// The offer (the rollout's id).
+    pub offer_id: u64,
+    /// Where the range starts.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+/// A chunk asked for and held back by the bandwidth cap.
+#[derive(Clone, Debug, Eq, PartialEq)]
+struct ChunkAsk {
+    agent: AgentId,
+    offer_id: u64,
+    offset: u64,
 }
 
 /// The server's upgrades: the current (or last) rollout and the agents connected now.
@@ -373,6 +403,12 @@ pub struct UpgradeDesk {
     last_id: u64,
     connected: BTreeMap<AgentId, Candidate>,
     dirty: bool,
+    /// The bandwidth cap's bucket, made at the first chunk asked for.
+    budget: Option<ByteBudget>,
+    /// Asks held back by the cap, first come first served, at most one per agent.
+    waiting: VecDeque<ChunkAsk>,
+    /// Bytes of releases granted since this desk was made.
+    sent_bytes: u64,
 }
 
 impl UpgradeDesk {
@@ -580,7 +616,10 @@ impl UpgradeDesk {
     }
 
     /// Agent `agent` asks for the release's bytes from `offset` at `now`: the range to send
-    /// (`offset`, length), or `None` when it is not downloading this offer now.
+    /// (`offset`, length) now, or `None` when it is not downloading this offer now or when the
+    /// bandwidth cap holds the ask back (then [`Self::tick`] grants it in
+    /// [`DeskChanges::chunks`], in the order asked; a newer ask of the same agent replaces
+    /// its older one).
     pub fn chunk(
         &mut self,
         now: UnixMillis,
@@ -588,12 +627,43 @@ impl UpgradeDesk {
         offer_id: u64,
         offset: u64,
     ) -> Option<(u64, u64)> {
-        let rollout = self.rollout.as_mut().filter(|r| r.id == offer_id)?;
+        let len = self.chunk_len(agent, offer_id, offset)?;
+        if let Some(member) = self.rollout.as_mut().and_then(|r| r.members.get_mut(agent)) {
+            // Progress (also when held back), not a change worth a write of the record.
+            member.updated_at = now;
+            member.received_bytes = offset;
+        }
+        let Some(rate) = self.settings.max_bytes_per_second else {
+            self.sent_bytes = self.sent_bytes.saturating_add(len);
+            return Some((offset, len));
+        };
+        let budget = self
+            .budget
+            .get_or_insert_with(|| ByteBudget::new(now, rate, CHUNK_LEN));
+        if self.waiting.is_empty() && budget.try_take(now, len) {
+            self.sent_bytes = self.sent_bytes.saturating_add(len);
+            return Some((offset, len));
+        }
+        let ask = ChunkAsk {
+            agent: agent.clone(),
+            offer_id,
+            offset,
+        };
+        match self.waiting.iter_mut().find(|a| &a.agent == agent) {
+            Some(older) => *older = ask,
+            None => self.waiting.push_back(ask),
+        }
+        None
+    }
+
+    /// The length of the range from `offset` that `agent` may have now, if any.
+    fn chunk_len(&self, agent: &AgentId, offer_id: u64, offset: u64) -> Option<u64> {
+        let rollout = self.rollout.as_ref().filter(|r| r.id == offer_id)?;
         if rollout.phase == Phase::Aborted {
             return None;
         }
         let size = rollout.release.size_bytes;
-        let member = rollout.members.get_mut(agent)?;
+        let member = rollout.members.get(agent)?;
         if member.batch.is_none()
             || !matches!(
                 member.state,
@@ -603,10 +673,57 @@ impl UpgradeDesk {
         {
             return None;
         }
-        // Progress, not a change worth a write of the record.
-        member.updated_at = now;
-        member.received_bytes = offset;
-        Some((offset, CHUNK_LEN.min(size - offset)))
+        Some(CHUNK_LEN.min(size - offset))
+    }
+
+    /// Grants the asks held back by the cap that the bucket allows at `now`, in order; drops
+    /// those that no longer stand (the agent left, failed or finished, the rollout ended).
+    fn grant_waiting(&mut self, now: UnixMillis, changes: &mut DeskChanges) {
+        while let Some(ask) = self.waiting.front().cloned() {
+            let instance = self.connected.get(&ask.agent).map(|c| c.instance);
+            let (Some(len), Some(instance)) = (
+                self.chunk_len(&ask.agent, ask.offer_id, ask.offset),
+                instance,
+            ) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            let Some(budget) = self.budget.as_mut() else {
+                return;
+            };
+            if !budget.try_take(now, len) {
+                return;
+            }
+            self.waiting.pop_front();
+            self.sent_bytes = self.sent_bytes.saturating_add(len);
+            if let Some(member) = self
+                .rollout
+                .as_mut()
+                .and_then(|r| r.members.get_mut(&ask.agent))
+            {
+                member.updated_at = now;
+            }
+            changes.chunks.push(ChunkGrant {
+                agent: ask.agent,
+                instance,
+                offer_id: ask.offer_id,
+                offset: ask.offset,
+                len,
+            });
+        }
+    }
+
+    /// Bytes of releases granted since the desk was made
+    /// (`prober_server_upgrade_sent_bytes_total`).
+    #[must_use]
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes
+    }
+
+    /// Chunks held back by the bandwidth cap now (`prober_server_upgrade_chunks_waiting`).
+    #[must_use]
+    pub fn chunks_waiting(&self) -> usize {
+        self.waiting.len()
     }
 
     /// An operator's control at `now`.
@@ -679,6 +796,7 @@ impl UpgradeDesk {
             }
         }
         self.advance(now, &mut changes);
+        self.grant_waiting(now, &mut changes);
         changes
     }
 
@@ -709,6 +827,11 @@ impl UpgradeDesk {
             && let Some(settled) = rollout.batch_settled_at
         {
             earliest(settled.saturating_add(rollout.strategy.soak));
+        }
+        if !self.waiting.is_empty()
+            && let Some(budget) = &self.budget
+        {
+            earliest(budget.ready_at(CHUNK_LEN));
         }
         due
     }
@@ -851,7 +974,7 @@ impl UpgradeDesk {
             rollout,
             last_id,
             connected: BTreeMap::new(),
-            dirty: false,
+            ..Self::default()
         })
     }
 }

@@ -83,6 +83,12 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "accept a Go upgrade request checked by md5 alone",
     ),
     (
+        "server.upgrade.max-bytes-per-second",
+        Side::Server,
+        false,
+        "most bytes of releases sent per second, all agents together (0: no cap)",
+    ),
+    (
         "server.task.meta.dir",
         Side::Server,
         false,

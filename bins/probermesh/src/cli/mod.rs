@@ -67,6 +67,9 @@ pub(crate) struct ServerArgs {
     /// accept an upgrade request checked by md5 alone (the Go request; no sha256)
     #[argh(switch)]
     pub(crate) upgrade_allow_md5: bool,
+    /// most bytes of releases sent to agents per second, all agents together (0: no cap)
+    #[argh(option, default = "0")]
+    pub(crate) upgrade_max_bytes_per_second: u64,
     /// agents also probe targets of their own region
     #[argh(switch)]
     pub(crate) probe_self: bool,
