@@ -380,6 +380,39 @@ fn a_report_is_judged_filed_and_only_taken_from_its_agent() {
 }
 
 #[test]
+fn the_hourly_budget_holds_back_runs_and_refills_an_hour_later() {
+    let mut desk = TraceDesk::new(
+        TriggerConfig {
+            budget_per_hour: 4,
+            ..config()
+        },
+        UnixMillis(0),
+    )
+    .unwrap();
+    let bad = [verdict("a", "b", 0.5), verdict("b", "a", 0.5)];
+    for w in 0..3 {
+        desk.handle_window(at(w), &bad);
+    }
+    // a->b takes three runs, b->a the last one (forward) and is refused one forward and
+    // the reverse.
+    assert_eq!(desk.counters().runs[&TraceReason::Loss], 4);
+    assert_eq!(desk.counters().refusals[&Refusal::Budget], 2);
+    // The set of b->a went out (one run), so neither pair is due any more.
+    desk.handle_window(at(3), &bad);
+    assert_eq!(desk.counters().refusals[&Refusal::Budget], 2);
+    // A third pair degrading within the hour waits for the budget, then goes at once.
+    let third = [verdict("a", "c", 0.5)];
+    for w in 3..6 {
+        desk.handle_window(at(w), &third);
+    }
+    assert_eq!(desk.counters().refusals[&Refusal::Budget], 5);
+    let an_hour_on = UnixMillis(at(2).as_millis() + 3_600_000);
+    assert_eq!(desk.tick(an_hour_on).finished.len(), 4);
+    let changes = desk.handle_window(an_hour_on, &third);
+    assert_eq!(changes.requests.len(), 3);
+}
+
+#[test]
 fn settings_out_of_range_are_named() {
     let bad = [
         TriggerConfig {
@@ -519,15 +552,17 @@ proptest! {
                 }
             }
             // An operator now and then.
-            if step.tick && w % 7 == 0 {
-                if let Ok(changes) = desk.request(now, OperatorTrace {
-                    agent: agent("a", 1),
-                    target: "192.0.2.1".parse().unwrap(),
-                    pair: Some(pair("a", "b")),
-                    shape: None,
-                }) {
-                    apply(&changes, &mut running)?;
-                }
+            let operator = OperatorTrace {
+                agent: agent("a", 1),
+                target: "192.0.2.1".parse().unwrap(),
+                pair: Some(pair("a", "b")),
+                shape: None,
+            };
+            if step.tick
+                && w.is_multiple_of(7)
+                && let Ok(changes) = desk.request(now, operator)
+            {
+                apply(&changes, &mut running)?;
             }
             let mut verdicts: Vec<PairVerdict> = FLAPPING
                 .iter()
