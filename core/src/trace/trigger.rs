@@ -101,7 +101,7 @@ pub struct TriggerConfig {
     pub windows_to_clear: u32,
     /// Between two automatic sets of one pair (10 min).
     pub cooldown: Duration,
-    /// Automatic runs in any hour (30).
+    /// Automatic runs in any hour (30; 0: none, only operators trace).
     pub budget_per_hour: u32,
     /// A trace without a report after this is given up and its agent freed (2 min).
     pub trace_timeout: Duration,
@@ -169,8 +169,8 @@ pub struct PairVerdict {
     pub rtt_mean: Option<Duration>,
     /// The one host the robust aggregator blamed.
     pub blamed: Option<BlamedHost>,
-    /// Agents of the source region that can trace now (connected, taking traces); the
-    /// blamed agent, if among them, is not counted healthy.
+    /// Agents of the source region that can trace now (connected, taking traces): the
+    /// healthy ones, and the blamed one when it can trace (only it traces forward then).
     pub source_agents: Vec<AgentId>,
     /// Agents of the target region that can trace now.
     pub target_agents: Vec<AgentId>,
