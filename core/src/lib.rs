@@ -14,6 +14,8 @@
 //!   agent's runs;
 //! - [`upgrade`]: agent self-upgrade: semantic versions, the server's staged rollout and the
 //!   agent's download, hand-over and probation;
+//! - [`trace`]: automatic path tracing on a failing region pair: the server's trigger desk,
+//!   the blamed hop of a finished trace, the bounded store of results;
 //! - [`probe_file`]: the server's probe file (the Go YAML schema);
 //! - [`wire`]: the agent↔server protocol messages and their framing;
 //! - [`delivery`]: the agent's result outbox and the server's deduplication (sequence numbers,
@@ -84,5 +86,6 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod task;
+pub mod trace;
 pub mod upgrade;
 pub mod wire;
