@@ -9,6 +9,8 @@
 //! - [`stats`]: loss, RTT summaries and the mergeable RTT histogram;
 //! - [`aggregate`]: the server's aggregator, a sans-IO state machine producing a [`snapshot`];
 //! - [`pool`]: the target pool (static and dynamic discovery) and what each agent receives;
+//! - [`mesh`]: the built-in mesh view: region × region cells and their states, the bounded
+//!   per-pair history, the HTTP table and the agent list;
 //! - [`matcher`]: the task region matcher (`=`, `!=`, `=~`, `!~`);
 //! - [`task`]: remote tasks: the command policy, signatures, the server's task book and the
 //!   agent's runs;
@@ -75,6 +77,7 @@ pub mod delivery;
 pub mod fake;
 pub mod link;
 pub mod matcher;
+pub mod mesh;
 pub mod model;
 pub mod pool;
 pub mod ports;
