@@ -1,6 +1,7 @@
 //! The server's HTTP endpoints (`-server.http.listen.addr`): `/metrics` for Prometheus, the
-//! Go system's `/-/reload` and `/-/targets`, and `/-/healthy` and `/-/ready` for probes of the
-//! server itself. The answers come from an [`AdminApi`] the server implements; this module
+//! Go system's `/-/reload` and `/-/targets`, `/-/healthy` and `/-/ready` for probes of the
+//! server itself, and the mesh page with its JSON API (the `mesh` submodule: `/`, `/mesh`,
+//! `/api/v1/mesh`). The answers come from an [`AdminApi`] the server implements; this module
 //! only speaks HTTP: routing, the bearer token of admin endpoints, and limits.
 //!
 //! Admin endpoints (`/-/reload`, `/-/task` and `GET /-/task/<id>` (the `task` submodule),
@@ -43,8 +44,11 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
+mod mesh;
 mod task;
 mod upgrade;
+
+pub use mesh::{MESH_API_VERSION, MESH_CSP, mesh_json, pair_json};
 
 pub use task::{MAX_TASK_REQUEST_BYTES, TaskApi, TaskView, view_json};
 pub use upgrade::{
@@ -93,6 +97,18 @@ pub trait AdminApi: Send + Sync {
     fn upgrade_api(&self) -> Option<Arc<dyn UpgradeApi>> {
         None
     }
+    /// The mesh view now (`None`: `/api/v1/mesh` answers 404). Called off the async workers.
+    fn mesh_view(&self) -> Option<probermesh_core::mesh::MeshView> {
+        None
+    }
+    /// One pair's page now; `None` when a region is unknown.
+    fn mesh_pair(
+        &self,
+        _source: &Region,
+        _target: &Region,
+    ) -> Option<probermesh_core::mesh::PairView> {
+        None
+    }
 }
 
 /// The limits of the HTTP endpoints.
@@ -108,6 +124,9 @@ pub struct AdminLimits {
     /// At most one log line per this interval for each kind of line strangers can cause
     /// (1 s by default).
     pub log_interval: Duration,
+    /// Whether the mesh view's data (`/api/v1/mesh*`) needs the admin bearer token (false by
+    /// default: public like `/metrics`; the page and its assets hold no data and stay public).
+    pub mesh_requires_token: bool,
 }
 
 impl Default for AdminLimits {
@@ -116,6 +135,7 @@ impl Default for AdminLimits {
             max_connections: 256,
             header_read_timeout: Duration::from_secs(10),
             log_interval: Duration::from_secs(1),
+            mesh_requires_token: false,
         }
     }
 }
@@ -176,6 +196,7 @@ impl AdminServer {
             token: admin_token,
             targets: Arc::new(tokio::sync::Mutex::new(None)),
             logs: Logs::new(limits.log_interval),
+            mesh_requires_token: limits.mesh_requires_token,
         });
         let connections = Arc::new(Connections::new(limits.max_connections));
         tokio::spawn(accept_loop(
@@ -488,6 +509,8 @@ struct Endpoints {
     /// one rendering at a time and the requests waiting share it.
     targets: Arc<tokio::sync::Mutex<Option<(u64, Bytes)>>>,
     logs: Logs,
+    /// `AdminLimits::mesh_requires_token`.
+    mesh_requires_token: bool,
 }
 
 /// One limit per kind of log line strangers can cause.
@@ -637,6 +660,7 @@ async fn route(
         path if path == "/-/upgrade" || path.starts_with("/-/upgrade/") => {
             upgrade::route(request, remote, endpoints).await
         }
+        path if mesh::is_mesh_path(path) => mesh::route(request, endpoints).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
 }

@@ -726,4 +726,18 @@ impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
     fn upgrade_api(&self) -> Option<Arc<dyn crate::admin::UpgradeApi>> {
         Some(Arc::new(self.clone()))
     }
+
+    fn mesh_view(&self) -> Option<probermesh_core::mesh::MeshView> {
+        let now = self.shared.clock.now();
+        Some(self.shared.state().mesh_view(now))
+    }
+
+    fn mesh_pair(
+        &self,
+        source: &probermesh_core::model::Region,
+        target: &probermesh_core::model::Region,
+    ) -> Option<probermesh_core::mesh::PairView> {
+        let now = self.shared.clock.now();
+        self.shared.state().mesh_pair(now, source, target)
+    }
 }
