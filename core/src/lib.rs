@@ -17,6 +17,7 @@
 //! - [`upgrade`]: agent self-upgrade: semantic versions, the server's staged rollout and the
 //!   agent's download, hand-over and probation;
 //! - [`probe_file`]: the server's probe file (the Go YAML schema);
+//! - [`simulated_wan`]: the demo's simulated WAN, a decorator of the ICMP pinger port;
 //! - [`wire`]: the agent↔server protocol messages and their framing;
 //! - [`delivery`]: the agent's result outbox and the server's deduplication (sequence numbers,
 //!   acknowledgements, bounded buffering);
@@ -84,6 +85,7 @@ pub mod ports;
 pub mod probe;
 pub mod probe_file;
 pub mod server;
+pub mod simulated_wan;
 pub mod snapshot;
 pub mod stats;
 pub mod task;

@@ -149,6 +149,12 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "bearer token for /-/reload, /-/task, /-/upgrade",
     ),
     (
+        "server.mesh.require-token",
+        Side::Server,
+        true,
+        "/api/v1/mesh needs the admin token (default: public like /metrics)",
+    ),
+    (
         "agent.rpc.report.addr",
         Side::Agent,
         false,
