@@ -172,6 +172,17 @@ struct MeshJson<'a> {
     agents: Vec<AgentJson>,
 }
 
+/// `<`, `>` and `&` escaped as `\u003c`, `\u003e` and `\u0026`: still the same JSON (they
+/// only occur inside strings), and no markup even if something reads it as HTML.
+fn html_safe(json: String) -> String {
+    if !json.contains(['<', '>', '&']) {
+        return json;
+    }
+    json.replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
 /// `/api/v1/mesh`: the view as JSON (documented in docs/mesh.md).
 #[must_use]
 pub fn mesh_json(view: &MeshView) -> String {
@@ -197,7 +208,7 @@ pub fn mesh_json(view: &MeshView) -> String {
             })
             .collect(),
     };
-    serde_json::to_string(&json).unwrap_or_else(|_| String::from("{}"))
+    html_safe(serde_json::to_string(&json).unwrap_or_else(|_| String::from("{}")))
 }
 
 #[derive(Serialize)]
@@ -273,7 +284,7 @@ pub fn pair_json(page: &PairView) -> String {
         history: page.history.iter().map(PointJson::from).collect(),
         members: page.members.iter().map(MemberJson::from).collect(),
     };
-    serde_json::to_string(&json).unwrap_or_else(|_| String::from("{}"))
+    html_safe(serde_json::to_string(&json).unwrap_or_else(|_| String::from("{}")))
 }
 
 /// The mesh answers' headers: CSP, nosniff, no caching of data, no referrer.
