@@ -84,11 +84,32 @@ fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -
         body.len()
     )
     .ok()?;
+    // chromedriver may keep the connection open: read the headers, then Content-Length bytes.
     let mut answer = Vec::new();
-    tcp.read_to_end(&mut answer).ok()?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (_, body) = answer.split_once("\r\n\r\n")?;
-    serde_json::from_str(body).ok()
+    let mut buf = [0u8; 65_536];
+    let (head_len, body_len) = loop {
+        let n = tcp.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())?;
+            break (end + 4, length);
+        }
+    };
+    while answer.len() < head_len + body_len {
+        let n = tcp.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    serde_json::from_slice(answer.get(head_len..head_len + body_len)?).ok()
 }
 
 impl Driver {
