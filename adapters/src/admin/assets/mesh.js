@@ -227,6 +227,10 @@
     getJson("/api/v1/mesh").then(function (view) {
       state.view = view;
       draw();
+      // When the first matrix was drawn (ms since navigation): read by scripts/bench-mesh-page.sh.
+      if (!document.documentElement.hasAttribute("data-drawn-ms")) {
+        document.documentElement.setAttribute("data-drawn-ms", String(Math.round(performance.now())));
+      }
       var pending = state.pair ? loadPair(state.pair.cell.source, state.pair.cell.target) : null;
       schedule(view.window_seconds);
       return pending;
