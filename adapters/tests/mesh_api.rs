@@ -30,7 +30,7 @@ const HOSTILE_URL: &str =
     "http://evil.example/\"><img src=x onerror=alert(1)><script>alert(2)</script>?a=1&b=</td>";
 
 fn region(name: &str) -> Region {
-    Region::new(name).unwrap()
+    Region::new(name).expect("a valid region name")
 }
 
 fn agent(region_name: &str, last_octet: u8) -> AgentId {
@@ -76,7 +76,8 @@ fn server() -> (Mesh, UnixMillis) {
         method: AggregationMethod::Robust,
         ..AggregatorConfig::default()
     };
-    let mut aggregator = Aggregator::new(config, UnixMillis(START_MS)).unwrap();
+    let mut aggregator =
+        Aggregator::new(config, UnixMillis(START_MS)).expect("a valid configuration");
     let (a1, c1, c2, c3, b1) = (
         agent("a", 1),
         agent("c", 11),
@@ -167,8 +168,12 @@ fn golden(name: &str, json: &str) {
     let value: serde_json::Value = serde_json::from_str(json).expect("the answer is JSON");
     let path = fixture(name);
     if std::env::var_os("PROBERMESH_BLESS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap() + "\n").unwrap();
+        std::fs::create_dir_all(fixture("")).expect("the fixtures directory");
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&value).expect("JSON") + "\n",
+        )
+        .expect("the golden file is written");
     }
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (PROBERMESH_BLESS=1 writes it)", path.display()));
@@ -178,7 +183,7 @@ fn golden(name: &str, json: &str) {
         expected,
         "{} differs; the answer was:\n{}",
         path.display(),
-        serde_json::to_string_pretty(&value).unwrap()
+        serde_json::to_string_pretty(&value).expect("JSON")
     );
 }
 
@@ -188,7 +193,7 @@ fn the_mesh_json_is_the_golden_one() {
     golden("view.json", &mesh_json(&state.mesh_view(settled)));
     let pair = state
         .mesh_pair(settled, &region("c"), &region("b"))
-        .unwrap();
+        .expect("the pair c → b");
     golden("pair-c-b.json", &pair_json(&pair));
 }
 
@@ -199,8 +204,8 @@ fn hostile_urls_and_reasons_reach_the_json_as_text_and_never_as_markup() {
     for raw in ['<', '>', '&'] {
         assert!(!body.contains(raw), "{raw:?} is escaped: {body}");
     }
-    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let http = value["http"].as_array().unwrap();
+    let value: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let http = value["http"].as_array().expect("the HTTP rows");
     let hostile = http
         .iter()
         .find(|row| row["url"] == HOSTILE_URL)
@@ -279,12 +284,12 @@ async fn start(requires_token: bool) -> AdminServer {
         view: state.mesh_view(settled),
         pair: state
             .mesh_pair(settled, &region("c"), &region("b"))
-            .unwrap(),
+            .expect("the pair c → b"),
     };
     AdminServer::start_with(
         "127.0.0.1:0",
         Arc::new(api),
-        Some(Token::new("s3cret", "the test").unwrap()),
+        Some(Token::new("s3cret", "the test").expect("a token")),
         AdminLimits {
             mesh_requires_token: requires_token,
             ..AdminLimits::default()
@@ -296,16 +301,22 @@ async fn start(requires_token: bool) -> AdminServer {
 
 /// One request; the whole answer (status line, headers, body) with the headers lower-cased.
 async fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the endpoints accept");
     let auth = auth
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
     );
-    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(head.as_bytes())
+        .await
+        .expect("the request is sent");
     let mut answer = String::new();
-    tcp.read_to_string(&mut answer).await.unwrap();
+    tcp.read_to_string(&mut answer)
+        .await
+        .expect("the answer is read");
     let (headers, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     format!("{}\r\n\r\n{body}", headers.to_ascii_lowercase())
 }

@@ -12,10 +12,10 @@ use probermesh_core::model::{
     TlsInfo, TlsVersion, UnixMillis,
 };
 
-pub const REGIONS: u8 = 100;
+const REGIONS: u8 = 100;
 const URLS: u32 = 20;
 const T0: u64 = 1_800_000_000_000;
-pub const WINDOW: Duration = Duration::from_secs(15);
+const WINDOW: Duration = Duration::from_secs(15);
 
 fn agent(region: u8) -> AgentId {
     AgentId::new(
@@ -25,7 +25,7 @@ fn agent(region: u8) -> AgentId {
 }
 
 /// The aggregator and history after `windows` windows, and the instant just after the last.
-pub fn mesh(windows: u64) -> (Aggregator, MeshHistory, UnixMillis) {
+pub(crate) fn mesh(windows: u64) -> (Aggregator, MeshHistory, UnixMillis) {
     let window_ms = WINDOW.as_millis() as u64;
     let mut aggregator = Aggregator::new(
         AggregatorConfig {
