@@ -470,6 +470,15 @@ mod tests {
     }
 
     #[test]
+    fn the_mesh_token_switch_has_a_go_spelling() {
+        assert_eq!(
+            run(&["-server.mesh.require-token"]),
+            ["server", "--mesh-require-token"]
+        );
+        assert_eq!(run(&["-server.mesh.require-token=false"]), ["server"]);
+    }
+
+    #[test]
     fn the_other_modes_flags_are_ignored_as_in_go() {
         assert_eq!(run(&["-mode", "agent", "-server.probe.file=x"]), ["agent"]);
     }
