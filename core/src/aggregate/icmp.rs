@@ -112,7 +112,8 @@ pub(crate) fn aggregate_icmp_pair(
     window
 }
 
-/// The breakdown of the pair by source agent and by target host.
+/// The breakdown of the pair by source agent and by target host (a member whose every cell
+/// involved a left-out member of the other dimension is absent).
 fn breakdown(cells: &[IcmpCell<'_>], outliers: &[IcmpOutlier]) -> Vec<IcmpMember> {
     let member = |member: IcmpOutlier, stats: MemberStats| IcmpMember {
         left_out: outliers.contains(&member),
@@ -120,8 +121,17 @@ fn breakdown(cells: &[IcmpCell<'_>], outliers: &[IcmpOutlier]) -> Vec<IcmpMember
         rtt_seconds: stats.latency_seconds,
         member,
     };
-    let sources = member_stats(cells, |c| c.source.ip);
-    let targets = member_stats(cells, |c| c.target);
+    // Each member over the cells the other dimension kept: a target host is not blamed for a
+    // broken source's losses, nor a source for a broken target's.
+    let source_out =
+        |c: &IcmpCell<'_>| outliers.contains(&IcmpOutlier::Source(c.source.ip.to_string()));
+    let target_out =
+        |c: &IcmpCell<'_>| outliers.contains(&IcmpOutlier::Target(c.target.to_owned()));
+    let by_kept = |keep: &dyn Fn(&IcmpCell<'_>) -> bool| -> Vec<IcmpCell<'_>> {
+        cells.iter().copied().filter(|c| keep(c)).collect()
+    };
+    let sources = member_stats(&by_kept(&|c| !target_out(c)), |c| c.source.ip);
+    let targets = member_stats(&by_kept(&|c| !source_out(c)), |c| c.target);
     sources
         .into_iter()
         .map(|(ip, stats)| member(IcmpOutlier::Source(ip.to_string()), stats))

@@ -200,8 +200,11 @@ fn the_pair_page_has_the_history_and_names_the_member_left_out() {
         IcmpOutlier::Source("10.0.0.13".to_owned())
     );
     assert_eq!(left_out[0].loss_ratio, Some(1.0));
-    // Sources c1..c3 and the one target host.
+    // Sources c1..c3 and the one target host, which is not blamed for the broken source.
     assert_eq!(page.members.len(), 4);
+    let host = &page.members[3];
+    assert_eq!(host.member, IcmpOutlier::Target("10.0.0.21".to_owned()));
+    assert_eq!((host.loss_ratio, host.left_out), (Some(0.0), false));
     assert!(pair(&agg, &history, &region("x"), &region("y"), settled).is_none());
 }
 
