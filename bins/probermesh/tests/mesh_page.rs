@@ -1,9 +1,11 @@
 //! The mesh page in a real browser (Debian's chromium, driven through chromedriver's W3C
 //! WebDriver HTTP API by a tiny client below), against a live mesh of real processes on
-//! loopback: a server and four agents of four regions. One target's echoes are dropped by an
-//! nftables rule scoped to its address (its column is failed), one agent is stopped (its row
-//! goes dark), and a hostile URL is probed. Checked: regions² cells in the right states, a
-//! click on a cell shows its history, the hostile URL is shown as text (no element injected),
+//! loopback: a server and seven agents of five regions. An nftables rule scoped to two
+//! addresses drops their echo requests: the only host of region `echo` (every pair to it
+//! fails) and one of the three hosts of `charlie` (the robust aggregation leaves it out: pairs
+//! to `charlie` are partial); one agent is stopped (region `delta`'s row goes dark), and a
+//! hostile URL is probed. Checked: regions² cells in the right states, a click on a cell
+//! shows its history, the hostile URL is shown as text (no element injected),
 //! no console errors (CSP violations are errors); a screenshot goes to
 //! `target/mesh-view/mesh-page.png`. Every wait is a bounded wait on a condition.
 
@@ -21,16 +23,23 @@ use probermesh_tests::harness::{
 };
 use serde_json::{Value, json};
 
-/// The regions and their agents' addresses (unusual loopback addresses, so the nftables rule
+/// The agents' regions and addresses (unusual loopback addresses, so the nftables rule
 /// touches no other test's traffic).
-const AGENTS: [(&str, &str); 4] = [
+const AGENTS: [(&str, &str); 7] = [
     ("alpha", "127.0.77.1"),
     ("bravo", "127.0.77.2"),
     ("charlie", "127.0.77.3"),
+    ("charlie", "127.0.77.5"),
+    ("charlie", "127.0.77.6"),
     ("delta", "127.0.77.4"),
+    ("echo", "127.0.77.7"),
 ];
-/// Whose echo requests are dropped: every pair → charlie fails.
-const DROPPED: &str = "127.0.77.3";
+/// The regions, as the page sorts them.
+const REGIONS: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
+/// Whose echo requests are dropped: one host of charlie (partial), echo's only host (failed).
+const DROPPED: &str = "127.0.77.3, 127.0.77.7";
+/// The agent stopped to darken its region.
+const DELTA: usize = 5;
 /// A URL written to break out of markup; probed on the discard port, so it fails.
 const HOSTILE_URL: &str =
     "http://127.0.0.1:9/<img/src=x/onerror=alert(1)>?q=\"'&r=</td><script>alert(2)</script>";
@@ -42,7 +51,7 @@ impl DropRule {
     fn install(addr: &str) -> Self {
         let name = format!("probermesh_mesh_page_{}", std::process::id());
         let rules = format!(
-            "table ip {name} {{\n chain input {{\n type filter hook input priority 0;\n ip daddr {addr} icmp type echo-request drop\n }}\n}}\n"
+            "table ip {name} {{\n chain input {{\n type filter hook input priority 0;\n ip daddr {{ {addr} }} icmp type echo-request drop\n }}\n}}\n"
         );
         let mut nft = Command::new("nft")
             .args(["-f", "-"])
@@ -336,23 +345,37 @@ fn the_page_shows_the_mesh_its_faults_and_a_pairs_history_in_a_real_browser() {
 
     let driver = Driver::start(&dir);
     driver.goto(&format!("http://{http_addr}/"));
-    let n = AGENTS.len();
-    // Healthy and failed pairs, from the page's own refreshes (no reload).
+    let n = REGIONS.len();
+    // Healthy, partial and failed pairs, from the page's own refreshes (no reload).
     let seen = wait_for(
-        "alpha → bravo healthy and alpha → charlie failed on the page",
+        "healthy, partial and failed cells on the page",
         Duration::from_secs(90),
         || {
             let cells = cells(&driver);
+            let is =
+                |s: &str, t: &str, state: &str| state_of(&cells, s, t).as_deref() == Some(state);
             (cells.len() == n * n
-                && state_of(&cells, "alpha", "bravo").as_deref() == Some("healthy")
-                && state_of(&cells, "bravo", "alpha").as_deref() == Some("healthy")
-                && state_of(&cells, "alpha", "charlie").as_deref() == Some("failed")
-                && state_of(&cells, "delta", "charlie").as_deref() == Some("failed")
-                && state_of(&cells, "delta", "alpha").as_deref() == Some("healthy"))
+                && is("alpha", "bravo", "healthy")
+                && is("bravo", "alpha", "healthy")
+                && is("charlie", "alpha", "healthy")
+                && is("delta", "alpha", "healthy")
+                && is("alpha", "charlie", "partial")
+                && is("bravo", "charlie", "partial")
+                && is("alpha", "echo", "failed")
+                && is("delta", "echo", "failed"))
             .then_some(cells)
         },
     );
-    for (region, _) in AGENTS {
+    let rows = driver.script("return Array.from(document.querySelectorAll('#matrix tbody th')).map(function (th) { return th.textContent; });");
+    assert_eq!(rows, json!(REGIONS), "one row per region, sorted");
+    let partial = driver.script(
+        "return document.querySelector(\"#matrix td[data-source='alpha'][data-target='charlie']\").textContent;",
+    );
+    assert!(
+        partial.as_str().is_some_and(|t| t.contains("(1 out)")),
+        "the partial cell says how many were left out: {partial}"
+    );
+    for region in REGIONS {
         assert_eq!(
             state_of(&seen, region, region).as_deref(),
             Some("no_data"),
@@ -395,7 +418,7 @@ fn the_page_shows_the_mesh_its_faults_and_a_pairs_history_in_a_real_browser() {
     assert_eq!(members, json!(2), "one source agent and one target host");
 
     // A dark region: delta's agent stops; its row goes stale, then has no data.
-    if let Some(mut delta) = agents[3].take() {
+    if let Some(mut delta) = agents[DELTA].take() {
         harness::terminate(&mut delta.0);
     }
     wait_for(
