@@ -8,10 +8,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use probermesh_adapters::admin::{
-    AdminApi, AdminLimits, AdminServer, MESH_CSP, mesh_json, pair_json,
+    AdminApi, AdminLimits, AdminServer, MESH_CSP, MESH_MAX_AGE, mesh_json, pair_json,
 };
 use probermesh_adapters::secret::Token;
 use probermesh_core::aggregate::{AggregationMethod, Aggregator, AggregatorConfig};
@@ -246,10 +247,22 @@ fn the_script_builds_the_page_with_text_only() {
     );
 }
 
-/// The endpoints' side of a server that has only a mesh.
+/// The endpoints' side of a server that has only a mesh. Counts its builds; the view of
+/// build n is generated n milliseconds after the first, so a rebuild shows in the bytes.
 struct MeshOnly {
     view: MeshView,
     pair: PairView,
+    builds: AtomicUsize,
+    generation: AtomicU64,
+}
+
+impl MeshOnly {
+    /// The view of the `n`th build (0 the first).
+    fn view_of_build(&self, n: usize) -> MeshView {
+        let mut view = self.view.clone();
+        view.generated_at = UnixMillis(view.generated_at.as_millis() + n as u64);
+        view
+    }
 }
 
 #[async_trait::async_trait]
@@ -269,8 +282,12 @@ impl AdminApi for MeshOnly {
     fn ready(&self) -> bool {
         true
     }
+    fn mesh_generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
     fn mesh_view(&self) -> Option<MeshView> {
-        Some(self.view.clone())
+        let n = self.builds.fetch_add(1, Ordering::SeqCst);
+        Some(self.view_of_build(n))
     }
     fn mesh_pair(&self, source: &Region, target: &Region) -> Option<PairView> {
         (source == &self.pair.cell.source && target == &self.pair.cell.target)
@@ -279,16 +296,22 @@ impl AdminApi for MeshOnly {
 }
 
 async fn start(requires_token: bool) -> AdminServer {
+    start_with_api(requires_token).await.0
+}
+
+async fn start_with_api(requires_token: bool) -> (AdminServer, Arc<MeshOnly>) {
     let (state, settled) = server();
-    let api = MeshOnly {
+    let api = Arc::new(MeshOnly {
         view: state.mesh_view(settled),
         pair: state
             .mesh_pair(settled, &region("c"), &region("b"))
             .expect("the pair c → b"),
-    };
-    AdminServer::start_with(
+        builds: AtomicUsize::new(0),
+        generation: AtomicU64::new(0),
+    });
+    let server = AdminServer::start_with(
         "127.0.0.1:0",
-        Arc::new(api),
+        Arc::clone(&api) as Arc<dyn AdminApi>,
         Some(Token::new("s3cret", "the test").expect("a token")),
         AdminLimits {
             mesh_requires_token: requires_token,
@@ -296,7 +319,8 @@ async fn start(requires_token: bool) -> AdminServer {
         },
     )
     .await
-    .expect("the endpoints start")
+    .expect("the endpoints start");
+    (server, api)
 }
 
 /// One request; the whole answer (status line, headers, body) with the headers lower-cased.
@@ -384,4 +408,86 @@ async fn with_the_option_the_data_needs_the_admin_token_and_the_page_does_not() 
     }
     let page = request(addr, "GET", "/mesh", None).await;
     assert!(page.starts_with("http/1.1 200"), "the page holds no data");
+}
+
+/// The body of an answer from [`request`].
+fn body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+#[tokio::test]
+async fn the_mesh_json_is_built_once_per_generation_and_served_from_the_kept_bytes() {
+    let (server, api) = start_with_api(false).await;
+    let addr = server.local_addr();
+    let first = request(addr, "GET", "/api/v1/mesh", None).await;
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    // The kept bytes are exactly the JSON of the view built (the golden content).
+    assert_eq!(body(&first), mesh_json(&api.view_of_build(0)));
+    // Many requests between two changes: one build, the same bytes.
+    let many: Vec<String> = futures_join(addr, 8).await;
+    for answer in &many {
+        assert_eq!(body(answer), body(&first), "served from the kept rendering");
+    }
+    let head = request(addr, "HEAD", "/api/v1/mesh", None).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        api.builds.load(Ordering::SeqCst),
+        1,
+        "one build for 10 requests"
+    );
+    // A change of the state (a window settled, an agent connected): built again at once.
+    api.generation.fetch_add(1, Ordering::SeqCst);
+    let after_change = request(addr, "GET", "/api/v1/mesh", None).await;
+    assert_eq!(api.builds.load(Ordering::SeqCst), 2);
+    assert_eq!(body(&after_change), mesh_json(&api.view_of_build(1)));
+    assert_ne!(body(&after_change), body(&first));
+    let again = request(addr, "GET", "/api/v1/mesh", None).await;
+    assert_eq!(body(&again), body(&after_change));
+    assert_eq!(api.builds.load(Ordering::SeqCst), 2);
+    // No change, but older than the bound: built again.
+    tokio::time::sleep(MESH_MAX_AGE + Duration::from_millis(100)).await;
+    let aged = request(addr, "GET", "/api/v1/mesh", None).await;
+    assert_eq!(api.builds.load(Ordering::SeqCst), 3);
+    assert_eq!(body(&aged), mesh_json(&api.view_of_build(2)));
+}
+
+/// `n` concurrent requests for `/api/v1/mesh`.
+async fn futures_join(addr: SocketAddr, n: usize) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(async move { request(addr, "GET", "/api/v1/mesh", None).await }))
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        answers.push(task.await.expect("the request task"));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn the_pair_endpoint_is_bounded() {
+    let (server, api) = start_with_api(false).await;
+    let addr = server.local_addr();
+    let long = "a".repeat(1000);
+    let answer = request(
+        addr,
+        "GET",
+        &format!("/api/v1/mesh/pair?source={long}&target=b"),
+        None,
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    let padded = format!("/api/v1/mesh/pair?source=c&target=b&x={}", "y".repeat(1000));
+    let answer = request(addr, "GET", &padded, None).await;
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("query too long"), "{answer}");
+    let answer = request(addr, "GET", "/api/v1/mesh/pair?source=x&target=y", None).await;
+    assert!(answer.starts_with("http/1.1 404"), "{answer}");
+    let answer = request(addr, "GET", "/api/v1/mesh/pair?source=c&target=b", None).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert_eq!(body(&answer), pair_json(&api.pair));
+    assert_eq!(
+        api.builds.load(Ordering::SeqCst),
+        0,
+        "the pair builds no view"
+    );
 }

@@ -36,6 +36,10 @@ const PAGE_HTML: &str = include_str!("assets/mesh.html");
 const PAGE_JS: &str = include_str!("assets/mesh.js");
 const PAGE_CSS: &str = include_str!("assets/mesh.css");
 
+/// The longest query `/api/v1/mesh/pair` reads: two region names percent-encoded at worst
+/// (three bytes a byte), their keys, and some slack for other parameters.
+const MAX_PAIR_QUERY_BYTES: usize = 2 * (3 * probermesh_core::model::region::MAX_REGION_LEN) + 64;
+
 /// Whether `path` is one of this module's.
 pub(super) fn is_mesh_path(path: &str) -> bool {
     matches!(
@@ -388,11 +392,8 @@ pub(super) async fn route(request: Request<Incoming>, endpoints: &Endpoints) -> 
         )
     };
     if path == "/api/v1/mesh" {
-        let api = std::sync::Arc::clone(&endpoints.api);
-        return match tokio::task::spawn_blocking(move || api.mesh_view().map(|v| mesh_json(&v)))
-            .await
-        {
-            Ok(Some(body)) => json(StatusCode::OK, body),
+        return match endpoints.mesh_body().await {
+            Ok(Some(body)) => secured(text(StatusCode::OK, body), "application/json"),
             Ok(None) => error(StatusCode::NOT_FOUND, "this server has no mesh view"),
             Err(_) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -400,7 +401,11 @@ pub(super) async fn route(request: Request<Incoming>, endpoints: &Endpoints) -> 
             ),
         };
     }
+    // Bounded before any decoding or lookup: two region names, percent-encoded at worst.
     let query = request.uri().query().unwrap_or("");
+    if query.len() > MAX_PAIR_QUERY_BYTES {
+        return error(StatusCode::BAD_REQUEST, "query too long");
+    }
     let region = |name: &'static str| {
         query_value(query, name)
             .and_then(|value| Region::new(&value).ok())

@@ -97,7 +97,16 @@ pub trait AdminApi: Send + Sync {
     fn upgrade_api(&self) -> Option<Arc<dyn UpgradeApi>> {
         None
     }
-    /// The mesh view now (`None`: `/api/v1/mesh` answers 404). Called off the async workers.
+    /// A number that changes whenever the mesh's underlying state changed in a way the view
+    /// shows at once (a window settled, series expired, an agent connected or went away).
+    /// Cheap (no building): asked at every `/api/v1/mesh` request. The endpoints keep the
+    /// view's JSON while the number stays, and for at most [`MESH_MAX_AGE`].
+    fn mesh_generation(&self) -> u64 {
+        0
+    }
+    /// The mesh view now (`None`: `/api/v1/mesh` answers 404). Costly with a big mesh
+    /// (blocking, under the server's lock): the endpoints call it off the async workers, one
+    /// call at a time, at most once per [`Self::mesh_generation`] and per [`MESH_MAX_AGE`].
     fn mesh_view(&self) -> Option<probermesh_core::mesh::MeshView> {
         None
     }
@@ -195,6 +204,7 @@ impl AdminServer {
             api,
             token: admin_token,
             targets: Arc::new(tokio::sync::Mutex::new(None)),
+            mesh: Arc::new(tokio::sync::Mutex::new(None)),
             logs: Logs::new(limits.log_interval),
             mesh_requires_token: limits.mesh_requires_token,
         });
@@ -508,9 +518,25 @@ struct Endpoints {
     /// The last `/-/targets` rendering and its generation; held while rendering, so there is
     /// one rendering at a time and the requests waiting share it.
     targets: Arc<tokio::sync::Mutex<Option<(u64, Bytes)>>>,
+    /// The last `/api/v1/mesh` rendering; held while building, so there is one build at a
+    /// time and the requests waiting share it.
+    mesh: Arc<tokio::sync::Mutex<Option<KeptMesh>>>,
     logs: Logs,
     /// `AdminLimits::mesh_requires_token`.
     mesh_requires_token: bool,
+}
+
+/// The longest an `/api/v1/mesh` answer is served from the kept rendering: past it, the next
+/// request builds the view again even if [`AdminApi::mesh_generation`] stayed (heartbeat times
+/// and liveness move between the state's changes). So the view is at most this old, and is
+/// built at most once per this interval plus once per generation.
+pub const MESH_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The kept `/api/v1/mesh` rendering: `None` as body when the server has no mesh view.
+struct KeptMesh {
+    generation: u64,
+    built: tokio::time::Instant,
+    body: Option<Bytes>,
 }
 
 /// One limit per kind of log line strangers can cause.
@@ -548,6 +574,36 @@ impl Endpoints {
             let (generation, json) = api.targets_json();
             let body = Bytes::from(json);
             *kept = Some((generation, body.clone()));
+            body
+        })
+        .await
+    }
+
+    /// The `/api/v1/mesh` body (`None`: the server has no mesh view): the kept rendering while
+    /// the generation stays and it is younger than [`MESH_MAX_AGE`], else a new one built off
+    /// the async workers (the view under the server's lock, its JSON after the lock is
+    /// released; kept even if this request goes away meanwhile).
+    async fn mesh_body(&self) -> Result<Option<Bytes>, tokio::task::JoinError> {
+        let mut kept = Arc::clone(&self.mesh).lock_owned().await;
+        // Read before building: a change after this read makes the next request build again.
+        let generation = self.api.mesh_generation();
+        if let Some(mesh) = kept.as_ref()
+            && mesh.generation == generation
+            && mesh.built.elapsed() < MESH_MAX_AGE
+        {
+            return Ok(mesh.body.clone());
+        }
+        let api = Arc::clone(&self.api);
+        tokio::task::spawn_blocking(move || {
+            let built = tokio::time::Instant::now();
+            let body = api
+                .mesh_view()
+                .map(|view| Bytes::from(mesh::mesh_json(&view)));
+            *kept = Some(KeptMesh {
+                generation,
+                built,
+                body: body.clone(),
+            });
             body
         })
         .await
