@@ -3,10 +3,11 @@
 # reference), nft (loss and reject rules), ip (network namespaces), setpriv and unshare (the
 # ICMP permission tests), curl (the HTTP phase reference), openssl (the certificates operators
 # make), prometheus (promtool, and a real Prometheus scraping the server), python3 (the upgrade
-# lab's release file server), binutils (strip, for the upgrade lab's binaries). Called by
+# lab's release file server), binutils (strip, for the upgrade lab's binaries), chromium and
+# chromium-driver (the mesh page's browser test and scripts/bench-mesh-page.sh). Called by
 # scripts/test.sh, so the README's test command works on a fresh machine.
 set -euo pipefail
-packages="iputils-ping nftables iproute2 util-linux curl prometheus openssl python3 binutils"
+packages="iputils-ping nftables iproute2 util-linux curl prometheus openssl python3 binutils chromium chromium-driver"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

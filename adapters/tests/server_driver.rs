@@ -211,3 +211,48 @@ async fn the_handoff_record_stays_until_a_start_completes() {
             .is_some()
     );
 }
+
+/// The mesh generation (what `/api/v1/mesh`'s kept rendering is keyed on) moves when an agent
+/// connects or goes away and at every window tick, not at every heartbeat; the view built
+/// after it is of the new state. (The fake link ends its event stream when its queue is
+/// empty, so the events are queued before the start; the timer's first tick is at least
+/// 50 ms after it.)
+#[tokio::test(start_paused = true)]
+async fn the_mesh_generation_moves_on_connects_disconnects_and_ticks_only() {
+    let parts = Parts::new();
+    parts.source.push_event(connected(1));
+    parts.source.push_event(message(
+        1,
+        FromAgent::Heartbeat {
+            sent_at: UnixMillis(T0),
+        },
+    ));
+    let driver = parts.start(Vec::new());
+    let handle = driver.handle();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        handle.mesh_generation(),
+        1,
+        "the connect, not the heartbeat"
+    );
+    let view = handle.mesh_view().expect("a view");
+    assert_eq!(view.agents.len(), 1, "the view built now has the agent");
+    tokio::time::sleep(WINDOW * 2).await;
+    assert!(handle.mesh_generation() > 1, "a tick moves it");
+    driver.stop().await;
+
+    let parts = Parts::new();
+    parts.source.push_event(connected(1));
+    parts.source.push_event(LinkEvent::Disconnected {
+        connection: ConnectionId(1),
+        agent: agent(),
+    });
+    let driver = parts.start(Vec::new());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        driver.handle().mesh_generation(),
+        2,
+        "the connect and the disconnect"
+    );
+    driver.stop().await;
+}

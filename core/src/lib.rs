@@ -9,6 +9,8 @@
 //! - [`stats`]: loss, RTT summaries and the mergeable RTT histogram;
 //! - [`aggregate`]: the server's aggregator, a sans-IO state machine producing a [`snapshot`];
 //! - [`pool`]: the target pool (static and dynamic discovery) and what each agent receives;
+//! - [`mesh`]: the built-in mesh view: region × region cells and their states, the bounded
+//!   per-pair history, the HTTP table and the agent list;
 //! - [`matcher`]: the task region matcher (`=`, `!=`, `=~`, `!~`);
 //! - [`task`]: remote tasks: the command policy, signatures, the server's task book and the
 //!   agent's runs;
@@ -17,6 +19,7 @@
 //! - [`trace`]: automatic path tracing on a failing region pair: the server's trigger desk,
 //!   the blamed hop of a finished trace, the bounded store of results;
 //! - [`probe_file`]: the server's probe file (the Go YAML schema);
+//! - [`simulated_wan`]: the demo's simulated WAN, a decorator of the ICMP pinger port;
 //! - [`wire`]: the agent↔server protocol messages and their framing;
 //! - [`delivery`]: the agent's result outbox and the server's deduplication (sequence numbers,
 //!   acknowledgements, bounded buffering);
@@ -77,12 +80,14 @@ pub mod delivery;
 pub mod fake;
 pub mod link;
 pub mod matcher;
+pub mod mesh;
 pub mod model;
 pub mod pool;
 pub mod ports;
 pub mod probe;
 pub mod probe_file;
 pub mod server;
+pub mod simulated_wan;
 pub mod snapshot;
 pub mod stats;
 pub mod task;

@@ -1,6 +1,7 @@
 //! The server's HTTP endpoints (`-server.http.listen.addr`): `/metrics` for Prometheus, the
-//! Go system's `/-/reload` and `/-/targets`, and `/-/healthy` and `/-/ready` for probes of the
-//! server itself. The answers come from an [`AdminApi`] the server implements; this module
+//! Go system's `/-/reload` and `/-/targets`, `/-/healthy` and `/-/ready` for probes of the
+//! server itself, and the mesh page with its JSON API (the `mesh` submodule: `/`, `/mesh`,
+//! `/api/v1/mesh`). The answers come from an [`AdminApi`] the server implements; this module
 //! only speaks HTTP: routing, the bearer token of admin endpoints, and limits.
 //!
 //! Admin endpoints (`/-/reload`, `/-/task` and `GET /-/task/<id>` (the `task` submodule),
@@ -43,8 +44,11 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
+mod mesh;
 mod task;
 mod upgrade;
+
+pub use mesh::{MESH_API_VERSION, MESH_CSP, mesh_json, pair_json};
 
 pub use task::{MAX_TASK_REQUEST_BYTES, TaskApi, TaskView, view_json};
 pub use upgrade::{
@@ -93,6 +97,27 @@ pub trait AdminApi: Send + Sync {
     fn upgrade_api(&self) -> Option<Arc<dyn UpgradeApi>> {
         None
     }
+    /// A number that changes whenever the mesh's underlying state changed in a way the view
+    /// shows at once (a window settled, series expired, an agent connected or went away).
+    /// Cheap (no building): asked at every `/api/v1/mesh` request. The endpoints keep the
+    /// view's JSON while the number stays, and for at most [`MESH_MAX_AGE`].
+    fn mesh_generation(&self) -> u64 {
+        0
+    }
+    /// The mesh view now (`None`: `/api/v1/mesh` answers 404). Costly with a big mesh
+    /// (blocking, under the server's lock): the endpoints call it off the async workers, one
+    /// call at a time, at most once per [`Self::mesh_generation`] and per [`MESH_MAX_AGE`].
+    fn mesh_view(&self) -> Option<probermesh_core::mesh::MeshView> {
+        None
+    }
+    /// One pair's page now; `None` when a region is unknown.
+    fn mesh_pair(
+        &self,
+        _source: &Region,
+        _target: &Region,
+    ) -> Option<probermesh_core::mesh::PairView> {
+        None
+    }
 }
 
 /// The limits of the HTTP endpoints.
@@ -108,6 +133,9 @@ pub struct AdminLimits {
     /// At most one log line per this interval for each kind of line strangers can cause
     /// (1 s by default).
     pub log_interval: Duration,
+    /// Whether the mesh view's data (`/api/v1/mesh*`) needs the admin bearer token (false by
+    /// default: public like `/metrics`; the page and its assets hold no data and stay public).
+    pub mesh_requires_token: bool,
 }
 
 impl Default for AdminLimits {
@@ -116,6 +144,7 @@ impl Default for AdminLimits {
             max_connections: 256,
             header_read_timeout: Duration::from_secs(10),
             log_interval: Duration::from_secs(1),
+            mesh_requires_token: false,
         }
     }
 }
@@ -175,7 +204,9 @@ impl AdminServer {
             api,
             token: admin_token,
             targets: Arc::new(tokio::sync::Mutex::new(None)),
+            mesh: Arc::new(tokio::sync::Mutex::new(None)),
             logs: Logs::new(limits.log_interval),
+            mesh_requires_token: limits.mesh_requires_token,
         });
         let connections = Arc::new(Connections::new(limits.max_connections));
         tokio::spawn(accept_loop(
@@ -487,7 +518,25 @@ struct Endpoints {
     /// The last `/-/targets` rendering and its generation; held while rendering, so there is
     /// one rendering at a time and the requests waiting share it.
     targets: Arc<tokio::sync::Mutex<Option<(u64, Bytes)>>>,
+    /// The last `/api/v1/mesh` rendering; held while building, so there is one build at a
+    /// time and the requests waiting share it.
+    mesh: Arc<tokio::sync::Mutex<Option<KeptMesh>>>,
     logs: Logs,
+    /// `AdminLimits::mesh_requires_token`.
+    mesh_requires_token: bool,
+}
+
+/// The longest an `/api/v1/mesh` answer is served from the kept rendering: past it, the next
+/// request builds the view again even if [`AdminApi::mesh_generation`] stayed (heartbeat times
+/// and liveness move between the state's changes). So the view is at most this old, and is
+/// built at most once per this interval plus once per generation.
+pub const MESH_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The kept `/api/v1/mesh` rendering: `None` as body when the server has no mesh view.
+struct KeptMesh {
+    generation: u64,
+    built: tokio::time::Instant,
+    body: Option<Bytes>,
 }
 
 /// One limit per kind of log line strangers can cause.
@@ -525,6 +574,36 @@ impl Endpoints {
             let (generation, json) = api.targets_json();
             let body = Bytes::from(json);
             *kept = Some((generation, body.clone()));
+            body
+        })
+        .await
+    }
+
+    /// The `/api/v1/mesh` body (`None`: the server has no mesh view): the kept rendering while
+    /// the generation stays and it is younger than [`MESH_MAX_AGE`], else a new one built off
+    /// the async workers (the view under the server's lock, its JSON after the lock is
+    /// released; kept even if this request goes away meanwhile).
+    async fn mesh_body(&self) -> Result<Option<Bytes>, tokio::task::JoinError> {
+        let mut kept = Arc::clone(&self.mesh).lock_owned().await;
+        // Read before building: a change after this read makes the next request build again.
+        let generation = self.api.mesh_generation();
+        if let Some(mesh) = kept.as_ref()
+            && mesh.generation == generation
+            && mesh.built.elapsed() < MESH_MAX_AGE
+        {
+            return Ok(mesh.body.clone());
+        }
+        let api = Arc::clone(&self.api);
+        tokio::task::spawn_blocking(move || {
+            let built = tokio::time::Instant::now();
+            let body = api
+                .mesh_view()
+                .map(|view| Bytes::from(mesh::mesh_json(&view)));
+            *kept = Some(KeptMesh {
+                generation,
+                built,
+                body: body.clone(),
+            });
             body
         })
         .await
@@ -637,6 +716,7 @@ async fn route(
         path if path == "/-/upgrade" || path.starts_with("/-/upgrade/") => {
             upgrade::route(request, remote, endpoints).await
         }
+        path if mesh::is_mesh_path(path) => mesh::route(request, endpoints).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
 }

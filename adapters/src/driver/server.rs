@@ -11,6 +11,7 @@
 //! link cleanly (every result handed to the state is acknowledged; agents resend the rest to
 //! the next server) and hands the unsettled windows over.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -79,6 +80,10 @@ pub(super) struct Shared<R> {
     state: Mutex<ServerState>,
     /// The `/-/targets` generation: a number per distinct [`TargetsKey`] seen.
     targets_generation: Mutex<TargetsGeneration>,
+    /// The `/api/v1/mesh` generation: one more after every change the view shows at once (a
+    /// timer tick: windows settle, series expire, agents go dark; an agent connected or went
+    /// away). Raised after the state changed, so a view built of the old number is rebuilt.
+    mesh_generation: AtomicU64,
     pub(super) link: Arc<R>,
     pub(super) clock: Arc<dyn Clock>,
     exporter: Arc<dyn MetricsExporter>,
@@ -102,6 +107,11 @@ struct TargetsGeneration {
 impl<R: ReportSource> Shared<R> {
     pub(super) fn state(&self) -> MutexGuard<'_, ServerState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The mesh view changed: the endpoints' kept rendering is old.
+    fn mesh_changed(&self) {
+        self.mesh_generation.fetch_add(1, Ordering::Release);
     }
 
     fn targets_generation_of(&self, key: TargetsKey) -> u64 {
@@ -303,6 +313,7 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             targets_generation: Mutex::new(TargetsGeneration::default()),
+            mesh_generation: AtomicU64::new(0),
             link,
             clock,
             exporter,
@@ -387,7 +398,15 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
 
 async fn event_loop<R: ReportSource>(shared: Arc<Shared<R>>) {
     while let Some(event) = shared.link.next_event().await {
+        let agents_changed = matches!(
+            event,
+            probermesh_core::ports::LinkEvent::Connected { .. }
+                | probermesh_core::ports::LinkEvent::Disconnected { .. }
+        );
         let actions = shared.state().handle_event(shared.clock.now(), event);
+        if agents_changed {
+            shared.mesh_changed();
+        }
         shared.perform(actions).await;
     }
 }
@@ -467,6 +486,7 @@ async fn timer_loop<R: ReportSource + 'static>(shared: Arc<Shared<R>>) {
         );
         tokio::time::sleep(wait.max(MIN_TIMER_WAIT)).await;
         let actions = shared.state().handle_timeout(shared.clock.now());
+        shared.mesh_changed();
         let publisher = Arc::clone(&shared);
         // Off the async workers: a big mesh takes a few hundred milliseconds to render.
         let _ = tokio::task::spawn_blocking(move || publisher.publish_settled()).await;
@@ -725,5 +745,25 @@ impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
 
     fn upgrade_api(&self) -> Option<Arc<dyn crate::admin::UpgradeApi>> {
         Some(Arc::new(self.clone()))
+    }
+
+    fn mesh_generation(&self) -> u64 {
+        self.shared.mesh_generation.load(Ordering::Acquire)
+    }
+
+    /// Built under the state's lock; the JSON is rendered by the caller, after it is released.
+    fn mesh_view(&self) -> Option<probermesh_core::mesh::MeshView> {
+        let now = self.shared.clock.now();
+        let view = self.shared.state().mesh_view(now);
+        Some(view)
+    }
+
+    fn mesh_pair(
+        &self,
+        source: &probermesh_core::model::Region,
+        target: &probermesh_core::model::Region,
+    ) -> Option<probermesh_core::mesh::PairView> {
+        let now = self.shared.clock.now();
+        self.shared.state().mesh_pair(now, source, target)
     }
 }

@@ -2,7 +2,11 @@
 //! three regions run in this process on loopback, each agent with its own 127.0.0.x address,
 //! over the real QUIC link (pinned certificate, token); they ping each other and probe the
 //! server's own HTTP endpoint. Every window a region × region table of RTT and loss is
-//! printed, and `/metrics` is served as in production.
+//! printed, and `/metrics` and the mesh page are served as in production.
+//!
+//! The ICMP results go through a simulated WAN (`core::simulated_wan`, labelled simulated in
+//! the terminal and on the page): per region pair delays and jitter, one lossy pair, and one
+//! broken agent that the robust aggregation leaves out.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -28,6 +32,8 @@ use probermesh_adapters::clock::SystemClock;
 use probermesh_adapters::driver::agent as driver;
 use probermesh_core::agent::{AgentConfig, AgentState};
 use probermesh_core::ports::Clock;
+use probermesh_core::probe::Probers;
+use probermesh_core::simulated_wan::{SimulatedWan, WanLink, WanModel};
 
 use crate::agent::system_probers;
 use crate::print_line;
@@ -50,7 +56,62 @@ pub(crate) struct DemoArgs {
 }
 
 const REGIONS: [&str; 3] = ["cn-beijing", "eu-frankfurt", "us-virginia"];
-const AGENTS_PER_REGION: u8 = 2;
+/// Agents per region: three in the first, so the robust aggregation can tell its broken agent
+/// from the other two; six in all.
+const AGENTS_PER_REGION: [u8; 3] = [3, 2, 1];
+/// The simulated WAN's broken agent (the third of the first region).
+const BROKEN_AGENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 13);
+/// The simulated lossy pair and its loss.
+const LOSSY_PAIR: (&str, &str, f64) = ("eu-frankfurt", "us-virginia", 0.08);
+
+/// The demo's simulated network: (source, target, one-way-ish added RTT in ms, jitter in ms).
+const WAN_DELAYS: [(&str, &str, u64, u64); 3] = [
+    ("cn-beijing", "eu-frankfurt", 120, 6),
+    ("cn-beijing", "us-virginia", 180, 10),
+    ("eu-frankfurt", "us-virginia", 40, 3),
+];
+
+/// The label of everything the simulated WAN changes, in the terminal and on the page.
+fn simulated_notice() -> String {
+    format!(
+        "SIMULATED WAN (demo): the delays, jitter and loss are simulated on top of real loopback \
+         probes; {} → {} loses {:.0} %, agent {BROKEN_AGENT} is broken (the robust aggregation \
+         leaves it out)",
+        LOSSY_PAIR.0,
+        LOSSY_PAIR.1,
+        LOSSY_PAIR.2 * 100.0
+    )
+}
+
+/// The simulated network of the demo's agents.
+fn wan_model(agents: &[(Region, IpAddr)]) -> Result<WanModel> {
+    let mut model = WanModel::default();
+    for (source, target, delay_ms, jitter_ms) in WAN_DELAYS {
+        let link = WanLink {
+            delay: Duration::from_millis(delay_ms),
+            jitter: Duration::from_millis(jitter_ms),
+            loss_ratio: 0.0,
+        };
+        model
+            .links
+            .insert((Region::new(source)?, Region::new(target)?), link);
+        model
+            .links
+            .insert((Region::new(target)?, Region::new(source)?), link);
+    }
+    let lossy = (Region::new(LOSSY_PAIR.0)?, Region::new(LOSSY_PAIR.1)?);
+    if let Some(link) = model.links.get_mut(&lossy) {
+        link.loss_ratio = LOSSY_PAIR.2;
+    }
+    model.regions = agents.iter().map(|(r, ip)| (*ip, r.clone())).collect();
+    model.broken_hosts = vec![IpAddr::V4(BROKEN_AGENT)];
+    model.broken = WanLink {
+        delay: Duration::from_millis(150),
+        jitter: Duration::from_millis(40),
+        loss_ratio: 0.6,
+    };
+    Ok(model)
+}
 
 /// Runs the demo.
 pub(crate) async fn run(args: DemoArgs) -> Result<()> {
@@ -76,6 +137,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         probe_file: None,
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: None,
+        mesh_requires_token: false,
+        mesh_notice: Some(simulated_notice()),
         data_dir: None,
         tasks: None,
         releases: Default::default(),
@@ -101,12 +164,29 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let probers = system_probers()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut agents = Vec::new();
+    let mut members = Vec::new();
     for (r, region) in REGIONS.iter().enumerate() {
-        for n in 1..=AGENTS_PER_REGION {
-            // 127.0.0.11, .12 for the first region, .21, .22 for the second, …
+        for n in 1..=AGENTS_PER_REGION[r] {
+            // 127.0.0.11, .12, .13 for the first region, .21, .22 for the second, …
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, (r as u8 + 1) * 10 + n));
-            let me = AgentId::new(Region::new(region)?, ip);
+            members.push((Region::new(region)?, ip));
+        }
+    }
+    let model = Arc::new(wan_model(&members)?);
+    let mut agents = Vec::new();
+    for (seed, (region, ip)) in (1u64..).zip(members) {
+        {
+            let probers = Probers {
+                icmp: Arc::new(SimulatedWan::new(
+                    Arc::clone(&probers.icmp),
+                    Arc::clone(&model),
+                    region.clone(),
+                    ip,
+                    seed,
+                )),
+                ..probers.clone()
+            };
+            let me = AgentId::new(region, ip);
             let identity = AgentIdentity::new(me.clone(), AgentVersion::new(VERSION))
                 .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             let config = AgentLinkConfig::new(
@@ -156,6 +236,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         interval.as_secs(),
         server.http_addr()
     ))?;
+    print_line(&format!(
+        "The mesh page: http://{}/  (JSON: http://{}/api/v1/mesh)",
+        server.http_addr(),
+        server.http_addr()
+    ))?;
+    print_line(&simulated_notice())?;
     print_line("The first numbers appear after two windows. Ctrl-C stops.")?;
 
     let started = tokio::time::Instant::now();
@@ -171,6 +257,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         if tty {
             print_line("\x1b[2J\x1b[H")?;
         }
+        print_line(&simulated_notice())?;
         print_line(&table)?;
         if args
             .duration_s

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use probermesh_adapters::admin::AdminServer;
+use probermesh_adapters::admin::{AdminLimits, AdminServer};
 use probermesh_adapters::clock::SystemClock;
 use probermesh_adapters::driver::server::{
     ServerDriver, ServerHandle, ServerParts as DriverParts, StopReport,
@@ -52,6 +52,10 @@ pub(crate) struct ServerParts {
     pub(crate) probe_file: Option<ProbeFileOnDisk>,
     pub(crate) http_listen_addr: String,
     pub(crate) admin_token: Option<Token>,
+    /// `-server.mesh.require-token`.
+    pub(crate) mesh_requires_token: bool,
+    /// The line the mesh page shows (the demo's simulated-WAN label).
+    pub(crate) mesh_notice: Option<String>,
     /// The data directory whose store receives the unsettled windows at stop (`None`: they
     /// are dropped, as the demo does).
     pub(crate) data_dir: Option<PathBuf>,
@@ -86,6 +90,9 @@ impl RunningServer {
             Aggregator::new(parts.aggregator, clock.now()).context("the aggregation settings")?;
         let mut state = ServerState::new(aggregator, parts.pool)
             .with_upgrades(UpgradeDesk::new(parts.rollouts));
+        if let Some(notice) = parts.mesh_notice {
+            state = state.with_mesh_notice(notice);
+        }
         let mut task_archive = None;
         if let Some((settings, meta_dir)) = parts.tasks {
             let limits = ArchiveLimits {
@@ -112,10 +119,14 @@ impl RunningServer {
                 ..parts.releases
             },
         });
-        let admin = match AdminServer::start(
+        let admin = match AdminServer::start_with(
             &parts.http_listen_addr,
             Arc::new(driver.handle()),
             parts.admin_token,
+            AdminLimits {
+                mesh_requires_token: parts.mesh_requires_token,
+                ..AdminLimits::default()
+            },
         )
         .await
         {
@@ -262,6 +273,8 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
         probe_file,
         http_listen_addr: args.http_listen_addr.clone(),
         admin_token: Some(admin_token),
+        mesh_requires_token: args.mesh_require_token,
+        mesh_notice: None,
         data_dir: Some(args.data_dir.clone()),
         tasks: args
             .task
@@ -347,6 +360,8 @@ mod tests {
             probe_file: None,
             http_listen_addr: http_listen_addr.to_owned(),
             admin_token: None,
+            mesh_requires_token: false,
+            mesh_notice: None,
             data_dir: Some(dir.to_owned()),
             tasks: None,
             rollouts: RolloutSettings::default(),

@@ -18,13 +18,27 @@ pub(crate) struct IcmpCell<'a> {
     pub(crate) result: &'a IcmpResult,
 }
 
-/// A member left out of the pair by the robust method.
+/// A member of the pair (left out by the robust method, or in the breakdown).
 #[derive(Clone, Debug, Eq, Ord, PartialEq, PartialOrd)]
-pub(crate) enum IcmpOutlier {
+pub enum IcmpOutlier {
     /// A source agent, by IP.
     Source(String),
     /// A target host, as configured or discovered.
     Target(String),
+}
+
+/// One member of a pair (a source agent or a target host) as the window saw it: the pair
+/// page's per-agent breakdown.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IcmpMember {
+    /// The source agent (by IP) or the target host.
+    pub member: IcmpOutlier,
+    /// Lost echoes over echoes sent (a probe that could not measure counts as one lost).
+    pub loss_ratio: Option<f64>,
+    /// Mean RTT of its replies.
+    pub rtt_seconds: Option<f64>,
+    /// Whether the robust method left it out.
+    pub left_out: bool,
 }
 
 /// The numbers of one pair for one window; `None` where no result had data for that gauge.
@@ -42,6 +56,8 @@ pub(crate) struct IcmpPairWindow {
     pub(crate) histogram: RttHistogram,
     /// Members left out.
     pub(crate) outliers: Vec<IcmpOutlier>,
+    /// Every source agent and target host with its own numbers (sources first).
+    pub(crate) members: Vec<IcmpMember>,
 }
 
 /// Aggregates `cells` with `method`.
@@ -54,8 +70,10 @@ pub(crate) fn aggregate_icmp_pair(
         AggregationMethod::Mean => (vec![true; cells.len()], Vec::new()),
         AggregationMethod::Robust => robust_selection(cells, robust),
     };
+    let members = breakdown(cells, &outliers);
     let mut window = IcmpPairWindow {
         outliers,
+        members,
         ..IcmpPairWindow::default()
     };
     let (mut loss_sum, mut loss_count) = (0.0, 0u64);
@@ -92,6 +110,37 @@ pub(crate) fn aggregate_icmp_pair(
         window.jitter_seconds = Some(jitter_sum / n);
     }
     window
+}
+
+/// The breakdown of the pair by source agent and by target host (a member whose every cell
+/// involved a left-out member of the other dimension is absent).
+fn breakdown(cells: &[IcmpCell<'_>], outliers: &[IcmpOutlier]) -> Vec<IcmpMember> {
+    let member = |member: IcmpOutlier, stats: MemberStats| IcmpMember {
+        left_out: outliers.contains(&member),
+        loss_ratio: (stats.trials > 0).then(|| stats.bad as f64 / stats.trials as f64),
+        rtt_seconds: stats.latency_seconds,
+        member,
+    };
+    // Each member over the cells the other dimension kept: a target host is not blamed for a
+    // broken source's losses, nor a source for a broken target's.
+    let source_out =
+        |c: &IcmpCell<'_>| outliers.contains(&IcmpOutlier::Source(c.source.ip.to_string()));
+    let target_out =
+        |c: &IcmpCell<'_>| outliers.contains(&IcmpOutlier::Target(c.target.to_owned()));
+    let by_kept = |keep: &dyn Fn(&IcmpCell<'_>) -> bool| -> Vec<IcmpCell<'_>> {
+        cells.iter().copied().filter(|c| keep(c)).collect()
+    };
+    let sources = member_stats(&by_kept(&|c| !target_out(c)), |c| c.source.ip);
+    let targets = member_stats(&by_kept(&|c| !source_out(c)), |c| c.target);
+    sources
+        .into_iter()
+        .map(|(ip, stats)| member(IcmpOutlier::Source(ip.to_string()), stats))
+        .chain(
+            targets
+                .into_iter()
+                .map(|(host, stats)| member(IcmpOutlier::Target(host.to_owned()), stats)),
+        )
+        .collect()
 }
 
 /// Per-member statistics of one dimension (sources or targets), keyed by member.

@@ -49,6 +49,13 @@ impl Liveness {
             })
     }
 
+    /// Every known (agent, version) with its last heartbeat.
+    pub(crate) fn heartbeats(&self) -> impl Iterator<Item = (&AgentId, &AgentVersion, UnixMillis)> {
+        self.last_heartbeat
+            .iter()
+            .map(|((agent, version), last)| (agent, version, *last))
+    }
+
     /// Agents with at least one live version, each once, sorted.
     pub(crate) fn live_agents(&self, now: UnixMillis, ttl: Duration) -> Vec<AgentId> {
         let mut live: Vec<AgentId> = self

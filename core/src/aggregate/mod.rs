@@ -23,9 +23,9 @@
 mod families;
 mod http;
 mod icmp;
-mod liveness;
+pub(crate) mod liveness;
 mod robust;
-mod series;
+pub(crate) mod series;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +39,7 @@ pub use robust::RobustConfig;
 
 use self::http::{HttpCell, aggregate_http_group};
 use self::icmp::{IcmpCell, aggregate_icmp_pair};
+pub use self::icmp::{IcmpMember, IcmpOutlier};
 use self::liveness::Liveness;
 use self::series::SeriesStore;
 use crate::model::time::duration_millis;
@@ -430,6 +431,11 @@ impl Aggregator {
             },
             part,
         )
+    }
+
+    /// The exposed per-pair state and the agents' heartbeats, for the mesh view.
+    pub(crate) fn exposed(&self) -> (&SeriesStore, &Liveness) {
+        (&self.series, &self.liveness)
     }
 
     fn settle(&mut self, now: UnixMillis, results: &HashMap<ResultKey, ProbeOutcome>) {

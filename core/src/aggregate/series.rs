@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::http::HttpGroupWindow;
-use super::icmp::{IcmpOutlier, IcmpPairWindow};
+use super::icmp::{IcmpMember, IcmpOutlier, IcmpPairWindow};
 use crate::model::{Region, TlsVersion, UnixMillis};
 use crate::stats::RttHistogram;
 
@@ -45,6 +45,8 @@ pub(crate) struct IcmpPairSeries {
     pub(crate) histogram: Option<Stamped<RttHistogram>>,
     /// The members left out in the pair's latest window.
     pub(crate) outliers: Option<Stamped<Vec<IcmpOutlier>>>,
+    /// Every member's numbers in the pair's latest window (the mesh view's breakdown).
+    pub(crate) members: Option<Stamped<Vec<IcmpMember>>>,
 }
 
 impl IcmpPairSeries {
@@ -63,9 +65,11 @@ impl IcmpPairSeries {
         histogram.merge(&window.histogram);
         self.histogram = Some(Stamped::new(histogram, now));
         self.outliers = Some(Stamped::new(window.outliers, now));
+        self.members = Some(Stamped::new(window.members, now));
     }
 
     fn expire(&mut self, now: UnixMillis, ttl: Duration) -> bool {
+        expire_slot(&mut self.members, now, ttl);
         expire_slot(&mut self.failed, now, ttl);
         expire_slot(&mut self.loss_percent, now, ttl);
         expire_slot(&mut self.durations_seconds, now, ttl);

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::aggregate::{Aggregator, Counters, Intake, SnapshotPart};
 use crate::link::{FromAgent, ToAgent, feature};
+use crate::mesh::{self, HistoryLimits, MeshHistory, MeshView, PairView};
 use crate::model::{
     AgentId, AgentVersion, ProbeConfig, ProbeKind, ProbeResult, Region, UnixMillis,
 };
@@ -197,6 +198,10 @@ pub struct ServerState {
     tasks: Option<TaskBook>,
     /// Self-upgrades (`/-/upgrade`).
     upgrades: UpgradeDesk,
+    /// The mesh view's per-pair history, recorded at every aggregation tick.
+    mesh_history: MeshHistory,
+    /// A line the mesh page shows (the demo's "simulated WAN" label).
+    mesh_notice: Option<String>,
 }
 
 /// What [`ServerState::targets`] and [`ServerState::pool_refusals`] are a function of, taken
@@ -215,9 +220,12 @@ impl ServerState {
     /// A server aggregating with `aggregator` and handing out `pool`.
     #[must_use]
     pub fn new(aggregator: Aggregator, pool: TargetPool) -> Self {
+        let mesh_history = MeshHistory::new(aggregator.config().window, HistoryLimits::default());
         Self {
             aggregator,
             pool,
+            mesh_history,
+            mesh_notice: None,
             sessions: HashMap::new(),
             refusals: HashMap::new(),
             refused_total: BTreeMap::new(),
@@ -225,6 +233,30 @@ impl ServerState {
             tasks: None,
             upgrades: UpgradeDesk::default(),
         }
+    }
+
+    /// Sets the line the mesh page shows above the matrix (the demo labels its simulated WAN).
+    #[must_use]
+    pub fn with_mesh_notice(mut self, notice: impl Into<String>) -> Self {
+        self.mesh_notice = Some(notice.into());
+        self
+    }
+
+    /// The mesh view at `now` (the page and `/api/v1/mesh`).
+    #[must_use]
+    pub fn mesh_view(&self, now: UnixMillis) -> MeshView {
+        mesh::build(
+            &self.aggregator,
+            &self.mesh_history,
+            self.mesh_notice.as_deref(),
+            now,
+        )
+    }
+
+    /// The page of one pair at `now`; `None` when a region is unknown.
+    #[must_use]
+    pub fn mesh_pair(&self, now: UnixMillis, source: &Region, target: &Region) -> Option<PairView> {
+        mesh::pair(&self.aggregator, &self.mesh_history, source, target, now)
     }
 
     /// Sets the upgrade desk (its settings, or what a previous server kept).
@@ -606,6 +638,7 @@ impl ServerState {
     /// Settles due windows, expires series and task runs, and pushes the pools that changed.
     pub fn handle_timeout(&mut self, now: UnixMillis) -> Actions {
         self.aggregator.handle_timeout(now);
+        self.mesh_history.record(now, &self.aggregator);
         let mut actions = Actions::default();
         self.push_changed_pools(now, &mut actions);
         if let Some(book) = &mut self.tasks {

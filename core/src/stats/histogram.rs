@@ -44,6 +44,48 @@ pub struct RttHistogram {
 }
 
 impl RttHistogram {
+    /// The `q` quantile (0 to 1) as Prometheus' `histogram_quantile` estimates it: linear
+    /// within the bucket holding the rank, the lowest bucket starting at 0; a rank in the +Inf
+    /// bucket answers the last finite bound. `None` when empty or `q` is outside 0..=1.
+    #[must_use]
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total = self.count();
+        if total == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let bounds = bucket_bounds_nanos();
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (k, count) in self.counts.iter().enumerate() {
+            let upto = below + count;
+            if (upto as f64) >= rank && *count > 0 {
+                let Some(upper) = bounds.get(k) else {
+                    return Some(Duration::from_nanos(bounds[BUCKET_COUNT - 1]));
+                };
+                let lower = if k == 0 { 0 } else { bounds[k - 1] };
+                let within = ((rank - below as f64) / *count as f64).clamp(0.0, 1.0);
+                let nanos = lower as f64 + (upper - lower) as f64 * within;
+                return Some(Duration::from_nanos(nanos as u64));
+            }
+            below = upto;
+        }
+        Some(Duration::from_nanos(bounds[BUCKET_COUNT - 1]))
+    }
+
+    /// What was observed since `earlier`, a previous state of this cumulative histogram;
+    /// `None` when a count went down (the histogram restarted in between).
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Option<Self> {
+        let mut counts = [0u64; BUCKET_COUNT + 1];
+        for ((out, now), before) in counts.iter_mut().zip(&self.counts).zip(&earlier.counts) {
+            *out = now.checked_sub(*before)?;
+        }
+        Some(Self {
+            counts,
+            sum_nanos: self.sum_nanos.checked_sub(earlier.sum_nanos)?,
+        })
+    }
+
     /// An empty histogram.
     #[must_use]
     pub fn new() -> Self {
@@ -124,6 +166,36 @@ impl RttHistogram {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_as_prometheus_does() {
+        let mut h = RttHistogram::new();
+        assert_eq!(h.quantile(0.5), None);
+        // Four RTTs in (100 µs, 200 µs]: the median is half way through that bucket.
+        for _ in 0..4 {
+            h.observe(Duration::from_micros(150));
+        }
+        assert_eq!(h.quantile(0.5), Some(Duration::from_micros(150)));
+        assert_eq!(h.quantile(1.0), Some(Duration::from_micros(200)));
+        h.observe(Duration::from_secs(60));
+        assert_eq!(
+            h.quantile(1.0),
+            Some(Duration::from_nanos(bucket_bounds_nanos()[18]))
+        );
+        assert_eq!(h.quantile(1.5), None);
+    }
+
+    #[test]
+    fn since_is_what_was_added_and_none_after_a_restart() {
+        let mut earlier = RttHistogram::new();
+        earlier.observe(Duration::from_millis(1));
+        let mut later = earlier.clone();
+        later.observe(Duration::from_millis(20));
+        let mut added = RttHistogram::new();
+        added.observe(Duration::from_millis(20));
+        assert_eq!(later.since(&earlier), Some(added));
+        assert_eq!(earlier.since(&later), None);
+    }
 
     #[test]
     fn bounds_are_the_go_exponential_buckets() {

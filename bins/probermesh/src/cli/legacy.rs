@@ -155,6 +155,12 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "bearer token for /-/reload, /-/task, /-/upgrade",
     ),
     (
+        "server.mesh.require-token",
+        Side::Server,
+        true,
+        "/api/v1/mesh needs the admin token (default: public like /metrics)",
+    ),
+    (
         "agent.rpc.report.addr",
         Side::Agent,
         false,
@@ -467,6 +473,15 @@ mod tests {
             run(&["-mode=agent", "-agent.tls.insecure=true"]),
             ["agent", "--tls-insecure"]
         );
+    }
+
+    #[test]
+    fn the_mesh_token_switch_has_a_go_spelling() {
+        assert_eq!(
+            run(&["-server.mesh.require-token"]),
+            ["server", "--mesh-require-token"]
+        );
+        assert_eq!(run(&["-server.mesh.require-token=false"]), ["server"]);
     }
 
     #[test]

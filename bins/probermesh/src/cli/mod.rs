@@ -89,6 +89,9 @@ pub(crate) struct ServerArgs {
     /// file holding the bearer token of /-/reload, /-/task, /-/upgrade (else the agents')
     #[argh(option)]
     pub(crate) admin_token_file: Option<PathBuf>,
+    /// the mesh view's data (/api/v1/mesh) needs the admin token (default: public)
+    #[argh(switch)]
+    pub(crate) mesh_require_token: bool,
     /// log directory for daily files; empty (default) logs to stderr only
     #[argh(option, default = "String::new()")]
     pub(crate) log_dir: String,
