@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # Builds the Debian package of ProberMesh with dpkg-deb from a staging tree: the binary
 # (stripped), the systemd units, the default configuration under /etc (conffiles), the
-# maintainer scripts (system user, generated token, CAP_NET_RAW), the dashboards, the alert
+# maintainer scripts (system user, generated token; CAP_NET_RAW comes from the agent unit),
+# the dashboards, the alert
 # rules and the docs. dpkg-deb --root-owner-group is Debian's own tool; cargo-deb would build
 # the same tree but takes minutes to compile in CI.
 #
-#   scripts/build-deb.sh [--binary PATH] [--version V] [--out DIR]
+#   scripts/build-deb.sh [--binary PATH] [--version V] [--out DIR] [--fast]
 #
 # Defaults: target/release/probermesh (else target/debug/probermesh), the binary's own
-# `probermesh version`, target/deb. Prints the path of the .deb.
+# `probermesh version`, target/deb; xz -6, or xz -1 with --fast (CI). Prints the path of the
+# .deb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-binary="" version="" out="target/deb"
+binary="" version="" out="target/deb" level=6
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary="$2"; shift 2 ;;
     --version) version="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    *) echo "usage: $0 [--binary PATH] [--version V] [--out DIR]" >&2; exit 64 ;;
+    --fast) level=1; shift ;;
+    *) echo "usage: $0 [--binary PATH] [--version V] [--out DIR] [--fast]" >&2; exit 64 ;;
   esac
 done
 if [ -z "$binary" ]; then
@@ -60,7 +63,6 @@ Architecture: $arch
 Maintainer: ProberMesh maintainers <probermesh@localhost>
 Installed-Size: $size
 Depends: libc6 (>= 2.34), passwd
-Recommends: libcap2-bin
 Section: net
 Priority: optional
 Homepage: https://github.com/probermesh/probermesh
@@ -71,5 +73,5 @@ Description: network mesh prober (ICMP region to region, HTTP region to URL)
  dashboards and Prometheus alert rules (/usr/share/probermesh).
 CONTROL
 deb="$out/probermesh_${version}_${arch}.deb"
-dpkg-deb --build --root-owner-group -Zxz "$stage" "$deb" >/dev/null
+dpkg-deb --build --root-owner-group -Zxz -z"$level" "$stage" "$deb" >/dev/null
 echo "$deb"

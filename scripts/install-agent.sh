@@ -50,7 +50,8 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$region" ] && [ -n "$server" ] && [ -n "$token_file" ] && [ -n "$fingerprint" ] || usage
 [[ "$region" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ ]] || die "--region $region: letters, digits, '.', '_' and '-' only"
-[[ "$server" =~ ^[A-Za-z0-9.:\[\]_-]+:[0-9]{1,5}$ ]] || die "--server $server: HOST:PORT"
+host_port='^[][A-Za-z0-9.:_-]+:[0-9]{1,5}$'
+[[ "$server" =~ $host_port ]] || die "--server $server: HOST:PORT"
 hex="${fingerprint//:/}"
 [[ "$hex" =~ ^[0-9A-Fa-f]{64}$ ]] || die "--fingerprint: the server certificate's SHA-256 (64 hex digits, colons optional)"
 [ -f "$token_file" ] && [ -s "$token_file" ] || die "--token-file $token_file: not a non-empty file"
