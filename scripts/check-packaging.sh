@@ -286,7 +286,8 @@ setpriv --reuid=probermesh --regid=probermesh --init-groups --no-new-privs --bou
   --rpc-report-addr "127.0.0.1:$link_port" --tls-server-fingerprint "$deb_fp" --probe-interval 2s \
   2> "$ddir/agent.log" &
 pids+=($!)
-measured() { metrics | grep >/dev/null '^prober_icmp_packet_loss_rate{source_region="deb-test",target_region="loop"} 0$'; }
+# A successful probe (an echo came back) is what makes the rtt series appear.
+measured() { metrics | grep >/dev/null '^prober_icmp_duration_seconds{phase="rtt",source_region="deb-test",target_region="loop"} [0-9]'; }
 wait_until 40 "the installed agent's ICMP results (as probermesh with CAP_NET_RAW only)" measured
 grep -q 'CapEff:\s*0000000000002000' "/proc/${pids[-1]}/status" || fail "the agent's effective capabilities are not CAP_NET_RAW alone: $(grep Cap "/proc/${pids[-1]}/status")"
 kill "${pids[-1]}" "${pids[-2]}"
