@@ -4,10 +4,12 @@
 # ICMP permission tests), curl (the HTTP phase reference), openssl (the certificates operators
 # make), prometheus (promtool, and a real Prometheus scraping the server), python3 (the upgrade
 # lab's release file server), binutils (strip, for the upgrade lab's binaries), chromium and
-# chromium-driver (the mesh page's browser test and scripts/bench-mesh-page.sh). Called by
+# chromium-driver (the mesh page's browser test and scripts/bench-mesh-page.sh), systemd
+# (systemd-analyze for the units), supervisor (a real supervisord runs the agent's program),
+# python3-venv (kubernetes-validate from PyPI) (scripts/check-packaging.sh). Called by
 # scripts/test.sh, so the README's test command works on a fresh machine.
 set -euo pipefail
-packages="iputils-ping nftables iproute2 util-linux curl prometheus openssl python3 binutils chromium chromium-driver"
+packages="iputils-ping nftables iproute2 util-linux curl prometheus openssl python3 binutils chromium chromium-driver systemd supervisor python3-venv"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -20,4 +22,6 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   # The package starts a Prometheus on :9090; the tests start their own on free ports.
   systemctl stop prometheus 2>/dev/null || pkill -x prometheus 2>/dev/null || true
+  # Likewise supervisor's own supervisord, when it started one (the check runs its own).
+  systemctl stop supervisor 2>/dev/null || true
 fi

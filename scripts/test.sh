@@ -25,6 +25,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-featur
 step "core purity"
 bash scripts/check-core-purity.sh
 
+step "packaging (scripts/check-packaging.sh)"
+bash scripts/check-packaging.sh
+
 step "benches compile"
 cargo bench --locked --workspace --no-run
 
