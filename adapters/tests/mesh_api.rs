@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use probermesh_adapters::admin::{
-    AdminApi, AdminLimits, AdminServer, MESH_CSP, MESH_MAX_AGE, mesh_json, pair_json,
+    AdminApi, AdminLimits, AdminServer, MESH_CSP, MESH_MAX_AGE, MESH_MIN_INTERVAL, mesh_json,
+    pair_json,
 };
 use probermesh_adapters::secret::Token;
 use probermesh_core::aggregate::{AggregationMethod, Aggregator, AggregatorConfig};
@@ -419,6 +420,8 @@ fn body(answer: &str) -> &str {
 async fn the_mesh_json_is_built_once_per_generation_and_served_from_the_kept_bytes() {
     let (server, api) = start_with_api(false).await;
     let addr = server.local_addr();
+    // Before the first build: an instant no later than it.
+    let before_first_build = std::time::Instant::now();
     let first = request(addr, "GET", "/api/v1/mesh", None).await;
     assert!(first.starts_with("http/1.1 200"), "{first}");
     // The kept bytes are exactly the JSON of the view built (the golden content).
@@ -435,8 +438,18 @@ async fn the_mesh_json_is_built_once_per_generation_and_served_from_the_kept_byt
         1,
         "one build for 10 requests"
     );
-    // A change of the state (a window settled, an agent connected): built again at once.
+    // A change of the state (a window settled, an agent connected) within the minimum
+    // interval between builds: still the kept bytes (a connect storm costs no build each).
     api.generation.fetch_add(1, Ordering::SeqCst);
+    let within = request(addr, "GET", "/api/v1/mesh", None).await;
+    // Checked only when this request surely came within the interval (a slow machine may
+    // take longer than it for the requests above).
+    if before_first_build.elapsed() < MESH_MIN_INTERVAL {
+        assert_eq!(body(&within), body(&first), "within the minimum interval");
+        assert_eq!(api.builds.load(Ordering::SeqCst), 1);
+    }
+    // Past it: built again.
+    tokio::time::sleep(MESH_MIN_INTERVAL).await;
     let after_change = request(addr, "GET", "/api/v1/mesh", None).await;
     assert_eq!(api.builds.load(Ordering::SeqCst), 2);
     assert_eq!(body(&after_change), mesh_json(&api.view_of_build(1)));

@@ -531,6 +531,10 @@ struct Endpoints {
 /// and liveness move between the state's changes). So the view is at most this old, and is
 /// built at most once per this interval plus once per generation.
 pub const MESH_MAX_AGE: Duration = Duration::from_secs(1);
+/// The shortest time between two builds of the mesh view, whatever changed: a storm of agent
+/// connects (each one moves the generation) during a flood of requests costs at most one
+/// build per this interval.
+pub const MESH_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The kept `/api/v1/mesh` rendering: `None` as body when the server has no mesh view.
 struct KeptMesh {
@@ -588,8 +592,8 @@ impl Endpoints {
         // Read before building: a change after this read makes the next request build again.
         let generation = self.api.mesh_generation();
         if let Some(mesh) = kept.as_ref()
-            && mesh.generation == generation
-            && mesh.built.elapsed() < MESH_MAX_AGE
+            && ((mesh.generation == generation && mesh.built.elapsed() < MESH_MAX_AGE)
+                || mesh.built.elapsed() < MESH_MIN_INTERVAL)
         {
             return Ok(mesh.body.clone());
         }
