@@ -256,3 +256,138 @@ async fn the_mesh_generation_moves_on_connects_disconnects_and_ticks_only() {
     );
     driver.stop().await;
 }
+
+/// A chunk held back by the bandwidth cap goes out when the cap allows it, not at the timer's
+/// earlier due time (the end of a long window): the driver's timer wakes for a sooner timeout.
+#[tokio::test(start_paused = true)]
+async fn a_chunk_held_back_by_the_cap_is_sent_when_the_cap_allows() {
+    use probermesh_adapters::driver::upgrade::ReleaseIntake;
+    use probermesh_core::upgrade::rollout::{
+        BatchSize, CHUNK_LEN, Release, RolloutRequest, RolloutSettings, Strategy, UpgradeDesk,
+    };
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(UnixMillis(T0)));
+    let source = Arc::new(FakeReportSource::open());
+    let dir = std::env::temp_dir().join(format!("pm-driver-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("the release dir");
+    let sha256 = [3u8; 32];
+    let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        dir.join(format!("{hex}.bin")),
+        vec![7u8; 4 * CHUNK_LEN as usize],
+    )
+    .expect("the release");
+    // A long window: without the wake-up, the held-back chunk would wait for its end.
+    let aggregator = Aggregator::new(
+        AggregatorConfig {
+            window: Duration::from_secs(120),
+            ..AggregatorConfig::default()
+        },
+        clock.now(),
+    )
+    .expect("aggregator");
+    let mut state = ServerState::new(
+        aggregator,
+        TargetPool::new(vec![], Discovery::Static, false),
+    )
+    .with_upgrades(UpgradeDesk::new(RolloutSettings {
+        // One chunk a second, a burst of one chunk.
+        max_bytes_per_second: Some(CHUNK_LEN),
+        ..RolloutSettings::default()
+    }));
+    let agents: Vec<AgentId> = (1..=2)
+        .map(|n| {
+            AgentId::new(
+                Region::new("eu").expect("region"),
+                format!("198.18.0.{n}").parse().expect("ip"),
+            )
+        })
+        .collect();
+    for (n, agent) in agents.iter().enumerate() {
+        let id = n as u64 + 1;
+        let _ = state.handle_event(
+            clock.now(),
+            LinkEvent::Connected {
+                connection: ConnectionId(id),
+                agent: agent.clone(),
+                version: AgentVersion::new("1.0.0"),
+                observed_addr: SocketAddr::new(agent.ip, 40_000),
+                capabilities: Capabilities {
+                    protocol_version: 2,
+                    features: ["upgrade".to_owned()].into(),
+                },
+                instance: id,
+            },
+        );
+    }
+    let _ = state
+        .start_rollout(
+            clock.now(),
+            RolloutRequest {
+                release: Release {
+                    version: "1.1.0".parse().expect("version"),
+                    size_bytes: 4 * CHUNK_LEN,
+                    sha256,
+                    signature: None,
+                    source: "http://198.18.0.9/probermesh".into(),
+                },
+                force: false,
+                strategy: Strategy {
+                    canary: 0,
+                    batch: BatchSize::Agents(2),
+                    max_failures: 0,
+                    soak: Duration::from_secs(1),
+                },
+                regions: None,
+                actor: "test".into(),
+                remote: "127.0.0.1:1".into(),
+            },
+        )
+        .expect("started");
+    let offer_id = state.upgrades().rollout().expect("rollout").id;
+    let driver = ServerDriver::start(ServerParts {
+        link: Arc::clone(&source),
+        state,
+        clock: Arc::clone(&clock),
+        exporter: Arc::new(CapturingExporter::new()) as _,
+        pool_source: None,
+        store: None,
+        task_archive: None,
+        releases: ReleaseIntake {
+            dir: Some(dir.clone()),
+            ..ReleaseIntake::default()
+        },
+    });
+    let chunks_to = |connection: u64| {
+        source
+            .sent_to()
+            .into_iter()
+            .filter(|(c, m)| {
+                *c == ConnectionId(connection) && matches!(m, ToAgent::BinaryChunk { .. })
+            })
+            .count()
+    };
+    // Let the timer loop go to sleep until its due time (the window's end) first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (n, agent) in agents.iter().enumerate() {
+        source.push_event(LinkEvent::Message {
+            connection: ConnectionId(n as u64 + 1),
+            agent: agent.clone(),
+            message: FromAgent::ChunkRequest {
+                offer_id,
+                offset: 0,
+            },
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(chunks_to(1), 1, "the burst: one chunk at once");
+    assert_eq!(chunks_to(2), 0, "held back by the cap");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        chunks_to(2),
+        1,
+        "sent one second later, not at the window's end"
+    );
+    source.end();
+    driver.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

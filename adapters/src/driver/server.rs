@@ -84,6 +84,12 @@ pub(super) struct Shared<R> {
     /// timer tick: windows settle, series expire, agents go dark; an agent connected or went
     /// away). Raised after the state changed, so a view built of the old number is rebuilt.
     mesh_generation: AtomicU64,
+    /// When the timer loop sleeps until (ms since the epoch), and its wake-up: a change that
+    /// brings the state's next timeout earlier (a chunk held back by the bandwidth cap, a
+    /// batch's soak, a task's lifetime) wakes it, or it would only see it at its old due time
+    /// (a window's end).
+    timer_due_ms: AtomicU64,
+    timer_wake: tokio::sync::Notify,
     pub(super) link: Arc<R>,
     pub(super) clock: Arc<dyn Clock>,
     exporter: Arc<dyn MetricsExporter>,
@@ -173,7 +179,22 @@ impl<R: ReportSource> Shared<R> {
         }
     }
 
+    /// Wakes the timer loop when the state's next timeout is now earlier than the one it
+    /// sleeps until.
+    /// Both sides read and write the due time under the state's lock, so no change falls
+    /// between the loop's reading of the state and its storing of the due time.
+    fn wake_timer_if_sooner(&self) {
+        let sooner = {
+            let state = self.state();
+            state.next_timeout().as_millis() < self.timer_due_ms.load(Ordering::SeqCst)
+        };
+        if sooner {
+            self.timer_wake.notify_one();
+        }
+    }
+
     pub(super) async fn perform(&self, actions: Actions) {
+        self.wake_timer_if_sooner();
         for record in &actions.task_records {
             tracing::warn!(
                 task = record.task_id,
@@ -314,6 +335,8 @@ impl<R: ReportSource + 'static> ServerDriver<R> {
             state: Mutex::new(state),
             targets_generation: Mutex::new(TargetsGeneration::default()),
             mesh_generation: AtomicU64::new(0),
+            timer_due_ms: AtomicU64::new(0),
+            timer_wake: tokio::sync::Notify::new(),
             link,
             clock,
             exporter,
@@ -479,12 +502,21 @@ async fn timer_loop<R: ReportSource + 'static>(shared: Arc<Shared<R>>) {
                 Err(error) => tracing::error!(%error, "pruning task results failed"),
             }
         }
-        let due = shared.state().next_timeout();
+        let due = {
+            let state = shared.state();
+            let due = state.next_timeout();
+            shared.timer_due_ms.store(due.as_millis(), Ordering::SeqCst);
+            due
+        };
         let wait = Duration::from_millis(
             due.as_millis()
                 .saturating_sub(shared.clock.now().as_millis()),
         );
-        tokio::time::sleep(wait.max(MIN_TIMER_WAIT)).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait.max(MIN_TIMER_WAIT)) => {}
+            // Something is due sooner: compute the deadline again.
+            () = shared.timer_wake.notified() => continue,
+        }
         let actions = shared.state().handle_timeout(shared.clock.now());
         shared.mesh_changed();
         let publisher = Arc::clone(&shared);

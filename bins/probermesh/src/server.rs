@@ -43,6 +43,20 @@ pub(crate) async fn resolve_addr(flag: &str, addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("-{flag} {addr:?} resolves to no address"))
 }
 
+/// The bandwidth cap of `-server.upgrade.max-bytes-per-second` (0: none). Under 64 KiB/s a
+/// batch's agents would wait minutes per 256 KiB chunk and give up (an agent asks six times,
+/// 30 s apart), so such a cap is refused.
+fn upgrade_cap(bytes_per_second: u64) -> Result<Option<u64>> {
+    const LEAST: u64 = 64 * 1024;
+    match bytes_per_second {
+        0 => Ok(None),
+        n if n < LEAST => anyhow::bail!(
+            "invalid value {n} for flag -server.upgrade.max-bytes-per-second: 0 (no cap) or at least {LEAST} (agents give up on a chunk after 3 minutes)"
+        ),
+        n => Ok(Some(n)),
+    }
+}
+
 /// What a server is started from (the flags, or the demo's choices).
 pub(crate) struct ServerParts {
     pub(crate) link: ServerConfig,
@@ -281,8 +295,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             .then(|| (choices.tasks.clone(), args.task_meta_dir.clone())),
         releases,
         rollouts: RolloutSettings {
-            max_bytes_per_second: (args.upgrade_max_bytes_per_second > 0)
-                .then_some(args.upgrade_max_bytes_per_second),
+            max_bytes_per_second: upgrade_cap(args.upgrade_max_bytes_per_second)?,
             ..RolloutSettings::default()
         },
     })

@@ -216,3 +216,36 @@ fn without_icmp_permission_the_demo_says_how_and_keeps_http() {
         "HTTP keeps running: {stdout}"
     );
 }
+
+#[test]
+fn upgrade_limits_that_cannot_work_are_refused_saying_why() {
+    let dir = probermesh_tests::harness::TempDir::new("pm-cli-upgrade-limits");
+    let data_arg = dir.path().join("data").display().to_string();
+    let stderr = failed_server_start(&[
+        "--upgrade-max-bytes-per-second",
+        "1000",
+        "--data-dir",
+        &data_arg,
+    ]);
+    assert!(
+        stderr.contains("-server.upgrade.max-bytes-per-second") && stderr.contains("65536"),
+        "{stderr}"
+    );
+    // The agent's probation deadline must fit in the server's 5 minutes for a restart.
+    let output = Command::new(BIN)
+        .args([
+            "agent",
+            "--region",
+            "eu",
+            "--rpc-report-addr",
+            "127.0.0.1:9",
+        ])
+        .args(["--tls-server-fingerprint", &"AB".repeat(32)])
+        .args(["--upgrade", "--upgrade-deadline", "10m"])
+        .env("PROBERMESH_TOKEN", "test-token-0123456789abc")
+        .output()
+        .expect("the binary runs");
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{stdout}{stderr}");
+    assert!(stderr.contains("-agent.upgrade.deadline"), "{stderr}");
+}

@@ -130,7 +130,8 @@ impl ServerLink for FakeServerLink {
 // === FakeReportSource ===
 
 /// A [`ReportSource`] over an in-memory event queue; `next_event` answers `None` as soon as the
-/// queue is empty (the source looks closed), so a server loop under test ends by itself.
+/// queue is empty (the source looks closed), so a server loop under test ends by itself; made
+/// with [`FakeReportSource::open`] it waits for the next `push_event` instead (until `end`).
 /// `send_to` records every message, except to connections marked with `disconnect` (or
 /// closed), which fail with [`LinkError::Disconnected`]; `close` records the reason.
 #[derive(Debug, Default)]
@@ -145,6 +146,9 @@ struct SourceState {
     closed: Vec<(ConnectionId, String)>,
     gone: BTreeSet<ConnectionId>,
     shut_down: bool,
+    /// Waits for events instead of ending when the queue is empty.
+    stays_open: bool,
+    waiting: Vec<std::task::Waker>,
 }
 
 impl FakeReportSource {
@@ -154,9 +158,33 @@ impl FakeReportSource {
         Self::default()
     }
 
-    /// Queues an event.
+    /// A source that waits for events pushed later (a server loop under test runs on until
+    /// [`Self::end`]), for tests that need an event to arrive while the server sleeps.
+    #[must_use]
+    pub fn open() -> Self {
+        let source = Self::default();
+        lock(&source.state).stays_open = true;
+        source
+    }
+
+    /// Queues an event (and wakes a waiting `next_event`).
     pub fn push_event(&self, event: LinkEvent) {
-        lock(&self.state).events.push_back(event);
+        let waiting = {
+            let mut state = lock(&self.state);
+            state.events.push_back(event);
+            std::mem::take(&mut state.waiting)
+        };
+        waiting.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    /// An open source ends: `next_event` answers `None` once the queue is empty.
+    pub fn end(&self) {
+        let waiting = {
+            let mut state = lock(&self.state);
+            state.stays_open = false;
+            std::mem::take(&mut state.waiting)
+        };
+        waiting.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// Every message sent successfully, in order.
@@ -186,7 +214,20 @@ impl FakeReportSource {
 #[async_trait::async_trait]
 impl ReportSource for FakeReportSource {
     async fn next_event(&self) -> Option<LinkEvent> {
-        lock(&self.state).events.pop_front()
+        std::future::poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            if let Some(event) = state.events.pop_front() {
+                return Poll::Ready(Some(event));
+            }
+            if !state.stays_open {
+                return Poll::Ready(None);
+            }
+            if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                state.waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     async fn send_to(&self, connection: ConnectionId, msg: ToAgent) -> Result<(), LinkError> {

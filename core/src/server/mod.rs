@@ -606,10 +606,22 @@ impl ServerState {
                 self.task_answer(now, &agent, task_id, Answer::Refused(reason), actions);
             }
             FromAgent::UpgradeStatus {
-                offer_id, state, ..
+                offer_id,
+                version,
+                state,
             } => {
-                let changes = self.upgrades.reported(now, &agent, offer_id, state);
-                self.apply_upgrade_changes(changes, actions);
+                // A report is about the rollout's release, or about nothing: an old process's
+                // report (sent at each of its connections) cannot settle a newer rollout that
+                // reuses its offer id (a server that lost its data directory numbers from 1).
+                let about_this_release = self.upgrades.rollout().is_some_and(|r| {
+                    version
+                        .parse::<crate::upgrade::version::Version>()
+                        .is_ok_and(|v| v.same_release(&r.release.version))
+                });
+                if about_this_release {
+                    let changes = self.upgrades.reported(now, &agent, offer_id, state);
+                    self.apply_upgrade_changes(changes, actions);
+                }
             }
             FromAgent::ChunkRequest { offer_id, offset } => {
                 if let Some((offset, len)) = self.upgrades.chunk(now, &agent, offer_id, offset) {
@@ -1061,6 +1073,31 @@ mod tests {
             sent.series[0].value,
             SeriesValue::Number(2.0 * CHUNK_LEN as f64)
         );
+        // A report about another release (an old process's, of a reused offer id) changes
+        // nothing; one about this release does.
+        let report = |version: &str, state: crate::link::UpgradeState| LinkEvent::Message {
+            connection: ConnectionId(1),
+            agent: a.clone(),
+            message: FromAgent::UpgradeStatus {
+                offer_id: id,
+                version: version.into(),
+                state,
+            },
+        };
+        let state_of = |state: &ServerState| state.upgrades().rollout().unwrap().members[&a].state;
+        let before = state_of(&state);
+        state.handle_event(due, report("0.9.0", crate::link::UpgradeState::Committed));
+        assert_eq!(state_of(&state), before, "a report about 0.9.0 is ignored");
+        state.handle_event(
+            due,
+            report(
+                "1.1.0",
+                crate::link::UpgradeState::Failed {
+                    reason: "disk full".into(),
+                },
+            ),
+        );
+        assert_eq!(state_of(&state), crate::upgrade::MemberState::Failed);
     }
 
     fn pool_targets(message: &ToAgent) -> Vec<String> {

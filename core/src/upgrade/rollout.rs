@@ -391,6 +391,9 @@ pub struct ChunkGrant {
 #[derive(Clone, Debug, Eq, PartialEq)]
 struct ChunkAsk {
     agent: AgentId,
+    /// The process that asked: a held-back ask is granted only to it (a new process of the
+    /// agent asks again itself).
+    instance: Option<u64>,
     offer_id: u64,
     offset: u64,
 }
@@ -646,6 +649,7 @@ impl UpgradeDesk {
         }
         let ask = ChunkAsk {
             agent: agent.clone(),
+            instance: self.connected.get(agent).map(|c| c.instance),
             offer_id,
             offset,
         };
@@ -680,7 +684,11 @@ impl UpgradeDesk {
     /// those that no longer stand (the agent left, failed or finished, the rollout ended).
     fn grant_waiting(&mut self, now: UnixMillis, changes: &mut DeskChanges) {
         while let Some(ask) = self.waiting.front().cloned() {
-            let instance = self.connected.get(&ask.agent).map(|c| c.instance);
+            let instance = self
+                .connected
+                .get(&ask.agent)
+                .map(|c| c.instance)
+                .filter(|now_connected| Some(*now_connected) == ask.instance);
             let (Some(len), Some(instance)) = (
                 self.chunk_len(&ask.agent, ask.offer_id, ask.offset),
                 instance,

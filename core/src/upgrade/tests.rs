@@ -509,6 +509,20 @@ fn the_bandwidth_cap_holds_asks_back_and_grants_them_in_order() {
     assert_eq!(grants[0].agent, agents[3]);
     assert_eq!(desk.chunks_waiting(), 0);
     assert_eq!(desk.sent_bytes(), 4 * CHUNK_LEN);
+    // A held-back ask of a process that was replaced is not granted to the new process (it
+    // asks again itself).
+    assert_eq!(desk.chunk(due, &agents[5], id, 0), None);
+    desk.disconnected(&agents[5], 6);
+    desk.connected(due, candidate(&agents[5], "1.0.0", 60));
+    let later = due.saturating_add(Duration::from_secs(5));
+    assert!(
+        desk.tick(later).chunks.iter().all(|g| g.agent != agents[5]),
+        "not to the new process"
+    );
+    let due = later;
+    // The bucket is full again after 5 s: its burst of two chunks goes first.
+    assert!(desk.chunk(due, &agents[0], id, CHUNK_LEN).is_some());
+    assert!(desk.chunk(due, &agents[1], id, CHUNK_LEN).is_some());
     // A held-back agent that leaves is dropped from the queue, not granted.
     assert_eq!(desk.chunk(due, &agents[4], id, 0), None);
     desk.disconnected(&agents[4], 5);

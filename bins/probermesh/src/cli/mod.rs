@@ -305,11 +305,14 @@ impl AgentArgs {
                 bail!("invalid value {other:?} for flag -agent.upgrade.restart: use exec or exit")
             }
         };
+        // At most 4m: the server gives an agent 5 minutes (RolloutSettings::restart_timeout)
+        // from its restart to its report of the commit, which comes after the probation, the
+        // trial's stop and the restart into the new binary.
         let deadline = go_duration::parse(
             "agent.upgrade.deadline",
             &self.upgrade_deadline,
             Duration::from_secs(10),
-            Duration::from_secs(3600),
+            Duration::from_secs(240),
         )?;
         if !(1..=100).contains(&self.upgrade_probation) {
             bail!(
