@@ -29,6 +29,9 @@ use crate::model::Region;
 pub const TRACE_RUNS: &str = "prober_server_trace_runs_total";
 /// `prober_server_trace_refusals_total` (ours): traces the desk held back, by [`Refusal`].
 pub const TRACE_REFUSALS: &str = "prober_server_trace_refusals_total";
+/// `prober_server_trace_blamed_hop_loss_ratio` (ours): per region pair, the loss ratio of the
+/// hop its latest reported trace blamed (0 when it blamed none; no series per hop).
+pub const TRACE_BLAMED_HOP_LOSS: &str = "prober_server_trace_blamed_hop_loss_ratio";
 
 /// A source region and a target region, as the ICMP gauges label them.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
