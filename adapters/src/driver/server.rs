@@ -215,6 +215,9 @@ impl<R: ReportSource> Shared<R> {
         for event in &actions.upgrade_events {
             tracing::warn!("{event}");
         }
+        for event in &actions.trace_events {
+            tracing::warn!("{event}");
+        }
         for (connection, reason) in actions.close {
             tracing::warn!(%connection, %reason, "protocol violation; closing the connection");
             self.link.close(connection, &reason);

@@ -10,8 +10,15 @@
 //!
 //! [`handoff`]: what a stopping server leaves in the store for the next one, and how the
 //! next one files it.
+//!
+//! Path tracing (issue 17) is off unless [`ServerState::with_traces`] turns it on: each
+//! settled window's ICMP pairs feed the [`TraceDesk`] (a window where the robust aggregator
+//! blamed a host counts as bad), its requests go to v2 agents that take traces, their reports
+//! and disconnects come back to it, finished traces land in the [`TraceStore`]; the `traces`
+//! module's documentation has the details.
 
 pub mod handoff;
+mod traces;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,6 +36,9 @@ use crate::task::book::{
     TaskBook,
 };
 use crate::task::{AuditEntry, TaskRecord};
+use crate::trace::Refusal;
+use crate::trace::store::TraceStore;
+use crate::trace::trigger::{OperatorTrace, TraceDesk};
 use crate::upgrade::MemberState;
 use crate::upgrade::rollout::{
     Candidate, Control, ControlError, DeskChanges, RolloutRequest, StartError, UpgradeDesk,
@@ -152,6 +162,8 @@ struct Session {
     link: AgentLink,
     /// The pool revision last sent to it.
     sent: Option<PoolRevision>,
+    /// Whether its hello named the trace feature.
+    takes_traces: bool,
 }
 
 /// What the driver must do after an input. (Result batches are acknowledged by the link
@@ -180,6 +192,9 @@ pub struct Actions {
     pub persist_upgrade: Option<Vec<u8>>,
     /// Rollout events for the log (a batch started, halted, completed).
     pub upgrade_events: Vec<String>,
+    /// Path tracing events for the log (a pair degraded or recovered, a trace sent, held
+    /// back or given up).
+    pub trace_events: Vec<String>,
 }
 
 /// The server's state between events.
@@ -202,6 +217,8 @@ pub struct ServerState {
     mesh_history: MeshHistory,
     /// A line the mesh page shows (the demo's "simulated WAN" label).
     mesh_notice: Option<String>,
+    /// Path tracing; `None` when it is off (the default).
+    traces: Option<traces::Traces>,
 }
 
 /// What [`ServerState::targets`] and [`ServerState::pool_refusals`] are a function of, taken
@@ -232,7 +249,51 @@ impl ServerState {
             file_generation: 0,
             tasks: None,
             upgrades: UpgradeDesk::default(),
+            traces: None,
         }
+    }
+
+    /// Turns path tracing on with `desk` and `store` (off by default).
+    #[must_use]
+    pub fn with_traces(mut self, desk: TraceDesk, store: TraceStore) -> Self {
+        self.traces = Some(traces::Traces::new(desk, store));
+        self
+    }
+
+    /// The finished traces (`/api/v1/traces`, the pair page), when tracing is on.
+    #[must_use]
+    pub fn traces(&self) -> Option<&TraceStore> {
+        self.traces.as_ref().map(|t| &t.store)
+    }
+
+    /// The trace desk (its counters and the traces in flight), when tracing is on.
+    #[must_use]
+    pub fn trace_desk(&self) -> Option<&TraceDesk> {
+        self.traces.as_ref().map(|t| &t.desk)
+    }
+
+    /// An operator's trace at `now` (`POST /-/trace`, `probermesh trace`).
+    ///
+    /// # Errors
+    /// [`Refusal::NoAgent`] when the agent has no connection that takes traces (counted), or
+    /// when tracing is off (not counted: tell it apart with [`Self::traces`]);
+    /// [`Refusal::AgentBusy`] when it has a trace in flight (counted). Nothing is sent then.
+    pub fn request_trace(
+        &mut self,
+        now: UnixMillis,
+        trace: OperatorTrace,
+    ) -> Result<Actions, Refusal> {
+        let Some(state) = &mut self.traces else {
+            return Err(Refusal::NoAgent);
+        };
+        if traces::trace_connection(&self.sessions, &trace.agent).is_none() {
+            state.desk.count_refusal(Refusal::NoAgent);
+            return Err(Refusal::NoAgent);
+        }
+        let changes = state.desk.request(now, trace)?;
+        let mut actions = Actions::default();
+        state.apply(now, changes, &self.sessions, &mut actions);
+        Ok(actions)
     }
 
     /// Sets the line the mesh page shows above the matrix (the demo labels its simulated WAN).
@@ -494,6 +555,7 @@ impl ServerState {
                         version,
                         link,
                         sent: None,
+                        takes_traces: traces::names_trace(&capabilities),
                     },
                 );
                 // A new agent can change every region's pool (dynamic discovery).
@@ -515,6 +577,13 @@ impl ServerState {
                 if let Some(session) = self.sessions.remove(&connection) {
                     self.upgrades
                         .disconnected(&session.agent, session.link.instance);
+                    // The trace sent on this connection will not be reported.
+                    if let Some(state) = &mut self.traces
+                        && state.in_flight_on(&session.agent, connection)
+                    {
+                        let changes = state.desk.handle_disconnect(now, &session.agent);
+                        state.apply(now, changes, &self.sessions, &mut actions);
+                    }
                 }
                 self.refusals.remove(&connection);
             }
@@ -628,8 +697,13 @@ impl ServerState {
                     actions.chunks.push((connection, offer_id, offset, len));
                 }
             }
-            // Traces arrive with their issue; their messages are carried already (v2).
-            FromAgent::TraceResult(_) => {}
+            FromAgent::TraceResult(report) => {
+                // Ignored when tracing is off, as before.
+                if let Some(state) = &mut self.traces {
+                    let changes = state.desk.handle_report(now, &agent, report);
+                    state.apply(now, changes, &self.sessions, actions);
+                }
+            }
         }
     }
 
@@ -647,12 +721,23 @@ impl ServerState {
         }
     }
 
-    /// Settles due windows, expires series and task runs, and pushes the pools that changed.
+    /// Settles due windows, expires series and task runs, pushes the pools that changed, and
+    /// (tracing on) gives up timed-out traces and feeds the settled ICMP pairs to the desk.
     pub fn handle_timeout(&mut self, now: UnixMillis) -> Actions {
         self.aggregator.handle_timeout(now);
         self.mesh_history.record(now, &self.aggregator);
         let mut actions = Actions::default();
         self.push_changed_pools(now, &mut actions);
+        if let Some(state) = &mut self.traces {
+            // Timed-out traces first, so their agents can run this window's sets.
+            let expired = state.desk.tick(now);
+            state.apply(now, expired, &self.sessions, &mut actions);
+            let verdicts = state.settled_verdicts(&self.aggregator, &self.sessions);
+            if !verdicts.is_empty() {
+                let changes = state.desk.handle_window(now, &verdicts);
+                state.apply(now, changes, &self.sessions, &mut actions);
+            }
+        }
         if let Some(book) = &mut self.tasks {
             let changes = book.tick(now);
             self.apply_task_changes(changes, &mut actions);
@@ -669,6 +754,7 @@ impl ServerState {
         [
             self.tasks.as_ref().and_then(TaskBook::next_timeout),
             self.upgrades.next_timeout(),
+            self.traces.as_ref().and_then(|t| t.desk.next_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -736,6 +822,9 @@ impl ServerState {
                 snapshot.families.extend(task_families(book));
             }
             snapshot.families.extend(self.upgrade_families());
+            if let Some(state) = &self.traces {
+                snapshot.families.extend(state.families());
+            }
         }
         snapshot
     }
@@ -1003,6 +1092,8 @@ mod tests {
             },
         );
     }
+
+    mod trace_wiring;
 
     #[test]
     fn chunks_held_back_by_the_cap_go_to_the_agent_that_asked() {

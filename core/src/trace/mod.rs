@@ -14,8 +14,14 @@
 //! - [`store`]: the bounded in-memory [`store::TraceStore`] of finished traces the endpoints
 //!   and the pair page will serve.
 //!
-//! Running a trace (the engine, on the agent), moving requests and reports over the link and
-//! serving the store are the adapters' and the driver's; this module decides.
+//! A window where the robust aggregator blamed a host counts as bad for the trigger: it left
+//! that host out of the pair's gauges, so they look healthy while the host is broken (see
+//! [`trigger`]); the set then traces from the blamed source agent, or toward the blamed
+//! target host.
+//!
+//! This module decides. `core::server` wires it into `ServerState` (off by default: the
+//! verdicts of each settled window, routing requests and reports, the metric families);
+//! running a trace (the engine, on the agent) and serving the store are the adapters'.
 
 pub mod blame;
 pub mod store;
@@ -29,6 +35,9 @@ use crate::model::Region;
 pub const TRACE_RUNS: &str = "prober_server_trace_runs_total";
 /// `prober_server_trace_refusals_total` (ours): traces the desk held back, by [`Refusal`].
 pub const TRACE_REFUSALS: &str = "prober_server_trace_refusals_total";
+/// `prober_server_trace_blamed_hop_loss_ratio` (ours): per region pair, the loss ratio of the
+/// hop its latest reported trace blamed (0 when it blamed none; no series per hop).
+pub const TRACE_BLAMED_HOP_LOSS: &str = "prober_server_trace_blamed_hop_loss_ratio";
 
 /// A source region and a target region, as the ICMP gauges label them.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]

@@ -234,6 +234,11 @@ impl TraceStore {
         ring.back().and_then(|seq| self.records.get(seq))
     }
 
+    /// The pairs with a record kept, in order (operator traces outside any pair aside).
+    pub fn pairs(&self) -> impl Iterator<Item = &RegionPair> {
+        self.by_pair.keys().flatten()
+    }
+
     /// Records kept.
     #[must_use]
     pub fn len(&self) -> usize {

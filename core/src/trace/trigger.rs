@@ -6,8 +6,11 @@
 //!
 //! A window is *bad* when the pair's loss ratio reaches `loss_ratio`, or its mean RTT reaches
 //! the absolute latency threshold or the ratio to the pair's own baseline (the median RTT of
-//! its last healthy windows); it is *clear* when it is under every clear threshold (each
-//! lower than its trigger threshold), and in between it is neither. A healthy pair bad for
+//! its last healthy windows), or the robust aggregator blamed a host in it
+//! ([`PairVerdict::blamed`]: it left a broken host out of the gauges, so they look healthy
+//! while that host is not; reason `loss` when the loss reaches its clear threshold, else
+//! `latency`); it is *clear* when nothing is blamed and it is under every clear threshold
+//! (each lower than its trigger threshold), and in between it is neither. A healthy pair bad for
 //! `windows_to_trigger` (K) consecutive windows is *degraded* and due a trace (reason `loss`
 //! or `latency`); a degraded pair clear for `windows_to_clear` (M) consecutive windows has
 //! recovered, and is due a `recovery` trace when its episode was traced. A window without
@@ -163,11 +166,14 @@ pub enum BlamedHost {
 pub struct PairVerdict {
     /// The pair.
     pub pair: RegionPair,
-    /// Its loss ratio (0 to 1; `None`: no result sent packets).
+    /// Its loss ratio (0 to 1; `None`: no result sent packets). The server passes the
+    /// gauge's, or the blamed host's own when it blamed one and that is worse.
     pub loss_ratio: Option<f64>,
-    /// Its mean RTT (`None`: no replies).
+    /// Its mean RTT (`None`: no replies); likewise the worse of the gauge's and the blamed
+    /// host's own.
     pub rtt_mean: Option<Duration>,
-    /// The one host the robust aggregator blamed.
+    /// The one host the robust aggregator blamed (left out of the gauges): the window counts
+    /// as bad whatever its numbers.
     pub blamed: Option<BlamedHost>,
     /// Agents of the source region that can trace now (connected, taking traces): the
     /// healthy ones, and the blamed one when it can trace (only it traces forward then).
@@ -859,6 +865,16 @@ fn classify(
         Some(TraceReason::Loss)
     } else if rtt_bad {
         Some(TraceReason::Latency)
+    } else if verdict.blamed.is_some() {
+        // The robust aggregation left a broken host out, so the pair's gauges look healthy:
+        // the window is bad all the same. For loss when the loss reaches the clear threshold
+        // (the server passes the blamed host's own numbers when they are worse), else for
+        // latency (the host was left out for its RTT).
+        Some(if loss.is_some_and(|l| l >= config.loss_ratio.clear) {
+            TraceReason::Loss
+        } else {
+            TraceReason::Latency
+        })
     } else {
         None
     };

@@ -645,24 +645,65 @@ proptest! {
         }
     }
 
-    /// A healthy pair is never traced: loss under the trigger threshold and a mean RTT that
-    /// stays under twice its lowest, for any number of windows, with or without a blame.
+    /// A healthy pair is never traced: loss under the trigger threshold, a mean RTT that
+    /// stays under twice its lowest and no host blamed, for any number of windows.
     #[test]
     fn a_healthy_pair_is_never_traced(
-        windows in proptest::collection::vec((0.0f64..0.05, 100u64..199, 0u8..3), 1..200),
+        windows in proptest::collection::vec((0.0f64..0.05, 100u64..199), 1..200),
     ) {
         let mut desk = desk();
-        for (w, (loss, rtt_ms, blame)) in windows.iter().enumerate() {
+        for (w, (loss, rtt_ms)) in windows.iter().enumerate() {
             let mut v = verdict("a", "b", *loss);
             v.rtt_mean = Some(Duration::from_millis(*rtt_ms));
-            v.blamed = match blame {
-                1 => Some(BlamedHost::Source(agent("a", 1))),
-                2 => Some(BlamedHost::Target(agent("b", 1).ip)),
-                _ => None,
-            };
             let changes = desk.handle_window(at(w as u64), &[v]);
             prop_assert!(changes.requests.is_empty(), "window {w} traced a healthy pair");
         }
         prop_assert_eq!(desk.counters().runs.values().sum::<u64>(), 0);
+    }
+
+    /// A window where the robust aggregator blamed a host is bad whatever the gauges say
+    /// (they leave the broken host out): K of them in a row trace the pair at the K-th, from
+    /// the blamed source agent or toward the blamed target host; for loss when the loss
+    /// reaches the clear threshold, else for latency.
+    #[test]
+    fn a_blamed_host_makes_a_window_bad_whatever_the_gauges(
+        loss in 0.0f64..0.05,
+        rtt_ms in 100u64..199,
+        blame_source in any::<bool>(),
+        k in 1u32..5,
+    ) {
+        let mut desk = TraceDesk::new(TriggerConfig { windows_to_trigger: k, ..TriggerConfig::default() }, UnixMillis(0)).unwrap();
+        let mut v = verdict("a", "b", loss);
+        v.rtt_mean = Some(Duration::from_millis(rtt_ms));
+        v.blamed = Some(if blame_source {
+            BlamedHost::Source(agent("a", 2))
+        } else {
+            BlamedHost::Target(agent("b", 3).ip)
+        });
+        for w in 0..u64::from(k) {
+            let changes = desk.handle_window(at(w), std::slice::from_ref(&v));
+            if w + 1 < u64::from(k) {
+                prop_assert!(changes.requests.is_empty(), "traced after {} of {} windows", w + 1, k);
+            } else {
+                prop_assert!(!changes.requests.is_empty(), "not traced after {} windows", k);
+                let forward: Vec<&TraceRequest> = changes.requests.iter()
+                    .filter(|(who, _)| who.region == region("a"))
+                    .map(|(_, r)| r)
+                    .collect();
+                if blame_source {
+                    prop_assert!(changes.requests.iter().any(|(who, _)| *who == agent("a", 2)));
+                    prop_assert_eq!(forward.len(), 1);
+                } else {
+                    prop_assert!(forward.iter().all(|r| r.target == agent("b", 3).ip));
+                }
+                let reason = if loss >= 0.01 { TraceReason::Loss } else { TraceReason::Latency };
+                prop_assert_eq!(desk.counters().runs[&reason], changes.requests.len() as u64);
+            }
+        }
+        // While the host stays blamed the pair stays degraded: never clear.
+        for w in u64::from(k)..u64::from(k) + 5 {
+            desk.handle_window(at(w), std::slice::from_ref(&v));
+            prop_assert!(desk.is_degraded(&pair("a", "b")));
+        }
     }
 }
