@@ -226,8 +226,18 @@ ctl shutdown >/dev/null
 kill "$server_pid"
 
 step "deb: build, dpkg -i, check, run, dpkg -r, dpkg --purge"
-if dpkg -s probermesh >/dev/null 2>&1; then
-  echo "a probermesh package is installed: purging it first"
+# This step installs and purges the package on this machine: it must not destroy a real
+# installation (purging removes the token, the server's certificate agents pin, its data and
+# the probermesh user). Refused unless the machine has none, or PROBERMESH_CHECK_PURGE=1 says
+# whoever runs it accepts that.
+if [ "${PROBERMESH_CHECK_PURGE:-0}" != 1 ]; then
+  for existing in /etc/probermesh /var/lib/probermesh-server /var/lib/probermesh-agent; do
+    [ ! -e "$existing" ] || fail "$existing exists: this step would purge a real installation (set PROBERMESH_CHECK_PURGE=1 to allow it)"
+  done
+  ! dpkg -s probermesh >/dev/null 2>&1 || fail "a probermesh package is installed: this step would purge it (set PROBERMESH_CHECK_PURGE=1 to allow it)"
+  ! getent passwd probermesh >/dev/null || fail "a probermesh user exists: this step would delete it (set PROBERMESH_CHECK_PURGE=1 to allow it)"
+elif dpkg -s probermesh >/dev/null 2>&1; then
+  echo "a probermesh package is installed: purging it first (PROBERMESH_CHECK_PURGE=1)"
   dpkg --purge probermesh >/dev/null
 fi
 leftovers() {

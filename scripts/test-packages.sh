@@ -20,8 +20,10 @@ if [ -n "$missing" ]; then
   echo "installing:$missing"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-  # The package starts a Prometheus on :9090; the tests start their own on free ports.
-  systemctl stop prometheus 2>/dev/null || pkill -x prometheus 2>/dev/null || true
-  # Likewise supervisor's own supervisord, when it started one (the check runs its own).
-  systemctl stop supervisor 2>/dev/null || true
+  # The package starts a Prometheus on :9090 when this run installed it; the tests start
+  # their own on free ports.
+  case " $missing " in *" prometheus "*) systemctl stop prometheus 2>/dev/null || pkill -x prometheus 2>/dev/null || true ;; esac
+  # Likewise supervisor's own supervisord, when this run installed supervisor and so started
+  # it (the check runs its own); a supervisord the machine already had is left alone.
+  case " $missing " in *" supervisor "*) systemctl stop supervisor 2>/dev/null || true ;; esac
 fi

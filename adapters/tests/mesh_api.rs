@@ -433,35 +433,50 @@ async fn the_mesh_json_is_built_once_per_generation_and_served_from_the_kept_byt
     }
     let head = request(addr, "HEAD", "/api/v1/mesh", None).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert_eq!(
-        api.builds.load(Ordering::SeqCst),
-        1,
-        "one build for 10 requests"
-    );
+    // One build for the 10 requests, when they all came within the kept answer's age (a
+    // loaded machine may take longer; then one more build per second passed at most).
+    let took = before_first_build.elapsed();
+    let builds = api.builds.load(Ordering::SeqCst);
+    if took < MESH_MAX_AGE {
+        assert_eq!(builds, 1, "one build for 10 requests");
+    } else {
+        assert!(
+            builds as u128 <= 1 + took.as_millis() / MESH_MAX_AGE.as_millis(),
+            "{builds} builds in {took:?}"
+        );
+    }
     // A change of the state (a window settled, an agent connected) within the minimum
     // interval between builds: still the kept bytes (a connect storm costs no build each).
+    let base = api.builds.load(Ordering::SeqCst);
+    let kept = request(addr, "GET", "/api/v1/mesh", None).await;
     api.generation.fetch_add(1, Ordering::SeqCst);
     let within = request(addr, "GET", "/api/v1/mesh", None).await;
     // Checked only when this request surely came within the interval (a slow machine may
     // take longer than it for the requests above).
     if before_first_build.elapsed() < MESH_MIN_INTERVAL {
-        assert_eq!(body(&within), body(&first), "within the minimum interval");
-        assert_eq!(api.builds.load(Ordering::SeqCst), 1);
+        assert_eq!(body(&within), body(&kept), "within the minimum interval");
+        assert_eq!(api.builds.load(Ordering::SeqCst), base);
     }
-    // Past it: built again.
+    // Past it: built again, once.
     tokio::time::sleep(MESH_MIN_INTERVAL).await;
+    let before = api.builds.load(Ordering::SeqCst);
     let after_change = request(addr, "GET", "/api/v1/mesh", None).await;
-    assert_eq!(api.builds.load(Ordering::SeqCst), 2);
-    assert_eq!(body(&after_change), mesh_json(&api.view_of_build(1)));
+    let built_at = std::time::Instant::now();
+    let rebuilt = api.builds.load(Ordering::SeqCst);
+    assert_eq!(rebuilt, before + 1, "the generation moved: one build");
+    assert_eq!(body(&after_change), mesh_json(&api.view_of_build(before)));
     assert_ne!(body(&after_change), body(&first));
     let again = request(addr, "GET", "/api/v1/mesh", None).await;
-    assert_eq!(body(&again), body(&after_change));
-    assert_eq!(api.builds.load(Ordering::SeqCst), 2);
+    if built_at.elapsed() < MESH_MIN_INTERVAL {
+        assert_eq!(body(&again), body(&after_change));
+        assert_eq!(api.builds.load(Ordering::SeqCst), rebuilt);
+    }
     // No change, but older than the bound: built again.
     tokio::time::sleep(MESH_MAX_AGE + Duration::from_millis(100)).await;
+    let before = api.builds.load(Ordering::SeqCst);
     let aged = request(addr, "GET", "/api/v1/mesh", None).await;
-    assert_eq!(api.builds.load(Ordering::SeqCst), 3);
-    assert_eq!(body(&aged), mesh_json(&api.view_of_build(2)));
+    assert_eq!(api.builds.load(Ordering::SeqCst), before + 1);
+    assert_eq!(body(&aged), mesh_json(&api.view_of_build(before)));
 }
 
 /// `n` concurrent requests for `/api/v1/mesh`.
