@@ -520,11 +520,20 @@ async fn timer_loop<R: ReportSource + 'static>(shared: Arc<Shared<R>>) {
             // Something is due sooner: compute the deadline again.
             () = shared.timer_wake.notified() => continue,
         }
-        let actions = shared.state().handle_timeout(shared.clock.now());
-        shared.mesh_changed();
-        let publisher = Arc::clone(&shared);
-        // Off the async workers: a big mesh takes a few hundred milliseconds to render.
-        let _ = tokio::task::spawn_blocking(move || publisher.publish_settled()).await;
+        let (actions, settled) = {
+            let mut state = shared.state();
+            let now = shared.clock.now();
+            let settled = now >= state.aggregation_due();
+            (state.handle_timeout(now), settled)
+        };
+        // Only a window's settling (and the expiries that come with it) changes the published
+        // series; the timer also wakes for chunks, soaks, tasks and traces, often.
+        if settled {
+            shared.mesh_changed();
+            let publisher = Arc::clone(&shared);
+            // Off the async workers: a big mesh takes a few hundred milliseconds to render.
+            let _ = tokio::task::spawn_blocking(move || publisher.publish_settled()).await;
+        }
         shared.perform(actions).await;
     }
 }

@@ -747,6 +747,13 @@ impl ServerState {
         actions
     }
 
+    /// When the aggregator's next window settles (the part of [`Self::next_timeout`] after
+    /// which the published series change); a driver republishes its metrics only then.
+    #[must_use]
+    pub fn aggregation_due(&self) -> UnixMillis {
+        self.aggregator.next_timeout()
+    }
+
     /// When [`Self::handle_timeout`] is next due.
     #[must_use]
     pub fn next_timeout(&self) -> UnixMillis {
