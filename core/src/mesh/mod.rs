@@ -392,9 +392,22 @@ pub fn pair(
     let window = aggregator.config().window;
     let key = (source.clone(), target.clone());
     let pair = series.icmp.get(&key);
+    // Known: a region with an agent, or the source of some pair. Checked without a scan of
+    // every pair (this answers public requests under the state's lock): the pairs of one
+    // source are contiguous in the map, so one of the neighbours of (region, target) is one
+    // of them if any is.
+    let is_a_source = |region: &Region| {
+        let probe = (region.clone(), target.clone());
+        series
+            .icmp
+            .range(..=probe.clone())
+            .next_back()
+            .into_iter()
+            .chain(series.icmp.range(probe..).next())
+            .any(|((s, _), _)| s == region)
+    };
     let known = |region: &Region| {
-        series.icmp.keys().any(|(s, t)| s == region || t == region)
-            || liveness.heartbeats().any(|(a, _, _)| &a.region == region)
+        is_a_source(region) || liveness.heartbeats().any(|(a, _, _)| &a.region == region)
     };
     if pair.is_none() && !history.has(source, target) && !(known(source) && known(target)) {
         return None;

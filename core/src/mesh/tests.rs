@@ -206,6 +206,12 @@ fn the_pair_page_has_the_history_and_names_the_member_left_out() {
     assert_eq!(host.member, IcmpOutlier::Target("10.0.0.21".to_owned()));
     assert_eq!((host.loss_ratio, host.left_out), (Some(0.0), false));
     assert!(pair(&agg, &history, &region("x"), &region("y"), settled).is_none());
+    // Between known regions a pair with no data still has its page; one unknown side: none.
+    let empty = pair(&agg, &history, &region("b"), &region("a"), settled).unwrap();
+    assert_eq!(empty.cell.state, CellState::NoData);
+    assert!(empty.history.is_empty());
+    assert!(pair(&agg, &history, &region("a"), &region("x"), settled).is_none());
+    assert!(pair(&agg, &history, &region("x"), &region("a"), settled).is_none());
 }
 
 #[test]
