@@ -169,8 +169,9 @@ fn remove_quietly(path: &Path) {
 }
 
 /// For the binary's `main`, before anything else: removes what an interrupted upgrade of `exe`
-/// left beside it (partial downloads, an uninstalled `<exe>.new`, a trial marker) and takes the
-/// record of the last upgrade, to report at the next connection. A process on trial (started
+/// left beside it (partial downloads, an uninstalled `<exe>.new`, a trial marker) and reads the
+/// record of the last upgrade, to report at each connection (the record stays until the next
+/// upgrade replaces it). A process on trial (started
 /// by [`hand_over`] from `<exe>.new`) does neither: the files are its parent's.
 #[must_use]
 pub fn at_start(exe: &Path) -> Option<UpgradeRecord> {
@@ -179,7 +180,9 @@ pub fn at_start(exe: &Path) -> Option<UpgradeRecord> {
     }
     staging::discard_leftovers(exe);
     remove_quietly(&trial_marker_path(exe));
-    state_file::take(exe)
+    // Kept, not taken: if this process dies before its first connection, the next one
+    // reports the outcome (else the server would wait for it until its restart limit).
+    state_file::read(exe)
 }
 
 #[cfg(test)]
@@ -356,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn at_start_clears_leftovers_and_takes_the_record_once() {
+    fn at_start_clears_leftovers_and_reads_the_record_at_every_start() {
         let dir = TestDir::new("at-start");
         let exe = dir.path().join("probermesh");
         std::fs::write(&exe, b"A").unwrap();
@@ -369,8 +372,9 @@ mod tests {
             outcome: Outcome::Committed,
         };
         state_file::write(&exe, &record).unwrap();
+        assert_eq!(at_start(&exe), Some(record.clone()));
+        // A process that died before it could report leaves the record to the next one.
         assert_eq!(at_start(&exe), Some(record));
-        assert_eq!(at_start(&exe), None);
         assert!(!dir.path().join("probermesh.new").exists());
         assert!(!trial_marker_path(&exe).exists());
         assert_eq!(std::fs::read(&exe).unwrap(), b"A");

@@ -13,7 +13,7 @@
 //!    version's trial ([`trial::run_trial`]) while the old process waits, then the swap
 //!    ([`swap::install`]) and a restart (exec in place or exit for a supervisor), or the
 //!    rollback; [`state_file`] carries the outcome across the restart and
-//!    [`handover::at_start`] reads it back.
+//!    [`handover::at_start`] reads it back at every start (it stays until the next upgrade).
 //!
 //! The server's path: [`fetch::fetch_release`] downloads the release once (bounded) and
 //! [`fetch::read_chunk`] reads the pieces it sends.

@@ -104,6 +104,18 @@ pub fn write(exe: &Path, record: &UpgradeRecord) -> Result<(), StateFileError> {
 /// (removed with a warning).
 #[must_use]
 pub fn take(exe: &Path) -> Option<UpgradeRecord> {
+    let record = read(exe);
+    remove(&record_path(exe));
+    record
+}
+
+/// Reads the record for `exe` and leaves it in place (the next upgrade's record replaces it):
+/// none when there is none, or when it is damaged (removed with a warning). A process reports
+/// it at every start, so a report lost with a process that died before its first connection
+/// is made again by the next one; the server takes a report only for the rollout's own release
+/// and offer, and only while the agent's state there is not final.
+#[must_use]
+pub fn read(exe: &Path) -> Option<UpgradeRecord> {
     let path = record_path(exe);
     let bytes = match read_regular_file(&path, MAX_RECORD_BYTES, Links::Refuse) {
         Ok(bytes) => bytes,
@@ -118,10 +130,10 @@ pub fn take(exe: &Path) -> Option<UpgradeRecord> {
             return None;
         }
     };
-    remove(&path);
     match serde_json::from_slice(&bytes) {
         Ok(record) => Some(record),
         Err(error) => {
+            remove(&path);
             tracing::warn!(path = %path.display(), %error, "the upgrade record is damaged; it was removed");
             None
         }
