@@ -185,6 +185,7 @@ for n in "${counts[@]}"; do
       sleep $((interval_s + 1)) # the agent settles after the stop before the next window
     done
 
+    loss=$(mean_loss) # before strace, which slows the agent into losses
     if [ "$strace_s" != 0 ] && [ "$count" = 10 ] && [ "$period_ms" = 100 ] && command -v strace >/dev/null; then
       s0=$(icmp_results)
       timeout -s INT "$((strace_s + 5))" strace -c -f -o "$work/case/strace.txt" -p "$agent_pid" > /dev/null 2>&1 &
@@ -197,7 +198,6 @@ for n in "${counts[@]}"; do
 
     peak_kb=$(vm_kb "$agent_pid" VmHWM) rss_kb=$(vm_kb "$agent_pid" VmRSS)
     threads=$(ls "/proc/$agent_pid/task" | wc -l)
-    loss=$(mean_loss)
     line=$(awk -v ac="$a_cpu_sum" -v ae="$a_echo_sum" -v fc="$f_cpu_sum" -v fe="$f_echo_sum" \
       -v fr="$f_reply_sum" -v pk="$peak_kb" -v name="$case_name" -v loss="$loss" -v th="$threads" 'BEGIN {
       a = ae ? ac / ae * 1e6 : 0; f = fe ? fc / fe * 1e6 : 0
