@@ -519,3 +519,40 @@ async fn the_pair_endpoint_is_bounded() {
         "the pair builds no view"
     );
 }
+
+/// Asked to require a token but given none to check against: the data is refused, not served
+/// as if no token were asked for.
+#[tokio::test]
+async fn require_token_without_a_token_refuses_the_data() {
+    let (state, settled) = server();
+    let api = Arc::new(MeshOnly {
+        view: state.mesh_view(settled),
+        pair: state
+            .mesh_pair(settled, &region("c"), &region("b"))
+            .expect("the pair c → b"),
+        builds: AtomicUsize::new(0),
+        generation: AtomicU64::new(0),
+    });
+    let server = AdminServer::start_with(
+        "127.0.0.1:0",
+        Arc::clone(&api) as Arc<dyn AdminApi>,
+        None,
+        AdminLimits {
+            mesh_requires_token: true,
+            ..AdminLimits::default()
+        },
+    )
+    .await
+    .expect("the endpoints start");
+    let addr = server.local_addr();
+    for path in ["/api/v1/mesh", "/api/v1/mesh/pair?source=c&target=b"] {
+        let answer = request(addr, "GET", path, Some("anything")).await;
+        assert!(answer.starts_with("http/1.1 401"), "{path}: {answer}");
+    }
+    let page = request(addr, "GET", "/", None).await;
+    assert!(
+        page.starts_with("http/1.1 200"),
+        "the page stays public: {page}"
+    );
+    assert_eq!(api.builds.load(Ordering::SeqCst), 0, "nothing was built");
+}

@@ -347,7 +347,11 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// Answers a mesh path (see [`is_mesh_path`]).
-pub(super) async fn route(request: Request<Incoming>, endpoints: &Endpoints) -> Response<Bytes> {
+pub(super) async fn route(
+    request: Request<Incoming>,
+    remote: std::net::SocketAddr,
+    endpoints: &Endpoints,
+) -> Response<Bytes> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -374,10 +378,26 @@ pub(super) async fn route(request: Request<Incoming>, endpoints: &Endpoints) -> 
         }
         _ => {}
     }
-    // The data: behind the admin token when the server was asked to.
-    if endpoints.mesh_requires_token
-        && authorize(request.headers(), endpoints.token.as_ref()).is_err()
-    {
+    // The data: behind the admin token when the server was asked to (and refused when no
+    // token is configured at all, rather than served as if none were asked for). Refusals are
+    // logged, at most one line per interval, as the other admin endpoints do.
+    let refused = endpoints
+        .mesh_requires_token
+        .then(|| match endpoints.token.as_ref() {
+            Some(token) => authorize(request.headers(), Some(token))
+                .err()
+                .map(|why| why.as_str()),
+            None => Some("no admin token is configured"),
+        });
+    if let Some(Some(why)) = refused {
+        if let Some(suppressed) = endpoints.logs.unauthorized.admit(std::time::Instant::now()) {
+            tracing::warn!(
+                %remote,
+                reason = why,
+                suppressed,
+                "mesh data refused: -server.mesh.require-token and no valid bearer token"
+            );
+        }
         let mut response = text(StatusCode::UNAUTHORIZED, "{\"error\":\"unauthorized\"}");
         response
             .headers_mut()

@@ -720,7 +720,7 @@ async fn route(
         path if path == "/-/upgrade" || path.starts_with("/-/upgrade/") => {
             upgrade::route(request, remote, endpoints).await
         }
-        path if mesh::is_mesh_path(path) => mesh::route(request, endpoints).await,
+        path if mesh::is_mesh_path(path) => mesh::route(request, remote, endpoints).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
 }
