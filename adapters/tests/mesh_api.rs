@@ -301,6 +301,18 @@ async fn start(requires_token: bool) -> AdminServer {
 }
 
 async fn start_with_api(requires_token: bool) -> (AdminServer, Arc<MeshOnly>) {
+    start_with_token(
+        requires_token,
+        Some(Token::new("s3cret", "the test").expect("a token")),
+    )
+    .await
+}
+
+/// The endpoints over the fixture's view, with `token` as the admin token.
+async fn start_with_token(
+    requires_token: bool,
+    token: Option<Token>,
+) -> (AdminServer, Arc<MeshOnly>) {
     let (state, settled) = server();
     let api = Arc::new(MeshOnly {
         view: state.mesh_view(settled),
@@ -313,7 +325,7 @@ async fn start_with_api(requires_token: bool) -> (AdminServer, Arc<MeshOnly>) {
     let server = AdminServer::start_with(
         "127.0.0.1:0",
         Arc::clone(&api) as Arc<dyn AdminApi>,
-        Some(Token::new("s3cret", "the test").expect("a token")),
+        token,
         AdminLimits {
             mesh_requires_token: requires_token,
             ..AdminLimits::default()
@@ -524,26 +536,7 @@ async fn the_pair_endpoint_is_bounded() {
 /// as if no token were asked for.
 #[tokio::test]
 async fn require_token_without_a_token_refuses_the_data() {
-    let (state, settled) = server();
-    let api = Arc::new(MeshOnly {
-        view: state.mesh_view(settled),
-        pair: state
-            .mesh_pair(settled, &region("c"), &region("b"))
-            .expect("the pair c → b"),
-        builds: AtomicUsize::new(0),
-        generation: AtomicU64::new(0),
-    });
-    let server = AdminServer::start_with(
-        "127.0.0.1:0",
-        Arc::clone(&api) as Arc<dyn AdminApi>,
-        None,
-        AdminLimits {
-            mesh_requires_token: true,
-            ..AdminLimits::default()
-        },
-    )
-    .await
-    .expect("the endpoints start");
+    let (server, api) = start_with_token(true, None).await;
     let addr = server.local_addr();
     for path in ["/api/v1/mesh", "/api/v1/mesh/pair?source=c&target=b"] {
         let answer = request(addr, "GET", path, Some("anything")).await;

@@ -377,28 +377,25 @@ impl ServerState {
         Ok(actions)
     }
 
+    /// The newest connection of the agent process `instance` of `agent`, if it is connected.
+    fn connection_of(&self, agent: &AgentId, instance: u64) -> Option<ConnectionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| &s.agent == agent && s.link.instance == instance)
+            .map(|(c, _)| *c)
+            .max()
+    }
+
     /// Carries a desk change into `actions`: offers go to the connection of the agent process
     /// named; the desk's bytes come first when it changed.
     fn apply_upgrade_changes(&mut self, changes: DeskChanges, actions: &mut Actions) {
         for (agent, instance, offer) in changes.offers {
-            let connection = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.agent == agent && s.link.instance == instance)
-                .map(|(c, _)| *c)
-                .max();
-            if let Some(connection) = connection {
+            if let Some(connection) = self.connection_of(&agent, instance) {
                 actions.send.push((connection, offer));
             }
         }
         for grant in changes.chunks {
-            let connection = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.agent == grant.agent && s.link.instance == grant.instance)
-                .map(|(c, _)| *c)
-                .max();
-            if let Some(connection) = connection {
+            if let Some(connection) = self.connection_of(&grant.agent, grant.instance) {
                 actions
                     .chunks
                     .push((connection, grant.offer_id, grant.offset, grant.len));
