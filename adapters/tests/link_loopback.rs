@@ -298,6 +298,7 @@ async fn results_flow_with_acks_pool_sync_heartbeats_and_the_observed_address() 
             rtt_best: Some(Duration::from_micros(80)),
             rtt_mean: Some(Duration::from_micros(95)),
             rtt_worst: Some(Duration::from_micros(130)),
+            rtt_stddev: Some(Duration::from_micros(20)),
         }],
         error: None,
     });

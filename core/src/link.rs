@@ -183,6 +183,8 @@ pub struct TraceHop {
     pub rtt_mean: Option<Duration>,
     /// Slowest round trip.
     pub rtt_worst: Option<Duration>,
+    /// Population standard deviation of the answers' round trips (`None` without answers).
+    pub rtt_stddev: Option<Duration>,
 }
 
 /// A finished trace.

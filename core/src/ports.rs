@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::link::{FromAgent, FromServer, ToAgent};
+use crate::link::{FromAgent, FromServer, ToAgent, TraceReport, TraceRequest};
 use crate::model::http_module::IpProtocol;
 use crate::model::{
     AgentId, AgentVersion, HttpModule, HttpResult, HttpUrl, IcmpFailure, IcmpResult, IcmpSettings,
@@ -135,6 +135,18 @@ pub trait IcmpPinger: Send + Sync {
     /// Sends `settings.module.packet_count` echoes to `addr`, `settings.module.interval` apart,
     /// and returns within `settings.timeout`.
     async fn ping(&self, addr: IpAddr, settings: &IcmpSettings) -> Result<EchoSeries, PingError>;
+}
+
+/// Traces the path to an address: probes with rising TTLs, several rounds, and what answered
+/// at each TTL ([`crate::link::TraceReport`]).
+///
+/// Implemented by the `icmp` adapter's tracer over the same ICMP permission the pinger uses.
+/// It never fails as a call: a trace that could not run, or stopped short, is a report with
+/// `error` set and the hops measured so far.
+#[async_trait::async_trait]
+pub trait PathTracer: Send + Sync {
+    /// Runs `request` and reports what every TTL up to the destination answered.
+    async fn trace(&self, request: &TraceRequest) -> TraceReport;
 }
 
 /// What one series of echoes measured.

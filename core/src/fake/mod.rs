@@ -24,6 +24,7 @@ mod network;
 mod probers;
 mod server;
 mod tasks;
+mod trace;
 mod upgrade;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -33,6 +34,7 @@ pub use network::{MemoryNetwork, MemoryReportSource, MemoryServerLink};
 pub use probers::{FakeDns, FakeHttpProber, FakePinger, HttpCall};
 pub use server::{CapturingExporter, FakePoolSource, MemoryStore};
 pub use tasks::{FakeTaskRunner, MemoryTaskArchive};
+pub use trace::FakeTracer;
 pub use upgrade::FakeInstaller;
 
 /// Locks `mutex`, taking the data over even if a panicking thread poisoned it.

@@ -77,6 +77,7 @@ fn parse_hop(line: &str) -> Result<TraceHop, String> {
         rtt_best: None,
         rtt_mean: None,
         rtt_worst: None,
+        rtt_stddev: None,
     })
 }
 

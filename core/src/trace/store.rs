@@ -298,6 +298,7 @@ mod tests {
                     rtt_best: None,
                     rtt_mean: None,
                     rtt_worst: None,
+                    rtt_stddev: None,
                 })
                 .collect(),
             error: None,

@@ -268,6 +268,8 @@ pub struct TraceHopV2 {
     pub rtt_mean_ns: Option<u64>,
     /// The slowest round trip.
     pub rtt_worst_ns: Option<u64>,
+    /// The population standard deviation of the round trips.
+    pub rtt_stddev_ns: Option<u64>,
 }
 
 /// How a trace probes (`link::TraceProtocol`).

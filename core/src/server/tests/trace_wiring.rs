@@ -125,6 +125,7 @@ fn lossy_from_hop_2(id: u64, target: IpAddr) -> TraceReport {
         rtt_best: Some(Duration::from_millis(5)),
         rtt_mean: Some(Duration::from_millis(6)),
         rtt_worst: Some(Duration::from_millis(7)),
+        rtt_stddev: Some(Duration::from_millis(1)),
     };
     TraceReport {
         id,
@@ -388,6 +389,7 @@ fn the_trace_families_count_runs_and_refusals_and_show_the_blamed_hop_per_pair()
                     rtt_best: None,
                     rtt_mean: None,
                     rtt_worst: None,
+                    rtt_stddev: None,
                 }],
                 error: None,
             },

@@ -65,6 +65,7 @@ fn clean_report(id: u64, target: IpAddr) -> TraceReport {
             rtt_best: None,
             rtt_mean: None,
             rtt_worst: None,
+            rtt_stddev: None,
         }],
         error: None,
     }

@@ -361,6 +361,7 @@ impl From<TraceHopV2> for TraceHop {
             rtt_best: hop.rtt_best_ns.map(Duration::from_nanos),
             rtt_mean: hop.rtt_mean_ns.map(Duration::from_nanos),
             rtt_worst: hop.rtt_worst_ns.map(Duration::from_nanos),
+            rtt_stddev: hop.rtt_stddev_ns.map(Duration::from_nanos),
         }
     }
 }
@@ -375,6 +376,7 @@ impl From<&TraceHop> for TraceHopV2 {
             rtt_best_ns: hop.rtt_best.map(duration_nanos),
             rtt_mean_ns: hop.rtt_mean.map(duration_nanos),
             rtt_worst_ns: hop.rtt_worst.map(duration_nanos),
+            rtt_stddev_ns: hop.rtt_stddev.map(duration_nanos),
         }
     }
 }

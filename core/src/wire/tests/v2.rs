@@ -73,6 +73,7 @@ fn golden_trace_result() -> AgentMessageV2 {
                 rtt_best_ns: Some(1_000_000),
                 rtt_mean_ns: Some(1_200_000),
                 rtt_worst_ns: Some(1_500_000),
+                rtt_stddev_ns: Some(200_000),
             },
             TraceHopV2 {
                 ttl: 2,
@@ -82,6 +83,7 @@ fn golden_trace_result() -> AgentMessageV2 {
                 rtt_best_ns: None,
                 rtt_mean_ns: None,
                 rtt_worst_ns: None,
+                rtt_stddev_ns: None,
             },
             TraceHopV2 {
                 ttl: 3,
@@ -93,6 +95,7 @@ fn golden_trace_result() -> AgentMessageV2 {
                 rtt_best_ns: Some(9_000_000),
                 rtt_mean_ns: Some(9_500_000),
                 rtt_worst_ns: Some(10_000_000),
+                rtt_stddev_ns: Some(3_000_000),
             },
         ],
         error: Some("no answer after ttl 3".into()),
@@ -787,8 +790,9 @@ fn arb_trace_hop() -> impl Strategy<Value = TraceHop> {
         option::of(any::<u64>()),
         option::of(any::<u64>()),
         option::of(any::<u64>()),
+        option::of(any::<u64>()),
     )
-        .prop_map(|(ttl, addr, sent, received, best, mean, worst)| TraceHop {
+        .prop_map(|(ttl, addr, sent, received, best, mean, worst, stddev)| TraceHop {
             ttl,
             addr,
             sent,
@@ -796,6 +800,7 @@ fn arb_trace_hop() -> impl Strategy<Value = TraceHop> {
             rtt_best: best.map(Duration::from_nanos),
             rtt_mean: mean.map(Duration::from_nanos),
             rtt_worst: worst.map(Duration::from_nanos),
+            rtt_stddev: stddev.map(Duration::from_nanos),
         })
 }
 
@@ -1408,6 +1413,7 @@ fn hop(ttl: u8) -> TraceHopV2 {
         rtt_best_ns: None,
         rtt_mean_ns: None,
         rtt_worst_ns: None,
+        rtt_stddev_ns: None,
     }
 }
 
