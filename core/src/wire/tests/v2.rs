@@ -792,16 +792,18 @@ fn arb_trace_hop() -> impl Strategy<Value = TraceHop> {
         option::of(any::<u64>()),
         option::of(any::<u64>()),
     )
-        .prop_map(|(ttl, addr, sent, received, best, mean, worst, stddev)| TraceHop {
-            ttl,
-            addr,
-            sent,
-            received,
-            rtt_best: best.map(Duration::from_nanos),
-            rtt_mean: mean.map(Duration::from_nanos),
-            rtt_worst: worst.map(Duration::from_nanos),
-            rtt_stddev: stddev.map(Duration::from_nanos),
-        })
+        .prop_map(
+            |(ttl, addr, sent, received, best, mean, worst, stddev)| TraceHop {
+                ttl,
+                addr,
+                sent,
+                received,
+                rtt_best: best.map(Duration::from_nanos),
+                rtt_mean: mean.map(Duration::from_nanos),
+                rtt_worst: worst.map(Duration::from_nanos),
+                rtt_stddev: stddev.map(Duration::from_nanos),
+            },
+        )
 }
 
 fn arb_from_agent() -> impl Strategy<Value = FromAgent> {
