@@ -9,12 +9,14 @@ use probermesh_adapters::clock::TokioClock;
 use probermesh_adapters::driver::agent::{self as driver, AgentRun, StopBounds};
 use probermesh_core::agent::{AgentConfig, AgentState, plan_rest_of_round};
 use probermesh_core::fake::{FakeDns, FakeHttpProber, FakePinger, FakeServerLink};
-use probermesh_core::link::{FromAgent, FromServer, ToAgent};
+use probermesh_core::link::{
+    FromAgent, FromServer, ToAgent, TraceHop, TraceProtocol, TraceReport, TraceRequest,
+};
 use probermesh_core::model::{
     AgentId, IcmpModule, IcmpSettings, ProbeConfig, ProbeKind, ProbeModule, Region, Target,
     UnixMillis,
 };
-use probermesh_core::ports::{Clock, EchoSeries, IcmpPinger, PingError};
+use probermesh_core::ports::{Clock, EchoSeries, IcmpPinger, PathTracer, PingError};
 use probermesh_core::probe::Probers;
 use tokio::sync::watch;
 
@@ -37,6 +39,7 @@ fn config(follow_observed_ip: bool) -> AgentConfig {
         in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
         tasks: None,
         upgrade: Default::default(),
+        traces: Some(Default::default()),
     }
 }
 
@@ -89,6 +92,30 @@ fn start(
     watch::Sender<bool>,
     tokio::task::JoinHandle<AgentRun<FakeServerLink>>,
 ) {
+    start_tracing(
+        state,
+        link,
+        relink,
+        icmp,
+        Arc::new(probermesh_core::fake::FakeTracer::new()),
+        clock,
+        bounds,
+    )
+}
+
+/// [`start`] with traces run by `tracer`.
+fn start_tracing(
+    state: AgentState,
+    link: Arc<FakeServerLink>,
+    relink: driver::Relink<FakeServerLink>,
+    icmp: Arc<dyn IcmpPinger>,
+    tracer: Arc<dyn PathTracer>,
+    clock: Arc<dyn Clock>,
+    bounds: StopBounds,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<AgentRun<FakeServerLink>>,
+) {
     let (stop, stopping) = watch::channel(false);
     let run = tokio::spawn(driver::run(
         state,
@@ -96,6 +123,7 @@ fn start(
         relink,
         probers(icmp),
         Arc::new(probermesh_core::fake::FakeTaskRunner::new()),
+        tracer,
         None,
         clock,
         stopping,
@@ -328,6 +356,7 @@ async fn a_probe_that_panics_frees_its_place_for_the_next() {
             in_flight_limits: probermesh_core::agent::InFlightLimits { icmp: 1, http: 1 },
             tasks: None,
             upgrade: Default::default(),
+            traces: Some(Default::default()),
             ..config(false)
         },
         clock.now(),
@@ -348,4 +377,132 @@ async fn a_probe_that_panics_frees_its_place_for_the_next() {
     // Two whole rounds of three targets at least, one at a time.
     assert!(calls >= 6, "{calls} probes started");
     assert_eq!(run.state.in_flight(), 0);
+}
+
+fn trace_request(id: u64, target: &str) -> TraceRequest {
+    TraceRequest {
+        id,
+        target: target.parse().expect("ip"),
+        protocol: TraceProtocol::Icmp,
+        max_hops: 30,
+        rounds: 20,
+    }
+}
+
+fn trace_reports(link: &FakeServerLink) -> Vec<TraceReport> {
+    link.sent()
+        .into_iter()
+        .filter_map(|message| match message {
+            FromAgent::TraceResult(report) => Some(report),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A tracer that takes `delay` per trace (forever, for a stuck engine).
+struct SlowTracer {
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl PathTracer for SlowTracer {
+    async fn trace(&self, request: &TraceRequest) -> TraceReport {
+        tokio::time::sleep(self.delay).await;
+        TraceReport {
+            id: request.id,
+            target: request.target,
+            hops: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_runs_on_the_tracer_and_its_report_goes_to_the_server() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(UnixMillis(T0)));
+    let link = Arc::new(FakeServerLink::new());
+    link.push_incoming(welcome("198.18.0.11"));
+    link.push_incoming(FromServer::Message(ToAgent::Trace(trace_request(
+        3,
+        "198.18.2.1",
+    ))));
+    let tracer = Arc::new(probermesh_core::fake::FakeTracer::new());
+    let hop = TraceHop {
+        ttl: 1,
+        addr: Some("198.18.2.1".parse().expect("ip")),
+        sent: 20,
+        received: 20,
+        rtt_best: Some(Duration::from_millis(1)),
+        rtt_mean: Some(Duration::from_millis(2)),
+        rtt_worst: Some(Duration::from_millis(3)),
+        rtt_stddev: Some(Duration::from_micros(500)),
+    };
+    tracer.path_to("198.18.2.1".parse().expect("ip"), vec![hop.clone()]);
+    let state = AgentState::new(config(false), clock.now());
+    let (stop, run) = start_tracing(
+        state,
+        Arc::clone(&link),
+        no_relink(),
+        Arc::new(FakePinger::new()),
+        Arc::clone(&tracer) as Arc<dyn PathTracer>,
+        Arc::clone(&clock),
+        BOUNDS,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.send(true).expect("the driver listens");
+    let run = run.await.expect("the driver ends");
+    assert_eq!(tracer.requests(), vec![trace_request(3, "198.18.2.1")]);
+    assert_eq!(
+        trace_reports(&link),
+        vec![TraceReport {
+            id: 3,
+            target: "198.18.2.1".parse().expect("ip"),
+            hops: vec![hop],
+            error: None,
+        }]
+    );
+    assert_eq!(run.state.traces().in_flight(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_tracer_is_answered_at_the_bound_and_a_second_trace_meanwhile_is_busy() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(UnixMillis(T0)));
+    let link = Arc::new(FakeServerLink::new());
+    link.push_incoming(welcome("198.18.0.11"));
+    link.push_incoming(FromServer::Message(ToAgent::Trace(trace_request(
+        1,
+        "198.18.2.1",
+    ))));
+    link.push_incoming(FromServer::Message(ToAgent::Trace(trace_request(
+        2,
+        "198.18.2.2",
+    ))));
+    let state = AgentState::new(config(false), clock.now());
+    let (stop, run) = start_tracing(
+        state,
+        Arc::clone(&link),
+        no_relink(),
+        Arc::new(FakePinger::new()),
+        Arc::new(SlowTracer {
+            delay: Duration::from_secs(100_000),
+        }),
+        Arc::clone(&clock),
+        BOUNDS,
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let early = trace_reports(&link);
+    assert_eq!(early.len(), 1, "{early:?}");
+    assert_eq!(early[0].id, 2);
+    assert_eq!(early[0].error.as_deref(), Some("busy: trace 1 in flight"));
+    tokio::time::sleep(driver::TRACE_BOUND).await;
+    let reports = trace_reports(&link);
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(reports[1].id, 1);
+    assert_eq!(
+        reports[1].error.as_deref(),
+        Some("the tracer did not finish within 150s")
+    );
+    stop.send(true).expect("the driver listens");
+    let run = run.await.expect("the driver ends");
+    assert_eq!(run.state.traces().in_flight(), None);
 }

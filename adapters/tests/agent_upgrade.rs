@@ -35,6 +35,7 @@ fn config(setup: UpgradeSetup) -> AgentConfig {
         in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
         tasks: None,
         upgrade: setup,
+        traces: Some(Default::default()),
     }
 }
 
@@ -85,6 +86,7 @@ fn start(
             icmp: pinger,
         },
         Arc::new(probermesh_core::fake::FakeTaskRunner::new()),
+        Arc::new(probermesh_core::fake::FakeTracer::new()),
         Some(installer),
         clock,
         stopping,

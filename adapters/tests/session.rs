@@ -84,6 +84,7 @@ fn start_agent(
             in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
             tasks: None,
             upgrade: Default::default(),
+            traces: Some(Default::default()),
         },
         clock.now(),
     );
@@ -99,6 +100,7 @@ fn start_agent(
         Box::new(|_| Err("agents of this test keep their address".into())),
         probers,
         Arc::new(probermesh_core::fake::FakeTaskRunner::new()),
+        Arc::new(probermesh_core::fake::FakeTracer::new()),
         None,
         Arc::clone(clock),
         stopping,

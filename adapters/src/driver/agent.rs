@@ -6,14 +6,16 @@
 //! Upgrades: the state's steps go to an `Installer` (staging, writing, checking the binary);
 //! when the state hands over to a new version, the run stops as gracefully as for a signal
 //! and returns the hand-over in [`AgentRun::handover`] for the `upgrade` adapter to carry out.
+//! Path traces run on a `PathTracer` in their own task (one at a time, as the state decides),
+//! bounded by [`TRACE_BOUND`]; their reports go back to the state.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use probermesh_core::agent::{AgentAction, AgentNotice, AgentState};
-use probermesh_core::link::{TaskOutput, UpgradePlan};
+use probermesh_core::link::{TaskOutput, TraceReport, TraceRequest, UpgradePlan};
 use probermesh_core::model::{AgentId, ProbeKind, ProbeResult};
-use probermesh_core::ports::{Clock, Installer, ServerLink, TaskRunner};
+use probermesh_core::ports::{Clock, Installer, PathTracer, ServerLink, TaskRunner};
 use probermesh_core::probe::{self, Probers};
 use probermesh_core::upgrade::agent::UpgradeStep;
 use tokio::sync::watch;
@@ -21,6 +23,10 @@ use tokio::task::JoinSet;
 
 /// After a link error, how long before `recv` is asked again (a closed link answers at once).
 const RECV_PAUSE_AFTER_ERROR: Duration = Duration::from_millis(100);
+
+/// The longest a trace may run before the driver answers it with an error: the engine bounds
+/// its own traces well below this (see `icmp::trace`), so only a stuck tracer reaches it.
+pub const TRACE_BOUND: Duration = Duration::from_secs(150);
 
 /// Starts a new link under an identity (a re-identification); the error says why it could
 /// not.
@@ -130,8 +136,69 @@ impl TaskRuns {
     }
 }
 
+/// The trace running (one at a time, as the state decides), with its request, so that one
+/// whose tracer panicked or overran [`TRACE_BOUND`] is still answered.
+struct TraceRuns {
+    tracer: Arc<dyn PathTracer>,
+    tasks: JoinSet<TraceReport>,
+    requests: std::collections::HashMap<tokio::task::Id, TraceRequest>,
+}
+
+impl TraceRuns {
+    fn start(&mut self, request: TraceRequest) {
+        let tracer = Arc::clone(&self.tracer);
+        let kept = request.clone();
+        let task = self.tasks.spawn(async move {
+            match tokio::time::timeout(TRACE_BOUND, tracer.trace(&request)).await {
+                Ok(report) => report,
+                Err(_) => failed_report(
+                    &request,
+                    format!(
+                        "the tracer did not finish within {}s",
+                        TRACE_BOUND.as_secs()
+                    ),
+                ),
+            }
+        });
+        self.requests.insert(task.id(), kept);
+    }
+
+    fn finished(
+        &mut self,
+        state: &mut AgentState,
+        joined: Result<(tokio::task::Id, TraceReport), tokio::task::JoinError>,
+    ) {
+        match joined {
+            Ok((join_id, report)) => {
+                self.requests.remove(&join_id);
+                tracing::info!(trace = report.id, target = %report.target, hops = report.hops.len(), error = ?report.error, "trace finished");
+                state.handle_trace_report(report);
+            }
+            Err(error) => {
+                if let Some(request) = self.requests.remove(&error.id()) {
+                    tracing::error!(trace = request.id, %error, "a trace ended without a report");
+                    state.handle_trace_report(failed_report(
+                        &request,
+                        format!("the agent's tracer failed: {error}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn failed_report(request: &TraceRequest, error: String) -> TraceReport {
+    TraceReport {
+        id: request.id,
+        target: request.target,
+        hops: Vec::new(),
+        error: Some(error),
+    }
+}
+
 /// Runs the agent until `stop` turns true, then stops gracefully within `bounds`. Tasks run
-/// on `task_runner` (only those the state lets through: see `core::task::runs`).
+/// on `task_runner` (only those the state lets through: see `core::task::runs`), traces on
+/// `tracer` (see `core::trace::agent`).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<L: ServerLink + 'static>(
     mut state: AgentState,
@@ -139,6 +206,7 @@ pub async fn run<L: ServerLink + 'static>(
     mut relink: Relink<L>,
     probers: Probers,
     task_runner: Arc<dyn TaskRunner>,
+    tracer: Arc<dyn PathTracer>,
     installer: Option<Arc<dyn Installer>>,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
@@ -150,6 +218,11 @@ pub async fn run<L: ServerLink + 'static>(
         runner: task_runner,
         tasks: JoinSet::new(),
         ids: std::collections::HashMap::new(),
+    };
+    let mut trace_runs = TraceRuns {
+        tracer,
+        tasks: JoinSet::new(),
+        requests: std::collections::HashMap::new(),
     };
     let mut recv_paused_until = tokio::time::Instant::now();
     loop {
@@ -163,6 +236,7 @@ pub async fn run<L: ServerLink + 'static>(
             &probers,
             &mut probes,
             &mut task_runs,
+            &mut trace_runs,
             Upgrading {
                 installer: installer.as_deref(),
                 clock: clock.as_ref(),
@@ -192,6 +266,9 @@ pub async fn run<L: ServerLink + 'static>(
             Some(joined) = task_runs.tasks.join_next_with_id(), if !task_runs.tasks.is_empty() => {
                 task_runs.finished(&mut state, clock.now(), joined);
             }
+            Some(joined) = trace_runs.tasks.join_next_with_id(), if !trace_runs.tasks.is_empty() => {
+                trace_runs.finished(&mut state, joined);
+            }
             received = link.recv(), if recv_ready => match received {
                 Ok(event) => state.handle_event(clock.now(), event),
                 Err(error) => {
@@ -214,6 +291,8 @@ pub async fn run<L: ServerLink + 'static>(
         tracing::warn!(task = ?state.tasks().running(), "a task was running at stop; it is killed and not answered");
     }
     task_runs.tasks.abort_all();
+    // Nor is a trace: the server's desk gives it up when the connection closes.
+    trace_runs.tasks.abort_all();
     let deadline = tokio::time::Instant::now() + bounds.in_flight;
     loop {
         link = carry_out(
@@ -223,6 +302,7 @@ pub async fn run<L: ServerLink + 'static>(
             &probers,
             &mut probes,
             &mut task_runs,
+            &mut trace_runs,
             Upgrading {
                 installer: installer.as_deref(),
                 clock: clock.as_ref(),
@@ -339,6 +419,7 @@ async fn carry_out<L: ServerLink + 'static>(
     probers: &Probers,
     probes: &mut Probes,
     task_runs: &mut TaskRuns,
+    trace_runs: &mut TraceRuns,
     mut upgrading: Upgrading<'_>,
 ) -> Arc<L> {
     while let Some(action) = state.poll_action() {
@@ -352,6 +433,10 @@ async fn carry_out<L: ServerLink + 'static>(
                     .tasks
                     .spawn(async move { (id, runner.run(run).await) });
                 task_runs.ids.insert(task.id(), id);
+            }
+            AgentAction::RunTrace(request) => {
+                tracing::info!(trace = request.id, target = %request.target, max_hops = request.max_hops, rounds = request.rounds, "tracing the path");
+                trace_runs.start(request);
             }
             AgentAction::Probe(planned) => {
                 let (probers, me) = (probers.clone(), state.me().clone());

@@ -29,6 +29,7 @@ use probermesh_core::agent::{AgentConfig, AgentState};
 use probermesh_core::model::{AgentId, AgentVersion};
 use probermesh_core::ports::{Clock, DnsResolver};
 use probermesh_core::probe::Probers;
+use probermesh_core::trace::agent::TracePolicy;
 use tokio::sync::watch;
 
 use crate::cli::AgentArgs;
@@ -152,6 +153,10 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
             "tasks on"
         ),
     }
+    let trace_policy = (!args.no_trace).then(TracePolicy::default);
+    if trace_policy.is_none() {
+        tracing::info!("path traces off: every trace the server asks for is refused (--no-trace)");
+    }
     let recipe = LinkRecipe {
         server_addr: args.rpc_report_addr.clone(),
         verification,
@@ -165,6 +170,11 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
                     .policy
                     .iter()
                     .map(|_| probermesh_core::link::feature::UPGRADE.to_owned()),
+            )
+            .chain(
+                trace_policy
+                    .iter()
+                    .map(|_| probermesh_core::link::feature::TRACE.to_owned()),
             )
             .collect(),
     };
@@ -184,6 +194,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
             in_flight_limits: choices.in_flight_limits,
             tasks: task_policy,
             upgrade: upgrade.setup.clone(),
+            traces: trace_policy,
         },
         clock.now(),
     );
@@ -199,6 +210,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         relink,
         system_probers()?,
         Arc::new(ProcessTaskRunner::new()),
+        Arc::new(probermesh_core::fake::FakeTracer::new()), // MERGE: IcmpTracer
         upgrade
             .installer
             .clone()

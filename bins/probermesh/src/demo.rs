@@ -206,6 +206,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                     in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
                     tasks: None,
                     upgrade: Default::default(),
+                    traces: None,
                 },
                 clock.now(),
             );
@@ -218,6 +219,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                 relink,
                 probers.clone(),
                 Arc::new(probermesh_adapters::task_runner::ProcessTaskRunner::new()),
+                Arc::new(probermesh_core::fake::FakeTracer::new()),
                 None,
                 Arc::clone(&clock),
                 stopping.clone(),

@@ -24,7 +24,10 @@
 //!   start by the end of its round's start spread ([`super::start_spread`]), the latest start
 //!   whose result still reaches its window. So however large a pool is, an agent runs at most
 //!   `icmp + http` probes at once, and its memory is bounded by the limits, not by the pool.
-//! - **Stopping**: after [`AgentState::stop`] no probe starts; those in flight finish.
+//! - **Traces** (`core::trace::agent`): a path trace the server asks for becomes a
+//!   [`AgentAction::RunTrace`] (one at a time, within the agent's bounds), or an immediate
+//!   report saying why not (tracing off, busy, out of bounds).
+//! - **Stopping**: after [`AgentState::stop`] no probe or trace starts; those in flight finish.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -32,11 +35,13 @@ use std::time::Duration;
 
 use super::plan::{PlannedProbe, plan_rest_of_round, round_start, start_spread};
 use crate::link::{FromAgent, FromServer, ToAgent};
+use crate::link::{TraceReport, TraceRequest};
 use crate::model::time::duration_millis;
 use crate::model::{AgentId, ProbeKind, ProbeResult, UnixMillis};
 use crate::ports::ReceivedPool;
 use crate::task::TaskRun;
 use crate::task::runs::{AgentTasks, TaskPolicy, TaskStep};
+use crate::trace::agent::{AgentTraces, TracePolicy, TraceStep};
 use crate::upgrade::agent::{AgentUpgrades, UpgradeSetup, UpgradeStep};
 
 /// Refused revisions remembered; beyond this the memory starts afresh.
@@ -62,6 +67,8 @@ pub struct AgentConfig {
     pub tasks: Option<TaskPolicy>,
     /// How upgrades are taken (`-agent.upgrade`), and whether this process is a trial.
     pub upgrade: UpgradeSetup,
+    /// How path traces run (`-agent.trace`, on by default); `None`: every trace is refused.
+    pub traces: Option<TracePolicy>,
 }
 
 /// The most probes of each kind an agent runs at once (`-agent.probe.icmp-max-in-flight`,
@@ -114,6 +121,8 @@ pub enum AgentAction {
     Reidentify(AgentId),
     /// Run this task and hand its output to [`AgentState::handle_task_output`].
     RunTask(TaskRun),
+    /// Run this path trace and hand its report to [`AgentState::handle_trace_report`].
+    RunTrace(TraceRequest),
     /// A step of an upgrade (staging, writing, checking the binary; handing over; committing),
     /// answered with the `handle_upgrade_*` methods. (Its messages come as [`Self::Send`].)
     Upgrade(UpgradeStep),
@@ -202,6 +211,7 @@ pub struct AgentState {
     produced: u64,
     tasks: AgentTasks,
     upgrades: AgentUpgrades,
+    traces: AgentTraces,
     actions: VecDeque<AgentAction>,
 }
 
@@ -217,6 +227,7 @@ impl AgentState {
         };
         let tasks = AgentTasks::new(config.tasks.clone());
         let upgrades = AgentUpgrades::new(config.upgrade.clone());
+        let traces = AgentTraces::new(config.traces);
         Self {
             next_round: after(round_start(now, interval), interval),
             config,
@@ -233,6 +244,7 @@ impl AgentState {
             produced: 0,
             tasks,
             upgrades,
+            traces,
             actions: VecDeque::new(),
         }
     }
@@ -393,9 +405,9 @@ impl AgentState {
                 let steps = self.upgrades.chunk(offer_id, offset, bytes);
                 self.upgrade_steps(steps);
             }
-            // Traces arrive with their issue.
-            FromServer::Message(other @ ToAgent::Trace(_)) => {
-                self.notice(AgentNotice::Unhandled { kind: other.kind() });
+            FromServer::Message(ToAgent::Trace(request)) => {
+                let steps = self.traces.receive(request, self.stopping);
+                self.trace_steps(steps);
             }
             FromServer::InvalidPool {
                 revision,
@@ -432,6 +444,27 @@ impl AgentState {
     ) {
         let steps = self.tasks.finished(now, id, output);
         self.task_steps(steps);
+    }
+
+    /// A trace finished: its report goes to the server.
+    pub fn handle_trace_report(&mut self, report: TraceReport) {
+        let steps = self.traces.finished(report);
+        self.trace_steps(steps);
+    }
+
+    /// The agent's traces (on or off, the one in flight, counts).
+    #[must_use]
+    pub fn traces(&self) -> &AgentTraces {
+        &self.traces
+    }
+
+    fn trace_steps(&mut self, steps: Vec<TraceStep>) {
+        for step in steps {
+            self.actions.push_back(match step {
+                TraceStep::Send(message) => AgentAction::Send(message),
+                TraceStep::Run(request) => AgentAction::RunTrace(request),
+            });
+        }
     }
 
     /// The agent's tasks (opt-in, counts).
@@ -653,6 +686,7 @@ mod tests {
             in_flight_limits: InFlightLimits::default(),
             tasks: None,
             upgrade: Default::default(),
+            traces: Some(Default::default()),
         }
     }
 
@@ -840,6 +874,7 @@ mod tests {
                 in_flight_limits: InFlightLimits::default(),
                 tasks: None,
                 upgrade: Default::default(),
+                traces: Some(Default::default()),
                 ..config()
             },
             UnixMillis(T0),
@@ -874,6 +909,7 @@ mod tests {
             in_flight_limits: InFlightLimits { icmp, http },
             tasks: None,
             upgrade: Default::default(),
+            traces: Some(Default::default()),
             ..config()
         }
     }
@@ -1110,6 +1146,57 @@ mod tests {
             started
                 .iter()
                 .all(|p| p.round_start == UnixMillis(T0 + 15 * SECOND))
+        );
+    }
+
+    #[test]
+    fn a_trace_request_becomes_a_run_and_its_report_a_message_or_is_refused_when_off() {
+        let request = TraceRequest {
+            id: 9,
+            target: "198.18.2.1".parse().unwrap(),
+            protocol: crate::link::TraceProtocol::Icmp,
+            max_hops: 30,
+            rounds: 20,
+        };
+        let mut state = AgentState::new(config(), UnixMillis(T0));
+        state.handle_event(UnixMillis(T0), welcome("198.18.0.11"));
+        drain(&mut state);
+        state.handle_event(
+            UnixMillis(T0),
+            FromServer::Message(ToAgent::Trace(request.clone())),
+        );
+        assert_eq!(
+            drain(&mut state),
+            vec![AgentAction::RunTrace(request.clone())]
+        );
+        let report = TraceReport {
+            id: 9,
+            target: request.target,
+            hops: Vec::new(),
+            error: None,
+        };
+        state.handle_trace_report(report.clone());
+        assert_eq!(
+            drain(&mut state),
+            vec![AgentAction::Send(FromAgent::TraceResult(report))]
+        );
+
+        let mut off = AgentState::new(
+            AgentConfig {
+                traces: None,
+                ..config()
+            },
+            UnixMillis(T0),
+        );
+        off.handle_event(UnixMillis(T0), FromServer::Message(ToAgent::Trace(request)));
+        let actions = drain(&mut off);
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [AgentAction::Send(FromAgent::TraceResult(TraceReport { id: 9, error: Some(error), .. }))]
+                    if error.starts_with("tracing is off")
+            ),
+            "{actions:?}"
         );
     }
 }

@@ -10,6 +10,9 @@
 //!   settled window's per-pair verdicts: thresholds held for K windows with hysteresis, a
 //!   trace again on recovery, a cooldown per pair, one trace per agent at a time, an hourly
 //!   budget, operator requests; every run and refusal counted by a bounded reason;
+//! - [`agent`]: the agent's side, sans-IO: [`agent::AgentTraces`] takes the server's requests
+//!   (one at a time, within the agent's bounds, each id once, or none when tracing is off)
+//!   and turns them into runs for the engine or refusing reports;
 //! - [`blame`]: a finished [`crate::link::TraceReport`] to a [`blame::Verdict`];
 //! - [`store`]: the bounded in-memory [`store::TraceStore`] of finished traces the endpoints
 //!   and the pair page will serve.
@@ -23,6 +26,7 @@
 //! verdicts of each settled window, routing requests and reports, the metric families);
 //! running a trace (the engine, on the agent) and serving the store are the adapters'.
 
+pub mod agent;
 pub mod blame;
 pub mod store;
 pub mod trigger;

@@ -239,6 +239,12 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         false,
         "a new version not committed by then is rolled back (default 3m)",
     ),
+    (
+        "agent.trace",
+        Side::Agent,
+        true,
+        "run the path traces the server asks for (default true)",
+    ),
     ("agent.task", Side::Agent, true, "run the server's tasks"),
     (
         "agent.task.shell",
@@ -301,6 +307,10 @@ pub(crate) enum Legacy {
     Help,
 }
 
+/// Booleans that are on by default, each with the switch that turns it off: `-flag` and
+/// `-flag=true` leave the default, `-flag=false` gives the switch.
+const DEFAULT_ON: &[(&str, &str)] = &[("agent.trace", "--no-trace")];
+
 /// Whether `args` (without the program name) are Go-style: empty, or starting with a
 /// single-dash flag such as `-mode` or `-server.probe.file`.
 pub(crate) fn is_legacy(args: &[String]) -> bool {
@@ -319,6 +329,8 @@ pub(crate) fn is_legacy(args: &[String]) -> bool {
 pub(crate) fn translate(args: &[String]) -> Result<Legacy> {
     let mut mode = "server".to_owned();
     let mut flags: Vec<(Side, String, Option<String>)> = Vec::new();
+    // The off-switches of default-on booleans set false.
+    let mut negated: Vec<(Side, &str)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -351,11 +363,20 @@ pub(crate) fn translate(args: &[String]) -> Result<Legacy> {
         let Some(&(go, side, boolean, _)) = FLAGS.iter().find(|(go, ..)| *go == name) else {
             bail!("flag provided but not defined: -{name} (see -h)");
         };
+        let negation = DEFAULT_ON
+            .iter()
+            .find(|(on, _)| *on == go)
+            .map(|(_, off)| *off);
         let value = if boolean {
-            match inline.as_deref() {
-                None | Some("true" | "1" | "t" | "T" | "TRUE" | "True") => None,
-                Some("false" | "0" | "f" | "F" | "FALSE" | "False") => continue,
-                Some(other) => {
+            match (inline.as_deref(), negation) {
+                (None | Some("true" | "1" | "t" | "T" | "TRUE" | "True"), None) => None,
+                (Some("false" | "0" | "f" | "F" | "FALSE" | "False"), None) => continue,
+                (None | Some("true" | "1" | "t" | "T" | "TRUE" | "True"), Some(_)) => continue,
+                (Some("false" | "0" | "f" | "F" | "FALSE" | "False"), Some(off)) => {
+                    negated.push((side, off));
+                    continue;
+                }
+                (Some(other), _) => {
                     bail!("invalid boolean value {other:?} for -{go}: use true or false")
                 }
             }
@@ -392,6 +413,11 @@ pub(crate) fn translate(args: &[String]) -> Result<Legacy> {
         out.push(format!("--{long}"));
         if let Some(value) = value {
             out.push(value);
+        }
+    }
+    for (flag_side, off) in negated {
+        if flag_side == Side::Common || flag_side == side {
+            out.push(off.to_owned());
         }
     }
     Ok(Legacy::Run(out))
@@ -482,6 +508,21 @@ mod tests {
             ["server", "--mesh-require-token"]
         );
         assert_eq!(run(&["-server.mesh.require-token=false"]), ["server"]);
+    }
+
+    #[test]
+    fn a_default_on_boolean_is_turned_off_by_false_only() {
+        assert_eq!(run(&["-mode=agent", "-agent.trace"]), ["agent"]);
+        assert_eq!(run(&["-mode=agent", "-agent.trace=true"]), ["agent"]);
+        assert_eq!(
+            run(&["-mode=agent", "-agent.trace=false", "-agent.task"]),
+            ["agent", "--task", "--no-trace"]
+        );
+        assert_eq!(run(&["-agent.trace=false"]), ["server"]);
+        let error = translate(&args(&["-mode=agent", "-agent.trace=no"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("-agent.trace"), "{error}");
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub(crate) struct AgentArgs {
     /// a new version not committed within this is rolled back (Go duration, default 3m)
     #[argh(option, default = "String::from(\"3m\")")]
     pub(crate) upgrade_deadline: String,
+    /// do not run the path traces the server asks for (they run by default)
+    #[argh(switch)]
+    pub(crate) no_trace: bool,
     /// run the tasks the server sends (off by default: every task is refused)
     #[argh(switch)]
     pub(crate) task: bool,
