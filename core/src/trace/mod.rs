@@ -24,6 +24,7 @@
 //! running a trace (the engine, on the agent) and serving the store are the adapters'.
 
 pub mod blame;
+pub mod hops;
 pub mod store;
 pub mod trigger;
 
