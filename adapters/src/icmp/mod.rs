@@ -47,7 +47,7 @@ use packet::{Family, Incoming};
 use scheduler::Scheduler;
 use socket::{IcmpSocket, control_buffer};
 pub use socket::{OpenError, SocketKind, SocketMode};
-pub use trace::{IcmpTracer, IcmpTracerConfig, TraceError};
+pub use trace::{IcmpTracer, IcmpTracerConfig, TraceError, local_host_name};
 
 /// Engine-wide settings (per-probe settings come with each `ping`).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]

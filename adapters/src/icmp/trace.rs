@@ -223,15 +223,13 @@ impl IcmpTracer {
                         .get_ref()
                         .set_ttl(ttl)
                         .map_err(|source| TraceError::SetTtl { ttl, source })?;
-                    let sent = Instant::now();
-                    socket
-                        .get_ref()
-                        .send_to(&packet, request.target)
-                        .map_err(|source| TraceError::Send {
+                    let sent = send(socket.get_ref(), kind, &packet, request.target).map_err(
+                        |source| TraceError::Send {
                             ttl,
                             target: request.target,
                             source,
-                        })?;
+                        },
+                    )?;
                     // A sequence of a round 256 rounds ago is long expired (a round interval
                     // times 256 exceeds any sensible reply timeout); replace it.
                     if let Some(old) = pending.remove(&sequence) {
@@ -348,8 +346,58 @@ impl PathTracer for IcmpTracer {
     }
 }
 
+/// This host's name (for a report's header), `localhost` when the kernel does not say.
+#[must_use]
+pub fn local_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// Receive buffer size (an ICMP error quoting a full-size request fits).
 const ICMP_BUFFER: usize = 64 * 1024;
+
+/// Sends one probe, returning when it left.
+///
+/// With `IP_RECVERR` (datagram sockets) the kernel also reports the last ICMP error as the
+/// error of the next send, which then does not happen (that error is on the error queue
+/// too); such a send is retried. Raw sockets have no such errors.
+fn send(
+    socket: &IcmpSocket,
+    kind: SocketKind,
+    packet: &[u8],
+    target: IpAddr,
+) -> io::Result<Instant> {
+    let mut attempts = 0;
+    loop {
+        let sent = Instant::now();
+        match socket.send_to(packet, target) {
+            Ok(_) => return Ok(sent),
+            Err(e)
+                if kind == SocketKind::Datagram && attempts < 4 && is_reported_icmp_error(&e) =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The errors an earlier ICMP error is reported as (linux `icmp_err_convert`).
+fn is_reported_icmp_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::ConnectionRefused
+    ) || matches!(
+        error.raw_os_error(),
+        // EPROTO, ENOPROTOOPT, EMSGSIZE, EACCES (admin prohibited), EOPNOTSUPP
+        Some(71 | 92 | 90 | 13 | 95)
+    )
+}
 
 /// A probe waiting for its answer.
 #[derive(Clone, Copy, Debug)]

@@ -113,7 +113,7 @@ fn most_frequent(answers: &[Answer]) -> Option<IpAddr> {
 
 /// A report as an `mtr -r` table: a header naming `source` (the local host's name) and one
 /// row per hop with loss, sent, mean, best, worst and standard deviation in milliseconds;
-/// `???` for a hop nobody answered. The report's error, if any, is the last line.
+/// `???` for a hop nobody answered. The report's error is not printed (the caller says it).
 #[must_use]
 pub fn render_table(source: &str, report: &TraceReport) -> String {
     let mut out = format!("HOST: {:<36} Loss%   Snt   Avg  Best  Wrst StDev\n", source);
@@ -138,9 +138,6 @@ pub fn render_table(source: &str, report: &TraceReport) -> String {
             ms(hop.rtt_worst),
             ms(hop.rtt_stddev),
         ));
-    }
-    if let Some(error) = &report.error {
-        out.push_str(&format!("error: {error}\n"));
     }
     out
 }
