@@ -223,13 +223,14 @@ impl IcmpTracer {
                         .get_ref()
                         .set_ttl(ttl)
                         .map_err(|source| TraceError::SetTtl { ttl, source })?;
-                    let sent = send(socket.get_ref(), kind, &packet, request.target).map_err(
-                        |source| TraceError::Send {
-                            ttl,
-                            target: request.target,
-                            source,
-                        },
-                    )?;
+                    let sent =
+                        send(socket.get_ref(), &packet, request.target).map_err(|source| {
+                            TraceError::Send {
+                                ttl,
+                                target: request.target,
+                                source,
+                            }
+                        })?;
                     // A sequence of a round 256 rounds ago is long expired (a round interval
                     // times 256 exceeds any sensible reply timeout); replace it.
                     if let Some(old) = pending.remove(&sequence) {
@@ -288,10 +289,10 @@ impl IcmpTracer {
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            // Raw sockets may also report asynchronous errors; they are
-                            // not ours to fail on.
-                            Err(e) if kind == SocketKind::Raw && e.raw_os_error().is_some()
-                                && e.kind() != io::ErrorKind::InvalidInput => break,
+                            // An ICMP error about an earlier probe, reported once as the
+                            // socket's pending error (the message itself is delivered too:
+                            // raw sockets get it, datagram ones queue it): consumed, go on.
+                            Err(e) if is_reported_icmp_error(&e) => {}
                             Err(e) => return Err(TraceError::Receive(e)),
                         }
                     }
@@ -361,23 +362,18 @@ const ICMP_BUFFER: usize = 64 * 1024;
 
 /// Sends one probe, returning when it left.
 ///
-/// With `IP_RECVERR` (datagram sockets) the kernel also reports the last ICMP error as the
-/// error of the next send, which then does not happen (that error is on the error queue
-/// too); such a send is retried. Raw sockets have no such errors.
-fn send(
-    socket: &IcmpSocket,
-    kind: SocketKind,
-    packet: &[u8],
-    target: IpAddr,
-) -> io::Result<Instant> {
+/// The kernel also reports the last ICMP error about the socket's traffic as the socket's
+/// pending error (datagram sockets with `IP_RECVERR`, raw sockets for the fatal codes of
+/// Destination Unreachable), and the next send then fails with it without sending; the
+/// message itself was delivered or queued, so such a send is retried. A lasting failure
+/// (no route here) fails after a few attempts.
+fn send(socket: &IcmpSocket, packet: &[u8], target: IpAddr) -> io::Result<Instant> {
     let mut attempts = 0;
     loop {
         let sent = Instant::now();
         match socket.send_to(packet, target) {
             Ok(_) => return Ok(sent),
-            Err(e)
-                if kind == SocketKind::Datagram && attempts < 4 && is_reported_icmp_error(&e) =>
-            {
+            Err(e) if attempts < 4 && is_reported_icmp_error(&e) => {
                 attempts += 1;
             }
             Err(e) => return Err(e),
@@ -394,8 +390,8 @@ fn is_reported_icmp_error(error: &io::Error) -> bool {
             | io::ErrorKind::ConnectionRefused
     ) || matches!(
         error.raw_os_error(),
-        // EPROTO, ENOPROTOOPT, EMSGSIZE, EACCES (admin prohibited), EOPNOTSUPP
-        Some(71 | 92 | 90 | 13 | 95)
+        // EPROTO, ENOPROTOOPT, EMSGSIZE, EACCES (prohibited), EOPNOTSUPP, EHOSTDOWN
+        Some(71 | 92 | 90 | 13 | 95 | 112)
     )
 }
 

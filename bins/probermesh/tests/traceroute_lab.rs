@@ -297,3 +297,34 @@ fn a_router_dropping_its_time_exceeded_is_a_silent_hop() {
         );
     }
 }
+
+#[test]
+fn an_unreachable_target_fails_with_a_clear_error() {
+    let path = Path::new();
+    // R1 has no route to 198.19.0.0/16: it answers every probe with Net Unreachable.
+    for socket in ["raw", "datagram"] {
+        let error = path
+            .a
+            .exec(&[
+                BIN,
+                "traceroute",
+                "--socket",
+                socket,
+                "--rounds",
+                "3",
+                "--interval",
+                "100",
+                "--reply-timeout",
+                "500",
+                "--max-hops",
+                "5",
+                "198.19.0.1",
+            ])
+            .expect_err("an unreachable target fails")
+            .to_string();
+        assert!(
+            error.contains("198.19.0.1 did not answer"),
+            "{socket}: {error}"
+        );
+    }
+}
