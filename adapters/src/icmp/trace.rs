@@ -231,11 +231,8 @@ impl IcmpTracer {
                                 source,
                             }
                         })?;
-                    // A sequence of a round 256 rounds ago is long expired (a round interval
-                    // times 256 exceeds any sensible reply timeout); replace it.
-                    if let Some(old) = pending.remove(&sequence) {
-                        probes[old.index].answer = None;
-                    }
+                    // A sequence of 256 rounds ago, if still waiting, stays lost (a round
+                    // interval times 256 exceeds any sensible reply timeout).
                     pending.insert(
                         sequence,
                         Pending {
