@@ -3,7 +3,9 @@
 //! from A in raw and in datagram mode while `mtr -r -n` runs there at the same time. Checked:
 //! the same hop addresses in the same order, the destination last; 50 % of the echo requests
 //! R2 forwards dropped by nftables shows as loss from hop 3 on (not at R1 or R2); R1 dropping
-//! its own Time Exceeded shows as a silent first hop while later hops answer.
+//! its own Time Exceeded shows as a silent first hop while later hops answer; an unreachable
+//! target fails with a clear error; on the wire (an nftables set on R1), every probe of a
+//! trace has one (checksum, identifier), where the ping engine's echoes each have their own.
 //!
 //! Needs root (network namespaces) and mtr (scripts/test-packages.sh installs mtr-tiny);
 //! fails loudly without them. ICMP rate limiting is off on the routers (`icmp_ratelimit=0`,
@@ -327,4 +329,86 @@ fn an_unreachable_target_fails_with_a_clear_error() {
             "{socket}: {error}"
         );
     }
+}
+
+#[test]
+fn every_probe_of_a_trace_has_one_identifier_and_checksum_on_the_wire() {
+    let path = Path::new();
+    // R1 records the (checksum, identifier) of every echo request it receives.
+    path.r1
+        .nft(
+            "table inet lab {\n set flows {\n typeof icmp checksum . icmp id\n flags dynamic\n }\n \
+             chain prerouting {\n type filter hook prerouting priority 0;\n \
+             icmp type echo-request add @flows { icmp checksum . icmp id }\n }\n}\n",
+        )
+        .expect("the flow recorder");
+    for socket in ["raw", "datagram"] {
+        path.r1
+            .exec(&["nft", "flush", "set", "inet", "lab", "flows"])
+            .expect("an empty set");
+        let table = text(
+            &path
+                .a
+                .exec(&[
+                    BIN,
+                    "traceroute",
+                    "--socket",
+                    socket,
+                    "--rounds",
+                    "5",
+                    "--interval",
+                    "100",
+                    "--max-hops",
+                    "10",
+                    B,
+                ])
+                .expect("probermesh traceroute succeeds"),
+        );
+        assert_eq!(
+            addrs(&rows(&table)),
+            vec![ip(R1), ip(R2), ip(B)],
+            "{socket}"
+        );
+        let set = text(
+            &path
+                .r1
+                .exec(&["nft", "list", "set", "inet", "lab", "flows"])
+                .expect("the set"),
+        );
+        eprintln!("{socket}: {set}");
+        // 5 rounds × 3 TTLs (10 in the first) reached R1, all of one flow.
+        assert_eq!(
+            flows(&set),
+            1,
+            "{socket}: one (checksum, identifier) for every probe: {set}"
+        );
+    }
+    // The control: the ping engine's echoes differ in sequence, so in checksum.
+    path.r1
+        .exec(&["nft", "flush", "set", "inet", "lab", "flows"])
+        .expect("an empty set");
+    path.a
+        .exec(&[BIN, "ping", "-c", "3", "-i", "50", B])
+        .expect("probermesh ping succeeds");
+    let set = text(
+        &path
+            .r1
+            .exec(&["nft", "list", "set", "inet", "lab", "flows"])
+            .expect("the set"),
+    );
+    assert_eq!(
+        flows(&set),
+        3,
+        "the recorder sees each ping's checksum: {set}"
+    );
+}
+
+/// The elements of an `nft list set` listing.
+fn flows(set: &str) -> usize {
+    set.split("elements = {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .map_or(0, |elements| {
+            elements.split(',').filter(|e| !e.trim().is_empty()).count()
+        })
 }
