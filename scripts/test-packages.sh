@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use, when missing (needs root and apt): ping (the RTT
-# reference), nft (loss and reject rules), ip (network namespaces), setpriv and unshare (the
+# reference), mtr (the traceroute reference), nft (loss and reject rules), ip (network namespaces), setpriv and unshare (the
 # ICMP permission tests), curl (the HTTP phase reference), openssl (the certificates operators
 # make), prometheus (promtool, and a real Prometheus scraping the server), python3 (the upgrade
 # lab's release file server), binutils (strip, for the upgrade lab's binaries), chromium and
@@ -9,7 +9,7 @@
 # python3-venv (kubernetes-validate from PyPI) (scripts/check-packaging.sh). Called by
 # scripts/test.sh, so the README's test command works on a fresh machine.
 set -euo pipefail
-packages="iputils-ping nftables iproute2 util-linux curl prometheus openssl python3 binutils chromium chromium-driver systemd supervisor python3-venv"
+packages="iputils-ping mtr-tiny nftables iproute2 util-linux curl prometheus openssl python3 binutils chromium chromium-driver systemd supervisor python3-venv"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -17,6 +17,9 @@
 //! sockets, our identifier). Our own requests (seen by raw sockets on loopback), duplicates
 //! and other processes' traffic are ignored.
 //!
+//! Path traces (`trace`, [`IcmpTracer`], port `PathTracer`) do not use this engine's
+//! sockets: each trace opens its own.
+//!
 //! Timing: RTT = (monotonic time at wakeup − monotonic send time) − (wall time at wakeup −
 //! kernel receive stamp). This uses the kernel stamp, so thread wakeup latency does not count,
 //! while a wall-clock step between send and receive cannot corrupt the result.
@@ -25,6 +28,7 @@ mod flight;
 pub(crate) mod packet;
 mod scheduler;
 mod socket;
+mod trace;
 
 use std::io;
 use std::net::IpAddr;
@@ -43,6 +47,7 @@ use packet::{Family, Incoming};
 use scheduler::Scheduler;
 use socket::{IcmpSocket, control_buffer};
 pub use socket::{OpenError, SocketKind, SocketMode};
+pub use trace::{IcmpTracer, IcmpTracerConfig, TraceError, local_host_name};
 
 /// Engine-wide settings (per-probe settings come with each `ping`).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]

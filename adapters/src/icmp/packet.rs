@@ -4,7 +4,10 @@
 //! - our payload starts with an engine token, the probe id and the packet index, so a reply is
 //!   matched to exactly one packet of one probe and stray or forged replies are ignored;
 //! - a raw IPv4 socket delivers the IP header, a datagram one and every IPv6 socket do not;
-//! - ICMP errors quote our original request, from which the probe and packet are recovered.
+//! - ICMP errors quote our original request, from which the probe and packet are recovered;
+//! - the path tracer's requests ([`build_paris_echo_request`]) all carry one checksum, and
+//!   the requests a datagram socket's error queue gives back are read by
+//!   [`classify_queued_request`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -111,6 +114,73 @@ pub(crate) fn build_echo_request(
         let checksum = internet_checksum(out);
         out[2..4].copy_from_slice(&checksum.to_be_bytes());
     }
+}
+
+/// Where the path tracer's compensating word sits: right after the tag.
+pub(crate) const PARIS_WORD_OFFSET: usize = ICMP_HEADER_LEN + PAYLOAD_TAG_LEN;
+
+/// Writes an echo request as [`build_echo_request`] does, but with a 16-bit word after the
+/// tag chosen so that the ICMP checksum is `checksum` whatever the sequence and tag (Paris
+/// traceroute's trick: per-flow load balancers hash the checksum field, so every probe of a
+/// trace with one identifier and one checksum takes one path).
+///
+/// For ICMPv4 the field is written; for ICMPv6 the kernel computes it over a pseudo-header
+/// that is the same for every probe of a trace, and over data whose sum this keeps constant,
+/// so it is constant too. `checksum` must not be `0xffff` (no one's-complement sum gives it).
+pub(crate) fn build_paris_echo_request(
+    out: &mut Vec<u8>,
+    family: Family,
+    identifier: u16,
+    sequence: u16,
+    tag: PayloadTag,
+    payload_len: usize,
+    checksum: u16,
+) {
+    build_echo_request(
+        out,
+        family,
+        identifier,
+        sequence,
+        tag,
+        payload_len.max(PAYLOAD_TAG_LEN + 2),
+    );
+    out[2..4].copy_from_slice(&[0, 0]);
+    out[PARIS_WORD_OFFSET..PARIS_WORD_OFFSET + 2].copy_from_slice(&[0, 0]);
+    // internet_checksum = !S for the folded sum S. We need !(S + w) = checksum, so
+    // w = !checksum - S = !checksum + !S in one's-complement arithmetic.
+    let word = ones_complement_add(!checksum, internet_checksum(out));
+    out[PARIS_WORD_OFFSET..PARIS_WORD_OFFSET + 2].copy_from_slice(&word.to_be_bytes());
+    if family == Family::V4 {
+        out[2..4].copy_from_slice(&checksum.to_be_bytes());
+    }
+}
+
+fn ones_complement_add(a: u16, b: u16) -> u16 {
+    let sum = u32::from(a) + u32::from(b);
+    let folded = (sum & 0xffff) + (sum >> 16);
+    u16::try_from(folded).unwrap_or(u16::MAX)
+}
+
+/// What a datagram socket's error queue gives back with an ICMP error: our original request
+/// as the router quoted it (ICMP header first). Returns its identifier, sequence and tag (if
+/// quoted), or `None` when it is not an echo request of `family`.
+pub(crate) fn classify_queued_request(
+    family: Family,
+    quoted: &[u8],
+) -> Option<(u16, u16, Option<PayloadTag>)> {
+    let request_type = match family {
+        Family::V4 => icmp_type::V4_ECHO_REQUEST,
+        Family::V6 => icmp_type::V6_ECHO_REQUEST,
+    };
+    let icmp = quoted.get(..ICMP_HEADER_LEN)?;
+    if icmp[0] != request_type {
+        return None;
+    }
+    Some((
+        u16::from_be_bytes([icmp[4], icmp[5]]),
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        PayloadTag::read(quoted.get(ICMP_HEADER_LEN..)?),
+    ))
 }
 
 /// The RFC 1071 one's-complement checksum of `bytes`.
@@ -439,6 +509,22 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_queued_request_is_read_back() {
+        let mut request = Vec::new();
+        build_echo_request(&mut request, Family::V4, 9, 0x0305, TAG, 56);
+        assert_eq!(
+            classify_queued_request(Family::V4, &request),
+            Some((9, 0x0305, Some(TAG)))
+        );
+        assert_eq!(
+            classify_queued_request(Family::V4, &request[..ICMP_HEADER_LEN]),
+            Some((9, 0x0305, None))
+        );
+        assert_eq!(classify_queued_request(Family::V6, &request), None);
+        assert_eq!(classify_queued_request(Family::V4, &request[..4]), None);
+    }
+
     proptest! {
         #[test]
         fn any_bytes_classify_without_panicking(
@@ -448,6 +534,28 @@ mod tests {
         ) {
             let family = if v6 { Family::V6 } else { Family::V4 };
             let _ = classify(family, header, &bytes);
+        }
+
+        #[test]
+        fn a_paris_request_has_the_chosen_checksum(
+            identifier in any::<u16>(),
+            sequence in any::<u16>(),
+            index in any::<u32>(),
+            checksum in 0u16..0xffff,
+            payload_len in 0usize..200,
+        ) {
+            let tag = PayloadTag { token: 5, probe_id: 6, index };
+            let mut request = Vec::new();
+            build_paris_echo_request(
+                &mut request, Family::V4, identifier, sequence, tag, payload_len, checksum,
+            );
+            prop_assert_eq!(internet_checksum(&request), 0);
+            prop_assert_eq!(u16::from_be_bytes([request[2], request[3]]), checksum);
+            let reply = reply_of(&request, Family::V4);
+            prop_assert_eq!(
+                classify(Family::V4, false, &reply),
+                Incoming::Reply { identifier, sequence, tag }
+            );
         }
 
         #[test]

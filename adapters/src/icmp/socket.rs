@@ -3,16 +3,21 @@
 //! Raw sockets need CAP_NET_RAW; unprivileged datagram ("ping") sockets need the process's
 //! group inside `net.ipv4.ping_group_range` (which also governs ICMPv6). We try raw first,
 //! then datagram, and when both are refused we say how to fix it.
+//!
+//! The path tracer (`trace`) opens its own non-blocking socket per trace with
+//! [`IcmpSocket::open_for_trace`]: raw sockets get a kernel filter passing only echo replies
+//! and ICMP errors, datagram sockets get `IP_RECVERR` so routers' errors reach the error
+//! queue ([`IcmpSocket::receive_error`]).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, SystemTime};
 
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
 
 use super::packet::Family;
 
@@ -196,6 +201,158 @@ impl IcmpSocket {
             kernel_time,
         })
     }
+}
+
+impl AsRawFd for IcmpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// One message of a datagram socket's error queue: an ICMP error a router (or the target)
+/// sent about one of our requests.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueuedError {
+    /// Bytes of the original request written into the buffer.
+    pub(crate) len: usize,
+    /// Who sent the error (`SO_EE_OFFENDER`), when the kernel said.
+    pub(crate) offender: Option<IpAddr>,
+    /// The ICMP type of the error.
+    pub(crate) icmp_type: u8,
+    /// When the kernel received it (`SO_TIMESTAMPNS`), if it said.
+    pub(crate) kernel_time: Option<SystemTime>,
+}
+
+/// `SO_EE_ORIGIN_ICMP` and `SO_EE_ORIGIN_ICMP6` (linux/errqueue.h): the error came in an
+/// ICMP message, not from the local stack.
+const ORIGIN_ICMP: u8 = 2;
+const ORIGIN_ICMP6: u8 = 3;
+
+impl IcmpSocket {
+    /// Opens a socket for one path trace: as [`Self::open`], non-blocking (for tokio's
+    /// `AsyncFd`), and
+    /// - raw: a socket filter passing only echo replies, Time Exceeded and Destination
+    ///   Unreachable (what `ICMP_FILTER` does; it has no safe wrapper and this crate forbids
+    ///   `unsafe`, while `SO_ATTACH_FILTER` has one in socket2);
+    /// - datagram: `IP_RECVERR` / `IPV6_RECVERR`, so ICMP errors about our requests are
+    ///   queued on the error queue with the router's address.
+    pub(crate) fn open_for_trace(family: Family, mode: SocketMode) -> Result<Self, OpenError> {
+        let socket = Self::open(family, mode, 1)?;
+        socket.socket.set_nonblocking(true)?;
+        match (socket.kind, family) {
+            (SocketKind::Raw, Family::V4) => socket.socket.attach_filter(&V4_TRACE_FILTER)?,
+            (SocketKind::Raw, Family::V6) => socket.socket.attach_filter(&V6_TRACE_FILTER)?,
+            (SocketKind::Datagram, Family::V4) => {
+                setsockopt(&socket.socket, sockopt::Ipv4RecvErr, &true).map_err(io::Error::from)?;
+            }
+            (SocketKind::Datagram, Family::V6) => {
+                setsockopt(&socket.socket, sockopt::Ipv6RecvErr, &true).map_err(io::Error::from)?;
+            }
+        }
+        Ok(socket)
+    }
+
+    /// Takes one message off the error queue (`MSG_ERRQUEUE`): the original request (as far
+    /// as the router quoted it) into `buf`, the error's origin in the result.
+    /// `ErrorKind::WouldBlock` when the queue is empty; `Ok(None)` for a queued error that
+    /// did not come in an ICMP message (a local error).
+    #[expect(
+        clippy::ptr_arg,
+        reason = "nix's recvmsg takes the control buffer as a Vec"
+    )]
+    pub(crate) fn receive_error(
+        &self,
+        buf: &mut [u8],
+        control: &mut Vec<u8>,
+    ) -> io::Result<Option<QueuedError>> {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrStorage>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(control),
+            MsgFlags::MSG_ERRQUEUE,
+        )
+        .map_err(io::Error::from)?;
+        let mut kernel_time = None;
+        let mut error = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for cmsg in cmsgs {
+                match cmsg {
+                    ControlMessageOwned::ScmTimestampns(ts) => {
+                        kernel_time = timestamp(ts.tv_sec(), ts.tv_nsec());
+                    }
+                    ControlMessageOwned::Ipv4RecvErr(ee, offender) => {
+                        let offender = offender.map(|a| {
+                            IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)))
+                        });
+                        error = Some((ee.ee_origin, ee.ee_type, offender));
+                    }
+                    ControlMessageOwned::Ipv6RecvErr(ee, offender) => {
+                        let offender = offender
+                            .map(|a| IpAddr::V6(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr)));
+                        error = Some((ee.ee_origin, ee.ee_type, offender));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(error.and_then(|(origin, icmp_type, offender)| {
+            (origin == ORIGIN_ICMP || origin == ORIGIN_ICMP6).then_some(QueuedError {
+                len: msg.bytes,
+                offender,
+                icmp_type,
+                kernel_time,
+            })
+        }))
+    }
+}
+
+fn timestamp(secs: i64, nanos: i64) -> Option<SystemTime> {
+    let secs = u64::try_from(secs).ok()?;
+    let nanos = u32::try_from(nanos).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// Classic BPF: `BPF_LDX|BPF_B|BPF_MSH` (X = IPv4 header length), `BPF_LD|BPF_B|BPF_IND`
+/// (A = the ICMP type), `BPF_JMP|BPF_JEQ|BPF_K`, `BPF_RET|BPF_K`, `BPF_LD|BPF_B|BPF_ABS`.
+const BPF_LDX_MSH: u16 = 0xb1;
+const BPF_LD_B_IND: u16 = 0x50;
+const BPF_LD_B_ABS: u16 = 0x30;
+const BPF_JEQ: u16 = 0x15;
+const BPF_RET: u16 = 0x06;
+
+/// Raw IPv4 (packets start with the IP header): pass echo reply (0), Destination
+/// Unreachable (3) and Time Exceeded (11), drop everything else.
+const V4_TRACE_FILTER: [SockFilter; 7] = [
+    SockFilter::new(BPF_LDX_MSH, 0, 0, 0),
+    SockFilter::new(BPF_LD_B_IND, 0, 0, 0),
+    SockFilter::new(BPF_JEQ, 3, 0, 0),
+    SockFilter::new(BPF_JEQ, 2, 0, 3),
+    SockFilter::new(BPF_JEQ, 1, 0, 11),
+    SockFilter::new(BPF_RET, 0, 0, 0),
+    SockFilter::new(BPF_RET, 0, 0, u32::MAX),
+];
+
+/// Raw ICMPv6 (packets start with the ICMPv6 header): pass echo reply (129), Destination
+/// Unreachable (1) and Time Exceeded (3).
+const V6_TRACE_FILTER: [SockFilter; 6] = [
+    SockFilter::new(BPF_LD_B_ABS, 0, 0, 0),
+    SockFilter::new(BPF_JEQ, 3, 0, 129),
+    SockFilter::new(BPF_JEQ, 2, 0, 1),
+    SockFilter::new(BPF_JEQ, 1, 0, 3),
+    SockFilter::new(BPF_RET, 0, 0, 0),
+    SockFilter::new(BPF_RET, 0, 0, u32::MAX),
+];
+
+/// The bytes of control-message space an error-queue receive needs: the extended error with
+/// its offender's address, and the timestamp.
+pub(crate) fn error_control_buffer() -> Vec<u8> {
+    nix::cmsg_space!(
+        nix::libc::sock_extended_err,
+        nix::libc::sockaddr_in6,
+        nix::sys::time::TimeSpec,
+        nix::sys::time::TimeSpec
+    )
 }
 
 fn sockaddr_ip(addr: &SockaddrStorage) -> Option<IpAddr> {

@@ -2,7 +2,7 @@
 //! `probermesh-adapters`, and maps errors to exit codes; it holds no domain logic.
 //!
 //! Subcommands: `server`, `agent`, `demo` (a whole mesh on loopback), `version`, and the
-//! operator tools `ping`, `http-probe`, `check-probe-file`, and the server's clients `task`,
+//! operator tools `ping`, `traceroute`, `http-probe`, `check-probe-file`, and the server's clients `task`,
 //! `targets` and `task-key` (see `client`). The Go system's command line
 //! (`probermesh -mode agent -agent.region=eu …`) is translated into the same subcommands
 //! (see `cli::legacy`), so both spellings start the same code.
@@ -15,6 +15,7 @@ mod http_probe;
 mod logging;
 mod ping;
 mod server;
+mod traceroute;
 mod upgrade_client;
 
 use std::io::Write;
@@ -44,6 +45,7 @@ enum Command {
     CheckProbeFile(CheckProbeFile),
     HttpProbe(http_probe::HttpProbe),
     Ping(ping::Ping),
+    Traceroute(traceroute::Traceroute),
     Task(client::TaskArgs),
     Targets(client::TargetsArgs),
     TaskKey(client::TaskKeyArgs),
@@ -121,6 +123,7 @@ fn main() -> ExitCode {
         Command::CheckProbeFile(args) => check_probe_file(&args),
         Command::HttpProbe(args) => http_probe::run(&args),
         Command::Ping(args) => ping::run(&args),
+        Command::Traceroute(args) => traceroute::run(&args),
         Command::Task(args) => return client::exit_of(block_on(Some(2), client::task(args))),
         Command::Targets(args) => return client::exit_of(block_on(Some(2), client::targets(args))),
         Command::TaskKey(args) => return client::exit_of(client::task_key(&args)),

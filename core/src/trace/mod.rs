@@ -28,6 +28,7 @@
 
 pub mod agent;
 pub mod blame;
+pub mod hops;
 pub mod store;
 pub mod trigger;
 
