@@ -143,6 +143,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         tasks: None,
         releases: Default::default(),
         rollouts: Default::default(),
+        traces: None,
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.

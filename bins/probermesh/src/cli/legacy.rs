@@ -161,6 +161,84 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "/api/v1/mesh needs the admin token (default: public like /metrics)",
     ),
     (
+        "server.trace",
+        Side::Server,
+        true,
+        "path tracing (default true; -server.trace=false turns it off, --trace-off)",
+    ),
+    (
+        "server.trace.loss-enter",
+        Side::Server,
+        false,
+        "loss ratio that makes a window bad for tracing (default 0.05)",
+    ),
+    (
+        "server.trace.loss-leave",
+        Side::Server,
+        false,
+        "loss ratio a degraded pair must stay under (default 0.01)",
+    ),
+    (
+        "server.trace.windows",
+        Side::Server,
+        false,
+        "bad windows before a pair is traced (default 3)",
+    ),
+    (
+        "server.trace.clear-windows",
+        Side::Server,
+        false,
+        "clear windows before a degraded pair recovers (default 3)",
+    ),
+    (
+        "server.trace.cooldown",
+        Side::Server,
+        false,
+        "least time between automatic traces of a pair (default 10m)",
+    ),
+    (
+        "server.trace.budget",
+        Side::Server,
+        false,
+        "automatic trace runs per hour (0: operators only; default 30)",
+    ),
+    (
+        "server.trace.timeout",
+        Side::Server,
+        false,
+        "a trace without a report is given up after (default 2m)",
+    ),
+    (
+        "server.trace.rounds",
+        Side::Server,
+        false,
+        "probes per hop (default 20)",
+    ),
+    (
+        "server.trace.max-hops",
+        Side::Server,
+        false,
+        "highest TTL a trace tries (default 30)",
+    ),
+    (
+        "server.trace.store.per-pair",
+        Side::Server,
+        false,
+        "finished traces kept per pair (default 20)",
+    ),
+    (
+        "server.trace.store.max-records",
+        Side::Server,
+        false,
+        "finished traces kept in all (default 2000)",
+    ),
+    (
+        "server.trace.store.max-bytes",
+        Side::Server,
+        false,
+        "bytes of finished traces kept (default 16777216)",
+    ),
+    (
         "agent.rpc.report.addr",
         Side::Agent,
         false,
@@ -290,6 +368,10 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
     ),
 ];
 
+/// Booleans on by default: the Go flag, and the Go-style name of the switch that turns it
+/// off (`-server.trace=false` is `--trace-off`).
+const INVERTED: &[(&str, &str)] = &[("server.trace", "server.trace-off")];
+
 /// What a Go-style command line asks for.
 #[derive(Debug, Eq, PartialEq)]
 pub(crate) enum Legacy {
@@ -351,6 +433,19 @@ pub(crate) fn translate(args: &[String]) -> Result<Legacy> {
         let Some(&(go, side, boolean, _)) = FLAGS.iter().find(|(go, ..)| *go == name) else {
             bail!("flag provided but not defined: -{name} (see -h)");
         };
+        if let Some(&(_, off)) = INVERTED.iter().find(|(on, _)| *on == go) {
+            // On by default: only `=false` says something, as the switch that turns it off.
+            match inline.as_deref() {
+                None | Some("true" | "1" | "t" | "T" | "TRUE" | "True") => {}
+                Some("false" | "0" | "f" | "F" | "FALSE" | "False") => {
+                    flags.push((side, off.to_owned(), None));
+                }
+                Some(other) => {
+                    bail!("invalid boolean value {other:?} for -{go}: use true or false")
+                }
+            }
+            continue;
+        }
         let value = if boolean {
             match inline.as_deref() {
                 None | Some("true" | "1" | "t" | "T" | "TRUE" | "True") => None,
@@ -482,6 +577,34 @@ mod tests {
             ["server", "--mesh-require-token"]
         );
         assert_eq!(run(&["-server.mesh.require-token=false"]), ["server"]);
+    }
+
+    #[test]
+    fn tracing_is_on_by_default_and_its_go_flags_translate() {
+        assert_eq!(run(&["-server.trace"]), ["server"]);
+        assert_eq!(run(&["-server.trace=true"]), ["server"]);
+        assert_eq!(run(&["-server.trace=false"]), ["server", "--trace-off"]);
+        assert_eq!(
+            run(&[
+                "-server.trace.cooldown=5m",
+                "-server.trace.loss-enter",
+                "0.1",
+                "-server.trace.store.max-records=10"
+            ]),
+            [
+                "server",
+                "--trace-cooldown",
+                "5m",
+                "--trace-loss-enter",
+                "0.1",
+                "--trace-store-max-records",
+                "10"
+            ]
+        );
+        let error = translate(&args(&["-server.trace=maybe"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("-server.trace"), "{error}");
     }
 
     #[test]
