@@ -1,6 +1,6 @@
 //! `POST /-/trace` and `GET /api/v1/traces` over real HTTP, in front of a real `ServerState`
 //! with fake connected agents (one that takes traces, one that does not): the token first,
-//! 400 naming the field, 404, 409, 503 with tracing off, 202 and the trace in flight, a
+//! 400 naming the field, 404, 409, 503 with tracing off (the list empty, saying so), 202 and the trace in flight, a
 //! reported trace with its blame and hops, the filters, and the mesh data's access rule.
 
 use std::net::{IpAddr, SocketAddr};
@@ -350,7 +350,7 @@ async fn a_trace_is_sent_refused_and_reported_with_the_right_status() {
 }
 
 #[tokio::test]
-async fn with_tracing_off_both_endpoints_answer_503() {
+async fn with_tracing_off_a_trace_is_503_and_the_list_says_off() {
     let (server, api) = start(false, false).await;
     let addr = server.local_addr();
     let (status, json) = call(
@@ -363,8 +363,12 @@ async fn with_tracing_off_both_endpoints_answer_503() {
     .await;
     assert_eq!(status, 503, "{json}");
     assert!(json["data"].as_str().unwrap().contains("off"), "{json}");
-    let (status, _) = call(addr, "GET", "/api/v1/traces", None, "").await;
-    assert_eq!(status, 503);
+    let (status, json) = call(addr, "GET", "/api/v1/traces", None, "").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["tracing"], false);
+    assert_eq!(json["traces"].as_array().unwrap().len(), 0);
+    let (status, _) = call(addr, "GET", "/api/v1/traces?id=1", None, "").await;
+    assert_eq!(status, 404);
     assert!(api.sent.lock().unwrap().is_empty());
     // The token still comes first.
     let (status, _) = call(addr, "POST", "/-/trace", None, "{}").await;

@@ -14,7 +14,9 @@
 //! - `GET /api/v1/traces?source_region=&target_region=&agent=&id=&limit=`: records newest
 //!   first with their verdict and hops, and the matching traces still in flight; under the
 //!   mesh data's access rule (`-server.mesh.require-token`). `limit` is at most
-//!   [`MAX_TRACES_LIMIT`]; with `id`, 404 when the server neither keeps nor runs it.
+//!   [`MAX_TRACES_LIMIT`]; with `id`, 404 when the server neither keeps nor runs it. With
+//!   tracing off the answer is empty with `"tracing": false` (so the pair page makes no
+//!   failed request), and 404 for an `id`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -399,6 +401,7 @@ pub fn traces_json(
 ) -> String {
     let value = serde_json::json!({
         "version": TRACES_API_VERSION,
+        "tracing": true,
         "generated_at_unix_ms": now.as_millis(),
         "traces": records.iter().map(record_json).collect::<Vec<_>>(),
         "in_flight": in_flight
@@ -427,22 +430,29 @@ pub(super) fn list(request: &Request<Incoming>, endpoints: &Endpoints) -> Respon
         Ok(parsed) => parsed,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
-    let Some(api) = endpoints.api.trace_api() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "path tracing is off on this server",
-        );
-    };
     if id.is_some() {
         // The store is searched whole for one id.
         query.limit = None;
     }
-    let now = api.now();
-    let Some((mut records, mut in_flight)) = api.trace_records(&query) else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "path tracing is off on this server",
-        );
+    let answer = endpoints
+        .api
+        .trace_api()
+        .and_then(|api| Some((api.now(), api.trace_records(&query)?)));
+    let Some((now, (mut records, mut in_flight))) = answer else {
+        // Off: an empty answer that says so (the pair page shows it; no failed request).
+        if let Some(id) = id {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no trace {id}: path tracing is off on this server"),
+            );
+        }
+        let body = serde_json::json!({
+            "version": TRACES_API_VERSION,
+            "tracing": false,
+            "traces": [],
+            "in_flight": [],
+        });
+        return json(StatusCode::OK, body.to_string());
     };
     if let Some(id) = id {
         records.retain(|r| r.id == id);
