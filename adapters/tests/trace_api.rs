@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use probermesh_adapters::admin::{AdminApi, AdminLimits, AdminServer, TraceAccepted, TraceApi};
+use probermesh_adapters::admin::{
+    AdminApi, AdminLimits, AdminServer, TraceAccepted, TraceApi, TraceListing,
+};
 use probermesh_adapters::secret::Token;
 use probermesh_core::aggregate::{Aggregator, AggregatorConfig};
 use probermesh_core::link::{Capabilities, FromAgent, ToAgent, TraceHop, TraceReport, feature};
@@ -15,15 +17,18 @@ use probermesh_core::model::{AgentId, AgentVersion, Region, UnixMillis};
 use probermesh_core::pool::{Discovery, TargetPool};
 use probermesh_core::ports::{ConnectionId, LinkEvent};
 use probermesh_core::server::{OperatorAsk, OperatorTraceError, ServerState};
-use probermesh_core::trace::store::{StoreLimits, TraceQuery, TraceRecord, TraceStore};
-use probermesh_core::trace::trigger::{InFlight, TraceDesk, TraceShape, TriggerConfig};
+use probermesh_core::trace::store::{StoreLimits, TraceQuery, TraceStore};
+use probermesh_core::trace::trigger::{TraceDesk, TraceShape, TriggerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T0: u64 = 1_800_000_000_000;
 const TOKEN: &str = "admin-token-0123456789";
 
 fn agent(region: &str, ip: &str) -> AgentId {
-    AgentId::new(Region::new(region).unwrap(), ip.parse().unwrap())
+    AgentId::new(
+        Region::new(region).expect("the test's fixture"),
+        ip.parse().expect("the test's fixture"),
+    )
 }
 
 /// A server whose state is a real `ServerState`; `sent` keeps what it would send.
@@ -34,14 +39,16 @@ struct StateApi {
 
 impl StateApi {
     fn new(tracing: bool) -> Arc<Self> {
-        let aggregator = Aggregator::new(AggregatorConfig::default(), UnixMillis(T0)).unwrap();
+        let aggregator = Aggregator::new(AggregatorConfig::default(), UnixMillis(T0))
+            .expect("the test's fixture");
         let mut state = ServerState::new(
             aggregator,
             TargetPool::new(Vec::new(), Discovery::Dynamic, false),
         );
         if tracing {
             state = state.with_traces(
-                TraceDesk::new(TriggerConfig::default(), UnixMillis(T0)).unwrap(),
+                TraceDesk::new(TriggerConfig::default(), UnixMillis(T0))
+                    .expect("the test's fixture"),
                 TraceStore::new(StoreLimits::default()),
             );
         }
@@ -101,7 +108,7 @@ impl StateApi {
             hops: vec![hop(1, 20), hop(2, 14), hop(3, 14)],
             error: None,
         };
-        self.state.lock().unwrap().handle_event(
+        self.state.lock().expect("the test's fixture").handle_event(
             UnixMillis(T0 + 30_000),
             LinkEvent::Message {
                 connection: ConnectionId(connection),
@@ -140,7 +147,7 @@ impl AdminApi for Endpoint {
 #[async_trait::async_trait]
 impl TraceApi for Endpoint {
     fn trace_shape(&self) -> Option<TraceShape> {
-        let state = self.0.state.lock().unwrap();
+        let state = self.0.state.lock().expect("the test's fixture");
         state.trace_desk().map(|desk| desk.config().shape)
     }
     async fn request_trace(&self, ask: OperatorAsk) -> Result<TraceAccepted, OperatorTraceError> {
@@ -148,21 +155,22 @@ impl TraceApi for Endpoint {
             .0
             .state
             .lock()
-            .unwrap()
+            .expect("the test's fixture")
             .request_operator_trace(UnixMillis(T0 + 1_000), ask);
         let (request, agent, actions) = result?;
-        self.0.sent.lock().unwrap().extend(actions.send);
+        self.0
+            .sent
+            .lock()
+            .expect("the test's fixture")
+            .extend(actions.send);
         Ok(TraceAccepted {
             id: request.id,
             agent,
             target: request.target,
         })
     }
-    fn trace_records(
-        &self,
-        query: &TraceQuery,
-    ) -> Option<(Vec<TraceRecord>, Vec<(u64, InFlight)>)> {
-        let state = self.0.state.lock().unwrap();
+    fn trace_records(&self, query: &TraceQuery) -> Option<TraceListing> {
+        let state = self.0.state.lock().expect("the test's fixture");
         let records = state.traces()?.query(query).into_iter().cloned().collect();
         let in_flight = state
             .trace_desk()?
@@ -183,14 +191,14 @@ async fn start(tracing: bool, requires_token: bool) -> (AdminServer, Arc<StateAp
     let server = AdminServer::start_with(
         "127.0.0.1:0",
         Arc::new(Endpoint(Arc::clone(&api))) as Arc<dyn AdminApi>,
-        Some(Token::new(TOKEN, "the test").unwrap()),
+        Some(Token::new(TOKEN, "the test").expect("the test's fixture")),
         AdminLimits {
             mesh_requires_token: requires_token,
             ..AdminLimits::default()
         },
     )
     .await
-    .unwrap();
+    .expect("the test's fixture");
     (server, api)
 }
 
@@ -202,7 +210,9 @@ async fn call(
     token: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the test's fixture");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -215,9 +225,11 @@ async fn call(
         .as_bytes(),
     )
     .await
-    .unwrap();
+    .expect("the test's fixture");
     let mut answer = String::new();
-    tcp.read_to_string(&mut answer).await.unwrap();
+    tcp.read_to_string(&mut answer)
+        .await
+        .expect("the test's fixture");
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     let status = head
         .split(' ')

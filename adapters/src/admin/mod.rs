@@ -55,7 +55,7 @@ pub use mesh::{MESH_API_VERSION, MESH_CSP, mesh_json, pair_json};
 pub use task::{MAX_TASK_REQUEST_BYTES, TaskApi, TaskView, view_json};
 pub use trace::{
     DEFAULT_TRACES_LIMIT, MAX_TRACE_REQUEST_BYTES, MAX_TRACES_LIMIT, TRACES_API_VERSION,
-    TraceAccepted, TraceApi, record_json, traces_json,
+    TraceAccepted, TraceApi, TraceListing, record_json, traces_json,
 };
 pub use upgrade::{
     MAX_UPGRADE_REQUEST_BYTES, UpgradeApi, UpgradeIntake, UpgradeRefusal, rollout_json,

@@ -61,6 +61,9 @@ pub struct TraceAccepted {
     pub target: IpAddr,
 }
 
+/// The kept records a query selects (newest first) and the traces in flight, by id.
+pub type TraceListing = (Vec<TraceRecord>, Vec<(u64, InFlight)>);
+
 /// What the trace endpoints ask of the server.
 #[async_trait::async_trait]
 pub trait TraceApi: Send + Sync {
@@ -70,8 +73,7 @@ pub trait TraceApi: Send + Sync {
     async fn request_trace(&self, ask: OperatorAsk) -> Result<TraceAccepted, OperatorTraceError>;
     /// The kept records `query` selects, newest first, and the traces in flight (by id)
     /// (`None`: tracing is off).
-    fn trace_records(&self, query: &TraceQuery)
-    -> Option<(Vec<TraceRecord>, Vec<(u64, InFlight)>)>;
+    fn trace_records(&self, query: &TraceQuery) -> Option<TraceListing>;
     /// The server's clock.
     fn now(&self) -> UnixMillis;
 }

@@ -775,10 +775,7 @@ impl<R: ReportSource + 'static> TraceApi for ServerHandle<R> {
     fn trace_records(
         &self,
         query: &probermesh_core::trace::store::TraceQuery,
-    ) -> Option<(
-        Vec<probermesh_core::trace::store::TraceRecord>,
-        Vec<(u64, probermesh_core::trace::trigger::InFlight)>,
-    )> {
+    ) -> Option<crate::admin::TraceListing> {
         let state = self.shared.state();
         let records = state.traces()?.query(query).into_iter().cloned().collect();
         let in_flight = state
