@@ -469,6 +469,9 @@ impl TraceDesk {
         hosts: &[IpAddr],
         target_agents: &[AgentId],
     ) -> Result<(AgentId, IpAddr), PickError> {
+        if tracers.is_empty() {
+            return Err(PickError::NoTracer);
+        }
         let mut hosts: Vec<IpAddr> = hosts.to_vec();
         hosts.sort();
         hosts.dedup();
