@@ -246,6 +246,18 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             "-server.task: remote tasks on; /-/task needs the admin bearer token and runs only on agents started with -agent.task"
         );
     }
+    match &choices.traces {
+        Some((config, limits)) => tracing::info!(
+            loss_enter = config.loss_ratio.trigger,
+            loss_leave = config.loss_ratio.clear,
+            windows = config.windows_to_trigger,
+            cooldown = ?config.cooldown,
+            budget_per_hour = config.budget_per_hour,
+            store_max_records = limits.max_records,
+            "path tracing on; POST /-/trace needs the admin bearer token; only agents that take traces run them"
+        ),
+        None => tracing::info!("-server.trace=false: path tracing off"),
+    }
     let releases = ReleaseIntake {
         key: args
             .upgrade_pubkey
