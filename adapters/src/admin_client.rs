@@ -9,6 +9,9 @@
 //!   status and the envelope's `msg` and `data` (`401 unauthorized: no Authorization header`).
 //! - [`TaskRequest`]: the Go request body, and [`TaskRequest::sign`] for agents that pin a task
 //!   key (the fields `core::wire::task_signing_bytes` covers, and the signature).
+//! - [`TraceAsk`], [`AdminClient::request_trace`], [`AdminClient::traces`] and
+//!   [`AdminClient::wait_trace`] for `probermesh trace` and `traces`; [`TraceView::render`]
+//!   prints a finished trace as mtr does, with its blame line.
 //! - [`admin_token`], [`read_signing_key`], [`write_new_key`]: the files the client reads and
 //!   writes (the private key 0600, never overwritten).
 
@@ -644,6 +647,246 @@ pub fn filter_targets(
     Ok(serde_json::Value::Object(kept))
 }
 
+/// An operator's trace request (the `POST /-/trace` body): `agent` or `source_region`, and
+/// `target_region` or `target`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TraceAsk {
+    /// `<region>/<ip>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The source region (a free agent of it runs the trace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_region: Option<String>,
+    /// The target region (a host of it is traced to, and the trace is filed under the pair).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_region: Option<String>,
+    /// The address to trace to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Probes per hop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u16>,
+    /// The highest TTL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_hops: Option<u8>,
+}
+
+/// The `/api/v1/traces` query of these filters, percent-encoded (empty ones left out).
+#[must_use]
+pub fn traces_query(filters: &[(&str, Option<&str>)]) -> String {
+    filters
+        .iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}={}", encode(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// What `POST /-/trace` answered: the trace sent.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq)]
+pub struct TraceSent {
+    /// Its id.
+    pub id: u64,
+    /// Who runs it (`<region>/<ip>`).
+    pub agent: String,
+    /// Where to.
+    pub target: String,
+}
+
+/// One hop of a finished trace.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct HopView {
+    /// The TTL.
+    pub ttl: u8,
+    /// Who answered (`None`: nobody).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Probes sent.
+    pub sent: u32,
+    /// Answers.
+    pub received: u32,
+    /// Fastest answer.
+    #[serde(default)]
+    pub rtt_best_seconds: Option<f64>,
+    /// Mean.
+    #[serde(default)]
+    pub rtt_mean_seconds: Option<f64>,
+    /// Slowest.
+    #[serde(default)]
+    pub rtt_worst_seconds: Option<f64>,
+    /// Standard deviation.
+    #[serde(default)]
+    pub rtt_stddev_seconds: Option<f64>,
+}
+
+/// What a finished trace blames.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct BlameView {
+    /// `hop`, `rate_limited_only`, `clean` or `unreachable`.
+    pub kind: String,
+    /// The blamed hop's TTL.
+    #[serde(default)]
+    pub hop: Option<u8>,
+    /// Who answered there.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Its loss ratio.
+    #[serde(default)]
+    pub loss_ratio: Option<f64>,
+    /// The verdict in one sentence.
+    #[serde(default)]
+    pub explanation: String,
+}
+
+/// A finished trace as `/api/v1/traces` shows it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TraceView {
+    /// Its id.
+    pub id: u64,
+    /// The pair's source region.
+    #[serde(default)]
+    pub source_region: Option<String>,
+    /// The pair's target region.
+    #[serde(default)]
+    pub target_region: Option<String>,
+    /// Why it ran.
+    #[serde(default)]
+    pub reason: String,
+    /// Who ran it.
+    pub agent: String,
+    /// Where to.
+    pub target: String,
+    /// When it ended.
+    #[serde(default)]
+    pub ended_at_unix_ms: u64,
+    /// `reported`, `timed_out` or `abandoned`.
+    pub outcome: String,
+    /// Why the agent's trace stopped short.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The verdict (reported traces).
+    #[serde(default)]
+    pub blame: Option<BlameView>,
+    /// The hops.
+    #[serde(default)]
+    pub hops: Vec<HopView>,
+}
+
+/// A trace still running.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct RunningView {
+    /// Its id.
+    pub id: u64,
+    /// Who runs it.
+    pub agent: String,
+    /// Where to.
+    pub target: String,
+}
+
+/// The `/api/v1/traces` answer.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TracesAnswer {
+    /// Finished traces, newest first.
+    #[serde(default)]
+    pub traces: Vec<TraceView>,
+    /// Traces running.
+    #[serde(default)]
+    pub in_flight: Vec<RunningView>,
+}
+
+impl TraceView {
+    /// Whether the trace was reported without an agent error.
+    #[must_use]
+    pub fn succeeded(&self) -> bool {
+        self.outcome == "reported" && self.error.is_none()
+    }
+
+    /// The blame line: what the verdict blames, in words.
+    #[must_use]
+    pub fn blame_line(&self) -> String {
+        match (&self.blame, self.outcome.as_str()) {
+            (Some(blame), _) => {
+                let at = match (blame.hop, &blame.address, blame.loss_ratio) {
+                    (Some(ttl), Some(address), Some(loss)) => {
+                        format!(" at hop {ttl} ({address}, {:.1}% loss)", loss * 100.0)
+                    }
+                    _ => String::new(),
+                };
+                format!("blame: {}{at}: {}", blame.kind, blame.explanation)
+            }
+            (None, "timed_out") => "blame: none: no report came in time".to_owned(),
+            (None, "abandoned") => {
+                "blame: none: the agent disconnected before reporting".to_owned()
+            }
+            (None, other) => format!("blame: none ({other})"),
+        }
+    }
+
+    /// An mtr-like report: a header, one line per hop (TTL, host, Loss%, Snt, Avg, Best,
+    /// Wrst, StDev in milliseconds), the blame line, and the agent's error if any.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let pair = match (&self.source_region, &self.target_region) {
+            (Some(s), Some(t)) => format!(" ({s} -> {t})"),
+            _ => String::new(),
+        };
+        let mut out = format!(
+            "trace {} from {} to {}{pair}, {}: {}\n",
+            self.id, self.agent, self.target, self.reason, self.outcome
+        );
+        let host_width = self
+            .hops
+            .iter()
+            .map(|h| h.host.as_deref().map_or(3, str::len))
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        out.push_str(&format!(
+            "{:>3}  {:<host_width$}  {:>6}  {:>4}  {:>7}  {:>7}  {:>7}  {:>7}\n",
+            "TTL", "Host", "Loss%", "Snt", "Avg", "Best", "Wrst", "StDev"
+        ));
+        let ms = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{:.1}", s * 1e3));
+        for hop in &self.hops {
+            let loss = if hop.sent == 0 {
+                "-".to_owned()
+            } else {
+                format!(
+                    "{:.1}%",
+                    100.0 * (1.0 - f64::from(hop.received) / f64::from(hop.sent))
+                )
+            };
+            out.push_str(&format!(
+                "{:>3}  {:<host_width$}  {:>6}  {:>4}  {:>7}  {:>7}  {:>7}  {:>7}\n",
+                hop.ttl,
+                hop.host.as_deref().unwrap_or("???"),
+                loss,
+                hop.sent,
+                ms(hop.rtt_mean_seconds),
+                ms(hop.rtt_best_seconds),
+                ms(hop.rtt_worst_seconds),
+                ms(hop.rtt_stddev_seconds),
+            ));
+        }
+        out.push_str(&self.blame_line());
+        out.push('\n');
+        if let Some(error) = &self.error {
+            out.push_str(&format!("error: {error}\n"));
+        }
+        out
+    }
+}
+
 /// The client of one server.
 #[derive(Debug)]
 pub struct AdminClient {
@@ -762,6 +1005,71 @@ impl AdminClient {
         self.envelope(Method::POST, path, Some(bytes)).await
     }
 
+    /// Asks for a path trace (`POST /-/trace`).
+    ///
+    /// # Errors
+    /// [`ClientError`]; a refusal is [`ClientError::Status`] (404 no agent, 409 busy, 503 off).
+    pub async fn request_trace(&self, ask: &TraceAsk) -> Result<TraceSent, ClientError> {
+        let body = serde_json::to_vec(ask).map_err(|e| ClientError::Decode {
+            url: self.url("/-/trace"),
+            why: e.to_string(),
+        })?;
+        let data = self.envelope(Method::POST, "/-/trace", Some(body)).await?;
+        self.decode("/-/trace", data)
+    }
+
+    /// `GET /api/v1/traces?<query>` (`query` already encoded, see [`traces_query`]).
+    ///
+    /// # Errors
+    /// [`ClientError`]; an error answer says the server's `error`.
+    pub async fn traces(&self, query: &str) -> Result<TracesAnswer, ClientError> {
+        let path = format!("/api/v1/traces?{query}");
+        let (status, body) = self.request(Method::GET, &path, None).await?;
+        if status != StatusCode::OK {
+            let error = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            return Err(ClientError::Status {
+                url: self.url(&path),
+                status: status.as_u16(),
+                msg: status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase(),
+                data: error,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url: self.url(&path),
+            why: e.to_string(),
+        })
+    }
+
+    /// Polls trace `id` every `every` until it is done or `wait` has passed: its record, or
+    /// `None` when it is still running then.
+    ///
+    /// # Errors
+    /// [`ClientError`] of a poll (404 when the server neither keeps nor runs it).
+    pub async fn wait_trace(
+        &self,
+        id: u64,
+        every: Duration,
+        wait: Duration,
+    ) -> Result<Option<TraceView>, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut answer = self.traces(&format!("id={id}")).await?;
+            if let Some(done) = answer.traces.pop() {
+                return Ok(Some(done));
+            }
+            if tokio::time::Instant::now() + every > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
@@ -807,7 +1115,8 @@ impl AdminClient {
         body: Option<Vec<u8>>,
     ) -> Result<serde_json::Value, ClientError> {
         let (status, body) = self.request(method, path, body).await?;
-        if status != StatusCode::OK {
+        // 200, or 202 for a trace sent.
+        if !status.is_success() {
             return Err(self.status_error(path, status, &body));
         }
         serde_json::from_slice::<Envelope>(&body)
@@ -1116,6 +1425,143 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({"region": ".*", "expr": "=~", "cmd": "ping -c 1 x", "ttl": 60.0, "confirm": true})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trace_is_asked_for_and_its_answer_and_record_parsed() {
+        let (url, server) = serve_once(
+            "202 Accepted",
+            r#"{"code":202,"msg":"success","data":{"id":9,"agent":"eu/10.0.0.1","target":"10.0.1.1","status":"/api/v1/traces?id=9"}}"#,
+        )
+        .await;
+        let ask = TraceAsk {
+            source_region: Some("eu".into()),
+            target_region: Some("us".into()),
+            rounds: Some(5),
+            ..TraceAsk::default()
+        };
+        let sent = client(url).request_trace(&ask).await.expect("sent");
+        assert_eq!(sent.id, 9);
+        assert_eq!(sent.agent, "eu/10.0.0.1");
+        let seen = server.await.expect("server");
+        assert!(seen.starts_with("POST /-/trace HTTP/1.1\r\n"), "{seen}");
+        let body: serde_json::Value =
+            serde_json::from_str(seen.split_once("\r\n\r\n").expect("body").1).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"source_region": "eu", "target_region": "us", "rounds": 5})
+        );
+        let (url, server) = serve_once(
+            "409 Conflict",
+            r#"{"code":409,"msg":"error","data":"every agent of the source region that takes traces has a trace in flight"}"#,
+        )
+        .await;
+        let error = client(url).request_trace(&ask).await.expect_err("busy");
+        assert!(
+            error.to_string().contains("409 error: every agent"),
+            "{error}"
+        );
+        server.await.expect("server");
+        let (url, server) =
+            serve_once("404 Not Found", r#"{"version":1,"error":"no trace 9"}"#).await;
+        let error = client(url).traces("id=9").await.expect_err("unknown");
+        assert!(
+            error.to_string().contains("404 not found: no trace 9"),
+            "{error}"
+        );
+        server.await.expect("server");
+    }
+
+    fn finished_trace() -> TraceView {
+        let hop = |ttl: u8, host: Option<&str>, received: u32| HopView {
+            ttl,
+            host: host.map(str::to_owned),
+            sent: 20,
+            received,
+            rtt_best_seconds: host.map(|_| 0.001),
+            rtt_mean_seconds: host.map(|_| 0.0025),
+            rtt_worst_seconds: host.map(|_| 0.004),
+            rtt_stddev_seconds: host.map(|_| 0.0005),
+        };
+        TraceView {
+            id: 9,
+            source_region: Some("eu".into()),
+            target_region: Some("us".into()),
+            reason: "operator".into(),
+            agent: "eu/10.0.0.1".into(),
+            target: "10.0.1.1".into(),
+            ended_at_unix_ms: 1,
+            outcome: "reported".into(),
+            error: None,
+            blame: Some(BlameView {
+                kind: "hop".into(),
+                hop: Some(2),
+                address: Some("10.9.0.2".into()),
+                loss_ratio: Some(0.3),
+                explanation: "loss starts at hop 2 and persists".into(),
+            }),
+            hops: vec![
+                hop(1, Some("10.9.0.1"), 20),
+                hop(2, Some("10.9.0.2"), 14),
+                hop(3, None, 0),
+                hop(4, Some("10.0.1.1"), 14),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_finished_trace_renders_as_an_mtr_table_with_its_blame_line() {
+        let text = finished_trace().render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "trace 9 from eu/10.0.0.1 to 10.0.1.1 (eu -> us), operator: reported"
+        );
+        assert_eq!(
+            lines[1],
+            "TTL  Host       Loss%   Snt      Avg     Best     Wrst    StDev"
+        );
+        assert_eq!(
+            lines[2],
+            "  1  10.9.0.1    0.0%    20      2.5      1.0      4.0      0.5"
+        );
+        assert_eq!(
+            lines[3],
+            "  2  10.9.0.2   30.0%    20      2.5      1.0      4.0      0.5"
+        );
+        assert_eq!(
+            lines[4],
+            "  3  ???       100.0%    20        -        -        -        -"
+        );
+        assert_eq!(
+            lines[6],
+            "blame: hop at hop 2 (10.9.0.2, 30.0% loss): loss starts at hop 2 and persists"
+        );
+        assert_eq!(lines.len(), 7);
+        let mut failed = finished_trace();
+        failed.error = Some("no permission".into());
+        assert!(!failed.succeeded());
+        assert!(failed.render().ends_with("error: no permission\n"));
+        let timed_out = TraceView {
+            outcome: "timed_out".into(),
+            blame: None,
+            hops: Vec::new(),
+            ..finished_trace()
+        };
+        assert!(!timed_out.succeeded());
+        assert!(
+            timed_out
+                .render()
+                .contains("blame: none: no report came in time")
+        );
+        assert_eq!(
+            traces_query(&[
+                ("source_region", Some("eu west")),
+                ("agent", Some("eu/1.2.3.4")),
+                ("id", None)
+            ]),
+            "source_region=eu%20west&agent=eu%2F1.2.3.4"
         );
     }
 

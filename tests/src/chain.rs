@@ -254,8 +254,18 @@ fn veth(
     crate::netns::run(
         "ip",
         &[
-            "link", "add", a_name, "netns", a.name(), "type", "veth", "peer", "name", b_name,
-            "netns", b.name(),
+            "link",
+            "add",
+            a_name,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_name,
+            "netns",
+            b.name(),
         ],
     )?;
     for (ns, name, addr) in [(a, a_name, a_addr), (b, b_name, b_addr)] {

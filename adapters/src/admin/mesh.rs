@@ -178,7 +178,7 @@ struct MeshJson<'a> {
 
 /// `<`, `>` and `&` escaped as `\u003c`, `\u003e` and `\u0026`: still the same JSON (they
 /// only occur inside strings), and no markup even if something reads it as HTML.
-fn html_safe(json: String) -> String {
+pub(super) fn html_safe(json: String) -> String {
     if !json.contains(['<', '>', '&']) {
         return json;
     }
@@ -292,7 +292,10 @@ pub fn pair_json(page: &PairView) -> String {
 }
 
 /// The mesh answers' headers: CSP, nosniff, no caching of data, no referrer.
-fn secured(mut response: Response<Bytes>, content_type: &'static str) -> Response<Bytes> {
+pub(super) fn secured(
+    mut response: Response<Bytes>,
+    content_type: &'static str,
+) -> Response<Bytes> {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
@@ -313,7 +316,7 @@ fn secured(mut response: Response<Bytes>, content_type: &'static str) -> Respons
 }
 
 /// The value of `name` in a query string (percent-decoded; `+` is a space).
-fn query_value(query: &str, name: &str) -> Option<String> {
+pub(super) fn query_value(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(value))
@@ -378,31 +381,8 @@ pub(super) async fn route(
         }
         _ => {}
     }
-    // The data: behind the admin token when the server was asked to (and refused when no
-    // token is configured at all, rather than served as if none were asked for). Refusals are
-    // logged, at most one line per interval, as the other admin endpoints do.
-    let refused = endpoints
-        .mesh_requires_token
-        .then(|| match endpoints.token.as_ref() {
-            Some(token) => authorize(request.headers(), Some(token))
-                .err()
-                .map(|why| why.as_str()),
-            None => Some("no admin token is configured"),
-        });
-    if let Some(Some(why)) = refused {
-        if let Some(suppressed) = endpoints.logs.unauthorized.admit(std::time::Instant::now()) {
-            tracing::warn!(
-                %remote,
-                reason = why,
-                suppressed,
-                "mesh data refused: -server.mesh.require-token and no valid bearer token"
-            );
-        }
-        let mut response = text(StatusCode::UNAUTHORIZED, "{\"error\":\"unauthorized\"}");
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return secured(response, "application/json");
+    if let Some(refused) = refuse_data(&request, remote, endpoints) {
+        return refused;
     }
     let json = |status, body: String| secured(text(status, body), "application/json");
     let error = |status, message: &str| {
@@ -444,6 +424,41 @@ pub(super) async fn route(
         Some(page) => json(StatusCode::OK, pair_json(&page)),
         None => error(StatusCode::NOT_FOUND, "no such region pair"),
     }
+}
+
+/// The mesh data's access rule (`/api/v1/mesh*`, `/api/v1/traces`): behind the admin token
+/// when the server was asked to (and refused when no token is configured at all, rather than
+/// served as if none were asked for). Refusals are logged, at most one line per interval, as
+/// the other admin endpoints do. `None`: served.
+pub(super) fn refuse_data(
+    request: &Request<Incoming>,
+    remote: std::net::SocketAddr,
+    endpoints: &Endpoints,
+) -> Option<Response<Bytes>> {
+    let refused = endpoints
+        .mesh_requires_token
+        .then(|| match endpoints.token.as_ref() {
+            Some(token) => authorize(request.headers(), Some(token))
+                .err()
+                .map(|why| why.as_str()),
+            None => Some("no admin token is configured"),
+        });
+    if let Some(Some(why)) = refused {
+        if let Some(suppressed) = endpoints.logs.unauthorized.admit(std::time::Instant::now()) {
+            tracing::warn!(
+                %remote,
+                reason = why,
+                suppressed,
+                "mesh data refused: -server.mesh.require-token and no valid bearer token"
+            );
+        }
+        let mut response = text(StatusCode::UNAUTHORIZED, "{\"error\":\"unauthorized\"}");
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Some(secured(response, "application/json"));
+    }
+    None
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! only speaks HTTP: routing, the bearer token of admin endpoints, and limits.
 //!
 //! Admin endpoints (`/-/reload`, `/-/task` and `GET /-/task/<id>` (the `task` submodule),
-//! `/-/upgrade` and its controls (the `upgrade` submodule)) need
+//! `/-/upgrade` and its controls (the `upgrade` submodule), `/-/trace` (the `trace`
+//! submodule, which also serves `GET /api/v1/traces` under the mesh data's rule)) need
 //! `Authorization: Bearer <token>` when a token is configured (the scheme in any case, as
 //! RFC 7235 says); the token is compared in constant time ([`Token::matches`]) and never
 //! logged. `/-/reload` reloads on `POST` and `PUT` only, as Prometheus does.
@@ -46,11 +47,16 @@ use tokio::sync::{Notify, watch};
 
 mod mesh;
 mod task;
+mod trace;
 mod upgrade;
 
 pub use mesh::{MESH_API_VERSION, MESH_CSP, mesh_json, pair_json};
 
 pub use task::{MAX_TASK_REQUEST_BYTES, TaskApi, TaskView, view_json};
+pub use trace::{
+    DEFAULT_TRACES_LIMIT, MAX_TRACE_REQUEST_BYTES, MAX_TRACES_LIMIT, TRACES_API_VERSION,
+    TraceAccepted, TraceApi, TraceListing, record_json, traces_json,
+};
 pub use upgrade::{
     MAX_UPGRADE_REQUEST_BYTES, UpgradeApi, UpgradeIntake, UpgradeRefusal, rollout_json,
 };
@@ -95,6 +101,11 @@ pub trait AdminApi: Send + Sync {
     }
     /// The upgrade endpoints' side of the server (`None`: `/-/upgrade` answers 404).
     fn upgrade_api(&self) -> Option<Arc<dyn UpgradeApi>> {
+        None
+    }
+    /// The trace endpoints' side of the server (`None`: `/-/trace` and `/api/v1/traces`
+    /// answer 503, as with tracing off).
+    fn trace_api(&self) -> Option<Arc<dyn TraceApi>> {
         None
     }
     /// A number that changes whenever the mesh's underlying state changed in a way the view
@@ -720,9 +731,33 @@ async fn route(
         path if path == "/-/upgrade" || path.starts_with("/-/upgrade/") => {
             upgrade::route(request, remote, endpoints).await
         }
+        "/-/trace" => trace::route(request, remote, endpoints).await,
+        "/api/v1/traces" => traces(&request, remote, endpoints),
         path if mesh::is_mesh_path(path) => mesh::route(request, remote, endpoints).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
+}
+
+/// `GET /api/v1/traces`: read-only, under the mesh data's access rule.
+fn traces(
+    request: &Request<Incoming>,
+    remote: SocketAddr,
+    endpoints: &Endpoints,
+) -> Response<Bytes> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the traces are read-only: GET only (POST /-/trace asks for one)\n",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    if let Some(refused) = mesh::refuse_data(request, remote, endpoints) {
+        return refused;
+    }
+    trace::list(request, endpoints)
 }
 
 /// `/-/reload`: `POST` or `PUT` (as Prometheus), with the admin token.

@@ -27,7 +27,7 @@ use probermesh_core::task::book::{Submission, SubmitError, Submitted};
 use probermesh_core::task::{AuditEntry, TaskRecord};
 use tokio::task::JoinHandle;
 
-use crate::admin::{AdminApi, TaskApi, TaskView, targets_json};
+use crate::admin::{AdminApi, TaskApi, TaskView, TraceAccepted, TraceApi, targets_json};
 
 /// The shortest wait of the timer loop (a due time in the past is not a busy loop).
 const MIN_TIMER_WAIT: Duration = Duration::from_millis(50);
@@ -747,6 +747,64 @@ impl<R: ReportSource + 'static> TaskApi for ServerHandle<R> {
 }
 
 #[async_trait::async_trait]
+impl<R: ReportSource + 'static> TraceApi for ServerHandle<R> {
+    fn trace_shape(&self) -> Option<probermesh_core::trace::trigger::TraceShape> {
+        self.shared
+            .state()
+            .trace_desk()
+            .map(|desk| desk.config().shape)
+    }
+
+    async fn request_trace(
+        &self,
+        ask: probermesh_core::server::OperatorAsk,
+    ) -> Result<TraceAccepted, probermesh_core::server::OperatorTraceError> {
+        let now = self.shared.clock.now();
+        let result = self.shared.state().request_operator_trace(now, ask);
+        let (request, agent, actions) = result?;
+        self.shared.perform(actions).await;
+        Ok(TraceAccepted {
+            id: request.id,
+            agent,
+            target: request.target,
+        })
+    }
+
+    /// Copied under the state's lock (at most the query's limit of records, and the traces
+    /// in flight: one per agent at most).
+    fn trace_records(
+        &self,
+        query: &probermesh_core::trace::store::TraceQuery,
+    ) -> Option<crate::admin::TraceListing> {
+        let state = self.shared.state();
+        let records = state.traces()?.query(query).into_iter().cloned().collect();
+        let in_flight = state
+            .trace_desk()?
+            .in_flight()
+            .iter()
+            .filter(|(_, flight)| {
+                let pair = flight.pair.as_ref();
+                query
+                    .source
+                    .as_ref()
+                    .is_none_or(|s| pair.is_some_and(|p| &p.source == s))
+                    && query
+                        .target
+                        .as_ref()
+                        .is_none_or(|t| pair.is_some_and(|p| &p.target == t))
+                    && query.agent.as_ref().is_none_or(|a| &flight.agent == a)
+            })
+            .map(|(id, flight)| (*id, flight.clone()))
+            .collect();
+        Some((records, in_flight))
+    }
+
+    fn now(&self) -> probermesh_core::model::UnixMillis {
+        self.shared.clock.now()
+    }
+}
+
+#[async_trait::async_trait]
 impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
     fn metrics(&self) -> Vec<u8> {
         let live = self
@@ -788,6 +846,10 @@ impl<R: ReportSource + 'static> AdminApi for ServerHandle<R> {
     }
 
     fn upgrade_api(&self) -> Option<Arc<dyn crate::admin::UpgradeApi>> {
+        Some(Arc::new(self.clone()))
+    }
+
+    fn trace_api(&self) -> Option<Arc<dyn TraceApi>> {
         Some(Arc::new(self.clone()))
     }
 

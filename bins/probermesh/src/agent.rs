@@ -11,7 +11,7 @@ use probermesh_adapters::clock::SystemClock;
 use probermesh_adapters::dns::HickoryDns;
 use probermesh_adapters::driver::agent::{self as driver, StopBounds};
 use probermesh_adapters::http::HyperProber;
-use probermesh_adapters::icmp::IcmpEngine;
+use probermesh_adapters::icmp::{IcmpEngine, IcmpTracer};
 use probermesh_adapters::identity::{
     DetectionTimeouts, IpOptions, MetadataEndpoint, NetworkType, agent_ip, detect_region,
 };
@@ -153,9 +153,9 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
             "tasks on"
         ),
     }
-    let trace_policy = (!args.no_trace).then(TracePolicy::default);
+    let trace_policy = (!args.trace_off).then(TracePolicy::default);
     if trace_policy.is_none() {
-        tracing::info!("path traces off: every trace the server asks for is refused (--no-trace)");
+        tracing::info!("path traces off: every trace the server asks for is refused (--trace-off)");
     }
     let recipe = LinkRecipe {
         server_addr: args.rpc_report_addr.clone(),
@@ -210,7 +210,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<()> {
         relink,
         system_probers()?,
         Arc::new(ProcessTaskRunner::new()),
-        Arc::new(probermesh_core::fake::FakeTracer::new()), // MERGE: IcmpTracer
+        Arc::new(IcmpTracer::default()),
         upgrade
             .installer
             .clone()

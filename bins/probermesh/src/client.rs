@@ -1,4 +1,5 @@
-//! The operator's client subcommands, `task`, `targets` and `task-key`, as the Go CLI's
+//! The operator's client subcommands, `task`, `targets`, `task-key`, and `trace` and
+//! `traces` (issue 17: ask for a path trace, print hop tables and blame), as the Go CLI's
 //! (`probermesh task --region.match X --operator =~ --cmd "…"` is translated by
 //! [`go_client_args`]); the HTTP and the JSON are `probermesh_adapters::admin_client`'s.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use argh::FromArgs;
 use probermesh_adapters::admin_client::{
-    self, AdminClient, DEFAULT_REQUEST_TIMEOUT, ServerUrl, TaskRequest,
+    self, AdminClient, DEFAULT_REQUEST_TIMEOUT, ServerUrl, TaskRequest, TraceAsk,
 };
 
 use crate::print_line;
@@ -78,6 +79,68 @@ pub(crate) struct TargetsArgs {
     token_file: Option<PathBuf>,
 }
 
+/// Ask the server for a path trace (POST /-/trace) and, with --wait, print its hops and blame.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "trace")]
+pub(crate) struct TraceArgs {
+    /// the server's HTTP address, host:port or http://host:port (default 0.0.0.0:6001; also
+    /// --server)
+    #[argh(option, default = "String::from(\"0.0.0.0:6001\")")]
+    server_http_url: String,
+    /// the agent to trace from, <region>/<ip>
+    #[argh(option)]
+    agent: Option<String>,
+    /// trace from a free agent of this region that takes traces
+    #[argh(option)]
+    source_region: Option<String>,
+    /// trace to a host of this region the mesh probes (the pair the trace is filed under)
+    #[argh(option)]
+    target_region: Option<String>,
+    /// the address to trace to
+    #[argh(option)]
+    target: Option<String>,
+    /// probes per hop (default the server's -server.trace.rounds)
+    #[argh(option)]
+    rounds: Option<u16>,
+    /// highest TTL (default the server's -server.trace.max-hops)
+    #[argh(option)]
+    max_hops: Option<u8>,
+    /// wait for the trace and print its hop table and blame
+    #[argh(switch)]
+    wait: bool,
+    /// how long to wait, seconds (default 180)
+    #[argh(option, default = "180")]
+    wait_timeout: u64,
+    /// file holding the admin token (else env PROBERMESH_ADMIN_TOKEN, then PROBERMESH_TOKEN)
+    #[argh(option)]
+    token_file: Option<PathBuf>,
+}
+
+/// Print the server's latest path traces (GET /api/v1/traces) with their hops and blame.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "traces")]
+pub(crate) struct TracesArgs {
+    /// the server's HTTP address, host:port or http://host:port (default 0.0.0.0:6001; also
+    /// --server)
+    #[argh(option, default = "String::from(\"0.0.0.0:6001\")")]
+    server_http_url: String,
+    /// only traces of pairs from this region
+    #[argh(option)]
+    source_region: Option<String>,
+    /// only traces of pairs to this region
+    #[argh(option)]
+    target_region: Option<String>,
+    /// only traces this agent ran, <region>/<ip>
+    #[argh(option)]
+    agent: Option<String>,
+    /// at most this many, newest first (default 5)
+    #[argh(option, default = "5")]
+    limit: usize,
+    /// file holding the admin token, sent when given (needed with -server.mesh.require-token)
+    #[argh(option)]
+    token_file: Option<PathBuf>,
+}
+
 /// Generate a task signing key pair: the private key file and FILE.pub (the --out path) for the agents.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "task-key")]
@@ -103,12 +166,19 @@ pub(crate) fn go_client_args(args: Vec<String>) -> Vec<String> {
     const UPGRADE_SWITCHES: [&str; 8] = [
         "no-wait", "help", "h", "force", "status", "pause", "resume", "abort",
     ];
+    // `trace` and `traces` also take `--server` for `--server-http-url`.
+    const TRACE_SWITCHES: [&str; 3] = ["wait", "help", "h"];
     let mut words = args.into_iter();
     let subcommand = match words.next() {
         Some(first) if first == "target" => "targets".to_owned(),
-        Some(first) if first == "task" || first == "targets" || first == "upgrade" => first,
+        Some(first)
+            if ["task", "targets", "upgrade", "trace", "traces"].contains(&first.as_str()) =>
+        {
+            first
+        }
         first => return first.into_iter().chain(words).collect(),
     };
+    let tracing = subcommand == "trace" || subcommand == "traces";
     let mut out = vec![subcommand.clone()];
     let mut after_option = false;
     while let Some(arg) = words.next() {
@@ -138,8 +208,15 @@ pub(crate) fn go_client_args(args: Vec<String>) -> Vec<String> {
             .iter()
             .find(|(go, _)| *go == name)
             .map_or(name, |(_, ours)| ours);
+        let name = if tracing && name == "server" {
+            "server-http-url"
+        } else {
+            name
+        };
         let switches: &[&str] = if subcommand == "upgrade" {
             &UPGRADE_SWITCHES
+        } else if tracing {
+            &TRACE_SWITCHES
         } else {
             &SWITCHES
         };
@@ -250,6 +327,88 @@ pub(crate) async fn task(args: TaskArgs) -> Result<bool> {
     Ok(!submitted.matched.is_empty() && status.all_done(&submitted.matched))
 }
 
+/// `probermesh trace`: `Ok(false)` when the trace did not end reported without an error.
+pub(crate) async fn trace(args: TraceArgs) -> Result<bool> {
+    anyhow::ensure!(
+        args.agent.is_some() != args.source_region.is_some(),
+        "give --agent or --source-region (one of them)"
+    );
+    anyhow::ensure!(
+        args.target.is_some() || args.target_region.is_some(),
+        "give --target-region or --target"
+    );
+    let client = client(&args.server_http_url, args.token_file.as_deref())?;
+    let ask = TraceAsk {
+        agent: args.agent.clone(),
+        source_region: args.source_region.clone(),
+        target_region: args.target_region.clone(),
+        target: args.target.clone(),
+        rounds: args.rounds,
+        max_hops: args.max_hops,
+    };
+    let sent = client
+        .request_trace(&ask)
+        .await
+        .context("asking for the trace")?;
+    print_line(&format!(
+        "trace {} sent to {} towards {}",
+        sent.id, sent.agent, sent.target
+    ))?;
+    let status = client.url(&format!("/api/v1/traces?id={}", sent.id));
+    if !args.wait {
+        print_line(&format!("result: {status}"))?;
+        return Ok(true);
+    }
+    let done = client
+        .wait_trace(
+            sent.id,
+            Duration::from_secs(1),
+            Duration::from_secs(args.wait_timeout),
+        )
+        .await
+        .context("waiting for the trace")?;
+    match done {
+        Some(trace) => {
+            print_line(trace.render().trim_end())?;
+            Ok(trace.succeeded())
+        }
+        None => {
+            eprintln!(
+                "the trace did not finish within --wait-timeout {}s; see {status}",
+                args.wait_timeout
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// `probermesh traces`.
+pub(crate) async fn traces(args: TracesArgs) -> Result<bool> {
+    let client = client(&args.server_http_url, args.token_file.as_deref())?;
+    let limit = args.limit.to_string();
+    let query = admin_client::traces_query(&[
+        ("source_region", args.source_region.as_deref()),
+        ("target_region", args.target_region.as_deref()),
+        ("agent", args.agent.as_deref()),
+        ("limit", Some(&limit)),
+    ]);
+    let answer = client.traces(&query).await.context("fetching the traces")?;
+    for running in &answer.in_flight {
+        print_line(&format!(
+            "trace {} running on {} towards {}",
+            running.id, running.agent, running.target
+        ))?;
+    }
+    if answer.traces.is_empty() {
+        print_line("no finished trace matches")?;
+    }
+    for trace in &answer.traces {
+        print_line(trace.render().trim_end())?;
+        print_line("")?;
+    }
+    Ok(true)
+}
+
 /// `probermesh targets`.
 pub(crate) async fn targets(args: TargetsArgs) -> Result<bool> {
     if let Some(kind) = args.prober_type.as_deref() {
@@ -319,6 +478,30 @@ mod tests {
             words("agent --region.match x")
         );
         assert!(go_client_args(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn the_trace_command_line_takes_server_for_the_url() {
+        use argh::FromArgs as _;
+        let args = go_client_args(words(
+            "trace --server h:1 --source-region eu --target-region us --wait --rounds 5",
+        ));
+        assert_eq!(
+            args,
+            words(
+                "trace --server-http-url h:1 --source-region eu --target-region us --wait --rounds 5"
+            )
+        );
+        let words: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+        let parsed = TraceArgs::from_args(&["trace"], &words).expect("parses");
+        assert_eq!(parsed.server_http_url, "h:1");
+        assert_eq!(parsed.source_region.as_deref(), Some("eu"));
+        assert!(parsed.wait && parsed.agent.is_none());
+        assert_eq!(parsed.rounds, Some(5));
+        assert_eq!(
+            go_client_args(self::words("traces --server=h:1 --limit 2")),
+            self::words("traces --server-http-url h:1 --limit 2")
+        );
     }
 
     #[test]

@@ -143,6 +143,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         tasks: None,
         releases: Default::default(),
         rollouts: Default::default(),
+        traces: None,
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.
@@ -219,7 +220,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                 relink,
                 probers.clone(),
                 Arc::new(probermesh_adapters::task_runner::ProcessTaskRunner::new()),
-                Arc::new(probermesh_core::fake::FakeTracer::new()),
+                Arc::new(probermesh_adapters::icmp::IcmpTracer::default()),
                 None,
                 Arc::clone(&clock),
                 stopping.clone(),

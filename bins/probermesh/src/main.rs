@@ -3,7 +3,7 @@
 //!
 //! Subcommands: `server`, `agent`, `demo` (a whole mesh on loopback), `version`, and the
 //! operator tools `ping`, `traceroute`, `http-probe`, `check-probe-file`, and the server's clients `task`,
-//! `targets` and `task-key` (see `client`). The Go system's command line
+//! `targets`, `task-key`, `trace` and `traces` (see `client`). The Go system's command line
 //! (`probermesh -mode agent -agent.region=eu …`) is translated into the same subcommands
 //! (see `cli::legacy`), so both spellings start the same code.
 
@@ -49,6 +49,8 @@ enum Command {
     Task(client::TaskArgs),
     Targets(client::TargetsArgs),
     TaskKey(client::TaskKeyArgs),
+    Trace(client::TraceArgs),
+    Traces(client::TracesArgs),
     Upgrade(upgrade_client::UpgradeArgs),
     Version(Version),
 }
@@ -110,7 +112,7 @@ fn main() -> ExitCode {
                 // argh's own status, except the clients' (2, as Go's flag package).
                 let client = matches!(
                     words.first(),
-                    Some(&("task" | "targets" | "task-key" | "upgrade"))
+                    Some(&("task" | "targets" | "task-key" | "upgrade" | "trace" | "traces"))
                 );
                 return ExitCode::from(if client { EXIT_USAGE } else { 1 });
             }
@@ -127,6 +129,8 @@ fn main() -> ExitCode {
         Command::Task(args) => return client::exit_of(block_on(Some(2), client::task(args))),
         Command::Targets(args) => return client::exit_of(block_on(Some(2), client::targets(args))),
         Command::TaskKey(args) => return client::exit_of(client::task_key(&args)),
+        Command::Trace(args) => return client::exit_of(block_on(Some(2), client::trace(args))),
+        Command::Traces(args) => return client::exit_of(block_on(Some(2), client::traces(args))),
         Command::Upgrade(args) => {
             return client::exit_of(block_on(Some(2), upgrade_client::upgrade(args)));
         }

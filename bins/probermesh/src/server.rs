@@ -26,6 +26,8 @@ use probermesh_core::ports::TaskArchive;
 use probermesh_core::ports::{Clock, PoolSource, Store};
 use probermesh_core::server::{ServerState, check_pool_fits};
 use probermesh_core::task::book::{TaskBook, TaskSettings};
+use probermesh_core::trace::store::{StoreLimits, TraceStore};
+use probermesh_core::trace::trigger::{TraceDesk, TriggerConfig};
 use probermesh_core::upgrade::rollout::{RolloutSettings, UpgradeDesk};
 
 use crate::cli::ServerArgs;
@@ -80,6 +82,8 @@ pub(crate) struct ServerParts {
     pub(crate) releases: ReleaseIntake,
     /// The rollout's limits (`-server.upgrade.max-bytes-per-second`).
     pub(crate) rollouts: RolloutSettings,
+    /// Path tracing (`-server.trace.*`; `None`: off).
+    pub(crate) traces: Option<(TriggerConfig, StoreLimits)>,
 }
 
 /// A started server: its link, driver and endpoints.
@@ -106,6 +110,10 @@ impl RunningServer {
             .with_upgrades(UpgradeDesk::new(parts.rollouts));
         if let Some(notice) = parts.mesh_notice {
             state = state.with_mesh_notice(notice);
+        }
+        if let Some((config, limits)) = parts.traces {
+            let desk = TraceDesk::new(config, clock.now()).context("the -server.trace settings")?;
+            state = state.with_traces(desk, TraceStore::new(limits));
         }
         let mut task_archive = None;
         if let Some((settings, meta_dir)) = parts.tasks {
@@ -238,6 +246,18 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             "-server.task: remote tasks on; /-/task needs the admin bearer token and runs only on agents started with -agent.task"
         );
     }
+    match &choices.traces {
+        Some((config, limits)) => tracing::info!(
+            loss_enter = config.loss_ratio.trigger,
+            loss_leave = config.loss_ratio.clear,
+            windows = config.windows_to_trigger,
+            cooldown = ?config.cooldown,
+            budget_per_hour = config.budget_per_hour,
+            store_max_records = limits.max_records,
+            "path tracing on; POST /-/trace needs the admin bearer token; only agents that take traces run them"
+        ),
+        None => tracing::info!("-server.trace=false: path tracing off"),
+    }
     let releases = ReleaseIntake {
         key: args
             .upgrade_pubkey
@@ -298,6 +318,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<()> {
             max_bytes_per_second: upgrade_cap(args.upgrade_max_bytes_per_second)?,
             ..RolloutSettings::default()
         },
+        traces: choices.traces.clone(),
     })
     .await?;
     tracing::warn!(
@@ -378,6 +399,7 @@ mod tests {
             data_dir: Some(dir.to_owned()),
             tasks: None,
             rollouts: RolloutSettings::default(),
+            traces: None,
             releases: Default::default(),
         }
     }

@@ -5,7 +5,7 @@
 //! fails) and one of the three hosts of `charlie` (the robust aggregation leaves it out: pairs
 //! to `charlie` are partial); one agent is stopped (region `delta`'s row goes dark), and a
 //! hostile URL is probed. Checked: regions² cells in the right states, a click on a cell
-//! shows its history, the hostile URL is shown as text (no element injected),
+//! shows its history and its path traces section, the hostile URL is shown as text (no element injected),
 //! no console errors (CSP violations are errors); a screenshot goes to
 //! `target/mesh-view/mesh-page.png`. Every wait is a bounded wait on a condition.
 
@@ -416,6 +416,16 @@ fn the_page_shows_the_mesh_its_faults_and_a_pairs_history_in_a_real_browser() {
     let members =
         driver.script("return document.querySelectorAll('#pair-members tbody tr').length;");
     assert_eq!(members, json!(2), "one source agent and one target host");
+    // Its path traces section says something (tracing is on by default): a trace, one
+    // running, or none yet.
+    wait_for("the pair's path traces", Duration::from_secs(30), || {
+        let said = driver.script(
+            "return document.getElementById('pair-traces-status').textContent + '|' +
+                    document.querySelectorAll('#pair-traces .trace').length;",
+        );
+        let said = said.as_str().unwrap_or("").to_owned();
+        (!said.starts_with("|0") && !said.contains("could not")).then_some(())
+    });
 
     // A dark region: delta's agent stops; its row goes stale, then has no data.
     if let Some(mut delta) = agents[DELTA].take() {

@@ -208,7 +208,11 @@ fn runs_total(metrics: &str) -> f64 {
 /// The agent address of a trace record (`"agent": "<region>/<ip>"` or the address alone).
 fn agent_ip(record: &Value) -> String {
     let agent = record["agent"].as_str().unwrap_or_default();
-    agent.rsplit(['/', ' ', '@']).next().unwrap_or(agent).to_owned()
+    agent
+        .rsplit(['/', ' ', '@'])
+        .next()
+        .unwrap_or(agent)
+        .to_owned()
 }
 
 #[test]
@@ -241,7 +245,11 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
     // Six more windows of health (twice the K that would trigger).
     std::thread::sleep(Duration::from_secs(12));
     let metrics = lab.metrics();
-    assert_eq!(runs_total(&metrics), 0.0, "a healthy mesh was traced:\n{metrics}");
+    assert_eq!(
+        runs_total(&metrics),
+        0.0,
+        "a healthy mesh was traced:\n{metrics}"
+    );
     assert!(lab.traces().is_empty());
 
     // The fault at R2.
@@ -329,22 +337,42 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
         "10",
         "--wait",
     ]);
-    eprintln!("probermesh trace --agent {north_agent} --target {east_ip} --rounds 10 --wait\n{stdout}{stderr}");
+    eprintln!(
+        "probermesh trace --agent {north_agent} --target {east_ip} --rounds 10 --wait\n{stdout}{stderr}"
+    );
     // The agent may still be busy with an automatic trace: the client then says so (exit
     // non-zero); try again once it is free.
     let (code, stdout) = if code == Some(0) {
         (code, stdout)
     } else {
-        let (code, stdout, stderr) = wait_for("north's agent to take the operator's trace", Duration::from_secs(90), || {
-            let ran = lab.client(&["--agent", &north_agent, "--target", &east_ip, "--rounds", "10", "--wait"]);
-            (!ran.2.contains("busy")).then_some(ran)
-        });
+        let (code, stdout, stderr) = wait_for(
+            "north's agent to take the operator's trace",
+            Duration::from_secs(90),
+            || {
+                let ran = lab.client(&[
+                    "--agent",
+                    &north_agent,
+                    "--target",
+                    &east_ip,
+                    "--rounds",
+                    "10",
+                    "--wait",
+                ]);
+                (!ran.2.contains("busy")).then_some(ran)
+            },
+        );
         eprintln!("{stdout}{stderr}");
         (code, stdout)
     };
     assert_eq!(code, Some(0), "{stdout}");
-    assert!(stdout.contains(&lab.chain.toward_leaf(0).to_string()), "{stdout}");
-    assert!(stdout.contains(&lab.chain.toward_first(R2).to_string()), "{stdout}");
+    assert!(
+        stdout.contains(&lab.chain.toward_leaf(0).to_string()),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&lab.chain.toward_first(R2).to_string()),
+        "{stdout}"
+    );
     assert!(stdout.contains("???"), "R3 silent: {stdout}");
     assert!(stdout.contains("hop 2"), "the blame line: {stdout}");
 }

@@ -23,7 +23,7 @@ mod traces;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::aggregate::{Aggregator, Counters, Intake, SnapshotPart};
-use crate::link::{FromAgent, ToAgent, feature};
+use crate::link::{FromAgent, ToAgent, TraceRequest, feature};
 use crate::mesh::{self, HistoryLimits, MeshHistory, MeshView, PairView};
 use crate::model::{
     AgentId, AgentVersion, ProbeConfig, ProbeKind, ProbeResult, Region, UnixMillis,
@@ -36,9 +36,9 @@ use crate::task::book::{
     TaskBook,
 };
 use crate::task::{AuditEntry, TaskRecord};
-use crate::trace::Refusal;
 use crate::trace::store::TraceStore;
-use crate::trace::trigger::{OperatorTrace, TraceDesk};
+use crate::trace::trigger::{OperatorTrace, PickError, TraceDesk, TraceShape};
+use crate::trace::{Refusal, RegionPair};
 use crate::upgrade::MemberState;
 use crate::upgrade::rollout::{
     Candidate, Control, ControlError, DeskChanges, RolloutRequest, StartError, UpgradeDesk,
@@ -197,6 +197,33 @@ pub struct Actions {
     pub trace_events: Vec<String>,
 }
 
+/// An operator's trace request (`POST /-/trace`), see
+/// [`ServerState::request_operator_trace`].
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct OperatorAsk {
+    /// Who runs it (else a free agent of `source_region`).
+    pub agent: Option<AgentId>,
+    /// The source region (ignored when `agent` is named: its region is).
+    pub source_region: Option<Region>,
+    /// The target region: the pair it is filed under, and where a target is picked.
+    pub target_region: Option<Region>,
+    /// Where to trace to (else a host of `target_region`).
+    pub target: Option<std::net::IpAddr>,
+    /// How (the desk's default shape when `None`).
+    pub shape: Option<TraceShape>,
+}
+
+/// Why an operator's trace was not sent.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum OperatorTraceError {
+    /// Path tracing is off on this server.
+    #[error("path tracing is off on this server (-server.trace=false)")]
+    Off,
+    /// Nobody could run it, or nowhere to trace to.
+    #[error(transparent)]
+    Pick(#[from] PickError),
+}
+
 /// The server's state between events.
 #[derive(Debug)]
 pub struct ServerState {
@@ -294,6 +321,77 @@ impl ServerState {
         let mut actions = Actions::default();
         state.apply(now, changes, &self.sessions, &mut actions);
         Ok(actions)
+    }
+
+    /// An operator's trace at `now` (`POST /-/trace`), by agent or by region pair: run by
+    /// `ask.agent` when named, else by a free agent of `ask.source_region` that takes traces
+    /// ([`TraceDesk::pick_operator`]); to `ask.target` when named, else to a host of
+    /// `ask.target_region` the mesh probes (or an agent of it). Filed under the pair when
+    /// the target region is known. Refusals are counted.
+    ///
+    /// # Errors
+    /// [`OperatorTraceError`]: tracing off, nobody to run it, every candidate busy, or no
+    /// address to trace to. Nothing is sent then.
+    pub fn request_operator_trace(
+        &mut self,
+        now: UnixMillis,
+        ask: OperatorAsk,
+    ) -> Result<(TraceRequest, AgentId, Actions), OperatorTraceError> {
+        if self.traces.is_none() {
+            return Err(OperatorTraceError::Off);
+        }
+        let Some(source) = ask
+            .agent
+            .as_ref()
+            .map(|agent| agent.region.clone())
+            .or(ask.source_region)
+        else {
+            return Err(OperatorTraceError::Pick(PickError::NoTracer));
+        };
+        let live = self.aggregator.live_agents(now);
+        let Some(state) = &mut self.traces else {
+            return Err(OperatorTraceError::Off);
+        };
+        let (mut tracers, hosts, target_agents) = traces::operator_candidates(
+            &self.aggregator,
+            &self.sessions,
+            &live,
+            &source,
+            ask.target_region.as_ref(),
+        );
+        if let Some(agent) = &ask.agent {
+            tracers.retain(|a| a == agent);
+        }
+        let picked = state
+            .desk
+            .pick_operator(&tracers, ask.target, &hosts, &target_agents);
+        let (agent, target) = match picked {
+            Ok(picked) => picked,
+            Err(error) => {
+                state.desk.count_refusal(error.refusal());
+                return Err(error.into());
+            }
+        };
+        let trace = OperatorTrace {
+            agent: agent.clone(),
+            target,
+            pair: ask
+                .target_region
+                .map(|target_region| RegionPair::new(source, target_region)),
+            shape: ask.shape,
+        };
+        let changes = state
+            .desk
+            .request(now, trace)
+            .map_err(|_| OperatorTraceError::Pick(PickError::Busy))?;
+        let request = changes
+            .requests
+            .first()
+            .map(|(_, request)| request.clone())
+            .ok_or(OperatorTraceError::Pick(PickError::NoTracer))?;
+        let mut actions = Actions::default();
+        state.apply(now, changes, &self.sessions, &mut actions);
+        Ok((request, agent, actions))
     }
 
     /// Sets the line the mesh page shows above the matrix (the demo labels its simulated WAN).

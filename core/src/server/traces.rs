@@ -318,3 +318,49 @@ pub(super) fn trace_connection(
 pub(super) fn names_trace(capabilities: &crate::link::Capabilities) -> bool {
     capabilities.has(feature::TRACE)
 }
+
+/// What an operator's trace of a region pair can be run from and traced to: the connected
+/// agents of `source` that take traces (`agent` alone when named), and the target hosts the
+/// aggregator's last settled window of `source`→`target` probed, with the agents of `target`
+/// (connected or alive) whose addresses are targets too.
+pub(super) fn operator_candidates(
+    aggregator: &Aggregator,
+    sessions: &HashMap<ConnectionId, Session>,
+    live: &[AgentId],
+    source: &Region,
+    target: Option<&Region>,
+) -> (Vec<AgentId>, Vec<IpAddr>, Vec<AgentId>) {
+    let tracers: Vec<AgentId> = tracers_by_region(sessions)
+        .remove(source)
+        .map(|set| set.into_iter().collect())
+        .unwrap_or_default();
+    let Some(target) = target else {
+        return (tracers, Vec::new(), Vec::new());
+    };
+    let (series, _) = aggregator.exposed();
+    let hosts: Vec<IpAddr> = series
+        .icmp
+        .get(&(source.clone(), target.clone()))
+        .and_then(|pair| pair.members.as_ref())
+        .map(|members| {
+            members
+                .value
+                .iter()
+                .filter_map(|m| match &m.member {
+                    IcmpOutlier::Target(host) => host.parse().ok(),
+                    IcmpOutlier::Source(_) => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut agents: Vec<AgentId> = sessions
+        .values()
+        .map(|s| &s.agent)
+        .chain(live)
+        .filter(|agent| &agent.region == target)
+        .cloned()
+        .collect();
+    agents.sort();
+    agents.dedup();
+    (tracers, hosts, agents)
+}

@@ -36,6 +36,11 @@ use std::fmt;
 
 use crate::model::Region;
 
+/// The most probes per hop a request may ask for (what the wire carries).
+pub const MAX_ROUNDS: u16 = crate::wire::MAX_TRACE_ROUNDS;
+/// The highest TTL a request may ask for (what the wire carries).
+pub const MAX_HOPS: u8 = crate::wire::MAX_TRACE_TTL;
+
 /// `prober_server_trace_runs_total` (ours): trace runs sent to agents, by [`TraceReason`].
 pub const TRACE_RUNS: &str = "prober_server_trace_runs_total";
 /// `prober_server_trace_refusals_total` (ours): traces the desk held back, by [`Refusal`].

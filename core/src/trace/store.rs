@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use super::blame::Verdict;
 use super::{Direction, RegionPair, TraceReason};
 use crate::link::{TraceHop, TraceReport};
-use crate::model::{AgentId, UnixMillis};
+use crate::model::{AgentId, Region, UnixMillis};
 
 /// How a trace ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,6 +113,12 @@ pub struct TraceQuery {
     pub since: Option<UnixMillis>,
     /// Only traces that ended before this instant.
     pub until: Option<UnixMillis>,
+    /// Only traces of pairs from this source region.
+    pub source: Option<Region>,
+    /// Only traces of pairs to this target region.
+    pub target: Option<Region>,
+    /// Only traces this agent ran.
+    pub agent: Option<AgentId>,
     /// At most this many, newest first (`None`: all that match).
     pub limit: Option<usize>,
 }
@@ -197,8 +203,21 @@ impl TraceStore {
     #[must_use]
     pub fn query(&self, query: &TraceQuery) -> Vec<&TraceRecord> {
         let in_time = |record: &&TraceRecord| {
+            let pair = record.pair.as_ref();
             query.since.is_none_or(|since| record.ended_at >= since)
                 && query.until.is_none_or(|until| record.ended_at < until)
+                && query
+                    .source
+                    .as_ref()
+                    .is_none_or(|source| pair.is_some_and(|p| &p.source == source))
+                && query
+                    .target
+                    .as_ref()
+                    .is_none_or(|target| pair.is_some_and(|p| &p.target == target))
+                && query
+                    .agent
+                    .as_ref()
+                    .is_none_or(|agent| &record.agent == agent)
         };
         let limit = query.limit.unwrap_or(usize::MAX);
         match &query.pair {
@@ -274,7 +293,6 @@ impl TraceStore {
 mod tests {
     use super::*;
     use crate::link::TraceHop;
-    use crate::model::Region;
     use proptest::prelude::*;
 
     fn pair(n: u8) -> RegionPair {
@@ -346,6 +364,22 @@ mod tests {
             ..TraceQuery::default()
         };
         assert_eq!(ids(store.query(&window)), vec![6, 5]);
+        let by_region = TraceQuery {
+            source: Some(pair(2).source),
+            ..TraceQuery::default()
+        };
+        assert_eq!(ids(store.query(&by_region)), vec![6]);
+        let by_target = TraceQuery {
+            target: Some(pair(1).target),
+            limit: Some(2),
+            ..TraceQuery::default()
+        };
+        assert_eq!(ids(store.query(&by_target)), vec![6, 5]);
+        let by_agent = TraceQuery {
+            agent: Some(store.get(6).unwrap().agent.clone()),
+            ..TraceQuery::default()
+        };
+        assert!(ids(store.query(&by_agent)).contains(&6));
         assert_eq!(store.latest(&pair(1)).map(|r| r.id), Some(5));
         assert_eq!(store.get(4).map(|r| r.id), Some(4));
         assert!(store.get(1).is_none());

@@ -152,6 +152,31 @@ pub struct TriggerConfigError {
     pub why: String,
 }
 
+/// Why [`TraceDesk::pick_operator`] found nobody to run an operator's trace.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum PickError {
+    /// No connected agent of the source region takes traces.
+    #[error("no connected agent of the source region takes traces")]
+    NoTracer,
+    /// Every one that does has a trace in flight.
+    #[error("every agent of the source region that takes traces has a trace in flight")]
+    Busy,
+    /// No address to trace to: none given, and the mesh knows no host of the target region.
+    #[error("no target address: none given, and no host of the target region is known")]
+    NoTarget,
+}
+
+impl PickError {
+    /// The refusal it is counted as.
+    #[must_use]
+    pub const fn refusal(self) -> Refusal {
+        match self {
+            Self::Busy => Refusal::AgentBusy,
+            Self::NoTracer | Self::NoTarget => Refusal::NoAgent,
+        }
+    }
+}
+
 /// The host the robust aggregator left out of a pair's window, when it left out exactly one.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum BlamedHost {
@@ -419,6 +444,55 @@ impl TraceDesk {
         self.pairs
             .get(pair)
             .is_some_and(|state| state.phase == Phase::Degraded)
+    }
+
+    /// Whether `agent` has a trace in flight.
+    #[must_use]
+    pub fn is_busy(&self, agent: &AgentId) -> bool {
+        self.busy.contains_key(agent)
+    }
+
+    /// Who runs an operator's trace of a region pair, and where to (`POST /-/trace` with
+    /// `source_region`): the first of `tracers` (connected agents of the source region that
+    /// take traces, any order) without a trace in flight, other than the target itself; to
+    /// `target` when the operator named one, else to the pair's target host the way an
+    /// automatic set picks it ([`preferred_host`]: a host that is an agent of the target
+    /// region first, so a reverse trace could run the same path back), else to an agent of
+    /// the target region. Pure: nothing is sent or counted.
+    ///
+    /// # Errors
+    /// [`PickError`]: no tracer, every tracer busy, or no address to trace to.
+    pub fn pick_operator(
+        &self,
+        tracers: &[AgentId],
+        target: Option<IpAddr>,
+        hosts: &[IpAddr],
+        target_agents: &[AgentId],
+    ) -> Result<(AgentId, IpAddr), PickError> {
+        if tracers.is_empty() {
+            return Err(PickError::NoTracer);
+        }
+        let mut hosts: Vec<IpAddr> = hosts.to_vec();
+        hosts.sort();
+        hosts.dedup();
+        let mut targets: Vec<AgentId> = target_agents.to_vec();
+        targets.sort();
+        targets.dedup();
+        let target = target
+            .or_else(|| preferred_host(&hosts, &targets))
+            .or_else(|| targets.first().map(|agent| agent.ip))
+            .ok_or(PickError::NoTarget)?;
+        let mut candidates: Vec<&AgentId> = tracers.iter().filter(|a| a.ip != target).collect();
+        candidates.sort();
+        candidates.dedup();
+        if candidates.is_empty() {
+            return Err(PickError::NoTracer);
+        }
+        candidates
+            .into_iter()
+            .find(|agent| !self.is_busy(agent))
+            .map(|agent| (agent.clone(), target))
+            .ok_or(PickError::Busy)
     }
 
     /// Counts a refusal the caller made before reaching the desk (an operator naming an

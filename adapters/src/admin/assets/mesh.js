@@ -1,5 +1,6 @@
 // The mesh page's script: fetches /api/v1/mesh once per window and draws the matrix, the HTTP
-// table and the agent list; a click on a cell fetches that pair's history and breakdown.
+// table and the agent list; a click on a cell fetches that pair's history and breakdown, and
+// its latest path traces (/api/v1/traces) with their blamed hop and hop tables.
 // Everything from the server is put in the page with textContent or attributes, never as
 // markup, so names, URLs and reasons cannot inject anything.
 "use strict";
@@ -110,7 +111,9 @@
   }
 
   function drawTable(id, columns, rows) {
-    var table = byId(id);
+    fillTable(byId(id), columns, rows);
+  }
+  function fillTable(table, columns, rows) {
     clear(table);
     var head = el("tr");
     columns.forEach(function (c) { head.appendChild(el("th", c)); });
@@ -205,9 +208,57 @@
     drawTable("pair-members", ["role", "host", "loss", "RTT", "robust aggregation"], members);
   }
 
+  function blameLine(t) {
+    var b = t.blame;
+    if (!b) return t.outcome === "timed_out" ? "no report came in time" : t.outcome === "abandoned" ?
+      "the agent disconnected before reporting" : t.outcome;
+    var at = b.kind === "hop" ? "hop " + b.hop + " (" + b.address + ", " + fmt("loss_ratio", b.loss_ratio) + " loss): " : "";
+    return "blame " + b.kind + ": " + at + b.explanation;
+  }
+
+  // The pair's latest path traces (issue 17): one block per trace, its blame line and hops.
+  function drawTraces(answer) {
+    var box = byId("pair-traces");
+    clear(box);
+    var status = byId("pair-traces-status");
+    if (!answer.tracing) { status.textContent = "path tracing is off on this server"; return; }
+    var running = answer.in_flight.map(function (f) { return f.agent + " → " + f.target; });
+    var words = answer.traces.length ? [] : ["no trace of this pair yet"];
+    if (running.length) words.push("running: " + running.join(", "));
+    status.textContent = words.join("; ");
+    answer.traces.forEach(function (t) {
+      var block = el("div", null, "trace");
+      block.appendChild(el("p", new Date(t.ended_at_unix_ms).toISOString() + " · " + t.agent + " → " + t.target +
+        " · " + t.reason + (t.direction ? " (" + t.direction + ")" : "") + " · " + t.outcome +
+        (t.error ? " · error: " + t.error : ""), "trace-head"));
+      var blamed = t.blame && t.blame.kind === "hop" ? t.blame.hop : null;
+      block.appendChild(el("p", blameLine(t), blamed !== null || (t.blame && t.blame.kind === "unreachable") ? "bad" : ""));
+      if (t.hops.length) {
+        var rows = t.hops.map(function (h) {
+          var bad = h.ttl === blamed;
+          return [String(h.ttl), h.host || "???", { text: fmt("loss_ratio", h.loss_ratio), cls: bad ? "bad" : "" },
+            String(h.sent), fmt("s", h.rtt_mean_seconds), fmt("s", h.rtt_best_seconds),
+            fmt("s", h.rtt_worst_seconds), fmt("s", h.rtt_stddev_seconds)];
+        });
+        var table = el("table", null, "plain");
+        fillTable(table, ["TTL", "host", "loss", "sent", "avg", "best", "worst", "stdev"], rows);
+        block.appendChild(table);
+      }
+      box.appendChild(block);
+    });
+  }
+
+  function loadTraces(source, target) {
+    var url = "/api/v1/traces?source_region=" + encodeURIComponent(source) + "&target_region=" +
+      encodeURIComponent(target) + "&limit=5";
+    return getJson(url).then(drawTraces).catch(function (err) {
+      byId("pair-traces-status").textContent = "could not load the traces: " + err.message;
+    });
+  }
+
   function loadPair(source, target) {
     var url = "/api/v1/mesh/pair?source=" + encodeURIComponent(source) + "&target=" + encodeURIComponent(target);
-    return getJson(url).then(function (page) { state.pair = page; drawPair(); });
+    return getJson(url).then(function (page) { state.pair = page; drawPair(); return loadTraces(source, target); });
   }
 
   function draw() {

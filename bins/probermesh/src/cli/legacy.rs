@@ -161,6 +161,84 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
         "/api/v1/mesh needs the admin token (default: public like /metrics)",
     ),
     (
+        "server.trace",
+        Side::Server,
+        true,
+        "path tracing (default true; -server.trace=false turns it off, --trace-off)",
+    ),
+    (
+        "server.trace.loss-enter",
+        Side::Server,
+        false,
+        "loss ratio that makes a window bad for tracing (default 0.05)",
+    ),
+    (
+        "server.trace.loss-leave",
+        Side::Server,
+        false,
+        "loss ratio a degraded pair must stay under (default 0.01)",
+    ),
+    (
+        "server.trace.windows",
+        Side::Server,
+        false,
+        "bad windows before a pair is traced (default 3)",
+    ),
+    (
+        "server.trace.clear-windows",
+        Side::Server,
+        false,
+        "clear windows before a degraded pair recovers (default 3)",
+    ),
+    (
+        "server.trace.cooldown",
+        Side::Server,
+        false,
+        "least time between automatic traces of a pair (default 10m)",
+    ),
+    (
+        "server.trace.budget",
+        Side::Server,
+        false,
+        "automatic trace runs per hour (0: operators only; default 30)",
+    ),
+    (
+        "server.trace.timeout",
+        Side::Server,
+        false,
+        "a trace without a report is given up after (default 2m)",
+    ),
+    (
+        "server.trace.rounds",
+        Side::Server,
+        false,
+        "probes per hop (default 20)",
+    ),
+    (
+        "server.trace.max-hops",
+        Side::Server,
+        false,
+        "highest TTL a trace tries (default 30)",
+    ),
+    (
+        "server.trace.store.per-pair",
+        Side::Server,
+        false,
+        "finished traces kept per pair (default 20)",
+    ),
+    (
+        "server.trace.store.max-records",
+        Side::Server,
+        false,
+        "finished traces kept in all (default 2000)",
+    ),
+    (
+        "server.trace.store.max-bytes",
+        Side::Server,
+        false,
+        "bytes of finished traces kept (default 16777216)",
+    ),
+    (
         "agent.rpc.report.addr",
         Side::Agent,
         false,
@@ -296,6 +374,13 @@ const FLAGS: &[(&str, Side, bool, &str)] = &[
     ),
 ];
 
+/// Booleans on by default: the Go flag, and the Go-style name of the switch that turns it
+/// off (`-server.trace=false` is `--trace-off`).
+const INVERTED: &[(&str, &str)] = &[
+    ("server.trace", "server.trace-off"),
+    ("agent.trace", "agent.trace-off"),
+];
+
 /// What a Go-style command line asks for.
 #[derive(Debug, Eq, PartialEq)]
 pub(crate) enum Legacy {
@@ -306,10 +391,6 @@ pub(crate) enum Legacy {
     /// `-h`: print the usage.
     Help,
 }
-
-/// Booleans that are on by default, each with the switch that turns it off: `-flag` and
-/// `-flag=true` leave the default, `-flag=false` gives the switch.
-const DEFAULT_ON: &[(&str, &str)] = &[("agent.trace", "--no-trace")];
 
 /// Whether `args` (without the program name) are Go-style: empty, or starting with a
 /// single-dash flag such as `-mode` or `-server.probe.file`.
@@ -329,8 +410,6 @@ pub(crate) fn is_legacy(args: &[String]) -> bool {
 pub(crate) fn translate(args: &[String]) -> Result<Legacy> {
     let mut mode = "server".to_owned();
     let mut flags: Vec<(Side, String, Option<String>)> = Vec::new();
-    // The off-switches of default-on booleans set false.
-    let mut negated: Vec<(Side, &str)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -363,20 +442,24 @@ pub(crate) fn translate(args: &[String]) -> Result<Legacy> {
         let Some(&(go, side, boolean, _)) = FLAGS.iter().find(|(go, ..)| *go == name) else {
             bail!("flag provided but not defined: -{name} (see -h)");
         };
-        let negation = DEFAULT_ON
-            .iter()
-            .find(|(on, _)| *on == go)
-            .map(|(_, off)| *off);
-        let value = if boolean {
-            match (inline.as_deref(), negation) {
-                (None | Some("true" | "1" | "t" | "T" | "TRUE" | "True"), None) => None,
-                (Some("false" | "0" | "f" | "F" | "FALSE" | "False"), None) => continue,
-                (None | Some("true" | "1" | "t" | "T" | "TRUE" | "True"), Some(_)) => continue,
-                (Some("false" | "0" | "f" | "F" | "FALSE" | "False"), Some(off)) => {
-                    negated.push((side, off));
-                    continue;
+        if let Some(&(_, off)) = INVERTED.iter().find(|(on, _)| *on == go) {
+            // On by default: only `=false` says something, as the switch that turns it off.
+            match inline.as_deref() {
+                None | Some("true" | "1" | "t" | "T" | "TRUE" | "True") => {}
+                Some("false" | "0" | "f" | "F" | "FALSE" | "False") => {
+                    flags.push((side, off.to_owned(), None));
                 }
-                (Some(other), _) => {
+                Some(other) => {
+                    bail!("invalid boolean value {other:?} for -{go}: use true or false")
+                }
+            }
+            continue;
+        }
+        let value = if boolean {
+            match inline.as_deref() {
+                None | Some("true" | "1" | "t" | "T" | "TRUE" | "True") => None,
+                Some("false" | "0" | "f" | "F" | "FALSE" | "False") => continue,
+                Some(other) => {
                     bail!("invalid boolean value {other:?} for -{go}: use true or false")
                 }
             }
@@ -413,11 +496,6 @@ pub(crate) fn translate(args: &[String]) -> Result<Legacy> {
         out.push(format!("--{long}"));
         if let Some(value) = value {
             out.push(value);
-        }
-    }
-    for (flag_side, off) in negated {
-        if flag_side == Side::Common || flag_side == side {
-            out.push(off.to_owned());
         }
     }
     Ok(Legacy::Run(out))
@@ -511,12 +589,40 @@ mod tests {
     }
 
     #[test]
+    fn tracing_is_on_by_default_and_its_go_flags_translate() {
+        assert_eq!(run(&["-server.trace"]), ["server"]);
+        assert_eq!(run(&["-server.trace=true"]), ["server"]);
+        assert_eq!(run(&["-server.trace=false"]), ["server", "--trace-off"]);
+        assert_eq!(
+            run(&[
+                "-server.trace.cooldown=5m",
+                "-server.trace.loss-enter",
+                "0.1",
+                "-server.trace.store.max-records=10"
+            ]),
+            [
+                "server",
+                "--trace-cooldown",
+                "5m",
+                "--trace-loss-enter",
+                "0.1",
+                "--trace-store-max-records",
+                "10"
+            ]
+        );
+        let error = translate(&args(&["-server.trace=maybe"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("-server.trace"), "{error}");
+    }
+
+    #[test]
     fn a_default_on_boolean_is_turned_off_by_false_only() {
         assert_eq!(run(&["-mode=agent", "-agent.trace"]), ["agent"]);
         assert_eq!(run(&["-mode=agent", "-agent.trace=true"]), ["agent"]);
         assert_eq!(
             run(&["-mode=agent", "-agent.trace=false", "-agent.task"]),
-            ["agent", "--task", "--no-trace"]
+            ["agent", "--task", "--trace-off"]
         );
         assert_eq!(run(&["-agent.trace=false"]), ["server"]);
         let error = translate(&args(&["-mode=agent", "-agent.trace=no"]))

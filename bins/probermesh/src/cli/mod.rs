@@ -17,6 +17,9 @@ use probermesh_core::pool::Discovery;
 use probermesh_core::task::book::TaskSettings;
 use probermesh_core::task::command::CommandPolicy;
 use probermesh_core::task::runs::TaskPolicy;
+use probermesh_core::trace::store::StoreLimits;
+use probermesh_core::trace::trigger::{Thresholds, TraceShape, TriggerConfig};
+use probermesh_core::trace::{MAX_HOPS as MAX_TRACE_TTL, MAX_ROUNDS as MAX_TRACE_ROUNDS};
 
 /// Run the ProberMesh server: pools what agents measure, serves it at /metrics.
 #[derive(FromArgs, Debug)]
@@ -92,6 +95,45 @@ pub(crate) struct ServerArgs {
     /// the mesh view's data (/api/v1/mesh) needs the admin token (default: public)
     #[argh(switch)]
     pub(crate) mesh_require_token: bool,
+    /// turn path tracing off: no automatic traces, /-/trace answers 503 (-server.trace=false)
+    #[argh(switch)]
+    pub(crate) trace_off: bool,
+    /// loss ratio a pair's window must reach to count bad for tracing (default 0.05)
+    #[argh(option, default = "0.05")]
+    pub(crate) trace_loss_enter: f64,
+    /// loss ratio a degraded pair's window must stay under to count clear (default 0.01)
+    #[argh(option, default = "0.01")]
+    pub(crate) trace_loss_leave: f64,
+    /// consecutive bad windows before a pair is traced (K, default 3)
+    #[argh(option, default = "3")]
+    pub(crate) trace_windows: u32,
+    /// consecutive clear windows before a degraded pair has recovered (default 3)
+    #[argh(option, default = "3")]
+    pub(crate) trace_clear_windows: u32,
+    /// least time between two automatic traces of one pair (Go duration, default 10m)
+    #[argh(option, default = "String::from(\"10m\")")]
+    pub(crate) trace_cooldown: String,
+    /// automatic trace runs in any hour (0: operators only; default 30)
+    #[argh(option, default = "30")]
+    pub(crate) trace_budget: u32,
+    /// a trace without a report after this is given up (Go duration, default 2m)
+    #[argh(option, default = "String::from(\"2m\")")]
+    pub(crate) trace_timeout: String,
+    /// probes per hop of a trace (default 20)
+    #[argh(option, default = "20")]
+    pub(crate) trace_rounds: u16,
+    /// highest TTL a trace tries (default 30)
+    #[argh(option, default = "30")]
+    pub(crate) trace_max_hops: u8,
+    /// finished traces kept per region pair (default 20)
+    #[argh(option, default = "20")]
+    pub(crate) trace_store_per_pair: usize,
+    /// finished traces kept in all (default 2000)
+    #[argh(option, default = "2000")]
+    pub(crate) trace_store_max_records: usize,
+    /// bytes of finished traces kept in all (default 16777216)
+    #[argh(option, default = "16777216")]
+    pub(crate) trace_store_max_bytes: usize,
     /// log directory for daily files; empty (default) logs to stderr only
     #[argh(option, default = "String::new()")]
     pub(crate) log_dir: String,
@@ -146,9 +188,9 @@ pub(crate) struct AgentArgs {
     /// a new version not committed within this is rolled back (Go duration, default 3m)
     #[argh(option, default = "String::from(\"3m\")")]
     pub(crate) upgrade_deadline: String,
-    /// do not run the path traces the server asks for (they run by default)
+    /// refuse the path traces the server asks for (they run by default; -agent.trace=false)
     #[argh(switch)]
-    pub(crate) no_trace: bool,
+    pub(crate) trace_off: bool,
     /// run the tasks the server sends (off by default: every task is refused)
     #[argh(switch)]
     pub(crate) task: bool,
@@ -192,6 +234,8 @@ pub(crate) struct ServerChoices {
     pub(crate) discovery: Discovery,
     /// Remote tasks (`-server.task.*`), used when `-server.task` is on.
     pub(crate) tasks: TaskSettings,
+    /// Path tracing (`-server.trace.*`); `None` with `-server.trace=false`.
+    pub(crate) traces: Option<(TriggerConfig, StoreLimits)>,
 }
 
 /// How an agent takes upgrades (`-agent.upgrade.*`), when `-agent.upgrade` is on.
@@ -275,7 +319,96 @@ impl ServerArgs {
             method,
             discovery,
             tasks,
+            traces: if self.trace_off {
+                None
+            } else {
+                Some(self.trace_choices()?)
+            },
         })
+    }
+
+    /// The `-server.trace.*` settings, each checked here so the error names its flag.
+    fn trace_choices(&self) -> Result<(TriggerConfig, StoreLimits)> {
+        let ratio_ok = |r: f64| r.is_finite() && r > 0.0 && r <= 1.0;
+        if !ratio_ok(self.trace_loss_enter) {
+            bail!(
+                "invalid value {} for flag -server.trace.loss-enter: a loss ratio above 0 and at most 1",
+                self.trace_loss_enter
+            );
+        }
+        if !ratio_ok(self.trace_loss_leave) || self.trace_loss_leave > self.trace_loss_enter {
+            bail!(
+                "invalid value {} for flag -server.trace.loss-leave: a loss ratio above 0 and at most -server.trace.loss-enter ({})",
+                self.trace_loss_leave,
+                self.trace_loss_enter
+            );
+        }
+        for (flag, windows) in [
+            ("server.trace.windows", self.trace_windows),
+            ("server.trace.clear-windows", self.trace_clear_windows),
+        ] {
+            if !(1..=1000).contains(&windows) {
+                bail!("invalid value {windows} for flag -{flag}: 1 to 1000 windows");
+            }
+        }
+        if self.trace_rounds == 0 || self.trace_rounds > MAX_TRACE_ROUNDS {
+            bail!(
+                "invalid value {} for flag -server.trace.rounds: 1 to {MAX_TRACE_ROUNDS}",
+                self.trace_rounds
+            );
+        }
+        if self.trace_max_hops == 0 || self.trace_max_hops > MAX_TRACE_TTL {
+            bail!(
+                "invalid value {} for flag -server.trace.max-hops: 1 to {MAX_TRACE_TTL}",
+                self.trace_max_hops
+            );
+        }
+        for (flag, value) in [
+            ("server.trace.store.per-pair", self.trace_store_per_pair),
+            (
+                "server.trace.store.max-records",
+                self.trace_store_max_records,
+            ),
+            ("server.trace.store.max-bytes", self.trace_store_max_bytes),
+        ] {
+            if value == 0 {
+                bail!("invalid value 0 for flag -{flag}: at least 1");
+            }
+        }
+        let defaults = TriggerConfig::default();
+        let config = TriggerConfig {
+            loss_ratio: Thresholds {
+                trigger: self.trace_loss_enter,
+                clear: self.trace_loss_leave,
+            },
+            windows_to_trigger: self.trace_windows,
+            windows_to_clear: self.trace_clear_windows,
+            cooldown: go_duration::parse(
+                "server.trace.cooldown",
+                &self.trace_cooldown,
+                Duration::ZERO,
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            budget_per_hour: self.trace_budget,
+            trace_timeout: go_duration::parse(
+                "server.trace.timeout",
+                &self.trace_timeout,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            )?,
+            shape: TraceShape {
+                rounds: self.trace_rounds,
+                max_hops: self.trace_max_hops,
+                ..defaults.shape
+            },
+            ..defaults
+        };
+        let limits = StoreLimits {
+            per_pair: self.trace_store_per_pair,
+            max_records: self.trace_store_max_records,
+            max_bytes: self.trace_store_max_bytes,
+        };
+        Ok((config, limits))
     }
 }
 
@@ -422,5 +555,129 @@ impl AgentArgs {
                 http: self.probe_http_max_in_flight,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(words: &[&str]) -> ServerArgs {
+        ServerArgs::from_args(&["server"], words).expect("parses")
+    }
+
+    #[test]
+    fn tracing_is_on_by_default_with_the_cores_defaults() {
+        let choices = server(&[]).choices().unwrap();
+        let (config, limits) = choices.traces.expect("on by default");
+        assert_eq!(config, TriggerConfig::default());
+        assert_eq!(limits, StoreLimits::default());
+        assert!(server(&["--trace-off"]).choices().unwrap().traces.is_none());
+    }
+
+    #[test]
+    fn trace_flags_reach_the_settings() {
+        let choices = server(&[
+            "--trace-loss-enter",
+            "0.2",
+            "--trace-loss-leave",
+            "0.1",
+            "--trace-windows",
+            "5",
+            "--trace-clear-windows",
+            "4",
+            "--trace-cooldown",
+            "1m30s",
+            "--trace-budget",
+            "0",
+            "--trace-timeout",
+            "45s",
+            "--trace-rounds",
+            "10",
+            "--trace-max-hops",
+            "16",
+            "--trace-store-per-pair",
+            "3",
+            "--trace-store-max-records",
+            "50",
+            "--trace-store-max-bytes",
+            "65536",
+        ])
+        .choices()
+        .unwrap();
+        let (config, limits) = choices.traces.unwrap();
+        assert_eq!(config.loss_ratio.trigger, 0.2);
+        assert_eq!(config.loss_ratio.clear, 0.1);
+        assert_eq!((config.windows_to_trigger, config.windows_to_clear), (5, 4));
+        assert_eq!(config.cooldown, Duration::from_secs(90));
+        assert_eq!(config.budget_per_hour, 0);
+        assert_eq!(config.trace_timeout, Duration::from_secs(45));
+        assert_eq!((config.shape.rounds, config.shape.max_hops), (10, 16));
+        assert_eq!(
+            limits,
+            StoreLimits {
+                per_pair: 3,
+                max_records: 50,
+                max_bytes: 65536
+            }
+        );
+        // Whatever the flags allow, the desk takes.
+        assert!(
+            probermesh_core::trace::trigger::TraceDesk::new(
+                config,
+                probermesh_core::model::UnixMillis(0)
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn bad_trace_flags_are_refused_naming_the_flag() {
+        for (words, flag) in [
+            (vec!["--trace-loss-enter", "0"], "-server.trace.loss-enter"),
+            (
+                vec!["--trace-loss-enter", "1.5"],
+                "-server.trace.loss-enter",
+            ),
+            (
+                vec!["--trace-loss-enter", "NaN"],
+                "-server.trace.loss-enter",
+            ),
+            (
+                vec!["--trace-loss-leave", "0.5"],
+                "-server.trace.loss-leave",
+            ),
+            (vec!["--trace-windows", "0"], "-server.trace.windows"),
+            (
+                vec!["--trace-clear-windows", "0"],
+                "-server.trace.clear-windows",
+            ),
+            (vec!["--trace-cooldown", "soon"], "-server.trace.cooldown"),
+            (vec!["--trace-timeout", "0s"], "-server.trace.timeout"),
+            (vec!["--trace-rounds", "0"], "-server.trace.rounds"),
+            (vec!["--trace-rounds", "1001"], "-server.trace.rounds"),
+            (vec!["--trace-max-hops", "65"], "-server.trace.max-hops"),
+            (
+                vec!["--trace-store-per-pair", "0"],
+                "-server.trace.store.per-pair",
+            ),
+            (
+                vec!["--trace-store-max-records", "0"],
+                "-server.trace.store.max-records",
+            ),
+            (
+                vec!["--trace-store-max-bytes", "0"],
+                "-server.trace.store.max-bytes",
+            ),
+        ] {
+            let error = server(&words).choices().unwrap_err().to_string();
+            assert!(error.contains(flag), "{words:?}: {error}");
+        }
+        // Off, the trace flags are not read.
+        assert!(
+            server(&["--trace-off", "--trace-windows", "0"])
+                .choices()
+                .is_ok()
+        );
     }
 }

@@ -537,3 +537,66 @@ fn with_tracing_off_nothing_changes() {
         "no trace families"
     );
 }
+
+#[test]
+fn an_operator_trace_by_region_pair_goes_to_a_free_tracer_towards_a_probed_host() {
+    let mut state = mesh(StoreLimits::default());
+    // One settled window, so the aggregator knows the pair's target hosts.
+    window(&mut state, 0, |_| 0);
+    let now = UnixMillis(T0 + 3 * WINDOW_MS);
+    let ask = OperatorAsk {
+        source_region: Some(Region::new("eu").unwrap()),
+        target_region: Some(Region::new("us").unwrap()),
+        ..OperatorAsk::default()
+    };
+    let (request, agent, actions) = state.request_operator_trace(now, ask.clone()).unwrap();
+    assert_eq!(agent, eu(1));
+    assert!([us(1).ip, us(2).ip, us(3).ip].contains(&request.target));
+    assert_eq!(
+        traces_sent(&actions),
+        vec![(ConnectionId(1), request.clone())]
+    );
+    let flight = &state.trace_desk().unwrap().in_flight()[&request.id];
+    assert_eq!(flight.pair, Some(eu_us()));
+    // The next one goes to another agent; a named busy agent is refused.
+    let (_, second, _) = state.request_operator_trace(now, ask.clone()).unwrap();
+    assert_eq!(second, eu(2));
+    let named = OperatorAsk {
+        agent: Some(eu(1)),
+        target: Some(us(3).ip),
+        ..OperatorAsk::default()
+    };
+    assert_eq!(
+        state.request_operator_trace(now, named).unwrap_err(),
+        OperatorTraceError::Pick(PickError::Busy)
+    );
+    // An agent that is not connected, a region without tracers, no target known.
+    let stranger = OperatorAsk {
+        agent: Some(eu(9)),
+        target: Some(us(3).ip),
+        ..OperatorAsk::default()
+    };
+    assert_eq!(
+        state.request_operator_trace(now, stranger).unwrap_err(),
+        OperatorTraceError::Pick(PickError::NoTracer)
+    );
+    let nowhere = OperatorAsk {
+        source_region: Some(Region::new("eu").unwrap()),
+        target_region: Some(Region::new("mars").unwrap()),
+        ..OperatorAsk::default()
+    };
+    assert_eq!(
+        state.request_operator_trace(now, nowhere).unwrap_err(),
+        OperatorTraceError::Pick(PickError::NoTarget)
+    );
+    let counters = state.trace_desk().unwrap().counters();
+    assert_eq!(counters.runs[&TraceReason::Operator], 2);
+    assert_eq!(counters.refusals[&Refusal::AgentBusy], 1);
+    assert_eq!(counters.refusals[&Refusal::NoAgent], 2);
+    // Tracing off.
+    let mut off = server(Discovery::Dynamic);
+    assert_eq!(
+        off.request_operator_trace(now, ask).unwrap_err(),
+        OperatorTraceError::Off
+    );
+}

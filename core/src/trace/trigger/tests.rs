@@ -708,3 +708,62 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_operator_pair_trace_picks_a_free_tracer_and_the_pair_target_host() {
+    let mut desk = desk();
+    let tracers: Vec<AgentId> = vec![agent("a", 2), agent("a", 1)];
+    let b1 = agent("b", 1);
+    let other: IpAddr = "203.0.113.9".parse().unwrap();
+    // A target host that is an agent of the target region comes first; tracers in order.
+    let picked = desk
+        .pick_operator(&tracers, None, &[other, b1.ip], std::slice::from_ref(&b1))
+        .unwrap();
+    assert_eq!(picked, (agent("a", 1), b1.ip));
+    // Without hosts, an agent of the target region; a given target wins over both.
+    assert_eq!(
+        desk.pick_operator(&tracers, None, &[], std::slice::from_ref(&b1)),
+        Ok((agent("a", 1), b1.ip))
+    );
+    assert_eq!(
+        desk.pick_operator(&tracers, Some(other), &[b1.ip], &[]),
+        Ok((agent("a", 1), other))
+    );
+    // A busy tracer is skipped; all busy is `Busy`.
+    let changes = desk
+        .request(
+            at(1),
+            OperatorTrace {
+                agent: agent("a", 1),
+                target: other,
+                pair: None,
+                shape: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(changes.requests.len(), 1);
+    assert!(desk.is_busy(&agent("a", 1)));
+    assert_eq!(
+        desk.pick_operator(&tracers, Some(other), &[], &[]),
+        Ok((agent("a", 2), other))
+    );
+    assert_eq!(
+        desk.pick_operator(&tracers[1..], Some(other), &[], &[]),
+        Err(PickError::Busy)
+    );
+    // Nobody to run it, nothing to trace to; an agent never traces to itself.
+    assert_eq!(
+        desk.pick_operator(&[], Some(other), &[], &[]),
+        Err(PickError::NoTracer)
+    );
+    assert_eq!(
+        desk.pick_operator(&tracers, None, &[], &[]),
+        Err(PickError::NoTarget)
+    );
+    assert_eq!(
+        desk.pick_operator(&[agent("a", 2)], Some(agent("a", 2).ip), &[], &[]),
+        Err(PickError::NoTracer)
+    );
+    assert_eq!(PickError::Busy.refusal(), Refusal::AgentBusy);
+    assert_eq!(PickError::NoTarget.refusal(), Refusal::NoAgent);
+}
