@@ -1,7 +1,8 @@
 //! `POST /-/trace` and `GET /api/v1/traces` over real HTTP, in front of a real `ServerState`
 //! with fake connected agents (one that takes traces, one that does not): the token first,
-//! 400 naming the field, 404, 409, 503 with tracing off (the list empty, saying so), 202 and the trace in flight, a
-//! reported trace with its blame and hops, the filters, and the mesh data's access rule.
+//! 400 naming the field, 404, 409, 503 with tracing off (the list empty, saying so), 202
+//! and the trace in flight, a reported trace with its blame and hops, the filters, and the
+//! mesh data's access rule.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

@@ -140,6 +140,11 @@ fn ask_of(body: TraceBody, default: TraceShape) -> Result<OperatorAsk, String> {
         (None, None) => return Err("source_region: missing (give agent or source_region)".into()),
         _ => {}
     }
+    if let (Some(agent), Some(target)) = (&agent, target)
+        && agent.ip == target
+    {
+        return Err("target: the agent's own address".into());
+    }
     if target.is_none() && target_region.is_none() {
         return Err("target_region: missing (give target_region or target)".into());
     }
@@ -488,6 +493,10 @@ mod tests {
             (r#"{}"#, "source_region:"),
             (r#"{"source_region":"eu"}"#, "target_region:"),
             (r#"{"agent":"eu/198.18.1.1"}"#, "target_region:"),
+            (
+                r#"{"agent":"eu/198.18.1.1","target":"198.18.1.1"}"#,
+                "target:",
+            ),
             (r#"{"source_region":"eu","target":"x"}"#, "target:"),
             (
                 r#"{"source_region":"eu","target_region":"us","rounds":0}"#,
