@@ -817,13 +817,13 @@ impl TraceView {
     pub fn blame_line(&self) -> String {
         match (&self.blame, self.outcome.as_str()) {
             (Some(blame), _) => {
-                let at = match (blame.hop, &blame.address, blame.loss_ratio) {
-                    (Some(ttl), Some(address), Some(loss)) => {
-                        format!(" at hop {ttl} ({address}, {:.1}% loss)", loss * 100.0)
+                let what = match (blame.hop, &blame.address, blame.loss_ratio) {
+                    (Some(ttl), Some(address), Some(loss)) if blame.kind == "hop" => {
+                        format!("hop {ttl} ({address}, {:.1}% loss)", loss * 100.0)
                     }
-                    _ => String::new(),
+                    _ => blame.kind.replace('_', " "),
                 };
-                format!("blame: {}{at}: {}", blame.kind, blame.explanation)
+                format!("blame: {what}: {}", blame.explanation)
             }
             (None, "timed_out") => "blame: none: no report came in time".to_owned(),
             (None, "abandoned") => {
@@ -1536,7 +1536,7 @@ mod tests {
         );
         assert_eq!(
             lines[6],
-            "blame: hop at hop 2 (10.9.0.2, 30.0% loss): loss starts at hop 2 and persists"
+            "blame: hop 2 (10.9.0.2, 30.0% loss): loss starts at hop 2 and persists"
         );
         assert_eq!(lines.len(), 7);
         let mut failed = finished_trace();

@@ -112,16 +112,31 @@ impl Drop for TempDir {
 ///
 /// # Panics
 /// When `timeout` passes first.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(what, timeout, check, String::new)
+}
+
+/// As [`wait_for`], adding what `explain` says (logs, state) to the panic's message.
+///
+/// # Panics
+/// When `timeout` passes first.
+pub fn wait_for_explained<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                explain()
+            );
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -30,7 +30,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use probermesh_tests::chain::Chain;
-use probermesh_tests::harness::{TempDir, sample, server_fingerprint, wait_for};
+use probermesh_tests::harness::{
+    TempDir, sample, server_fingerprint, wait_for, wait_for_explained,
+};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
@@ -60,6 +62,19 @@ impl TraceLab {
         let north = chain.leaf_addr(0);
         let admin_file = dir.path().join("admin-token");
         std::fs::write(&admin_file, ADMIN).expect("the admin token file");
+        // The path is routed both ways between every two of the three hosts.
+        let last = chain.last();
+        let hosts = [
+            (chain.node(WEST), server),
+            (chain.node(last), east),
+            (chain.leaf(0), north),
+        ];
+        for (from, _) in &hosts {
+            for (_, to) in &hosts {
+                from.exec(&["ping", "-c", "1", "-W", "2", &to.to_string()])
+                    .unwrap_or_else(|e| panic!("{} cannot reach {to}: {e}", from.name()));
+            }
+        }
         // R3 never answers with Time Exceeded.
         chain
             .node(R3)
@@ -80,6 +95,7 @@ impl TraceLab {
                     &format!("-server.rpc.listen.addr={server}:6000"),
                     &format!("-server.http.listen.addr={server}:6001"),
                     "-server.aggregation.interval=2s",
+                    "-log.level=4",
                     &format!("-server.data.dir={}", data_dir.display()),
                     &format!("-server.admin.token-file={}", admin_file.display()),
                 ],
@@ -115,6 +131,7 @@ impl TraceLab {
                     &format!("-agent.ip={ip}"),
                     &format!("-agent.rpc.report.addr={server}:6000"),
                     "-agent.probe.interval=2s",
+                    "-log.level=4",
                     &format!("-agent.tls.server-fingerprint={fingerprint}"),
                 ],
                 &[("PROBERMESH_TOKEN", TOKEN)],
@@ -140,13 +157,73 @@ impl TraceLab {
         Some(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// What a failing check prints: the traces API, the trace metrics, the logs' tails.
+    fn diagnose(&self) -> String {
+        let mut out = format!(
+            "traces: {}\ntargets: {}\n",
+            self.curl("/api/v1/traces?limit=100").unwrap_or_default(),
+            self.curl("/-/targets").unwrap_or_default()
+        );
+        for line in self.metrics().lines() {
+            if line.starts_with("prober_server_trace")
+                || line.starts_with("prober_icmp_packet_loss_rate")
+                || line.starts_with("prober_server_dropped_points_total")
+                || line.starts_with("prober_server_receive_points")
+            {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        // What the system's ping sees between the hosts now.
+        let last = self.chain.last();
+        let hosts = [
+            ("west", self.chain.node(WEST)),
+            ("east", self.chain.node(last)),
+            ("north", self.chain.leaf(0)),
+        ];
+        for (label, ns) in hosts {
+            for target in [self.server, self.east, self.north] {
+                let summary = ns
+                    .exec(&["ping", "-c", "2", "-W", "1", &target.to_string()])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_else(|e| e.to_string());
+                let summary = summary
+                    .lines()
+                    .find(|l| l.contains("packet loss"))
+                    .unwrap_or(&summary)
+                    .to_owned();
+                out.push_str(&format!("ping from {label} to {target}: {summary}\n"));
+            }
+        }
+        for name in [
+            "server.log",
+            "agent-west.log",
+            "agent-east.log",
+            "agent-north.log",
+        ] {
+            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            out.push_str(&format!("--- {name}\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// [`wait_for_explained`] with [`Self::diagnose`].
+    fn wait<T>(&self, what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+        wait_for_explained(what, timeout, check, || self.diagnose())
+    }
+
     fn metrics(&self) -> String {
         self.curl("/metrics").unwrap_or_default()
     }
 
     /// Every finished trace the server holds.
     fn traces(&self) -> Vec<Value> {
-        let Some(body) = self.curl("/api/v1/traces?limit=500") else {
+        let Some(body) = self.curl("/api/v1/traces?limit=100") else {
             return Vec::new();
         };
         let value: Value = serde_json::from_str(&body).expect("the traces API answers JSON");
@@ -194,7 +271,7 @@ impl TraceLab {
 
 /// The sum of `prober_server_trace_runs_total` over its reasons.
 fn runs_total(metrics: &str) -> f64 {
-    ["degraded", "recovered", "operator"]
+    ["loss", "latency", "recovery", "operator"]
         .iter()
         .filter_map(|reason| {
             sample(
@@ -227,7 +304,7 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
         ("north", "east"),
         ("east", "north"),
     ];
-    wait_for("every pair to be measured", Duration::from_secs(60), || {
+    lab.wait("every pair to be measured", Duration::from_secs(60), || {
         let metrics = lab.metrics();
         pairs
             .iter()
@@ -235,7 +312,7 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
                 sample(
                     &metrics,
                     &format!(
-                        "prober_icmp_loss_ratio{{source_region=\"{source}\",target_region=\"{target}\"}}"
+                        "prober_icmp_packet_loss_rate{{source_region=\"{source}\",target_region=\"{target}\"}}"
                     ),
                 )
                 .is_some()
@@ -266,7 +343,7 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
     let east_ip = lab.east.to_string();
     let mut first_result: Option<Duration> = None;
     // Both ends of west ↔ east traced: west's agent toward east, east's toward west.
-    let records = wait_for(
+    let records = lab.wait(
         "traces from both ends of west-east",
         Duration::from_secs(180),
         || {
@@ -276,7 +353,7 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
             }
             let probers: BTreeSet<String> = records
                 .iter()
-                .filter(|r| r["outcome"] != "error")
+                .filter(|r| r["outcome"] == "reported" && r["error"].is_null())
                 .map(agent_ip)
                 .collect();
             (probers.contains(&west_ip) && probers.contains(&east_ip)).then_some(records)
@@ -328,7 +405,7 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
 
     // The operator's trace from north's agent toward east, as an operator runs it.
     let north_agent = format!("north/{}", lab.north);
-    let (code, stdout, stderr) = lab.client(&[
+    let command = [
         "--agent",
         &north_agent,
         "--target",
@@ -336,34 +413,22 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
         "--rounds",
         "10",
         "--wait",
-    ]);
-    eprintln!(
-        "probermesh trace --agent {north_agent} --target {east_ip} --rounds 10 --wait\n{stdout}{stderr}"
+    ];
+    // The agent may still be busy with an automatic trace: the client then says so ("a trace
+    // in flight", exit 2); ask again once it is free.
+    let (code, stdout) = lab.wait(
+        "north's agent to take the operator's trace",
+        Duration::from_secs(90),
+        || {
+            let (code, stdout, stderr) = lab.client(&command);
+            eprintln!("probermesh trace {}\n{stdout}{stderr}", command.join(" "));
+            if stderr.contains("in flight") {
+                std::thread::sleep(Duration::from_secs(1));
+                return None;
+            }
+            Some((code, stdout))
+        },
     );
-    // The agent may still be busy with an automatic trace: the client then says so (exit
-    // non-zero); try again once it is free.
-    let (code, stdout) = if code == Some(0) {
-        (code, stdout)
-    } else {
-        let (code, stdout, stderr) = wait_for(
-            "north's agent to take the operator's trace",
-            Duration::from_secs(90),
-            || {
-                let ran = lab.client(&[
-                    "--agent",
-                    &north_agent,
-                    "--target",
-                    &east_ip,
-                    "--rounds",
-                    "10",
-                    "--wait",
-                ]);
-                (!ran.2.contains("busy")).then_some(ran)
-            },
-        );
-        eprintln!("{stdout}{stderr}");
-        (code, stdout)
-    };
     assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains(&lab.chain.toward_leaf(0).to_string()),
@@ -374,5 +439,11 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
         "{stdout}"
     );
     assert!(stdout.contains("???"), "R3 silent: {stdout}");
-    assert!(stdout.contains("hop 2"), "the blame line: {stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "blame: hop 2 ({}, 50.0% loss)",
+            lab.chain.toward_first(R2)
+        )),
+        "the blame line: {stdout}"
+    );
 }
