@@ -7,6 +7,13 @@
 //! The ICMP results go through a simulated WAN (`core::simulated_wan`, labelled simulated in
 //! the terminal and on the page): per region pair delays and jitter, one lossy pair, and one
 //! broken agent that the robust aggregation leaves out.
+//!
+//! Path tracing is on (issue 17): the server's trace desk traces the pairs it finds degraded,
+//! as in production, but the agents trace with `SimulatedTracer` over the same simulated WAN
+//! (on one loopback a real trace has one hop and nothing to place); its traces are labelled
+//! simulated too. The desk's settings suit a demo of minutes: a short cooldown, and 100
+//! rounds a trace (the simulated tracer answers at once) judged from 5 % loss, which 100
+//! probes can place, so the 8 % pair is blamed at its WAN router.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -33,7 +40,11 @@ use probermesh_adapters::driver::agent as driver;
 use probermesh_core::agent::{AgentConfig, AgentState};
 use probermesh_core::ports::Clock;
 use probermesh_core::probe::Probers;
-use probermesh_core::simulated_wan::{SimulatedWan, WanLink, WanModel};
+use probermesh_core::simulated_wan::{SimulatedTracer, SimulatedWan, WanLink, WanModel};
+use probermesh_core::trace::agent::TracePolicy;
+use probermesh_core::trace::blame::BlameThresholds;
+use probermesh_core::trace::store::StoreLimits;
+use probermesh_core::trace::trigger::{TraceShape, TriggerConfig};
 
 use crate::agent::system_probers;
 use crate::print_line;
@@ -76,11 +87,30 @@ fn simulated_notice() -> String {
     format!(
         "SIMULATED WAN (demo): the delays, jitter and loss are simulated on top of real loopback \
          probes; {} → {} loses {:.0} %, agent {BROKEN_AGENT} is broken (the robust aggregation \
-         leaves it out)",
+         leaves it out); path traces are simulated",
         LOSSY_PAIR.0,
         LOSSY_PAIR.1,
         LOSSY_PAIR.2 * 100.0
     )
+}
+
+/// The demo server's trace desk: the defaults but for a demo of minutes (see the module
+/// documentation): a set per pair at most every 2 minutes, within the default budget.
+fn trace_settings() -> (TriggerConfig, StoreLimits) {
+    let defaults = TriggerConfig::default();
+    let config = TriggerConfig {
+        cooldown: Duration::from_secs(120),
+        shape: TraceShape {
+            rounds: 100,
+            ..TraceShape::default()
+        },
+        blame: BlameThresholds {
+            min_loss_ratio: 0.05,
+            ..defaults.blame
+        },
+        ..defaults
+    };
+    (config, StoreLimits::default())
 }
 
 /// The simulated network of the demo's agents.
@@ -143,7 +173,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         tasks: None,
         releases: Default::default(),
         rollouts: Default::default(),
-        traces: None,
+        traces: Some(trace_settings()),
     })
     .await?;
     // The agents also probe the server's own health endpoint, as a URL target of region `web`.
@@ -187,6 +217,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                 )),
                 ..probers.clone()
             };
+            let tracer = Arc::new(SimulatedTracer::new(
+                Arc::clone(&model),
+                region.clone(),
+                ip,
+                seed,
+            ));
             let me = AgentId::new(region, ip);
             let identity = AgentIdentity::new(me.clone(), AgentVersion::new(VERSION))
                 .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -207,7 +243,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                     in_flight_limits: probermesh_core::agent::InFlightLimits::default(),
                     tasks: None,
                     upgrade: Default::default(),
-                    traces: None,
+                    traces: Some(TracePolicy::default()),
                 },
                 clock.now(),
             );
@@ -220,7 +256,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
                 relink,
                 probers.clone(),
                 Arc::new(probermesh_adapters::task_runner::ProcessTaskRunner::new()),
-                Arc::new(probermesh_adapters::icmp::IcmpTracer::default()),
+                tracer,
                 None,
                 Arc::clone(&clock),
                 stopping.clone(),
@@ -242,6 +278,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     print_line(&format!(
         "The mesh page: http://{}/  (JSON: http://{}/api/v1/mesh)",
         server.http_addr(),
+        server.http_addr()
+    ))?;
+    print_line(&format!(
+        "Path traces of degraded pairs (simulated): http://{}/api/v1/traces",
         server.http_addr()
     ))?;
     print_line(&simulated_notice())?;
