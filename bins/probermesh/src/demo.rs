@@ -226,12 +226,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             let me = AgentId::new(region, ip);
             let identity = AgentIdentity::new(me.clone(), AgentVersion::new(VERSION))
                 .map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            let config = AgentLinkConfig::new(
+            let mut config = AgentLinkConfig::new(
                 server.link_addr().to_string(),
                 ServerVerification::PinnedSha256(fingerprint),
                 token.clone(),
                 identity,
             );
+            // The hello says the agent takes traces, or the server's desk never asks it.
+            config
+                .features
+                .insert(probermesh_core::link::feature::TRACE.to_owned());
             let link = Arc::new(AgentLink::start(config).context("starting a demo agent")?);
             let state = AgentState::new(
                 AgentConfig {

@@ -177,7 +177,8 @@ fn a_data_directory_that_is_a_file_or_others_may_write_is_refused_saying_why() {
 
 #[test]
 fn the_demo_shows_a_region_table_and_serves_http() {
-    let output = Command::new(BIN)
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
         .args([
             "demo",
             "--interval-s",
@@ -187,10 +188,44 @@ fn the_demo_shows_a_region_table_and_serves_http() {
             "--http-listen-addr",
             "127.0.0.1:0",
         ])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("the demo runs");
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}{stderr}");
+    let mut errors = child.stderr.take().expect("piped");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut errors, &mut text);
+        text
+    });
+    // While it runs: its server traces (simulated traces, said so), read from the printed URL.
+    let mut stdout = String::new();
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut traces_url = None;
+    while traces_url.is_none() {
+        let mut line = String::new();
+        if lines.read_line(&mut line).expect("stdout") == 0 {
+            break;
+        }
+        traces_url = line
+            .split_once("http://")
+            .filter(|_| line.contains("Path traces"))
+            .and_then(|(_, url)| url.trim().strip_suffix("/api/v1/traces"))
+            .map(str::to_owned);
+        stdout.push_str(&line);
+    }
+    let addr = traces_url
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the traces URL is printed: {stdout}"));
+    let (status, body) = probermesh_tests::harness::http("GET", addr, "/api/v1/traces", None)
+        .expect("/api/v1/traces answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"tracing\":true"), "{body}");
+    std::io::Read::read_to_string(&mut lines, &mut stdout).expect("stdout");
+    let status = child.wait().expect("the demo ends");
+    let stderr = stderr.join().unwrap_or_default();
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("path traces are simulated"), "{stdout}");
     assert!(
         stdout.contains(" ms / 0.0 %"),
         "RTT and loss cells: {stdout}"
