@@ -196,6 +196,13 @@ fn failed_report(request: &TraceRequest, error: String) -> TraceReport {
     }
 }
 
+/// Everything the agent has running besides its link: probes, the task, the trace.
+struct Runs {
+    probes: Probes,
+    tasks: TaskRuns,
+    traces: TraceRuns,
+}
+
 /// Runs the agent until `stop` turns true, then stops gracefully within `bounds`. Tasks run
 /// on `task_runner` (only those the state lets through: see `core::task::runs`), traces on
 /// `tracer` (see `core::trace::agent`).
@@ -213,16 +220,18 @@ pub async fn run<L: ServerLink + 'static>(
     bounds: StopBounds,
 ) -> AgentRun<L> {
     let mut handover = None;
-    let mut probes = Probes::default();
-    let mut task_runs = TaskRuns {
-        runner: task_runner,
-        tasks: JoinSet::new(),
-        ids: std::collections::HashMap::new(),
-    };
-    let mut trace_runs = TraceRuns {
-        tracer,
-        tasks: JoinSet::new(),
-        requests: std::collections::HashMap::new(),
+    let mut runs = Runs {
+        probes: Probes::default(),
+        tasks: TaskRuns {
+            runner: task_runner,
+            tasks: JoinSet::new(),
+            ids: std::collections::HashMap::new(),
+        },
+        traces: TraceRuns {
+            tracer,
+            tasks: JoinSet::new(),
+            requests: std::collections::HashMap::new(),
+        },
     };
     let mut recv_paused_until = tokio::time::Instant::now();
     loop {
@@ -234,9 +243,7 @@ pub async fn run<L: ServerLink + 'static>(
             link,
             &mut relink,
             &probers,
-            &mut probes,
-            &mut task_runs,
-            &mut trace_runs,
+            &mut runs,
             Upgrading {
                 installer: installer.as_deref(),
                 clock: clock.as_ref(),
@@ -260,14 +267,14 @@ pub async fn run<L: ServerLink + 'static>(
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
-            Some(joined) = probes.tasks.join_next_with_id(), if !probes.tasks.is_empty() => {
-                probes.finished(&mut state, joined);
+            Some(joined) = runs.probes.tasks.join_next_with_id(), if !runs.probes.tasks.is_empty() => {
+                runs.probes.finished(&mut state, joined);
             }
-            Some(joined) = task_runs.tasks.join_next_with_id(), if !task_runs.tasks.is_empty() => {
-                task_runs.finished(&mut state, clock.now(), joined);
+            Some(joined) = runs.tasks.tasks.join_next_with_id(), if !runs.tasks.tasks.is_empty() => {
+                runs.tasks.finished(&mut state, clock.now(), joined);
             }
-            Some(joined) = trace_runs.tasks.join_next_with_id(), if !trace_runs.tasks.is_empty() => {
-                trace_runs.finished(&mut state, joined);
+            Some(joined) = runs.traces.tasks.join_next_with_id(), if !runs.traces.tasks.is_empty() => {
+                runs.traces.finished(&mut state, joined);
             }
             received = link.recv(), if recv_ready => match received {
                 Ok(event) => state.handle_event(clock.now(), event),
@@ -287,12 +294,12 @@ pub async fn run<L: ServerLink + 'static>(
     );
     state.stop();
     // A task under way is not waited for: its process group is killed with it.
-    if !task_runs.tasks.is_empty() {
+    if !runs.tasks.tasks.is_empty() {
         tracing::warn!(task = ?state.tasks().running(), "a task was running at stop; it is killed and not answered");
     }
-    task_runs.tasks.abort_all();
+    runs.tasks.tasks.abort_all();
     // Nor is a trace: the server's desk gives it up when the connection closes.
-    trace_runs.tasks.abort_all();
+    runs.traces.tasks.abort_all();
     let deadline = tokio::time::Instant::now() + bounds.in_flight;
     loop {
         link = carry_out(
@@ -300,9 +307,7 @@ pub async fn run<L: ServerLink + 'static>(
             link,
             &mut relink,
             &probers,
-            &mut probes,
-            &mut task_runs,
-            &mut trace_runs,
+            &mut runs,
             Upgrading {
                 installer: installer.as_deref(),
                 clock: clock.as_ref(),
@@ -310,24 +315,24 @@ pub async fn run<L: ServerLink + 'static>(
             },
         )
         .await;
-        if probes.tasks.is_empty() {
+        if runs.probes.tasks.is_empty() {
             break;
         }
-        match tokio::time::timeout_at(deadline, probes.tasks.join_next_with_id()).await {
-            Ok(Some(joined)) => probes.finished(&mut state, joined),
+        match tokio::time::timeout_at(deadline, runs.probes.tasks.join_next_with_id()).await {
+            Ok(Some(joined)) => runs.probes.finished(&mut state, joined),
             Ok(None) => break,
             Err(_) => {
                 tracing::warn!(
                     in_flight_bound = ?bounds.in_flight,
-                    running = probes.tasks.len(),
+                    running = runs.probes.tasks.len(),
                     "probes still running at stop; their results are not sent"
                 );
                 break;
             }
         }
     }
-    let abandoned_probes = probes.tasks.len();
-    probes.tasks.abort_all();
+    let abandoned_probes = runs.probes.tasks.len();
+    runs.probes.tasks.abort_all();
     let drained = link.drain(bounds.drain).await;
     link.close().await;
     AgentRun {
@@ -417,9 +422,7 @@ async fn carry_out<L: ServerLink + 'static>(
     mut link: Arc<L>,
     relink: &mut Relink<L>,
     probers: &Probers,
-    probes: &mut Probes,
-    task_runs: &mut TaskRuns,
-    trace_runs: &mut TraceRuns,
+    runs: &mut Runs,
     mut upgrading: Upgrading<'_>,
 ) -> Arc<L> {
     while let Some(action) = state.poll_action() {
@@ -427,24 +430,26 @@ async fn carry_out<L: ServerLink + 'static>(
             AgentAction::Upgrade(step) => upgrading.carry_out(state, step).await,
             AgentAction::RunTask(run) => {
                 tracing::warn!(task = run.id, command = %run.invocation, timeout = ?run.timeout, "running a task");
-                let runner = Arc::clone(&task_runs.runner);
+                let runner = Arc::clone(&runs.tasks.runner);
                 let id = run.id;
-                let task = task_runs
+                let task = runs
+                    .tasks
                     .tasks
                     .spawn(async move { (id, runner.run(run).await) });
-                task_runs.ids.insert(task.id(), id);
+                runs.tasks.ids.insert(task.id(), id);
             }
             AgentAction::RunTrace(request) => {
                 tracing::info!(trace = request.id, target = %request.target, max_hops = request.max_hops, rounds = request.rounds, "tracing the path");
-                trace_runs.start(request);
+                runs.traces.start(request);
             }
             AgentAction::Probe(planned) => {
                 let (probers, me) = (probers.clone(), state.me().clone());
                 let kind = planned.how.kind();
-                let task = probes
+                let task = runs
+                    .probes
                     .tasks
                     .spawn(async move { probe::run(&probers, &me, planned).await });
-                probes.kinds.insert(task.id(), kind);
+                runs.probes.kinds.insert(task.id(), kind);
             }
             AgentAction::Send(message) => {
                 // A lost control message is repeated or moot (see AgentState).

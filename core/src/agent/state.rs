@@ -5,10 +5,12 @@
 //! never reads a clock or touches a socket, so it runs in tests without either.
 //!
 //! What it decides:
-//! - **Rounds**: at each round start it plans the round over its latest pool
-//!   ([`super::plan_rest_of_round`]) and asks for each probe when its start comes; a new pool
-//!   that arrives mid-round is used from the next round (the first one at once, for the rest
-//!   of the round). It keeps probing its last pool while the server is away (decision 11).
+//! - **Rounds**: at each round start it plans the whole round over its latest pool
+//!   ([`super::plan_round`]: a probe due before the timer woke starts at once) and asks for
+//!   each probe when its start comes; a new pool that arrives mid-round is used from the next
+//!   round (the first one at once, for the rest of the round,
+//!   [`super::plan_rest_of_round`]). It keeps probing its last pool while the server is away
+//!   (decision 11).
 //! - **Heartbeats** (`prober_agent_is_alive`): one at every connection, then every
 //!   heartbeat interval while connected.
 //! - **Pool requests**: one at every connection, then every sync interval while connected
@@ -33,7 +35,7 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::plan::{PlannedProbe, plan_rest_of_round, round_start, start_spread};
+use super::plan::{PlannedProbe, plan_rest_of_round, plan_round, round_start, start_spread};
 use crate::link::{FromAgent, FromServer, ToAgent};
 use crate::link::{TraceReport, TraceRequest};
 use crate::model::time::duration_millis;
@@ -321,10 +323,17 @@ impl AgentState {
             self.end_round();
             let steps = self.upgrades.round_ended();
             self.upgrade_steps(steps);
+            // The whole round, not the rest of it from `now`: the timer wakes a little after
+            // the round starts, and a probe whose offset falls in that gap would otherwise be
+            // dropped from every round, silently. One that could no longer start in time is
+            // skipped and counted by `start_due`.
             let plan = match (&self.pool, self.stopping) {
-                (Some(pool), false) => {
-                    plan_rest_of_round(&pool.configs, &self.config.me, now, interval)
-                }
+                (Some(pool), false) => plan_round(
+                    &pool.configs,
+                    &self.config.me,
+                    round_start(now, interval),
+                    interval,
+                ),
                 _ => Vec::new(),
             };
             self.enqueue(plan);
@@ -1198,5 +1207,54 @@ mod tests {
             ),
             "{actions:?}"
         );
+    }
+
+    /// A probe whose start offset is 0 (or within the timer's wake-up lag) is started in
+    /// every round even when the round's timer fires a few milliseconds late. Found by the
+    /// trace lab: agent east/198.18.23.2 never probed 198.18.40.2 (offset 0 in 2 s rounds)
+    /// when its timer woke 1 ms after the round began.
+    #[test]
+    fn a_probe_at_the_very_start_of_the_round_runs_when_the_timer_wakes_late() {
+        let me = AgentId::new(Region::new("east").unwrap(), "198.18.23.2".parse().unwrap());
+        let interval = Duration::from_secs(2);
+        assert_eq!(
+            crate::agent::start_offset(&me, "198.18.40.2", interval),
+            Duration::ZERO
+        );
+        let config = AgentConfig {
+            me,
+            probe_interval: interval,
+            heartbeat_interval: interval,
+            ..config()
+        };
+        let round0 = T0 - T0 % 2_000;
+        let mut state = AgentState::new(config, UnixMillis(round0 + 500));
+        state.handle_event(UnixMillis(round0 + 500), welcome("198.18.23.2"));
+        let pool = FromServer::Message(ToAgent::Pool {
+            revision: 1,
+            configs: Arc::new(vec![ProbeConfig {
+                region: Region::new("north").unwrap(),
+                targets: vec![Target::parse(ProbeKind::Icmp, "198.18.40.2").unwrap()],
+                module: ProbeModule::Icmp(IcmpModule::default()),
+            }]),
+        });
+        state.handle_event(UnixMillis(round0 + 500), pool);
+        drain(&mut state);
+        for round in 1..=5u64 {
+            // Every timer of the round fires 3 ms late.
+            let start = round0 + round * 2_000;
+            state.handle_timeout(UnixMillis(start + 3));
+            let probes: Vec<_> = drain(&mut state)
+                .into_iter()
+                .filter_map(|action| match action {
+                    AgentAction::Probe(probe) => Some(probe),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(probes.len(), 1, "round {round}: {probes:?}");
+            assert_eq!(probes[0].round_start, UnixMillis(start));
+            state.handle_lost(ProbeKind::Icmp);
+        }
+        assert_eq!(state.skipped(), 0);
     }
 }
