@@ -18,6 +18,8 @@
 //!   probes from TTL 2 on: the verdict cannot depend on chance.
 //! - Every automatic trace must blame hop 2 at R2's address (seen from its prober's side), and
 //!   none may run for the pairs that do not cross R2 (west ↔ north).
+//! - The fault flaps (off, on, off) under a budget of 8 automatic runs an hour and a 10 s
+//!   cooldown: the runs never pass the budget and the ones it holds back are counted.
 //! - The operator's client traces the same path and prints the table.
 //!
 //! The time from the fault to the first finished trace is printed (the issue's
@@ -38,6 +40,10 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
 const TOKEN: &str = "lab-token-0123456789";
 const ADMIN: &str = "admin-token-0123456789abcdef";
+/// The server's hourly budget of automatic traces: the first wave (four failing pairs, each
+/// traced forward and back) fits in it; with a 10 s cooldown per pair, the traces the
+/// flapping fault asks for next (recoveries, new episodes) do not.
+const BUDGET: u32 = 8;
 
 /// Node indexes of the chain.
 const WEST: usize = 0;
@@ -95,6 +101,8 @@ impl TraceLab {
                     &format!("-server.rpc.listen.addr={server}:6000"),
                     &format!("-server.http.listen.addr={server}:6001"),
                     "-server.aggregation.interval=2s",
+                    &format!("-server.trace.budget={BUDGET}"),
+                    "-server.trace.cooldown=10s",
                     "-log.level=4",
                     &format!("-server.data.dir={}", data_dir.display()),
                     &format!("-server.admin.token-file={}", admin_file.display()),
@@ -269,6 +277,21 @@ impl TraceLab {
     }
 }
 
+/// R2's fault: every probe of a trace's odd rounds (TTL under 40; the round is the high byte
+/// of the sequence) and half of the pings (TTL 64) at random.
+const R2_FAULT: &str = "table inet lab {\n  chain pre {\n    type filter hook prerouting priority 0;\n    \
+     icmp type echo-request ip ttl < 40 icmp sequence & 0x100 == 0x100 drop\n    \
+     icmp type echo-request ip ttl >= 40 numgen random mod 2 == 0 drop\n  }\n}\n";
+
+/// `prober_server_trace_runs_total{reason="operator"}`.
+fn operator_runs(metrics: &str) -> f64 {
+    sample(
+        metrics,
+        "prober_server_trace_runs_total{reason=\"operator\"}",
+    )
+    .unwrap_or(0.0)
+}
+
 /// The sum of `prober_server_trace_runs_total` over its reasons.
 fn runs_total(metrics: &str) -> f64 {
     ["loss", "latency", "recovery", "operator"]
@@ -331,14 +354,7 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
 
     // The fault at R2.
     let fault_at = Instant::now();
-    lab.chain
-        .node(R2)
-        .nft(
-            "table inet lab {\n  chain pre {\n    type filter hook prerouting priority 0;\n    \
-             icmp type echo-request ip ttl < 40 icmp sequence & 0x100 == 0x100 drop\n    \
-             icmp type echo-request ip ttl >= 40 numgen random mod 2 == 0 drop\n  }\n}\n",
-        )
-        .expect("R2's fault");
+    lab.chain.node(R2).nft(R2_FAULT).expect("R2's fault");
     let west_ip = lab.server.to_string();
     let east_ip = lab.east.to_string();
     let mut first_result: Option<Duration> = None;
@@ -403,6 +419,42 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
     let metrics = lab.metrics();
     assert!(runs_total(&metrics) >= 2.0, "{metrics}");
 
+    // The fault flaps: off, on, off. Each pair's recovery asks for traces again, and the
+    // budget holds them back: never more than BUDGET automatic runs, and refusals counted.
+    let automatic = |metrics: &str| runs_total(metrics) - operator_runs(metrics);
+    for (on, what) in [(false, "off"), (true, "on"), (false, "off again")] {
+        let ruleset = if on { R2_FAULT } else { "flush ruleset\n" };
+        lab.chain.node(R2).nft(ruleset).expect("R2's fault flaps");
+        let until = Instant::now() + Duration::from_secs(14);
+        while Instant::now() < until {
+            let metrics = lab.metrics();
+            assert!(
+                automatic(&metrics) <= f64::from(BUDGET),
+                "the budget did not hold with the fault {what}:\n{}",
+                lab.diagnose()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let refused = lab.wait(
+        "a run held back by the budget",
+        Duration::from_secs(60),
+        || {
+            let metrics = lab.metrics();
+            assert!(automatic(&metrics) <= f64::from(BUDGET), "{metrics}");
+            sample(
+                &metrics,
+                "prober_server_trace_refusals_total{reason=\"budget\"}",
+            )
+            .filter(|refused| *refused >= 1.0)
+        },
+    );
+    eprintln!(
+        "after the flapping: {} automatic runs (budget {BUDGET}), {refused} held back by the budget",
+        automatic(&lab.metrics())
+    );
+    lab.chain.node(R2).nft(R2_FAULT).expect("R2's fault again");
+
     // The operator's trace from north's agent toward east, as an operator runs it.
     let north_agent = format!("north/{}", lab.north);
     let command = [
@@ -418,7 +470,7 @@ fn automatic_traces_blame_the_router_where_loss_starts_and_spare_the_healthy_pai
     // in flight", exit 2); ask again once it is free.
     let (code, stdout) = lab.wait(
         "north's agent to take the operator's trace",
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         || {
             let (code, stdout, stderr) = lab.client(&command);
             eprintln!("probermesh trace {}\n{stdout}{stderr}", command.join(" "));

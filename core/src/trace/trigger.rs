@@ -24,7 +24,11 @@
 //! aggregator blamed, or to the target host it blamed; and back from one agent of the target
 //! region (the blamed target host itself when it is an agent) to the address of a source agent
 //! of the set. A set goes out when at least one of its runs does; otherwise the pair stays due
-//! and is tried again at its next window.
+//! and is tried again at its next window. When a set goes out while the agents one way are
+//! busy (no forward run, or no reverse run, went out), the missing way is *owed*: tried again
+//! at each window of the same episode, as part of the same set (no cooldown, one budget run),
+//! until it goes out or the pair changes phase; so a pair is traced from both ends even when
+//! its agents were tracing another pair at first.
 //!
 //! # Limits, each refusal counted ([`Refusal`])
 //!
@@ -238,6 +242,8 @@ pub struct InFlight {
     pub request: TraceRequest,
     /// When it was sent.
     pub started_at: UnixMillis,
+    /// When its set went out (`started_at` but for an owed run of a set, sent later).
+    pub set_started_at: UnixMillis,
 }
 
 /// What happened, for the log.
@@ -383,8 +389,19 @@ struct PairState {
     episode_traced: bool,
     /// When the last automatic set went out.
     last_set_at: Option<UnixMillis>,
+    /// The ways of the last set that did not go out because their agents were busy.
+    owed: Option<Owed>,
     /// Mean RTTs of the last clear windows while healthy (the baseline's input).
     baseline: VecDeque<Duration>,
+}
+
+/// The runs of a set still owed (see the module documentation).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+struct Owed {
+    reason: TraceReason,
+    set_at: UnixMillis,
+    forward: bool,
+    reverse: bool,
 }
 
 /// The server's trace desk.
@@ -544,6 +561,7 @@ impl TraceDesk {
                 reason: TraceReason::Operator,
                 direction: None,
                 shape,
+                set_at: now,
             },
             &mut changes,
         );
@@ -633,6 +651,7 @@ impl TraceDesk {
                         state.bad_windows = 0;
                         state.clear_windows = 0;
                         state.episode_traced = false;
+                        state.owed = None;
                         state.due = Some(reason);
                         changes.events.push(TraceEvent::Degraded {
                             pair: verdict.pair.clone(),
@@ -660,6 +679,7 @@ impl TraceDesk {
                         state.bad_windows = 0;
                         // The "after" only makes sense after a "before".
                         state.due = state.episode_traced.then_some(TraceReason::Recovery);
+                        state.owed = None;
                         changes.events.push(TraceEvent::Recovered {
                             pair: verdict.pair.clone(),
                         });
@@ -671,77 +691,95 @@ impl TraceDesk {
         }
     }
 
-    /// Sends `verdict.pair`'s due set if the limits allow.
+    /// Sends `verdict.pair`'s due set, or the runs its last set still owes, if the limits
+    /// allow.
     fn try_set(&mut self, now: UnixMillis, verdict: &PairVerdict, changes: &mut TraceChanges) {
         let Some(state) = self.pairs.get(&verdict.pair) else {
             return;
         };
-        let Some(reason) = state.due else {
-            return;
+        let owed = state.owed;
+        let reason = match (owed, state.due) {
+            (Some(owed), _) => owed.reason,
+            (None, Some(reason)) => reason,
+            (None, None) => return,
         };
         let pair = Some(verdict.pair.clone());
-        if state
-            .last_set_at
-            .is_some_and(|at| now < at.saturating_add(self.config.cooldown))
+        if owed.is_none()
+            && state
+                .last_set_at
+                .is_some_and(|at| now < at.saturating_add(self.config.cooldown))
         {
             self.refuse(pair, reason, Refusal::Cooldown, changes);
             return;
         }
-        let mut sent = 0usize;
+        let set_at = owed.map_or(now, |owed| owed.set_at);
+        let (want_forward, want_reverse) = owed.map_or((true, true), |o| (o.forward, o.reverse));
         let plan = plan_set(verdict, self.config.forward_agents);
         let mut forward_sources: Vec<IpAddr> = Vec::new();
-        for wanted in plan.forward {
-            match self.pick(&wanted.candidates, wanted.target) {
+        let mut forward_busy = false;
+        if want_forward {
+            for wanted in plan.forward {
+                match self.pick(&wanted.candidates, wanted.target) {
+                    Ok((agent, target)) => {
+                        if self.spend_budget(now) {
+                            forward_sources.push(agent.ip);
+                            let run = (agent, target, Direction::Forward, set_at);
+                            self.send_run(now, run, &pair, reason, changes);
+                        } else {
+                            self.refuse(pair.clone(), reason, Refusal::Budget, changes);
+                        }
+                    }
+                    Err(refusal) => {
+                        forward_busy |= refusal == Refusal::AgentBusy;
+                        self.refuse(pair.clone(), reason, refusal, changes);
+                    }
+                }
+            }
+        }
+        let mut reverse_sent = false;
+        let mut reverse_busy = false;
+        if want_reverse {
+            // Back to the first forward source that went out, else to the planned one.
+            let back_to = forward_sources.first().copied().or(plan.reverse_target);
+            match self.pick(&plan.reverse, back_to) {
                 Ok((agent, target)) => {
                     if self.spend_budget(now) {
-                        forward_sources.push(agent.ip);
-                        self.send_run(
-                            now,
-                            agent,
-                            target,
-                            &pair,
-                            reason,
-                            Direction::Forward,
-                            changes,
-                        );
-                        sent += 1;
+                        let run = (agent, target, Direction::Reverse, set_at);
+                        self.send_run(now, run, &pair, reason, changes);
+                        reverse_sent = true;
                     } else {
                         self.refuse(pair.clone(), reason, Refusal::Budget, changes);
                     }
                 }
-                Err(refusal) => self.refuse(pair.clone(), reason, refusal, changes),
-            }
-        }
-        // Back to the first forward source that went out, else to the planned one.
-        let back_to = forward_sources.first().copied().or(plan.reverse_target);
-        match self.pick(&plan.reverse, back_to) {
-            Ok((agent, target)) => {
-                if self.spend_budget(now) {
-                    self.send_run(
-                        now,
-                        agent,
-                        target,
-                        &pair,
-                        reason,
-                        Direction::Reverse,
-                        changes,
-                    );
-                    sent += 1;
-                } else {
-                    self.refuse(pair.clone(), reason, Refusal::Budget, changes);
+                Err(refusal) => {
+                    reverse_busy = refusal == Refusal::AgentBusy;
+                    self.refuse(pair.clone(), reason, refusal, changes);
                 }
             }
-            Err(refusal) => self.refuse(pair.clone(), reason, refusal, changes),
         }
-        if sent > 0
-            && let Some(state) = self.pairs.get_mut(&verdict.pair)
-        {
+        let forward_sent = !forward_sources.is_empty();
+        let Some(state) = self.pairs.get_mut(&verdict.pair) else {
+            return;
+        };
+        if owed.is_none() {
+            if !forward_sent && !reverse_sent {
+                return; // still due: tried again at the next window
+            }
             state.due = None;
             state.last_set_at = Some(now);
             if reason != TraceReason::Recovery {
                 state.episode_traced = true;
             }
         }
+        // A way whose agents were all busy is owed; one refused for another reason is not.
+        let forward = want_forward && !forward_sent && forward_busy;
+        let reverse = want_reverse && !reverse_sent && reverse_busy;
+        state.owed = (forward || reverse).then_some(Owed {
+            reason,
+            set_at,
+            forward,
+            reverse,
+        });
     }
 
     /// The first free candidate and the target, or why there is none.
@@ -780,18 +818,13 @@ impl TraceDesk {
         true
     }
 
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one run's facts, passed on to `send`"
-    )]
+    /// Sends an automatic run: (agent, target, direction, when its set went out).
     fn send_run(
         &mut self,
         now: UnixMillis,
-        agent: AgentId,
-        target: IpAddr,
+        (agent, target, direction, set_at): (AgentId, IpAddr, Direction, UnixMillis),
         pair: &Option<RegionPair>,
         reason: TraceReason,
-        direction: Direction,
         changes: &mut TraceChanges,
     ) {
         let shape = self.config.shape;
@@ -804,6 +837,7 @@ impl TraceDesk {
                 reason,
                 direction: Some(direction),
                 shape,
+                set_at,
             },
             changes,
         );
@@ -838,6 +872,7 @@ impl TraceDesk {
                 direction: run.direction,
                 request,
                 started_at: now,
+                set_started_at: run.set_at,
             },
         );
     }
@@ -900,6 +935,8 @@ struct Run {
     reason: TraceReason,
     direction: Option<Direction>,
     shape: TraceShape,
+    /// When its set went out (`now` for an operator's run).
+    set_at: UnixMillis,
 }
 
 /// How a window counts: bad (and why), clear, or neither; `None` without data.

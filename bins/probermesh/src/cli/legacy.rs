@@ -622,7 +622,7 @@ mod tests {
         assert_eq!(run(&["-mode=agent", "-agent.trace=true"]), ["agent"]);
         assert_eq!(
             run(&["-mode=agent", "-agent.trace=false", "-agent.task"]),
-            ["agent", "--task", "--trace-off"]
+            ["agent", "--trace-off", "--task"]
         );
         assert_eq!(run(&["-agent.trace=false"]), ["server"]);
         let error = translate(&args(&["-mode=agent", "-agent.trace=no"]))

@@ -587,7 +587,7 @@ proptest! {
                 if flight.reason.is_automatic() {
                     automatic_starts.push(now);
                     if let Some(p) = &flight.pair {
-                        sets.entry(p.clone()).or_default().insert(now);
+                        sets.entry(p.clone()).or_default().insert(flight.set_started_at);
                     }
                 }
             }
@@ -766,4 +766,130 @@ fn an_operator_pair_trace_picks_a_free_tracer_and_the_pair_target_host() {
     );
     assert_eq!(PickError::Busy.refusal(), Refusal::AgentBusy);
     assert_eq!(PickError::NoTarget.refusal(), Refusal::NoAgent);
+}
+
+/// A set that goes out while the agents one way are all busy owes that way: it goes out at
+/// the first window its agent is free, as part of the same set (no cooldown refusal), and
+/// a pair that recovers first owes nothing more. The lab's case: one agent per region, each
+/// busy tracing another pair when this one degrades.
+#[test]
+fn a_way_held_back_by_busy_agents_is_owed_and_sent_once_an_agent_is_free() {
+    let mut desk = TraceDesk::new(
+        TriggerConfig {
+            forward_agents: 1,
+            ..config()
+        },
+        UnixMillis(0),
+    )
+    .unwrap();
+    // One agent each side; the target region's agent is busy with an operator's trace.
+    let one_each = |loss: f64| PairVerdict {
+        source_agents: vec![agent("a", 1)],
+        target_agents: vec![agent("b", 1)],
+        target_hosts: vec![agent("b", 1).ip],
+        ..verdict("a", "b", loss)
+    };
+    let operator = desk
+        .request(
+            at(0),
+            OperatorTrace {
+                agent: agent("b", 1),
+                target: "198.18.9.9".parse().unwrap(),
+                pair: None,
+                shape: None,
+            },
+        )
+        .unwrap();
+    let operator_id = operator.requests[0].1.id;
+    let mut sent = Vec::new();
+    for w in 0..3 {
+        sent.extend(desk.handle_window(at(w), &[one_each(0.2)]).requests);
+    }
+    // Forward went; back was held back (busy).
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, agent("a", 1));
+    let set_at = at(2);
+    // Still busy: owed, not sent, and no cooldown refusal.
+    let cooldowns = desk.counters().refusals.get(&Refusal::Cooldown).copied();
+    assert!(
+        desk.handle_window(at(3), &[one_each(0.2)])
+            .requests
+            .is_empty()
+    );
+    assert_eq!(
+        desk.counters().refusals.get(&Refusal::Cooldown).copied(),
+        cooldowns
+    );
+    // Free: the back trace goes at the next window, as part of the same set.
+    desk.handle_report(
+        at(3),
+        &agent("b", 1),
+        clean_report(operator_id, "198.18.9.9".parse().unwrap()),
+    );
+    let back = desk.handle_window(at(4), &[one_each(0.2)]).requests;
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].0, agent("b", 1));
+    assert_eq!(back[0].1.target, agent("a", 1).ip);
+    let flight = &desk.in_flight()[&back[0].1.id];
+    assert_eq!(flight.direction, Some(Direction::Reverse));
+    assert_eq!(flight.set_started_at, set_at);
+    // Nothing more is owed.
+    assert!(
+        desk.handle_window(at(5), &[one_each(0.2)])
+            .requests
+            .is_empty()
+    );
+
+    // Recovery before the owed way could go: it is dropped.
+    let mut desk = TraceDesk::new(
+        TriggerConfig {
+            forward_agents: 1,
+            cooldown: Duration::ZERO,
+            ..config()
+        },
+        UnixMillis(0),
+    )
+    .unwrap();
+    let operator = desk
+        .request(
+            at(0),
+            OperatorTrace {
+                agent: agent("b", 1),
+                target: "198.18.9.9".parse().unwrap(),
+                pair: None,
+                shape: None,
+            },
+        )
+        .unwrap();
+    let operator_id = operator.requests[0].1.id;
+    let mut runs = Vec::new();
+    for w in 0..3 {
+        runs.extend(desk.handle_window(at(w), &[one_each(0.2)]).requests);
+    }
+    assert_eq!(runs.len(), 1);
+    for w in 3..6 {
+        runs.extend(desk.handle_window(at(w), &[one_each(0.0)]).requests);
+    }
+    desk.handle_report(
+        at(6),
+        &agent("b", 1),
+        clean_report(operator_id, "198.18.9.9".parse().unwrap()),
+    );
+    let forward_id = runs[0].1.id;
+    desk.handle_report(
+        at(6),
+        &agent("a", 1),
+        clean_report(forward_id, agent("b", 1).ip),
+    );
+    // The recovery set goes out whole (forward and back), not the stale owed way alone.
+    let recovery = desk.handle_window(at(6), &[one_each(0.0)]).requests;
+    let reasons: Vec<_> = recovery
+        .iter()
+        .map(|(_, r)| desk.in_flight()[&r.id].reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![TraceReason::Recovery, TraceReason::Recovery],
+        "{recovery:?}"
+    );
 }
