@@ -174,7 +174,7 @@ const PER_HOP: Duration = Duration::from_micros(100);
 ///
 /// The path to a host of region `t` is [`SIMULATED_ROUTERS`] routers, `198.18.<p>.1` to
 /// `198.18.<p>.3` (`p` the pair's index among the model's region pairs; past 255 it goes on
-/// in 198.19), then the host. A probe's round trip is [`PER_HOP`] per hop plus the hop's
+/// in 198.19), then the host. A probe's round trip is `PER_HOP` (0.1 ms) per hop plus the hop's
 /// share of the pair's delay, moved by the same share of its jitter. Loss:
 /// - the pair's `loss_ratio` is drawn once per round at the WAN router ([`WAN_HOP`]) and
 ///   removes that round's probes from it on (a probe past a link crosses it; the probes of a

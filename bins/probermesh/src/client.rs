@@ -87,7 +87,7 @@ pub(crate) struct TraceArgs {
     /// --server)
     #[argh(option, default = "String::from(\"0.0.0.0:6001\")")]
     server_http_url: String,
-    /// the agent to trace from, <region>/<ip>
+    /// the agent to trace from, REGION/IP
     #[argh(option)]
     agent: Option<String>,
     /// trace from a free agent of this region that takes traces
@@ -130,7 +130,7 @@ pub(crate) struct TracesArgs {
     /// only traces of pairs to this region
     #[argh(option)]
     target_region: Option<String>,
-    /// only traces this agent ran, <region>/<ip>
+    /// only traces this agent ran, REGION/IP
     #[argh(option)]
     agent: Option<String>,
     /// at most this many, newest first (default 5)

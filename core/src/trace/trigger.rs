@@ -473,7 +473,7 @@ impl TraceDesk {
     /// `source_region`): the first of `tracers` (connected agents of the source region that
     /// take traces, any order) without a trace in flight, other than the target itself; to
     /// `target` when the operator named one, else to the pair's target host the way an
-    /// automatic set picks it ([`preferred_host`]: a host that is an agent of the target
+    /// automatic set picks it (`preferred_host`: a host that is an agent of the target
     /// region first, so a reverse trace could run the same path back), else to an agent of
     /// the target region. Pure: nothing is sent or counted.
     ///
