@@ -823,7 +823,7 @@ impl TraceView {
                     }
                     _ => blame.kind.replace('_', " "),
                 };
-                format!("blame: {what}: {}", blame.explanation)
+                format!("blame: {what}: {}", printable(&blame.explanation))
             }
             (None, "timed_out") => "blame: none: no report came in time".to_owned(),
             (None, "abandoned") => {
@@ -881,10 +881,24 @@ impl TraceView {
         out.push_str(&self.blame_line());
         out.push('\n');
         if let Some(error) = &self.error {
-            out.push_str(&format!("error: {error}\n"));
+            out.push_str(&format!("error: {}\n", printable(error)));
         }
         out
     }
+}
+
+/// `text` with control characters (an agent's error could carry terminal escapes) shown as
+/// `\u{..}` escapes, so printing it cannot drive the operator's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// The client of one server.
@@ -1712,5 +1726,13 @@ mod tests {
             3
         );
         assert!(filter_targets(serde_json::json!({}), "(", None).is_err());
+    }
+
+    #[test]
+    fn an_agents_error_cannot_drive_the_terminal() {
+        assert_eq!(
+            super::printable("no socket\u{1b}[2Jok\n"),
+            "no socket\\u{1b}[2Jok\\u{a}"
+        );
     }
 }

@@ -311,6 +311,9 @@ pub fn record_json(record: &TraceRecord) -> serde_json::Value {
         "blame": null,
         "hops": [],
     });
+    if let TraceOutcome::Failed { error } = &record.outcome {
+        value["error"] = error.clone().into();
+    }
     if let TraceOutcome::Reported { report, verdict } = &record.outcome {
         let (ttl, address, loss_ratio, last) = match &verdict.blame {
             Blame::Hop {
@@ -437,10 +440,8 @@ pub(super) fn list(request: &Request<Incoming>, endpoints: &Endpoints) -> Respon
         Ok(parsed) => parsed,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
-    if id.is_some() {
-        // The store is searched whole for one id.
-        query.limit = None;
-    }
+    // One id: only its record is copied under the state's lock.
+    query.id = id;
     let answer = endpoints
         .api
         .trace_api()

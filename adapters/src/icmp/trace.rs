@@ -41,6 +41,10 @@ use super::socket::{
     IcmpSocket, OpenError, SocketKind, SocketMode, control_buffer, error_control_buffer,
 };
 
+/// Datagrams read from one queue of the socket per wake-up before the trace's round and
+/// deadline checks run again.
+const MAX_READS_PER_WAKE: usize = 64;
+
 /// Payload bytes of each probe (as ping's default).
 const PAYLOAD_LEN: usize = 56;
 
@@ -273,7 +277,10 @@ impl IcmpTracer {
                         has_ip_header,
                         flow: &flow,
                     };
-                    loop {
+                    // At most MAX_READS_PER_WAKE datagrams per queue, then back to the
+                    // round and deadline checks: a flood of ICMP cannot hold the trace here.
+                    let mut drained = false;
+                    for _ in 0..MAX_READS_PER_WAKE {
                         match socket.get_ref().receive(&mut buf, &mut control) {
                             Ok(received) => {
                                 let datagram = &buf[..received.len.min(buf.len())];
@@ -284,7 +291,10 @@ impl IcmpTracer {
                                         received.kernel_time);
                                 }
                             }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                drained = true;
+                                break;
+                            }
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             // An ICMP error about an earlier probe, reported once as the
                             // socket's pending error (the message itself is delivered too:
@@ -294,7 +304,8 @@ impl IcmpTracer {
                         }
                     }
                     if kind == SocketKind::Datagram {
-                        loop {
+                        let mut errors_drained = false;
+                        for _ in 0..MAX_READS_PER_WAKE {
                             match socket.get_ref().receive_error(&mut buf, &mut error_control) {
                                 Ok(Some(queued)) => {
                                     let quoted = &buf[..queued.len.min(buf.len())];
@@ -308,13 +319,21 @@ impl IcmpTracer {
                                     }
                                 }
                                 Ok(None) => {}
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    errors_drained = true;
+                                    break;
+                                }
                                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                                 Err(e) => return Err(TraceError::Receive(e)),
                             }
                         }
+                        drained &= errors_drained;
                     }
-                    guard.clear_ready();
+                    // Readiness is cleared only once both queues are empty; otherwise the
+                    // next wait returns at once and reading goes on after the checks.
+                    if drained {
+                        guard.clear_ready();
+                    }
                 }
             }
         }

@@ -259,7 +259,7 @@ fn blamed_hop_loss(store: &TraceStore, pair: &RegionPair) -> Option<f64> {
                 Blame::Clean | Blame::RateLimitedOnly => 0.0,
                 Blame::Unreachable { .. } => 1.0,
             }),
-            TraceOutcome::TimedOut | TraceOutcome::Abandoned => None,
+            TraceOutcome::Failed { .. } | TraceOutcome::TimedOut | TraceOutcome::Abandoned => None,
         })
 }
 

@@ -36,8 +36,10 @@ use std::fmt;
 
 use crate::model::Region;
 
-/// The most probes per hop a request may ask for (what the wire carries).
-pub const MAX_ROUNDS: u16 = crate::wire::MAX_TRACE_ROUNDS;
+/// The most probes per hop the server asks for: what an agent takes by default
+/// ([`agent::TracePolicy::DEFAULT_MAX_ROUNDS`], a trace within about 100 s), under the wire's
+/// own limit. A request for more would only come back refused.
+pub const MAX_ROUNDS: u16 = agent::TracePolicy::DEFAULT_MAX_ROUNDS;
 /// The highest TTL a request may ask for (what the wire carries).
 pub const MAX_HOPS: u8 = crate::wire::MAX_TRACE_TTL;
 

@@ -21,6 +21,12 @@ pub enum TraceOutcome {
         /// What it blames.
         verdict: Verdict,
     },
+    /// The agent answered without tracing (refused, out of its bounds, no socket): its error.
+    /// Nothing is judged, so no hop is blamed.
+    Failed {
+        /// Why, in the agent's words.
+        error: String,
+    },
     /// No report came within the desk's timeout.
     TimedOut,
     /// The agent disconnected before reporting.
@@ -33,6 +39,7 @@ impl TraceOutcome {
     pub const fn label(&self) -> &'static str {
         match self {
             Self::Reported { .. } => "reported",
+            Self::Failed { .. } => "failed",
             Self::TimedOut => "timed_out",
             Self::Abandoned => "abandoned",
         }
@@ -77,6 +84,7 @@ impl TraceRecord {
                     + verdict.rate_limited_ttls.len()
                     + verdict.silent_ttls.len()
             }
+            TraceOutcome::Failed { error } => fixed + error.len(),
             TraceOutcome::TimedOut | TraceOutcome::Abandoned => fixed,
         }
     }
@@ -119,6 +127,8 @@ pub struct TraceQuery {
     pub target: Option<Region>,
     /// Only traces this agent ran.
     pub agent: Option<AgentId>,
+    /// Only the trace of this id.
+    pub id: Option<u64>,
     /// At most this many, newest first (`None`: all that match).
     pub limit: Option<usize>,
 }
@@ -220,6 +230,14 @@ impl TraceStore {
                     .is_none_or(|agent| &record.agent == agent)
         };
         let limit = query.limit.unwrap_or(usize::MAX);
+        if let Some(id) = query.id {
+            return self
+                .get(id)
+                .filter(in_time)
+                .into_iter()
+                .take(limit)
+                .collect();
+        }
         match &query.pair {
             Some(pair) => self
                 .by_pair

@@ -402,6 +402,12 @@ struct Owed {
     set_at: UnixMillis,
     forward: bool,
     reverse: bool,
+    /// The source agent the set's forward run went from: an owed reverse run traces back to
+    /// it, so both ends see the same path.
+    back_to: Option<IpAddr>,
+    /// The source agent the set's reverse run traced to: an owed forward run goes from it
+    /// when it is free.
+    forward_from: Option<IpAddr>,
 }
 
 /// The server's trace desk.
@@ -585,14 +591,23 @@ impl TraceDesk {
             self.counters.unknown_reports += 1;
             return changes;
         }
-        let verdict = judge(&report, &self.config.blame);
         let id = report.id;
-        self.finish(
-            now,
-            id,
-            TraceOutcome::Reported { report, verdict },
-            &mut changes,
-        );
+        // An agent's counts are not trusted to be consistent: a hop never answers more
+        // probes than were sent to it.
+        let mut report = report;
+        for hop in &mut report.hops {
+            hop.received = hop.received.min(hop.sent);
+        }
+        // An answer without a single hop and with an error is a trace that did not run (the
+        // agent refused it, or could not open its socket): nothing to judge.
+        let outcome = match report.error {
+            Some(error) if report.hops.is_empty() => TraceOutcome::Failed { error },
+            _ => {
+                let verdict = judge(&report, &self.config.blame);
+                TraceOutcome::Reported { report, verdict }
+            }
+        };
+        self.finish(now, id, outcome, &mut changes);
         changes
     }
 
@@ -717,9 +732,13 @@ impl TraceDesk {
         let plan = plan_set(verdict, self.config.forward_agents);
         let mut forward_sources: Vec<IpAddr> = Vec::new();
         let mut forward_busy = false;
+        let forward_from = owed.and_then(|o| o.forward_from);
         if want_forward {
             for wanted in plan.forward {
-                match self.pick(&wanted.candidates, wanted.target) {
+                let mut candidates = wanted.candidates.clone();
+                // The agent the set's reverse run traced to first, when one went out.
+                candidates.sort_by_key(|agent| Some(agent.ip) != forward_from);
+                match self.pick(&candidates, wanted.target) {
                     Ok((agent, target)) => {
                         if self.spend_budget(now) {
                             forward_sources.push(agent.ip);
@@ -738,15 +757,22 @@ impl TraceDesk {
         }
         let mut reverse_sent = false;
         let mut reverse_busy = false;
+        let mut reverse_target = None;
         if want_reverse {
-            // Back to the first forward source that went out, else to the planned one.
-            let back_to = forward_sources.first().copied().or(plan.reverse_target);
+            // Back to the first forward source that went out (in this call, or earlier in the
+            // set), else to the planned one.
+            let back_to = forward_sources
+                .first()
+                .copied()
+                .or(owed.and_then(|o| o.back_to))
+                .or(plan.reverse_target);
             match self.pick(&plan.reverse, back_to) {
                 Ok((agent, target)) => {
                     if self.spend_budget(now) {
                         let run = (agent, target, Direction::Reverse, set_at);
                         self.send_run(now, run, &pair, reason, changes);
                         reverse_sent = true;
+                        reverse_target = Some(target);
                     } else {
                         self.refuse(pair.clone(), reason, Refusal::Budget, changes);
                     }
@@ -774,11 +800,21 @@ impl TraceDesk {
         // A way whose agents were all busy is owed; one refused for another reason is not.
         let forward = want_forward && !forward_sent && forward_busy;
         let reverse = want_reverse && !reverse_sent && reverse_busy;
+        let earlier = owed.unwrap_or(Owed {
+            reason,
+            set_at,
+            forward: false,
+            reverse: false,
+            back_to: None,
+            forward_from: None,
+        });
         state.owed = (forward || reverse).then_some(Owed {
             reason,
             set_at,
             forward,
             reverse,
+            back_to: forward_sources.first().copied().or(earlier.back_to),
+            forward_from: reverse_target.or(earlier.forward_from),
         });
     }
 
@@ -905,7 +941,7 @@ impl TraceDesk {
         if self.busy.get(&flight.agent) == Some(&id) {
             self.busy.remove(&flight.agent);
         }
-        if !matches!(outcome, TraceOutcome::Reported { .. }) {
+        if matches!(outcome, TraceOutcome::TimedOut | TraceOutcome::Abandoned) {
             self.counters.given_up += 1;
             changes.events.push(TraceEvent::GivenUp {
                 id,

@@ -211,7 +211,7 @@
   function blameLine(t) {
     var b = t.blame;
     if (!b) return t.outcome === "timed_out" ? "no report came in time" : t.outcome === "abandoned" ?
-      "the agent disconnected before reporting" : t.outcome;
+      "the agent disconnected before reporting" : t.outcome === "failed" ? "the trace did not run" : t.outcome;
     var at = b.kind === "hop" ? "hop " + b.hop + " (" + b.address + ", " + fmt("loss_ratio", b.loss_ratio) + " loss): " : "";
     return "blame " + b.kind + ": " + at + b.explanation;
   }
@@ -251,8 +251,12 @@
   function loadTraces(source, target) {
     var url = "/api/v1/traces?source_region=" + encodeURIComponent(source) + "&target_region=" +
       encodeURIComponent(target) + "&limit=5";
-    return getJson(url).then(drawTraces).catch(function (err) {
-      byId("pair-traces-status").textContent = "could not load the traces: " + err.message;
+    // A slow answer for a pair no longer shown is dropped, not drawn over the current one.
+    var shown = function () {
+      return state.pair && state.pair.cell.source === source && state.pair.cell.target === target;
+    };
+    return getJson(url).then(function (answer) { if (shown()) drawTraces(answer); }).catch(function (err) {
+      if (shown()) byId("pair-traces-status").textContent = "could not load the traces: " + err.message;
     });
   }
 

@@ -893,3 +893,79 @@ fn a_way_held_back_by_busy_agents_is_owed_and_sent_once_an_agent_is_free() {
         "{recovery:?}"
     );
 }
+
+/// An owed reverse run traces back to the agent the set's forward run went from (not to the
+/// region's first agent), so both ends see the same path; a report that was never run (no
+/// hops, an error) is filed as failed, not judged unreachable; an agent's inconsistent
+/// counts are clamped.
+#[test]
+fn an_owed_reverse_goes_back_to_the_forward_source_and_a_refusal_is_a_failure() {
+    let mut desk = TraceDesk::new(
+        TriggerConfig {
+            forward_agents: 1,
+            ..config()
+        },
+        UnixMillis(0),
+    )
+    .unwrap();
+    let two_sources = |loss: f64| PairVerdict {
+        source_agents: vec![agent("a", 1), agent("a", 2)],
+        target_agents: vec![agent("b", 1)],
+        target_hosts: vec![agent("b", 1).ip],
+        ..verdict("a", "b", loss)
+    };
+    // a.1 and b.1 busy with operators' traces: the forward run goes from a.2, the reverse
+    // is owed.
+    let mut operator_ids = Vec::new();
+    for busy in [agent("a", 1), agent("b", 1)] {
+        let changes = desk
+            .request(
+                at(0),
+                OperatorTrace {
+                    agent: busy,
+                    target: "198.18.9.9".parse().unwrap(),
+                    pair: None,
+                    shape: None,
+                },
+            )
+            .unwrap();
+        operator_ids.push(changes.requests[0].1.id);
+    }
+    let mut sent = Vec::new();
+    for w in 0..3 {
+        sent.extend(desk.handle_window(at(w), &[two_sources(0.2)]).requests);
+    }
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, agent("a", 2));
+    // b.1 answers that it could not trace (say its socket failed): filed as failed.
+    let refused = desk.handle_report(
+        at(3),
+        &agent("b", 1),
+        TraceReport {
+            id: operator_ids[1],
+            target: "198.18.9.9".parse().unwrap(),
+            hops: Vec::new(),
+            error: Some("opening the trace socket: permission denied".into()),
+        },
+    );
+    assert_eq!(
+        refused.finished[0].outcome,
+        TraceOutcome::Failed {
+            error: "opening the trace socket: permission denied".into()
+        }
+    );
+    assert_eq!(desk.counters().given_up, 0);
+    // Free now: the owed reverse goes back to a.2, the forward source.
+    let back = desk.handle_window(at(4), &[two_sources(0.2)]).requests;
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].0, agent("b", 1));
+    assert_eq!(back[0].1.target, agent("a", 2).ip);
+    // A report claiming more answers than probes is clamped before it is judged.
+    let mut report = clean_report(back[0].1.id, agent("a", 2).ip);
+    report.hops[0].received = 50;
+    let finished = desk.handle_report(at(5), &agent("b", 1), report);
+    let TraceOutcome::Reported { report, .. } = &finished.finished[0].outcome else {
+        panic!("{:?}", finished.finished[0].outcome);
+    };
+    assert_eq!(report.hops[0].received, 20);
+}
