@@ -770,7 +770,7 @@ pub struct TraceView {
     /// When it ended.
     #[serde(default)]
     pub ended_at_unix_ms: u64,
-    /// `reported`, `timed_out` or `abandoned`.
+    /// `reported`, `failed`, `timed_out` or `abandoned`.
     pub outcome: String,
     /// Why the agent's trace stopped short.
     #[serde(default)]
@@ -829,6 +829,7 @@ impl TraceView {
             (None, "abandoned") => {
                 "blame: none: the agent disconnected before reporting".to_owned()
             }
+            (None, "failed") => "blame: none: the trace did not run (see the error)".to_owned(),
             (None, other) => format!("blame: none ({other})"),
         }
     }
