@@ -168,7 +168,8 @@ impl AgentTraces {
                 request.rounds
             ));
         }
-        if request.target.is_unspecified() || request.target.is_multicast() {
+        let broadcast = matches!(request.target, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        if request.target.is_unspecified() || request.target.is_multicast() || broadcast {
             return Some(format!(
                 "target {} is not a unicast address",
                 request.target
@@ -334,6 +335,15 @@ mod tests {
                     ..request(6)
                 },
                 "target 0.0.0.0 is not a unicast address",
+            ),
+            (
+                TraceRequest {
+                    max_hops: 8,
+                    rounds: 5,
+                    target: IpAddr::V4(Ipv4Addr::BROADCAST),
+                    ..request(7)
+                },
+                "target 255.255.255.255 is not a unicast address",
             ),
         ];
         for (request, expected) in cases {
