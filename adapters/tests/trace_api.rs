@@ -4,6 +4,8 @@
 //! and the trace in flight, a reported trace with its blame and hops, the filters, and the
 //! mesh data's access rule.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +22,6 @@ use probermesh_core::ports::{ConnectionId, LinkEvent};
 use probermesh_core::server::{OperatorAsk, OperatorTraceError, ServerState};
 use probermesh_core::trace::store::{StoreLimits, TraceQuery, TraceStore};
 use probermesh_core::trace::trigger::{TraceDesk, TraceShape, TriggerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T0: u64 = 1_800_000_000_000;
 const TOKEN: &str = "admin-token-0123456789";
@@ -211,33 +212,10 @@ async fn call(
     token: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let mut tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("the test's fixture");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    tcp.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .expect("the test's fixture");
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer)
-        .await
-        .expect("the test's fixture");
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or_default())
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let (status, _, body) =
+        common::admin::request_with_body(addr, method, path, authorization.as_deref(), body).await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
 }
 
 #[tokio::test]

@@ -52,14 +52,31 @@ pub async fn request(
     path: &str,
     authorization: Option<&str>,
 ) -> (u16, String, String) {
+    request_with_body(addr, method, path, authorization, "").await
+}
+
+/// As [`request`], sending `body` (as JSON when it is not empty).
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let authorization = authorization
         .map(|value| format!("Authorization: {value}\r\n"))
         .unwrap_or_default();
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     tcp.write_all(
         format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\n{authorization}Connection: close\r\n\
-             Content-Length: 0\r\n\r\n"
+             {content_type}Content-Length: {}\r\n\r\n{body}",
+            body.len()
         )
         .as_bytes(),
     )
