@@ -53,6 +53,23 @@ fn at(window: u64) -> UnixMillis {
     UnixMillis(window * WINDOW_MS)
 }
 
+/// Keeps `busy` tracing with an operator's trace from `now`; its trace id.
+fn busy_with_operator(desk: &mut TraceDesk, busy: AgentId, now: UnixMillis) -> u64 {
+    let changes = desk
+        .request(
+            now,
+            OperatorTrace {
+                agent: busy,
+                target: "198.18.9.9".parse().unwrap(),
+                pair: None,
+                shape: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(changes.requests.len(), 1);
+    changes.requests[0].1.id
+}
+
 fn clean_report(id: u64, target: IpAddr) -> TraceReport {
     TraceReport {
         id,
@@ -789,18 +806,7 @@ fn a_way_held_back_by_busy_agents_is_owed_and_sent_once_an_agent_is_free() {
         target_hosts: vec![agent("b", 1).ip],
         ..verdict("a", "b", loss)
     };
-    let operator = desk
-        .request(
-            at(0),
-            OperatorTrace {
-                agent: agent("b", 1),
-                target: "198.18.9.9".parse().unwrap(),
-                pair: None,
-                shape: None,
-            },
-        )
-        .unwrap();
-    let operator_id = operator.requests[0].1.id;
+    let operator_id = busy_with_operator(&mut desk, agent("b", 1), at(0));
     let mut sent = Vec::new();
     for w in 0..3 {
         sent.extend(desk.handle_window(at(w), &[one_each(0.2)]).requests);
@@ -850,18 +856,7 @@ fn a_way_held_back_by_busy_agents_is_owed_and_sent_once_an_agent_is_free() {
         UnixMillis(0),
     )
     .unwrap();
-    let operator = desk
-        .request(
-            at(0),
-            OperatorTrace {
-                agent: agent("b", 1),
-                target: "198.18.9.9".parse().unwrap(),
-                pair: None,
-                shape: None,
-            },
-        )
-        .unwrap();
-    let operator_id = operator.requests[0].1.id;
+    let operator_id = busy_with_operator(&mut desk, agent("b", 1), at(0));
     let mut runs = Vec::new();
     for w in 0..3 {
         runs.extend(desk.handle_window(at(w), &[one_each(0.2)]).requests);
@@ -916,21 +911,10 @@ fn an_owed_reverse_goes_back_to_the_forward_source_and_a_refusal_is_a_failure() 
     };
     // a.1 and b.1 busy with operators' traces: the forward run goes from a.2, the reverse
     // is owed.
-    let mut operator_ids = Vec::new();
-    for busy in [agent("a", 1), agent("b", 1)] {
-        let changes = desk
-            .request(
-                at(0),
-                OperatorTrace {
-                    agent: busy,
-                    target: "198.18.9.9".parse().unwrap(),
-                    pair: None,
-                    shape: None,
-                },
-            )
-            .unwrap();
-        operator_ids.push(changes.requests[0].1.id);
-    }
+    let operator_ids: Vec<u64> = [agent("a", 1), agent("b", 1)]
+        .into_iter()
+        .map(|busy| busy_with_operator(&mut desk, busy, at(0)))
+        .collect();
     let mut sent = Vec::new();
     for w in 0..3 {
         sent.extend(desk.handle_window(at(w), &[two_sources(0.2)]).requests);
