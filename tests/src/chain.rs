@@ -9,7 +9,8 @@
 //! node through `198.18.<40+m>.0/24`: the node is `.1`, the leaf `.2`. A router answers a
 //! probe with the address of the interface toward the prober (Linux's choice).
 //!
-//! Routers send ICMP errors without rate limiting (`net.ipv4.icmp_ratelimit=0`), so what a
+//! Routers send ICMP errors without rate limiting (`net.ipv4.icmp_ratelimit=0`, and
+//! `icmp_ratemask=0` for the global per-second limit too), so what a
 //! test sees depends only on the faults it sets. Everything is removed when the [`Chain`] is
 //! dropped, also when a test panics. Needs root.
 
@@ -118,6 +119,7 @@ impl Chain {
             for (key, value) in [
                 ("net.ipv4.ip_forward", "1"),
                 ("net.ipv4.icmp_ratelimit", "0"),
+                ("net.ipv4.icmp_ratemask", "0"),
                 ("net.ipv4.conf.all.rp_filter", "0"),
                 ("net.ipv4.conf.default.rp_filter", "0"),
             ] {

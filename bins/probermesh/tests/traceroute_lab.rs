@@ -1,7 +1,7 @@
 //! `probermesh traceroute` against mtr, on a path of real routers: four network namespaces
-//! A – R1 – R2 – B (the routers forward, addresses from 198.18.0.0/15 only), the trace run
-//! from A in raw and in datagram mode while `mtr -r -n` runs there at the same time. Checked:
-//! the same hop addresses in the same order, the destination last; 50 % of the echo requests
+//! A – R1 – R2 – B (a `probermesh_tests::chain::Chain` of two routers; addresses from
+//! 198.18.0.0/15 only), the trace run from A in raw and in datagram mode while `mtr -r -n`
+//! runs there at the same time. Checked: the same hop addresses in the same order, the destination last; 50 % of the echo requests
 //! R2 forwards dropped by nftables shows as loss from hop 3 on (not at R1 or R2); R1 dropping
 //! its own Time Exceeded shows as a silent first hop while later hops answer; an unreachable
 //! target fails with a clear error; on the wire (an nftables set on R1), every probe of a
@@ -14,125 +14,54 @@
 
 use std::net::Ipv4Addr;
 use std::process::Output;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 
-use probermesh_tests::netns::{Namespace, remove_stale, run};
-
-/// Numbers the namespaces of the paths alive at once in this process (tests run in parallel).
-static NEXT: AtomicU32 = AtomicU32::new(900);
+use probermesh_tests::chain::Chain;
+use probermesh_tests::netns::Namespace;
 
 const BIN: &str = env!("CARGO_BIN_EXE_probermesh");
 
-const R1: &str = "198.18.101.1";
-const R2: &str = "198.18.102.2";
-const B: &str = "198.18.103.2";
-
-/// A – R1 – R2 – B. Dropping it removes every namespace (and so every veth pair).
+/// A – R1 – R2 – B: a [`Chain`] of two routers, with A allowed to open ping sockets
+/// (datagram mode) as root's group.
 struct Path {
-    a: Namespace,
-    r1: Namespace,
-    r2: Namespace,
-    b: Namespace,
-}
-
-fn veth(left: &Namespace, left_name: &str, right: &Namespace, right_name: &str) {
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            "name",
-            left_name,
-            "netns",
-            left.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            right_name,
-            "netns",
-            right.name(),
-        ],
-    )
-    .expect("a veth pair");
-}
-
-fn up(ns: &Namespace, dev: &str, addr: &str) {
-    ns.exec(&["ip", "addr", "add", addr, "dev", dev])
-        .expect("an address");
-    ns.exec(&["ip", "link", "set", dev, "up"]).expect("link up");
+    chain: Chain,
 }
 
 impl Path {
     fn new() -> Self {
-        remove_stale();
-        let pid = std::process::id();
-        // Named as tests/src/netns.rs names its own, so an interrupted run's are removed.
-        let ns = |_: u32| {
-            let index = NEXT.fetch_add(1, Ordering::Relaxed);
-            Namespace::create(format!("pm{pid}n{index}")).expect("a namespace (needs root)")
-        };
-        let path = Self {
-            a: ns(0),
-            r1: ns(1),
-            r2: ns(2),
-            b: ns(3),
-        };
-        veth(&path.a, "a0", &path.r1, "r1a");
-        veth(&path.r1, "r1b", &path.r2, "r2a");
-        veth(&path.r2, "r2b", &path.b, "b0");
-        for ns in [&path.a, &path.r1, &path.r2, &path.b] {
-            ns.exec(&["ip", "link", "set", "lo", "up"]).expect("lo up");
-        }
-        up(&path.a, "a0", "198.18.101.2/24");
-        up(&path.r1, "r1a", "198.18.101.1/24");
-        up(&path.r1, "r1b", "198.18.102.1/24");
-        up(&path.r2, "r2a", "198.18.102.2/24");
-        up(&path.r2, "r2b", "198.18.103.1/24");
-        up(&path.b, "b0", "198.18.103.2/24");
-        path.a
-            .exec(&["ip", "route", "add", "default", "via", "198.18.101.1"])
-            .expect("A's route");
-        path.r1
-            .exec(&[
-                "ip",
-                "route",
-                "add",
-                "198.18.103.0/24",
-                "via",
-                "198.18.102.2",
-            ])
-            .expect("R1's route");
-        path.r2
-            .exec(&[
-                "ip",
-                "route",
-                "add",
-                "198.18.101.0/24",
-                "via",
-                "198.18.102.1",
-            ])
-            .expect("R2's route");
-        path.b
-            .exec(&["ip", "route", "add", "default", "via", "198.18.103.1"])
-            .expect("B's route");
-        for router in [&path.r1, &path.r2, &path.b] {
-            router
-                .sysctl("net.ipv4.ip_forward", "1")
-                .expect("forwarding");
-            router
-                .sysctl("net.ipv4.icmp_ratelimit", "0")
-                .expect("no ICMP rate limit");
-            router
-                .sysctl("net.ipv4.icmp_ratemask", "0")
-                .expect("no ICMP rate mask");
-        }
-        // Datagram mode: root's group may open ping sockets in A.
-        path.a
+        let chain = Chain::new(2).expect("a routed path (needs root)");
+        chain
+            .node(0)
             .sysctl("net.ipv4.ping_group_range", "0 2147483647")
             .expect("ping sockets");
-        path
+        Self { chain }
+    }
+
+    fn a(&self) -> &Namespace {
+        self.chain.node(0)
+    }
+
+    fn r1(&self) -> &Namespace {
+        self.chain.node(1)
+    }
+
+    fn r2(&self) -> &Namespace {
+        self.chain.node(2)
+    }
+
+    /// R1's address as A sees it.
+    fn r1_addr(&self) -> Option<Ipv4Addr> {
+        Some(self.chain.toward_first(1))
+    }
+
+    /// R2's address as A sees it.
+    fn r2_addr(&self) -> Option<Ipv4Addr> {
+        Some(self.chain.toward_first(2))
+    }
+
+    /// B, the destination.
+    fn b(&self) -> String {
+        self.chain.last_addr().to_string()
     }
 }
 
@@ -179,9 +108,10 @@ fn text(output: &Output) -> String {
 /// Runs our traceroute (`socket` mode) and mtr from A at the same time; returns both tables.
 fn trace_both(path: &Path, socket: &str, rounds: u32) -> (String, String) {
     let rounds_text = rounds.to_string();
+    let b = path.b();
     thread::scope(|scope| {
         let ours = scope.spawn(|| {
-            path.a.exec(&[
+            path.a().exec(&[
                 BIN,
                 "traceroute",
                 "--socket",
@@ -194,11 +124,11 @@ fn trace_both(path: &Path, socket: &str, rounds: u32) -> (String, String) {
                 "1000",
                 "--max-hops",
                 "10",
-                B,
+                &b,
             ])
         });
         let mtr = scope.spawn(|| {
-            path.a.exec(&[
+            path.a().exec(&[
                 "mtr",
                 "-r",
                 "-n",
@@ -210,7 +140,7 @@ fn trace_both(path: &Path, socket: &str, rounds: u32) -> (String, String) {
                 "1",
                 "-m",
                 "10",
-                B,
+                &b,
             ])
         });
         let ours = ours.join().expect("the traceroute thread");
@@ -236,7 +166,11 @@ fn the_path_matches_mtr_in_raw_and_datagram_mode() {
     for socket in ["raw", "datagram"] {
         let (ours, mtr) = trace_both(&path, socket, 10);
         let (ours, mtr) = (rows(&ours), rows(&mtr));
-        assert_eq!(addrs(&ours), vec![ip(R1), ip(R2), ip(B)], "{socket}");
+        assert_eq!(
+            addrs(&ours),
+            vec![path.r1_addr(), path.r2_addr(), ip(&path.b())],
+            "{socket}"
+        );
         assert_eq!(addrs(&ours), addrs(&mtr), "{socket}: the same hops as mtr");
         for row in &ours {
             assert_eq!(row.sent, 10, "{socket}: {row:?}");
@@ -253,7 +187,7 @@ fn loss_forwarded_by_r2_shows_from_the_hop_after_it() {
     let path = Path::new();
     // Half of the echo requests R2 forwards are dropped; those expiring at R2 are answered
     // (TTL expiry comes before the forward hook), so hops 1 and 2 lose nothing.
-    path.r2
+    path.r2()
         .nft(
             "table inet lab {\n chain forward {\n type filter hook forward priority 0;\n \
              icmp type echo-request numgen random mod 2 == 0 drop\n }\n}\n",
@@ -262,7 +196,11 @@ fn loss_forwarded_by_r2_shows_from_the_hop_after_it() {
     for socket in ["raw", "datagram"] {
         let (ours, mtr) = trace_both(&path, socket, 40);
         let (ours, mtr) = (rows(&ours), rows(&mtr));
-        assert_eq!(addrs(&ours), vec![ip(R1), ip(R2), ip(B)], "{socket}");
+        assert_eq!(
+            addrs(&ours),
+            vec![path.r1_addr(), path.r2_addr(), ip(&path.b())],
+            "{socket}"
+        );
         assert_eq!(addrs(&ours), addrs(&mtr), "{socket}: the same hops as mtr");
         for table in [&ours, &mtr] {
             assert!(
@@ -280,7 +218,7 @@ fn loss_forwarded_by_r2_shows_from_the_hop_after_it() {
 #[test]
 fn a_router_dropping_its_time_exceeded_is_a_silent_hop() {
     let path = Path::new();
-    path.r1
+    path.r1()
         .nft(
             "table inet lab {\n chain output {\n type filter hook output priority 0;\n \
              icmp type time-exceeded drop\n }\n}\n",
@@ -289,7 +227,11 @@ fn a_router_dropping_its_time_exceeded_is_a_silent_hop() {
     for socket in ["raw", "datagram"] {
         let (ours_text, mtr) = trace_both(&path, socket, 10);
         let (ours, mtr) = (rows(&ours_text), rows(&mtr));
-        assert_eq!(addrs(&ours), vec![None, ip(R2), ip(B)], "{socket}");
+        assert_eq!(
+            addrs(&ours),
+            vec![None, path.r2_addr(), ip(&path.b())],
+            "{socket}"
+        );
         assert_eq!(addrs(&ours), addrs(&mtr), "{socket}: the same hops as mtr");
         assert!(ours[0].loss == 100.0, "{socket}: {ours:?}");
         assert!(ours_text.contains("1.|-- ???"), "{ours_text}");
@@ -303,10 +245,21 @@ fn a_router_dropping_its_time_exceeded_is_a_silent_hop() {
 #[test]
 fn an_unreachable_target_fails_with_a_clear_error() {
     let path = Path::new();
-    // R1 has no route to 198.19.0.0/16: it answers every probe with Net Unreachable.
+    // A sends everything else to R1, which has no route to 198.19.0.0/16: it answers every
+    // probe with Net Unreachable.
+    path.a()
+        .exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &path.r1_addr().expect("R1").to_string(),
+        ])
+        .expect("A's default route");
     for socket in ["raw", "datagram"] {
         let error = path
-            .a
+            .a()
             .exec(&[
                 BIN,
                 "traceroute",
@@ -334,8 +287,9 @@ fn an_unreachable_target_fails_with_a_clear_error() {
 #[test]
 fn every_probe_of_a_trace_has_one_identifier_and_checksum_on_the_wire() {
     let path = Path::new();
+    let b = path.b();
     // R1 records the (checksum, identifier) of every echo request it receives.
-    path.r1
+    path.r1()
         .nft(
             "table inet lab {\n set flows {\n typeof icmp checksum . icmp id\n flags dynamic\n }\n \
              chain prerouting {\n type filter hook prerouting priority 0;\n \
@@ -343,12 +297,12 @@ fn every_probe_of_a_trace_has_one_identifier_and_checksum_on_the_wire() {
         )
         .expect("the flow recorder");
     for socket in ["raw", "datagram"] {
-        path.r1
+        path.r1()
             .exec(&["nft", "flush", "set", "inet", "lab", "flows"])
             .expect("an empty set");
         let table = text(
             &path
-                .a
+                .a()
                 .exec(&[
                     BIN,
                     "traceroute",
@@ -360,18 +314,18 @@ fn every_probe_of_a_trace_has_one_identifier_and_checksum_on_the_wire() {
                     "100",
                     "--max-hops",
                     "10",
-                    B,
+                    &b,
                 ])
                 .expect("probermesh traceroute succeeds"),
         );
         assert_eq!(
             addrs(&rows(&table)),
-            vec![ip(R1), ip(R2), ip(B)],
+            vec![path.r1_addr(), path.r2_addr(), ip(&path.b())],
             "{socket}"
         );
         let set = text(
             &path
-                .r1
+                .r1()
                 .exec(&["nft", "list", "set", "inet", "lab", "flows"])
                 .expect("the set"),
         );
@@ -384,15 +338,15 @@ fn every_probe_of_a_trace_has_one_identifier_and_checksum_on_the_wire() {
         );
     }
     // The control: the ping engine's echoes differ in sequence, so in checksum.
-    path.r1
+    path.r1()
         .exec(&["nft", "flush", "set", "inet", "lab", "flows"])
         .expect("an empty set");
-    path.a
-        .exec(&[BIN, "ping", "-c", "3", "-i", "50", B])
+    path.a()
+        .exec(&[BIN, "ping", "-c", "3", "-i", "50", &path.b()])
         .expect("probermesh ping succeeds");
     let set = text(
         &path
-            .r1
+            .r1()
             .exec(&["nft", "list", "set", "inet", "lab", "flows"])
             .expect("the set"),
     );
