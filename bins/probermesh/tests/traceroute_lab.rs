@@ -1,11 +1,12 @@
 //! `probermesh traceroute` against mtr, on a path of real routers: four network namespaces
 //! A – R1 – R2 – B (a `probermesh_tests::chain::Chain` of two routers; addresses from
 //! 198.18.0.0/15 only), the trace run from A in raw and in datagram mode while `mtr -r -n`
-//! runs there at the same time. Checked: the same hop addresses in the same order, the destination last; 50 % of the echo requests
-//! R2 forwards dropped by nftables shows as loss from hop 3 on (not at R1 or R2); R1 dropping
-//! its own Time Exceeded shows as a silent first hop while later hops answer; an unreachable
-//! target fails with a clear error; on the wire (an nftables set on R1), every probe of a
-//! trace has one (checksum, identifier), where the ping engine's echoes each have their own.
+//! runs there at the same time. Checked: the same hop addresses in the same order, the
+//! destination last; 50 % of the echo requests R2 forwards dropped by nftables shows as loss
+//! from hop 3 on (not at R1 or R2); R1 dropping its own Time Exceeded shows as a silent first
+//! hop while later hops answer; an unreachable target fails with a clear error; on the wire
+//! (an nftables set on R1), every probe of a trace has one (checksum, identifier), where the
+//! ping engine's echoes each have their own.
 //!
 //! Needs root (network namespaces) and mtr (scripts/test-packages.sh installs mtr-tiny);
 //! fails loudly without them. ICMP rate limiting is off on the routers (`icmp_ratelimit=0`,
