@@ -9,16 +9,18 @@
 //! and ICMP errors, datagram sockets get `IP_RECVERR` so routers' errors reach the error
 //! queue ([`IcmpSocket::receive_error`]).
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, SystemTime};
 
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
+    recvmsg, sendmmsg, setsockopt, sockopt,
 };
-use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::filter;
 use super::packet::Family;
 
 /// Which kind of ICMP socket to use.
@@ -93,13 +95,14 @@ pub(crate) struct Received {
     pub(crate) kernel_time: Option<SystemTime>,
 }
 
-/// How long a blocking receive waits before returning, so the receiving thread can notice
-/// that the engine was dropped.
-pub(crate) const RECEIVE_WAKEUP: Duration = Duration::from_millis(100);
+/// The receive buffer we ask for: it holds the replies that arrive while the engine's
+/// thread sleeps out a batch window (`SO_RCVBUFFORCE` when permitted, else capped by
+/// `net.core.rmem_max`).
+const RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 impl IcmpSocket {
-    /// Opens the socket of `family` in `mode`, with receive timestamps, a large receive
-    /// buffer and [`RECEIVE_WAKEUP`] as receive timeout.
+    /// Opens the socket of `family` in `mode`, non-blocking, with receive timestamps and a
+    /// large receive buffer.
     pub(crate) fn open(family: Family, mode: SocketMode, ttl: u8) -> Result<Self, OpenError> {
         let (domain, protocol) = match family {
             Family::V4 => (Domain::IPV4, Protocol::ICMPV4),
@@ -127,10 +130,13 @@ impl IcmpSocket {
             Family::V6 => socket.set_unicast_hops_v6(u32::from(ttl))?,
         }
         setsockopt(&socket, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
-        // Best effort: the kernel caps it at net.core.rmem_max. A large buffer absorbs the
-        // reply bursts of thousands of targets.
-        let _ = socket.set_recv_buffer_size(4 * 1024 * 1024);
-        socket.set_read_timeout(Some(RECEIVE_WAKEUP))?;
+        // Best effort. A large buffer absorbs the reply bursts of thousands of targets and
+        // what arrives while the engine sleeps out a batch window; without CAP_NET_ADMIN the
+        // kernel caps it at net.core.rmem_max.
+        if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER_BYTES).is_err() {
+            let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER_BYTES);
+        }
+        socket.set_nonblocking(true)?;
         Ok(Self {
             socket,
             family,
@@ -162,8 +168,7 @@ impl IcmpSocket {
         }
     }
 
-    /// Receives one datagram into `buf`, waiting at most [`RECEIVE_WAKEUP`]
-    /// (`ErrorKind::WouldBlock` or `TimedOut` when nothing came).
+    /// Receives one datagram into `buf` (`ErrorKind::WouldBlock` when none is queued).
     #[expect(
         clippy::ptr_arg,
         reason = "nix's recvmsg takes the control buffer as a Vec"
@@ -203,6 +208,174 @@ impl IcmpSocket {
     }
 }
 
+impl IcmpSocket {
+    /// Opens the ping engine's shared socket: as [`Self::open`], and on a raw socket a filter
+    /// passing only echo replies and errors about requests with `identifier`
+    /// ([`filter::engine`]).
+    pub(crate) fn open_for_engine(
+        family: Family,
+        mode: SocketMode,
+        ttl: u8,
+        identifier: u16,
+    ) -> Result<Self, OpenError> {
+        let socket = Self::open(family, mode, ttl)?;
+        if socket.kind == SocketKind::Raw {
+            socket
+                .socket
+                .attach_filter(&filter::compile(&filter::engine(family, identifier)))?;
+        }
+        Ok(socket)
+    }
+
+    /// Sends `packets[i]` to `targets[i]` in one `sendmmsg`, from the first. Returns how many
+    /// the kernel took (it stops at the first that fails; the error comes when that one is
+    /// sent first).
+    pub(crate) fn send_batch(
+        &self,
+        headers: &mut MultiHeaders<SockaddrStorage>,
+        packets: &[&[u8]],
+        targets: &[Option<SockaddrStorage>],
+    ) -> io::Result<usize> {
+        let slices: Vec<[IoSlice<'_>; 1]> = packets
+            .iter()
+            .map(|packet| [IoSlice::new(packet)])
+            .collect();
+        let sent = sendmmsg(
+            self.socket.as_raw_fd(),
+            headers,
+            &slices,
+            targets,
+            [] as [ControlMessage<'_>; 0],
+            MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        Ok(sent.count())
+    }
+
+    /// Reads the datagrams queued on the socket into `batch` with one `recvmmsg` (at most
+    /// [`ReceiveBatch::capacity`]). Returns how many; 0 when none was queued.
+    pub(crate) fn receive_batch(&self, batch: &mut ReceiveBatch) -> io::Result<usize> {
+        let ReceiveBatch {
+            headers,
+            buffer,
+            slot_len,
+            received,
+        } = batch;
+        received.clear();
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffer
+            .chunks_exact_mut(*slot_len)
+            .map(|slot| [IoSliceMut::new(slot)])
+            .collect();
+        let messages = match recvmmsg(
+            self.socket.as_raw_fd(),
+            headers,
+            &mut slices,
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(messages) => messages,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(io::Error::from(e)),
+        };
+        for message in messages {
+            let from = message.address.as_ref().and_then(sockaddr_ip);
+            let mut kernel_time = None;
+            if let Ok(cmsgs) = message.cmsgs() {
+                for cmsg in cmsgs {
+                    if let ControlMessageOwned::ScmTimestampns(ts) = cmsg {
+                        kernel_time = timestamp(ts.tv_sec(), ts.tv_nsec());
+                    }
+                }
+            }
+            received.push(BatchEntry {
+                len: message.bytes.min(*slot_len),
+                from,
+                kernel_time,
+                truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
+            });
+        }
+        Ok(received.len())
+    }
+}
+
+/// What one `recvmmsg` brought: up to [`Self::capacity`] datagrams, each in its own slot of
+/// one buffer. The slot size grows (never shrinks) to the largest datagram the engine
+/// expects, so an echo reply is never cut short.
+#[derive(Debug)]
+pub(crate) struct ReceiveBatch {
+    headers: MultiHeaders<SockaddrStorage>,
+    buffer: Vec<u8>,
+    slot_len: usize,
+    received: Vec<BatchEntry>,
+}
+
+/// One datagram of a [`ReceiveBatch`].
+#[derive(Clone, Copy, Debug)]
+struct BatchEntry {
+    len: usize,
+    from: Option<IpAddr>,
+    kernel_time: Option<SystemTime>,
+    truncated: bool,
+}
+
+/// Bytes of the receive buffers of one batch at most (the slot count shrinks as slots grow).
+const RECEIVE_BATCH_BYTES: usize = 256 * 1024;
+/// Datagrams per `recvmmsg` at most.
+const RECEIVE_BATCH_SLOTS: usize = 64;
+/// The smallest slot: a reply with the default payload, or an ICMP error quoting a request
+/// with both IP headers at their longest, fits many times over.
+const MIN_SLOT_BYTES: usize = 2048;
+
+impl ReceiveBatch {
+    /// A batch whose slots hold datagrams of `datagram_len` bytes.
+    pub(crate) fn new(datagram_len: usize) -> Self {
+        let slot_len = datagram_len.max(MIN_SLOT_BYTES);
+        let slots = (RECEIVE_BATCH_BYTES / slot_len).clamp(1, RECEIVE_BATCH_SLOTS);
+        Self {
+            headers: MultiHeaders::preallocate(slots, Some(control_buffer())),
+            buffer: vec![0; slots * slot_len],
+            slot_len,
+            received: Vec::with_capacity(slots),
+        }
+    }
+
+    /// Makes sure a datagram of `datagram_len` bytes fits a slot.
+    pub(crate) fn fit(&mut self, datagram_len: usize) {
+        if datagram_len > self.slot_len {
+            *self = Self::new(datagram_len);
+        }
+    }
+
+    /// Datagrams one receive takes at most.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buffer.len() / self.slot_len
+    }
+
+    /// The datagrams of the last receive, with their sender and kernel receive time; a
+    /// datagram without a source address, or cut short, is left out.
+    pub(crate) fn datagrams(&self) -> impl Iterator<Item = (Received, &[u8])> {
+        self.received
+            .iter()
+            .zip(self.buffer.chunks_exact(self.slot_len))
+            .filter(|(entry, _)| !entry.truncated)
+            .filter_map(|(entry, slot)| {
+                let from = entry.from?;
+                let received = Received {
+                    len: entry.len,
+                    from,
+                    kernel_time: entry.kernel_time,
+                };
+                Some((received, &slot[..entry.len]))
+            })
+    }
+}
+
+impl AsFd for IcmpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 impl AsRawFd for IcmpSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
@@ -232,16 +405,15 @@ impl IcmpSocket {
     /// Opens a socket for one path trace: as [`Self::open`], non-blocking (for tokio's
     /// `AsyncFd`), and
     /// - raw: a socket filter passing only echo replies, Time Exceeded and Destination
-    ///   Unreachable (what `ICMP_FILTER` does; it has no safe wrapper and this crate forbids
-    ///   `unsafe`, while `SO_ATTACH_FILTER` has one in socket2);
+    ///   Unreachable ([`filter::trace`]);
     /// - datagram: `IP_RECVERR` / `IPV6_RECVERR`, so ICMP errors about our requests are
     ///   queued on the error queue with the router's address.
     pub(crate) fn open_for_trace(family: Family, mode: SocketMode) -> Result<Self, OpenError> {
         let socket = Self::open(family, mode, 1)?;
-        socket.socket.set_nonblocking(true)?;
         match (socket.kind, family) {
-            (SocketKind::Raw, Family::V4) => socket.socket.attach_filter(&V4_TRACE_FILTER)?,
-            (SocketKind::Raw, Family::V6) => socket.socket.attach_filter(&V6_TRACE_FILTER)?,
+            (SocketKind::Raw, _) => socket
+                .socket
+                .attach_filter(&filter::compile(&filter::trace(family)))?,
             (SocketKind::Datagram, Family::V4) => {
                 setsockopt(&socket.socket, sockopt::Ipv4RecvErr, &true).map_err(io::Error::from)?;
             }
@@ -312,37 +484,6 @@ fn timestamp(secs: i64, nanos: i64) -> Option<SystemTime> {
     let nanos = u32::try_from(nanos).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
-
-/// Classic BPF: `BPF_LDX|BPF_B|BPF_MSH` (X = IPv4 header length), `BPF_LD|BPF_B|BPF_IND`
-/// (A = the ICMP type), `BPF_JMP|BPF_JEQ|BPF_K`, `BPF_RET|BPF_K`, `BPF_LD|BPF_B|BPF_ABS`.
-const BPF_LDX_MSH: u16 = 0xb1;
-const BPF_LD_B_IND: u16 = 0x50;
-const BPF_LD_B_ABS: u16 = 0x30;
-const BPF_JEQ: u16 = 0x15;
-const BPF_RET: u16 = 0x06;
-
-/// Raw IPv4 (packets start with the IP header): pass echo reply (0), Destination
-/// Unreachable (3) and Time Exceeded (11), drop everything else.
-const V4_TRACE_FILTER: [SockFilter; 7] = [
-    SockFilter::new(BPF_LDX_MSH, 0, 0, 0),
-    SockFilter::new(BPF_LD_B_IND, 0, 0, 0),
-    SockFilter::new(BPF_JEQ, 3, 0, 0),
-    SockFilter::new(BPF_JEQ, 2, 0, 3),
-    SockFilter::new(BPF_JEQ, 1, 0, 11),
-    SockFilter::new(BPF_RET, 0, 0, 0),
-    SockFilter::new(BPF_RET, 0, 0, u32::MAX),
-];
-
-/// Raw ICMPv6 (packets start with the ICMPv6 header): pass echo reply (129), Destination
-/// Unreachable (1) and Time Exceeded (3).
-const V6_TRACE_FILTER: [SockFilter; 6] = [
-    SockFilter::new(BPF_LD_B_ABS, 0, 0, 0),
-    SockFilter::new(BPF_JEQ, 3, 0, 129),
-    SockFilter::new(BPF_JEQ, 2, 0, 1),
-    SockFilter::new(BPF_JEQ, 1, 0, 3),
-    SockFilter::new(BPF_RET, 0, 0, 0),
-    SockFilter::new(BPF_RET, 0, 0, u32::MAX),
-];
 
 /// The bytes of control-message space an error-queue receive needs: the extended error with
 /// its offender's address, and the timestamp.
