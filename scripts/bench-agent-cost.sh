@@ -27,11 +27,13 @@
 #   ROUNDS=3 SHAPES="10x100" bash scripts/bench-agent-cost.sh 10000
 #   STRACE=15 bash scripts/bench-agent-cost.sh 1000  # also strace -c -f the agent for 15 s
 #                                                    # in the 10 x 100 ms case, after its rounds
+#   PERF=15 bash scripts/bench-agent-cost.sh 1000    # also perf record -g it for 15 s there
 #
 # Environment: ROUNDS (6), SHAPES ("64x15 10x100": COUNTxPERIOD_MS), RATE (20000: the agent's
 # planned plateau send rate; the probe interval is the smallest multiple of 5 s that keeps the
 # agent at or under it, with probes starting over 70 % of the interval), STRACE (0: off, else
-# seconds), NO_BUILD (1: use target/release/probermesh as it is).
+# seconds), PERF (0: off, else seconds), NO_BUILD (1: use target/release/probermesh as it is), BIN (another binary to measure,
+# such as an older build; implies nothing is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,8 +41,8 @@ for tool in fping openssl curl python3 ip; do
   command -v "$tool" >/dev/null || { echo "bench-agent-cost: needs $tool" >&2; exit 1; }
 done
 [ "$(id -u)" -eq 0 ] || { echo "bench-agent-cost: needs root (raw ICMP, network namespace)" >&2; exit 1; }
-[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p probermesh
-bin=$PWD/target/release/probermesh
+[ "${NO_BUILD:-0}" = 1 ] || [ -n "${BIN:-}" ] || cargo build --release -q -p probermesh
+bin=${BIN:-$PWD/target/release/probermesh}
 
 counts=("$@")
 [ ${#counts[@]} -eq 0 ] && counts=(1000 10000)
@@ -48,6 +50,7 @@ rounds=${ROUNDS:-6}
 shapes=${SHAPES:-"64x15 10x100"}
 rate=${RATE:-20000}
 strace_s=${STRACE:-0}
+perf_s=${PERF:-0}
 payload=64          # the agent's default ICMP payload (fping -b)
 timeout_ms=2000     # fping's reply timeout (the agent's engine waits 2 s per echo too)
 token=bench-token-0123456789
@@ -193,7 +196,14 @@ for n in "${counts[@]}"; do
       sleep "$strace_s"; kill -INT "$strace_pid" 2>/dev/null || true; wait "$strace_pid" 2>/dev/null || true
       s1=$(icmp_results)
       echo "strace -c -f -p <agent> for ${strace_s}s: the server counted $((s1 - s0)) results ($(((s1 - s0) * count)) echoes) meanwhile"
-      grep -E "calls|-----|futex|epoll_wait|epoll_pwait|sendto|sendmsg|sendmmsg|recvfrom|recvmsg|recvmmsg|clock_nanosleep|nanosleep|total" "$work/case/strace.txt" || true
+      grep -E "calls|-----|futex|epoll_wait|epoll_pwait|ppoll|sendto|sendmsg|sendmmsg|recvfrom|recvmsg|recvmmsg|clock_nanosleep|nanosleep| read$| write$|total" "$work/case/strace.txt" || true
+    fi
+    if [ "$perf_s" != 0 ] && [ "$count" = 10 ] && [ "$period_ms" = 100 ] && command -v perf >/dev/null; then
+      perf record -q -F 1999 -g -p "$agent_pid" -o "$work/case/perf.data" -- sleep "$perf_s" > /dev/null 2>&1 || true
+      echo "perf record -g -p <agent> for ${perf_s}s, samples by thread and by symbol (self time, >= 2 %):"
+      perf report -i "$work/case/perf.data" --no-children --sort comm --stdio 2> /dev/null | grep -E "^ +[0-9]" | head -8 || true
+      perf report -i "$work/case/perf.data" --no-children --sort dso,sym --percent-limit 2 --stdio -g none 2> /dev/null \
+        | grep -E "^ +[0-9]" | head -25 || true
     fi
 
     peak_kb=$(vm_kb "$agent_pid" VmHWM) rss_kb=$(vm_kb "$agent_pid" VmRSS)

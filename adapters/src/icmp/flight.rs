@@ -1,6 +1,6 @@
 //! The in-flight table of one socket: every running probe, its packets' send times and what
-//! came back. The scheduler thread adds probes and sends; the receiver thread records replies
-//! and errors; whoever resolves a probe's last packet completes it.
+//! came back. The socket's thread (`scheduler`) owns it: it adds probes, records sends,
+//! replies, errors and expiries, and completes a probe when its last packet is resolved.
 //!
 //! Memory is what is in flight: per probe 8 bytes per packet (send time) plus the RTTs
 //! received so far, and nothing once the probe completes.
