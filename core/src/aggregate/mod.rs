@@ -30,6 +30,7 @@ pub(crate) mod series;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -177,8 +178,14 @@ pub struct Counters {
     pub settled_results: u64,
 }
 
-/// Identity of one result inside a window: one agent probes one target once per round.
-type ResultKey = (AgentId, Region, String, UnixMillis);
+/// A region pair of a window: source region, target region.
+type PairKey = (Region, Region);
+/// Identity of one result inside its region pair: one agent (by IP; its region is the pair's
+/// source) probes one target once per round.
+type MemberKey = (IpAddr, String, UnixMillis);
+/// The results of one unsettled window, grouped by region pair as they are filed, so settling
+/// needs no global sort and no per-result key is built twice.
+type OpenWindow = HashMap<PairKey, HashMap<MemberKey, ProbeOutcome>>;
 
 /// The server's aggregator. See the module documentation for the model.
 #[derive(Debug)]
@@ -186,7 +193,7 @@ pub struct Aggregator {
     config: AggregatorConfig,
     window_ms: u64,
     /// Unsettled windows by index, each holding its results.
-    open: BTreeMap<u64, HashMap<ResultKey, ProbeOutcome>>,
+    open: BTreeMap<u64, OpenWindow>,
     /// Windows below this index have settled (or are too old to take).
     first_unsettled: u64,
     /// No window settles before this instant: one window after the start, so agents have
@@ -295,16 +302,18 @@ impl Aggregator {
     /// server settles them, with whatever arrives there too.
     pub fn take_open_results(&mut self) -> Vec<ProbeResult> {
         let open = std::mem::take(&mut self.open);
-        let mut results = Vec::with_capacity(open.values().map(HashMap::len).sum());
+        let mut results = Vec::with_capacity(open.values().map(window_len).sum());
         for window in open.into_values() {
-            for ((source, target_region, target, round_start), outcome) in window {
-                results.push(ProbeResult {
-                    source,
-                    target_region,
-                    target,
-                    round_start,
-                    outcome,
-                });
+            for ((source_region, target_region), members) in window {
+                for ((ip, target, round_start), outcome) in members {
+                    results.push(ProbeResult {
+                        source: AgentId::new(source_region.clone(), ip),
+                        target_region: target_region.clone(),
+                        target,
+                        round_start,
+                        outcome,
+                    });
+                }
             }
         }
         results
@@ -339,14 +348,13 @@ impl Aggregator {
                 intake.dropped_future += 1;
                 continue;
             }
-            let key = (
-                result.source,
-                result.target_region,
-                result.target,
-                result.round_start,
-            );
             let window = self.open.entry(index).or_default();
-            match window.entry(key) {
+            // The result's own regions and target become the key: nothing is cloned.
+            let members = window
+                .entry((result.source.region, result.target_region))
+                .or_default();
+            let key = (result.source.ip, result.target, result.round_start);
+            match members.entry(key) {
                 Entry::Occupied(_) => intake.dropped_duplicate += 1,
                 Entry::Vacant(slot) => {
                     slot.insert(result.outcome);
@@ -376,7 +384,7 @@ impl Aggregator {
         while self.first_unsettled < settle_below {
             let index = self.first_unsettled;
             if let Some(results) = self.open.remove(&index) {
-                self.counters.settled_results += results.len() as u64;
+                self.counters.settled_results += window_len(&results) as u64;
                 // Stamp with the nominal settle instant, so expiry does not depend on how
                 // punctually the driver calls us.
                 let settled_at = UnixMillis(index.saturating_add(2).saturating_mul(self.window_ms));
@@ -438,44 +446,57 @@ impl Aggregator {
         (&self.series, &self.liveness)
     }
 
-    fn settle(&mut self, now: UnixMillis, results: &HashMap<ResultKey, ProbeOutcome>) {
-        // Arrival order must not matter: fix the order before any floating-point sum.
-        let mut sorted: Vec<(&ResultKey, &ProbeOutcome)> = results.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut icmp_pairs: BTreeMap<(&Region, &Region), Vec<IcmpCell<'_>>> = BTreeMap::new();
-        let mut http_groups: BTreeMap<(&Region, &Region, &str), Vec<HttpCell<'_>>> =
-            BTreeMap::new();
-        for ((source, target_region, target, _), outcome) in sorted {
-            match outcome {
-                ProbeOutcome::Icmp(result) => icmp_pairs
-                    .entry((&source.region, target_region))
-                    .or_default()
-                    .push(IcmpCell {
-                        source,
+    fn settle(&mut self, now: UnixMillis, results: &OpenWindow) {
+        let (method, robust) = (self.config.method, self.config.robust);
+        // Arrival order must not matter: fix the order of every pair's results (by source IP,
+        // target, round, as a sort of the whole window would) before any floating-point sum.
+        let mut sorted: Vec<(&MemberKey, &ProbeOutcome)> = Vec::new();
+        let mut icmp_cells: Vec<IcmpCell<'_>> = Vec::new();
+        for ((source_region, target_region), members) in results {
+            sorted.clear();
+            sorted.extend(members.iter());
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            icmp_cells.clear();
+            let mut http_groups: BTreeMap<&str, Vec<HttpCell<'_>>> = BTreeMap::new();
+            for ((ip, target, _), outcome) in sorted.iter().copied() {
+                match outcome {
+                    ProbeOutcome::Icmp(result) => icmp_cells.push(IcmpCell {
+                        source: *ip,
                         target,
                         result,
                     }),
-                ProbeOutcome::Http(result) => http_groups
-                    .entry((&source.region, target_region, target))
-                    .or_default()
-                    .push(HttpCell { source, result }),
+                    ProbeOutcome::Http(result) => http_groups
+                        .entry(target)
+                        .or_default()
+                        .push(HttpCell {
+                            source: *ip,
+                            result,
+                        }),
+                }
+            }
+            if !icmp_cells.is_empty() {
+                let window = aggregate_icmp_pair(&icmp_cells, method, &robust);
+                self.series.apply_icmp(
+                    now,
+                    (source_region.clone(), target_region.clone()),
+                    window,
+                );
+            }
+            for (addr, cells) in http_groups {
+                let window = aggregate_http_group(&cells, method, &robust);
+                self.series.apply_http(
+                    now,
+                    (source_region.clone(), target_region.clone(), addr.to_owned()),
+                    window,
+                );
             }
         }
-        let (method, robust) = (self.config.method, self.config.robust);
-        for ((source, target), cells) in icmp_pairs {
-            let window = aggregate_icmp_pair(&cells, method, &robust);
-            self.series
-                .apply_icmp(now, (source.clone(), target.clone()), window);
-        }
-        for ((source, target, addr), cells) in http_groups {
-            let window = aggregate_http_group(&cells, method, &robust);
-            self.series.apply_http(
-                now,
-                (source.clone(), target.clone(), addr.to_owned()),
-                window,
-            );
-        }
     }
+}
+
+/// Number of results filed in `window`.
+fn window_len(window: &OpenWindow) -> usize {
+    window.values().map(HashMap::len).sum()
 }
 
 #[cfg(test)]
