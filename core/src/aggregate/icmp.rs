@@ -3,7 +3,6 @@
 //! region is pooled, as in the Go system; the robust method first leaves out a minority of
 //! broken source agents or target hosts.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::AggregationMethod;
@@ -62,16 +61,17 @@ pub(crate) struct IcmpPairWindow {
     pub(crate) members: Vec<IcmpMember>,
 }
 
-/// Aggregates `cells` with `method`.
+/// Aggregates `cells`, sorted by source (then target and round), with `method`.
 pub(crate) fn aggregate_icmp_pair(
     cells: &[IcmpCell<'_>],
     method: AggregationMethod,
     robust: &RobustConfig,
 ) -> IcmpPairWindow {
+    debug_assert!(cells.is_sorted_by_key(|c| c.source), "cells sorted by source");
     // Each member over every cell: the robust test's input, and the breakdown's too unless the
     // other dimension left a member out.
-    let sources = member_stats(cells.iter(), |c| c.source);
-    let targets = member_stats(cells.iter(), |c| c.target);
+    let sources = source_stats(cells.iter());
+    let targets = target_stats(cells.iter());
     let (excluded_sources, excluded_targets) = match method {
         AggregationMethod::Mean => (Vec::new(), Vec::new()),
         AggregationMethod::Robust => (
@@ -134,8 +134,8 @@ pub(crate) fn aggregate_icmp_pair(
 /// the members' statistics over every cell.
 fn breakdown(
     cells: &[IcmpCell<'_>],
-    sources: BTreeMap<IpAddr, MemberStats>,
-    targets: BTreeMap<&str, MemberStats>,
+    sources: Vec<(IpAddr, MemberStats)>,
+    targets: Vec<(&str, MemberStats)>,
     excluded_sources: &[IpAddr],
     excluded_targets: &[&str],
 ) -> Vec<IcmpMember> {
@@ -150,21 +150,19 @@ fn breakdown(
     let sources = if excluded_targets.is_empty() {
         sources
     } else {
-        member_stats(
+        source_stats(
             cells
                 .iter()
                 .filter(|c| !excluded_targets.contains(&c.target)),
-            |c| c.source,
         )
     };
     let targets = if excluded_sources.is_empty() {
         targets
     } else {
-        member_stats(
+        target_stats(
             cells
                 .iter()
                 .filter(|c| !excluded_sources.contains(&c.source)),
-            |c| c.target,
         )
     };
     let mut members = Vec::with_capacity(sources.len() + targets.len());
@@ -185,15 +183,39 @@ fn breakdown(
     members
 }
 
-/// Per-member statistics of one dimension (sources or targets), keyed by member.
-fn member_stats<'c, 'a: 'c, K: Ord>(
+/// Per-source statistics, in source order. `cells` come sorted by source (as a pair's cells
+/// are), so each source's cells are one run.
+fn source_stats<'c, 'a: 'c>(
     cells: impl Iterator<Item = &'c IcmpCell<'a>>,
-    key: impl Fn(&IcmpCell<'a>) -> K,
-) -> BTreeMap<K, MemberStats> {
-    let mut members: BTreeMap<K, (MemberStats, f64, u64)> = BTreeMap::new();
-    for cell in cells {
-        let (stats, rtt_weighted_sum, received) = members.entry(key(cell)).or_default();
-        let result = cell.result;
+) -> Vec<(IpAddr, MemberStats)> {
+    member_stats(cells.map(|c| (c.source, c.result)))
+}
+
+/// Per-target statistics, in target order (each target's cells in their given order).
+fn target_stats<'c, 'a: 'c>(
+    cells: impl Iterator<Item = &'c IcmpCell<'a>>,
+) -> Vec<(&'a str, MemberStats)> {
+    let mut by_target: Vec<&IcmpCell<'a>> = cells.collect();
+    // Stable: a target's cells keep their order, and so its sums their value.
+    by_target.sort_by(|a, b| a.target.cmp(b.target));
+    member_stats(by_target.into_iter().map(|c| (c.target, c.result)))
+}
+
+/// Per-member statistics of one dimension from its cells grouped by member (each member's
+/// cells one run), in the order the runs come.
+fn member_stats<'a, K: PartialEq>(
+    cells: impl Iterator<Item = (K, &'a IcmpResult)>,
+) -> Vec<(K, MemberStats)> {
+    /// A member's counts, the sum of its replies' RTTs in seconds and their number.
+    type Running = (MemberStats, f64, u64);
+    let mut members: Vec<(K, Running)> = Vec::new();
+    for (key, result) in cells {
+        if !matches!(members.last(), Some((last, _)) if *last == key) {
+            members.push((key, Running::default()));
+        }
+        let Some((_, (stats, rtt_weighted_sum, received))) = members.last_mut() else {
+            continue;
+        };
         if result.packets_sent > 0 && result.failure.is_none() {
             stats.trials += u64::from(result.packets_sent);
             stats.bad += u64::from(result.packets_sent.saturating_sub(result.packets_received));
@@ -217,14 +239,10 @@ fn member_stats<'c, 'a: 'c, K: Ord>(
 }
 
 /// The members the robust test leaves out, in key order.
-fn excluded_keys<K: Ord + Copy>(
-    members: &BTreeMap<K, MemberStats>,
-    config: &RobustConfig,
-) -> Vec<K> {
-    let keys: Vec<K> = members.keys().copied().collect();
-    let stats: Vec<MemberStats> = members.values().copied().collect();
+fn excluded_keys<K: Copy>(members: &[(K, MemberStats)], config: &RobustConfig) -> Vec<K> {
+    let stats: Vec<MemberStats> = members.iter().map(|(_, stats)| *stats).collect();
     outliers(&stats, config)
         .into_iter()
-        .map(|i| keys[i])
+        .filter_map(|i| members.get(i).map(|(key, _)| *key))
         .collect()
 }

@@ -139,7 +139,8 @@ fn flag_latency_outliers(members: &[MemberStats], config: &RobustConfig, flagged
 
 /// Median of `values` (mean of the two middle ones for an even count), ignoring values that
 /// are not finite; `None` when none is.
-pub(crate) fn median(values: &[f64]) -> Option<f64> {
+#[cfg(test)]
+fn median(values: &[f64]) -> Option<f64> {
     median_with(values.iter().copied(), &mut Vec::with_capacity(values.len()))
 }
 
