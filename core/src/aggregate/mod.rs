@@ -184,8 +184,22 @@ type PairKey = (Region, Region);
 /// source) probes one target once per round.
 type MemberKey = (IpAddr, String, UnixMillis);
 /// The results of one unsettled window, grouped by region pair as they are filed, so settling
-/// needs no global sort and no per-result key is built twice.
-type OpenWindow = HashMap<PairKey, HashMap<MemberKey, ProbeOutcome>>;
+/// needs no sort of the whole window. The outcomes (large: each holds a histogram) sit in one
+/// vector, so the maps that find them stay small and cheap to grow.
+#[derive(Debug, Default)]
+struct OpenWindow {
+    /// Every filed result's outcome, in filing order.
+    outcomes: Vec<ProbeOutcome>,
+    /// Index into `outcomes` of each result, by region pair and member.
+    pairs: HashMap<PairKey, HashMap<MemberKey, usize>>,
+}
+
+impl OpenWindow {
+    /// Number of results filed.
+    fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+}
 
 /// The server's aggregator. See the module documentation for the model.
 #[derive(Debug)]
@@ -302,10 +316,15 @@ impl Aggregator {
     /// server settles them, with whatever arrives there too.
     pub fn take_open_results(&mut self) -> Vec<ProbeResult> {
         let open = std::mem::take(&mut self.open);
-        let mut results = Vec::with_capacity(open.values().map(window_len).sum());
+        let mut results = Vec::with_capacity(open.values().map(OpenWindow::len).sum());
         for window in open.into_values() {
-            for ((source_region, target_region), members) in window {
-                for ((ip, target, round_start), outcome) in members {
+            let mut outcomes: Vec<Option<ProbeOutcome>> =
+                window.outcomes.into_iter().map(Some).collect();
+            for ((source_region, target_region), members) in window.pairs {
+                for ((ip, target, round_start), index) in members {
+                    let Some(outcome) = outcomes.get_mut(index).and_then(Option::take) else {
+                        continue;
+                    };
                     results.push(ProbeResult {
                         source: AgentId::new(source_region.clone(), ip),
                         target_region: target_region.clone(),
@@ -332,7 +351,8 @@ impl Aggregator {
     ) -> Intake {
         let mut intake = Intake::default();
         let newest_allowed = self.window_index(now) + 1;
-        for result in results {
+        let mut results = results.into_iter();
+        while let Some(result) = results.next() {
             if count_received {
                 match result.outcome.kind() {
                     ProbeKind::Icmp => self.counters.received_icmp += 1,
@@ -351,13 +371,19 @@ impl Aggregator {
             let window = self.open.entry(index).or_default();
             // The result's own regions and target become the key: nothing is cloned.
             let members = window
+                .pairs
                 .entry((result.source.region, result.target_region))
                 .or_default();
             let key = (result.source.ip, result.target, result.round_start);
             match members.entry(key) {
                 Entry::Occupied(_) => intake.dropped_duplicate += 1,
                 Entry::Vacant(slot) => {
-                    slot.insert(result.outcome);
+                    if window.outcomes.len() == window.outcomes.capacity() {
+                        // Room for the rest of the batch at once (at most the batch).
+                        window.outcomes.reserve(results.size_hint().0 + 1);
+                    }
+                    slot.insert(window.outcomes.len());
+                    window.outcomes.push(result.outcome);
                     intake.accepted += 1;
                 }
             }
@@ -384,7 +410,7 @@ impl Aggregator {
         while self.first_unsettled < settle_below {
             let index = self.first_unsettled;
             if let Some(results) = self.open.remove(&index) {
-                self.counters.settled_results += window_len(&results) as u64;
+                self.counters.settled_results += results.len() as u64;
                 // Stamp with the nominal settle instant, so expiry does not depend on how
                 // punctually the driver calls us.
                 let settled_at = UnixMillis(index.saturating_add(2).saturating_mul(self.window_ms));
@@ -452,9 +478,13 @@ impl Aggregator {
         // target, round, as a sort of the whole window would) before any floating-point sum.
         let mut sorted: Vec<(&MemberKey, &ProbeOutcome)> = Vec::new();
         let mut icmp_cells: Vec<IcmpCell<'_>> = Vec::new();
-        for ((source_region, target_region), members) in results {
+        for ((source_region, target_region), members) in &results.pairs {
             sorted.clear();
-            sorted.extend(members.iter());
+            sorted.extend(
+                members
+                    .iter()
+                    .filter_map(|(key, index)| Some((key, results.outcomes.get(*index)?))),
+            );
             sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
             icmp_cells.clear();
             let mut http_groups: BTreeMap<&str, Vec<HttpCell<'_>>> = BTreeMap::new();
@@ -492,11 +522,6 @@ impl Aggregator {
             }
         }
     }
-}
-
-/// Number of results filed in `window`.
-fn window_len(window: &OpenWindow) -> usize {
-    window.values().map(HashMap::len).sum()
 }
 
 #[cfg(test)]
