@@ -67,7 +67,10 @@ pub(crate) fn aggregate_icmp_pair(
     method: AggregationMethod,
     robust: &RobustConfig,
 ) -> IcmpPairWindow {
-    debug_assert!(cells.is_sorted_by_key(|c| c.source), "cells sorted by source");
+    debug_assert!(
+        cells.is_sorted_by_key(|c| c.source),
+        "cells sorted by source"
+    );
     // Each member over every cell: the robust test's input, and the breakdown's too unless the
     // other dimension left a member out.
     let sources = source_stats(cells.iter());
@@ -79,7 +82,13 @@ pub(crate) fn aggregate_icmp_pair(
             excluded_keys(&targets, robust),
         ),
     };
-    let members = breakdown(cells, sources, targets, &excluded_sources, &excluded_targets);
+    let members = breakdown(
+        cells,
+        sources,
+        targets,
+        &excluded_sources,
+        &excluded_targets,
+    );
     let mut outliers: Vec<IcmpOutlier> = excluded_sources
         .iter()
         .map(|ip| IcmpOutlier::Source(ip.to_string()))
@@ -97,9 +106,10 @@ pub(crate) fn aggregate_icmp_pair(
     };
     let (mut loss_sum, mut loss_count) = (0.0, 0u64);
     let (mut phase_sums, mut jitter_sum, mut success_count) = ([0.0f64; 4], 0.0, 0u64);
-    for cell in cells.iter().filter(|c| {
-        !excluded_sources.contains(&c.source) && !excluded_targets.contains(&c.target)
-    }) {
+    for cell in cells
+        .iter()
+        .filter(|c| !excluded_sources.contains(&c.source) && !excluded_targets.contains(&c.target))
+    {
         let result = cell.result;
         if result.is_failed() {
             window.failed += 1;

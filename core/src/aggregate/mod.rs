@@ -495,28 +495,28 @@ impl Aggregator {
                         target,
                         result,
                     }),
-                    ProbeOutcome::Http(result) => http_groups
-                        .entry(target)
-                        .or_default()
-                        .push(HttpCell {
+                    ProbeOutcome::Http(result) => {
+                        http_groups.entry(target).or_default().push(HttpCell {
                             source: *ip,
                             result,
-                        }),
+                        })
+                    }
                 }
             }
             if !icmp_cells.is_empty() {
                 let window = aggregate_icmp_pair(&icmp_cells, method, &robust);
-                self.series.apply_icmp(
-                    now,
-                    (source_region.clone(), target_region.clone()),
-                    window,
-                );
+                self.series
+                    .apply_icmp(now, (source_region.clone(), target_region.clone()), window);
             }
             for (addr, cells) in http_groups {
                 let window = aggregate_http_group(&cells, method, &robust);
                 self.series.apply_http(
                     now,
-                    (source_region.clone(), target_region.clone(), addr.to_owned()),
+                    (
+                        source_region.clone(),
+                        target_region.clone(),
+                        addr.to_owned(),
+                    ),
                     window,
                 );
             }

@@ -141,7 +141,10 @@ fn flag_latency_outliers(members: &[MemberStats], config: &RobustConfig, flagged
 /// are not finite; `None` when none is.
 #[cfg(test)]
 fn median(values: &[f64]) -> Option<f64> {
-    median_with(values.iter().copied(), &mut Vec::with_capacity(values.len()))
+    median_with(
+        values.iter().copied(),
+        &mut Vec::with_capacity(values.len()),
+    )
 }
 
 /// [`median`] of `values`, using `buffer` (cleared first) as scratch space.
