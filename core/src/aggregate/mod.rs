@@ -478,7 +478,11 @@ impl Aggregator {
         // target, round, as a sort of the whole window would) before any floating-point sum.
         let mut sorted: Vec<(&MemberKey, &ProbeOutcome)> = Vec::new();
         let mut icmp_cells: Vec<IcmpCell<'_>> = Vec::new();
-        for ((source_region, target_region), members) in &results.pairs {
+        // In key order, so the series map is built front to back (its nodes then lie in the
+        // order a snapshot reads them).
+        let mut pairs: Vec<_> = results.pairs.iter().collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for ((source_region, target_region), members) in pairs {
             sorted.clear();
             sorted.extend(
                 members
