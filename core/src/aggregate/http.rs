@@ -3,15 +3,17 @@
 //! failure rate or latency stands apart from the rest of their region.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use super::AggregationMethod;
 use super::robust::{MemberStats, RobustConfig, outliers};
-use crate::model::{AgentId, HttpFailure, HttpResult, TlsVersion};
+use crate::model::{HttpFailure, HttpResult, TlsVersion};
 
-/// One result of the group and who produced it.
+/// One result of the group and who produced it (every source is of the group's source region,
+/// so its IP identifies it).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HttpCell<'a> {
-    pub(crate) source: &'a AgentId,
+    pub(crate) source: IpAddr,
     pub(crate) result: &'a HttpResult,
 }
 
@@ -41,13 +43,13 @@ pub(crate) fn aggregate_http_group(
     method: AggregationMethod,
     robust: &RobustConfig,
 ) -> HttpGroupWindow {
-    let excluded: Vec<&AgentId> = match method {
+    let excluded: Vec<IpAddr> = match method {
         AggregationMethod::Mean => Vec::new(),
         AggregationMethod::Robust => excluded_sources(cells, robust),
     };
     let kept = cells.iter().filter(|c| !excluded.contains(&c.source));
     let mut window = HttpGroupWindow {
-        outliers: excluded.iter().map(|a| a.ip.to_string()).collect(),
+        outliers: excluded.iter().map(ToString::to_string).collect(),
         ..HttpGroupWindow::default()
     };
     let mut reasons: BTreeMap<HttpFailure, u64> = BTreeMap::new();
@@ -101,8 +103,8 @@ fn most_frequent<K: Copy + Ord>(counts: &BTreeMap<K, u64>) -> Option<K> {
         .map(|(key, _)| key)
 }
 
-fn excluded_sources<'a>(cells: &[HttpCell<'a>], config: &RobustConfig) -> Vec<&'a AgentId> {
-    let mut members: BTreeMap<&AgentId, (MemberStats, f64, u64)> = BTreeMap::new();
+fn excluded_sources(cells: &[HttpCell<'_>], config: &RobustConfig) -> Vec<IpAddr> {
+    let mut members: BTreeMap<IpAddr, (MemberStats, f64, u64)> = BTreeMap::new();
     for cell in cells {
         let (stats, total_seconds, successes) = members.entry(cell.source).or_default();
         stats.trials += 1;
@@ -113,7 +115,7 @@ fn excluded_sources<'a>(cells: &[HttpCell<'a>], config: &RobustConfig) -> Vec<&'
             *successes += 1;
         }
     }
-    let keys: Vec<&AgentId> = members.keys().copied().collect();
+    let keys: Vec<IpAddr> = members.keys().copied().collect();
     let stats: Vec<MemberStats> = members
         .values()
         .map(|(stats, total, successes)| MemberStats {

@@ -3,17 +3,18 @@
 //! region is pooled, as in the Go system; the robust method first leaves out a minority of
 //! broken source agents or target hosts.
 
-use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use super::AggregationMethod;
 use super::robust::{MemberStats, RobustConfig, outliers};
-use crate::model::{AgentId, IcmpResult};
+use crate::model::IcmpResult;
 use crate::stats::RttHistogram;
 
-/// One result of the pair: who probed which target host, and what it saw.
+/// One result of the pair: who probed which target host, and what it saw (every source is of
+/// the pair's source region, so its IP identifies it).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IcmpCell<'a> {
-    pub(crate) source: &'a AgentId,
+    pub(crate) source: IpAddr,
     pub(crate) target: &'a str,
     pub(crate) result: &'a IcmpResult,
 }
@@ -60,17 +61,44 @@ pub(crate) struct IcmpPairWindow {
     pub(crate) members: Vec<IcmpMember>,
 }
 
-/// Aggregates `cells` with `method`.
+/// Aggregates `cells`, sorted by source (then target and round), with `method`.
 pub(crate) fn aggregate_icmp_pair(
     cells: &[IcmpCell<'_>],
     method: AggregationMethod,
     robust: &RobustConfig,
 ) -> IcmpPairWindow {
-    let (included, outliers) = match method {
-        AggregationMethod::Mean => (vec![true; cells.len()], Vec::new()),
-        AggregationMethod::Robust => robust_selection(cells, robust),
+    debug_assert!(
+        cells.is_sorted_by_key(|c| c.source),
+        "cells sorted by source"
+    );
+    // Each member over every cell: the robust test's input, and the breakdown's too unless the
+    // other dimension left a member out.
+    let sources = source_stats(cells.iter());
+    let targets = target_stats(cells.iter());
+    let (excluded_sources, excluded_targets) = match method {
+        AggregationMethod::Mean => (Vec::new(), Vec::new()),
+        AggregationMethod::Robust => (
+            excluded_keys(&sources, robust),
+            excluded_keys(&targets, robust),
+        ),
     };
-    let members = breakdown(cells, &outliers);
+    let members = breakdown(
+        cells,
+        sources,
+        targets,
+        &excluded_sources,
+        &excluded_targets,
+    );
+    let mut outliers: Vec<IcmpOutlier> = excluded_sources
+        .iter()
+        .map(|ip| IcmpOutlier::Source(ip.to_string()))
+        .chain(
+            excluded_targets
+                .iter()
+                .map(|t| IcmpOutlier::Target((*t).to_owned())),
+        )
+        .collect();
+    outliers.sort();
     let mut window = IcmpPairWindow {
         outliers,
         members,
@@ -80,8 +108,7 @@ pub(crate) fn aggregate_icmp_pair(
     let (mut phase_sums, mut jitter_sum, mut success_count) = ([0.0f64; 4], 0.0, 0u64);
     for cell in cells
         .iter()
-        .zip(&included)
-        .filter_map(|(cell, keep)| keep.then_some(cell))
+        .filter(|c| !excluded_sources.contains(&c.source) && !excluded_targets.contains(&c.target))
     {
         let result = cell.result;
         if result.is_failed() {
@@ -113,45 +140,92 @@ pub(crate) fn aggregate_icmp_pair(
 }
 
 /// The breakdown of the pair by source agent and by target host (a member whose every cell
-/// involved a left-out member of the other dimension is absent).
-fn breakdown(cells: &[IcmpCell<'_>], outliers: &[IcmpOutlier]) -> Vec<IcmpMember> {
-    let member = |member: IcmpOutlier, stats: MemberStats| IcmpMember {
-        left_out: outliers.contains(&member),
+/// involved a left-out member of the other dimension is absent). `sources` and `targets` are
+/// the members' statistics over every cell.
+fn breakdown(
+    cells: &[IcmpCell<'_>],
+    sources: Vec<(IpAddr, MemberStats)>,
+    targets: Vec<(&str, MemberStats)>,
+    excluded_sources: &[IpAddr],
+    excluded_targets: &[&str],
+) -> Vec<IcmpMember> {
+    let member = |member: IcmpOutlier, left_out: bool, stats: MemberStats| IcmpMember {
+        left_out,
         loss_ratio: (stats.trials > 0).then(|| stats.bad as f64 / stats.trials as f64),
         rtt_seconds: stats.latency_seconds,
         member,
     };
     // Each member over the cells the other dimension kept: a target host is not blamed for a
     // broken source's losses, nor a source for a broken target's.
-    let source_out =
-        |c: &IcmpCell<'_>| outliers.contains(&IcmpOutlier::Source(c.source.ip.to_string()));
-    let target_out =
-        |c: &IcmpCell<'_>| outliers.contains(&IcmpOutlier::Target(c.target.to_owned()));
-    let by_kept = |keep: &dyn Fn(&IcmpCell<'_>) -> bool| -> Vec<IcmpCell<'_>> {
-        cells.iter().copied().filter(|c| keep(c)).collect()
-    };
-    let sources = member_stats(&by_kept(&|c| !target_out(c)), |c| c.source.ip);
-    let targets = member_stats(&by_kept(&|c| !source_out(c)), |c| c.target);
-    sources
-        .into_iter()
-        .map(|(ip, stats)| member(IcmpOutlier::Source(ip.to_string()), stats))
-        .chain(
-            targets
-                .into_iter()
-                .map(|(host, stats)| member(IcmpOutlier::Target(host.to_owned()), stats)),
+    let sources = if excluded_targets.is_empty() {
+        sources
+    } else {
+        source_stats(
+            cells
+                .iter()
+                .filter(|c| !excluded_targets.contains(&c.target)),
         )
-        .collect()
+    };
+    let targets = if excluded_sources.is_empty() {
+        targets
+    } else {
+        target_stats(
+            cells
+                .iter()
+                .filter(|c| !excluded_sources.contains(&c.source)),
+        )
+    };
+    let mut members = Vec::with_capacity(sources.len() + targets.len());
+    members.extend(sources.into_iter().map(|(ip, stats)| {
+        member(
+            IcmpOutlier::Source(ip.to_string()),
+            excluded_sources.contains(&ip),
+            stats,
+        )
+    }));
+    members.extend(targets.into_iter().map(|(host, stats)| {
+        member(
+            IcmpOutlier::Target(host.to_owned()),
+            excluded_targets.contains(&host),
+            stats,
+        )
+    }));
+    members
 }
 
-/// Per-member statistics of one dimension (sources or targets), keyed by member.
-fn member_stats<'a, K: Ord>(
-    cells: &[IcmpCell<'a>],
-    key: impl Fn(&IcmpCell<'a>) -> K,
-) -> BTreeMap<K, MemberStats> {
-    let mut members: BTreeMap<K, (MemberStats, f64, u64)> = BTreeMap::new();
-    for cell in cells {
-        let (stats, rtt_weighted_sum, received) = members.entry(key(cell)).or_default();
-        let result = cell.result;
+/// Per-source statistics, in source order. `cells` come sorted by source (as a pair's cells
+/// are), so each source's cells are one run.
+fn source_stats<'c, 'a: 'c>(
+    cells: impl Iterator<Item = &'c IcmpCell<'a>>,
+) -> Vec<(IpAddr, MemberStats)> {
+    member_stats(cells.map(|c| (c.source, c.result)))
+}
+
+/// Per-target statistics, in target order (each target's cells in their given order).
+fn target_stats<'c, 'a: 'c>(
+    cells: impl Iterator<Item = &'c IcmpCell<'a>>,
+) -> Vec<(&'a str, MemberStats)> {
+    let mut by_target: Vec<&IcmpCell<'a>> = cells.collect();
+    // Stable: a target's cells keep their order, and so its sums their value.
+    by_target.sort_by(|a, b| a.target.cmp(b.target));
+    member_stats(by_target.into_iter().map(|c| (c.target, c.result)))
+}
+
+/// Per-member statistics of one dimension from its cells grouped by member (each member's
+/// cells one run), in the order the runs come.
+fn member_stats<'a, K: PartialEq>(
+    cells: impl Iterator<Item = (K, &'a IcmpResult)>,
+) -> Vec<(K, MemberStats)> {
+    /// A member's counts, the sum of its replies' RTTs in seconds and their number.
+    type Running = (MemberStats, f64, u64);
+    let mut members: Vec<(K, Running)> = Vec::new();
+    for (key, result) in cells {
+        if !matches!(members.last(), Some((last, _)) if *last == key) {
+            members.push((key, Running::default()));
+        }
+        let Some((_, (stats, rtt_weighted_sum, received))) = members.last_mut() else {
+            continue;
+        };
         if result.packets_sent > 0 && result.failure.is_none() {
             stats.trials += u64::from(result.packets_sent);
             stats.bad += u64::from(result.packets_sent.saturating_sub(result.packets_received));
@@ -174,40 +248,11 @@ fn member_stats<'a, K: Ord>(
         .collect()
 }
 
-/// Which cells the robust method keeps, and the members it left out.
-fn robust_selection(
-    cells: &[IcmpCell<'_>],
-    config: &RobustConfig,
-) -> (Vec<bool>, Vec<IcmpOutlier>) {
-    let sources = member_stats(cells, |c| c.source);
-    let targets = member_stats(cells, |c| c.target);
-    let excluded_sources = excluded_keys(&sources, config);
-    let excluded_targets = excluded_keys(&targets, config);
-    let included = cells
-        .iter()
-        .map(|c| !excluded_sources.contains(&c.source) && !excluded_targets.contains(&c.target))
-        .collect();
-    let mut left_out: Vec<IcmpOutlier> = excluded_sources
-        .iter()
-        .map(|a| IcmpOutlier::Source(a.ip.to_string()))
-        .chain(
-            excluded_targets
-                .iter()
-                .map(|t| IcmpOutlier::Target((*t).to_owned())),
-        )
-        .collect();
-    left_out.sort();
-    (included, left_out)
-}
-
-fn excluded_keys<K: Ord + Copy>(
-    members: &BTreeMap<K, MemberStats>,
-    config: &RobustConfig,
-) -> Vec<K> {
-    let keys: Vec<K> = members.keys().copied().collect();
-    let stats: Vec<MemberStats> = members.values().copied().collect();
+/// The members the robust test leaves out, in key order.
+fn excluded_keys<K: Copy>(members: &[(K, MemberStats)], config: &RobustConfig) -> Vec<K> {
+    let stats: Vec<MemberStats> = members.iter().map(|(_, stats)| *stats).collect();
     outliers(&stats, config)
         .into_iter()
-        .map(|i| keys[i])
+        .filter_map(|i| members.get(i).map(|(key, _)| *key))
         .collect()
 }

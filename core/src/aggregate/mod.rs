@@ -30,6 +30,7 @@ pub(crate) mod series;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -177,8 +178,28 @@ pub struct Counters {
     pub settled_results: u64,
 }
 
-/// Identity of one result inside a window: one agent probes one target once per round.
-type ResultKey = (AgentId, Region, String, UnixMillis);
+/// A region pair of a window: source region, target region.
+type PairKey = (Region, Region);
+/// Identity of one result inside its region pair: one agent (by IP; its region is the pair's
+/// source) probes one target once per round.
+type MemberKey = (IpAddr, String, UnixMillis);
+/// The results of one unsettled window, grouped by region pair as they are filed, so settling
+/// needs no sort of the whole window. The outcomes (large: each holds a histogram) sit in one
+/// vector, so the maps that find them stay small and cheap to grow.
+#[derive(Debug, Default)]
+struct OpenWindow {
+    /// Every filed result's outcome, in filing order.
+    outcomes: Vec<ProbeOutcome>,
+    /// Index into `outcomes` of each result, by region pair and member.
+    pairs: HashMap<PairKey, HashMap<MemberKey, usize>>,
+}
+
+impl OpenWindow {
+    /// Number of results filed.
+    fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+}
 
 /// The server's aggregator. See the module documentation for the model.
 #[derive(Debug)]
@@ -186,7 +207,7 @@ pub struct Aggregator {
     config: AggregatorConfig,
     window_ms: u64,
     /// Unsettled windows by index, each holding its results.
-    open: BTreeMap<u64, HashMap<ResultKey, ProbeOutcome>>,
+    open: BTreeMap<u64, OpenWindow>,
     /// Windows below this index have settled (or are too old to take).
     first_unsettled: u64,
     /// No window settles before this instant: one window after the start, so agents have
@@ -295,16 +316,23 @@ impl Aggregator {
     /// server settles them, with whatever arrives there too.
     pub fn take_open_results(&mut self) -> Vec<ProbeResult> {
         let open = std::mem::take(&mut self.open);
-        let mut results = Vec::with_capacity(open.values().map(HashMap::len).sum());
+        let mut results = Vec::with_capacity(open.values().map(OpenWindow::len).sum());
         for window in open.into_values() {
-            for ((source, target_region, target, round_start), outcome) in window {
-                results.push(ProbeResult {
-                    source,
-                    target_region,
-                    target,
-                    round_start,
-                    outcome,
-                });
+            let mut outcomes: Vec<Option<ProbeOutcome>> =
+                window.outcomes.into_iter().map(Some).collect();
+            for ((source_region, target_region), members) in window.pairs {
+                for ((ip, target, round_start), index) in members {
+                    let Some(outcome) = outcomes.get_mut(index).and_then(Option::take) else {
+                        continue;
+                    };
+                    results.push(ProbeResult {
+                        source: AgentId::new(source_region.clone(), ip),
+                        target_region: target_region.clone(),
+                        target,
+                        round_start,
+                        outcome,
+                    });
+                }
             }
         }
         results
@@ -323,7 +351,8 @@ impl Aggregator {
     ) -> Intake {
         let mut intake = Intake::default();
         let newest_allowed = self.window_index(now) + 1;
-        for result in results {
+        let mut results = results.into_iter();
+        while let Some(result) = results.next() {
             if count_received {
                 match result.outcome.kind() {
                     ProbeKind::Icmp => self.counters.received_icmp += 1,
@@ -339,17 +368,22 @@ impl Aggregator {
                 intake.dropped_future += 1;
                 continue;
             }
-            let key = (
-                result.source,
-                result.target_region,
-                result.target,
-                result.round_start,
-            );
             let window = self.open.entry(index).or_default();
-            match window.entry(key) {
+            // The result's own regions and target become the key: nothing is cloned.
+            let members = window
+                .pairs
+                .entry((result.source.region, result.target_region))
+                .or_default();
+            let key = (result.source.ip, result.target, result.round_start);
+            match members.entry(key) {
                 Entry::Occupied(_) => intake.dropped_duplicate += 1,
                 Entry::Vacant(slot) => {
-                    slot.insert(result.outcome);
+                    if window.outcomes.len() == window.outcomes.capacity() {
+                        // Room for the rest of the batch at once (at most the batch).
+                        window.outcomes.reserve(results.size_hint().0 + 1);
+                    }
+                    slot.insert(window.outcomes.len());
+                    window.outcomes.push(result.outcome);
                     intake.accepted += 1;
                 }
             }
@@ -438,42 +472,58 @@ impl Aggregator {
         (&self.series, &self.liveness)
     }
 
-    fn settle(&mut self, now: UnixMillis, results: &HashMap<ResultKey, ProbeOutcome>) {
-        // Arrival order must not matter: fix the order before any floating-point sum.
-        let mut sorted: Vec<(&ResultKey, &ProbeOutcome)> = results.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut icmp_pairs: BTreeMap<(&Region, &Region), Vec<IcmpCell<'_>>> = BTreeMap::new();
-        let mut http_groups: BTreeMap<(&Region, &Region, &str), Vec<HttpCell<'_>>> =
-            BTreeMap::new();
-        for ((source, target_region, target, _), outcome) in sorted {
-            match outcome {
-                ProbeOutcome::Icmp(result) => icmp_pairs
-                    .entry((&source.region, target_region))
-                    .or_default()
-                    .push(IcmpCell {
-                        source,
+    fn settle(&mut self, now: UnixMillis, results: &OpenWindow) {
+        let (method, robust) = (self.config.method, self.config.robust);
+        // Arrival order must not matter: fix the order of every pair's results (by source IP,
+        // target, round, as a sort of the whole window would) before any floating-point sum.
+        let mut sorted: Vec<(&MemberKey, &ProbeOutcome)> = Vec::new();
+        let mut icmp_cells: Vec<IcmpCell<'_>> = Vec::new();
+        // In key order, so the series map is built front to back (its nodes then lie in the
+        // order a snapshot reads them).
+        let mut pairs: Vec<_> = results.pairs.iter().collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for ((source_region, target_region), members) in pairs {
+            sorted.clear();
+            sorted.extend(
+                members
+                    .iter()
+                    .filter_map(|(key, index)| Some((key, results.outcomes.get(*index)?))),
+            );
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            icmp_cells.clear();
+            let mut http_groups: BTreeMap<&str, Vec<HttpCell<'_>>> = BTreeMap::new();
+            for ((ip, target, _), outcome) in sorted.iter().copied() {
+                match outcome {
+                    ProbeOutcome::Icmp(result) => icmp_cells.push(IcmpCell {
+                        source: *ip,
                         target,
                         result,
                     }),
-                ProbeOutcome::Http(result) => http_groups
-                    .entry((&source.region, target_region, target))
-                    .or_default()
-                    .push(HttpCell { source, result }),
+                    ProbeOutcome::Http(result) => {
+                        http_groups.entry(target).or_default().push(HttpCell {
+                            source: *ip,
+                            result,
+                        })
+                    }
+                }
             }
-        }
-        let (method, robust) = (self.config.method, self.config.robust);
-        for ((source, target), cells) in icmp_pairs {
-            let window = aggregate_icmp_pair(&cells, method, &robust);
-            self.series
-                .apply_icmp(now, (source.clone(), target.clone()), window);
-        }
-        for ((source, target, addr), cells) in http_groups {
-            let window = aggregate_http_group(&cells, method, &robust);
-            self.series.apply_http(
-                now,
-                (source.clone(), target.clone(), addr.to_owned()),
-                window,
-            );
+            if !icmp_cells.is_empty() {
+                let window = aggregate_icmp_pair(&icmp_cells, method, &robust);
+                self.series
+                    .apply_icmp(now, (source_region.clone(), target_region.clone()), window);
+            }
+            for (addr, cells) in http_groups {
+                let window = aggregate_http_group(&cells, method, &robust);
+                self.series.apply_http(
+                    now,
+                    (
+                        source_region.clone(),
+                        target_region.clone(),
+                        addr.to_owned(),
+                    ),
+                    window,
+                );
+            }
         }
     }
 }

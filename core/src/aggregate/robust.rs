@@ -80,16 +80,17 @@ pub(crate) fn outliers(members: &[MemberStats], config: &RobustConfig) -> Vec<us
 }
 
 fn flag_ratio_outliers(members: &[MemberStats], config: &RobustConfig, flagged: &mut [bool]) {
-    let ratios: Vec<f64> = members.iter().filter_map(MemberStats::ratio).collect();
-    let (Some(reference), Some(spread)) = (median(&ratios), mad(&ratios)) else {
+    // One buffer serves every median of this test (the ratios, their deviations, the trials).
+    let mut buffer = Vec::with_capacity(members.len());
+    let ratios = members.iter().filter_map(MemberStats::ratio);
+    let (Some(reference), Some(spread)) = median_and_mad(ratios, &mut buffer) else {
         return;
     };
-    let trials: Vec<f64> = members
+    let trials = members
         .iter()
         .filter(|m| m.trials > 0)
-        .map(|m| m.trials as f64)
-        .collect();
-    let reference_trials = median(&trials).unwrap_or(1.0).max(1.0);
+        .map(|m| m.trials as f64);
+    let reference_trials = median_with(trials, &mut buffer).unwrap_or(1.0).max(1.0);
     for (member, flag) in members.iter().zip(flagged.iter_mut()) {
         let Some(ratio) = member.ratio() else {
             continue;
@@ -113,11 +114,12 @@ fn flag_ratio_outliers(members: &[MemberStats], config: &RobustConfig, flagged: 
 }
 
 fn flag_latency_outliers(members: &[MemberStats], config: &RobustConfig, flagged: &mut [bool]) {
-    let latencies: Vec<f64> = members.iter().filter_map(|m| m.latency_seconds).collect();
-    if latencies.len() < config.min_members.max(1) {
+    let latencies = members.iter().filter_map(|m| m.latency_seconds);
+    if latencies.clone().count() < config.min_members.max(1) {
         return;
     }
-    let (Some(reference), Some(spread)) = (median(&latencies), mad(&latencies)) else {
+    let mut buffer = Vec::with_capacity(members.len());
+    let (Some(reference), Some(spread)) = median_and_mad(latencies, &mut buffer) else {
         return;
     };
     let threshold = config
@@ -135,26 +137,48 @@ fn flag_latency_outliers(members: &[MemberStats], config: &RobustConfig, flagged
     }
 }
 
-/// Median of `values` (mean of the two middle ones for an even count); `None` when empty.
-pub(crate) fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    if sorted.is_empty() {
+/// Median of `values` (mean of the two middle ones for an even count), ignoring values that
+/// are not finite; `None` when none is.
+#[cfg(test)]
+fn median(values: &[f64]) -> Option<f64> {
+    median_with(
+        values.iter().copied(),
+        &mut Vec::with_capacity(values.len()),
+    )
+}
+
+/// [`median`] of `values`, using `buffer` (cleared first) as scratch space.
+fn median_with(values: impl Iterator<Item = f64>, buffer: &mut Vec<f64>) -> Option<f64> {
+    buffer.clear();
+    buffer.extend(values.filter(|v| v.is_finite()));
+    if buffer.is_empty() {
         return None;
     }
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    Some(if sorted.len().is_multiple_of(2) {
-        f64::midpoint(sorted[mid - 1], sorted[mid])
-    } else {
-        sorted[mid]
+    let mid = buffer.len() / 2;
+    let even = buffer.len().is_multiple_of(2);
+    // A selection, not a sort: `upper` is the value a sort would put at `mid`, and every value
+    // in `lower` sorts at or before it, so their largest is the sorted `mid - 1`.
+    let (lower, upper, _) = buffer.select_nth_unstable_by(mid, f64::total_cmp);
+    let upper = *upper;
+    Some(match lower.iter().copied().max_by(f64::total_cmp) {
+        Some(below) if even => f64::midpoint(below, upper),
+        _ => upper,
     })
 }
 
-/// Median absolute deviation from the median.
-fn mad(values: &[f64]) -> Option<f64> {
-    let center = median(values)?;
-    let deviations: Vec<f64> = values.iter().map(|v| (v - center).abs()).collect();
-    median(&deviations)
+/// The median of `values` and their median absolute deviation from it, using `buffer` as
+/// scratch space.
+fn median_and_mad(
+    values: impl Iterator<Item = f64> + Clone,
+    buffer: &mut Vec<f64>,
+) -> (Option<f64>, Option<f64>) {
+    let Some(center) = median_with(values.clone(), buffer) else {
+        return (None, None);
+    };
+    (
+        Some(center),
+        median_with(values.map(|v| (v - center).abs()), buffer),
+    )
 }
 
 #[cfg(test)]
@@ -237,7 +261,49 @@ mod tests {
         assert_eq!(median(&[]), None);
     }
 
+    /// The sort-based median the selection replaced: the reference it must match.
+    fn sorted_median(values: &[f64]) -> Option<f64> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        Some(if sorted.len().is_multiple_of(2) {
+            f64::midpoint(sorted[mid - 1], sorted[mid])
+        } else {
+            sorted[mid]
+        })
+    }
+
+    /// Values with many ties, signed zeros and non-finite ones, as well as ordinary ones.
+    fn awkward_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            -1e3f64..1e3,
+            (0u8..4).prop_map(f64::from),
+            Just(0.0),
+            Just(-0.0),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+        ]
+    }
+
     proptest! {
+        /// The selection-based median and MAD give bit for bit what sorting gives.
+        #[test]
+        fn median_and_mad_match_the_sorting_reference(values in proptest::collection::vec(awkward_value(), 0..40)) {
+            let bits = |v: Option<f64>| v.map(f64::to_bits);
+            prop_assert_eq!(bits(median(&values)), bits(sorted_median(&values)));
+            let reference_mad = sorted_median(&values).and_then(|center| {
+                sorted_median(&values.iter().map(|v| (v - center).abs()).collect::<Vec<_>>())
+            });
+            let mut buffer = Vec::new();
+            let (center, spread) = median_and_mad(values.iter().copied(), &mut buffer);
+            prop_assert_eq!(bits(center), bits(sorted_median(&values)));
+            prop_assert_eq!(bits(spread), bits(reference_mad));
+        }
+
         /// Binomial noise alone (same true loss everywhere) almost never makes an outlier:
         /// members drawn within ±2.5 standard deviations of a common loss are all kept.
         #[test]
