@@ -6,7 +6,7 @@
 //! length and varints; [`ProbeResultRef`] reads the strings as `&str` into the frame body and
 //! the histogram into a fixed array ([`HistogramCounts`]), so it decodes exactly the bytes a
 //! [`ProbeResultV1`] encodes to (`borrowed_results_decode_every_owned_encoding`, a property
-//! test in `core/src/wire/tests.rs`). No protocol version changes: this is a reader, the
+//! test in `core/src/wire/tests/borrowed.rs`). No protocol version changes: this is a reader, the
 //! schema stays v1's.
 //!
 //! The server's [`super::decode_from_agent`] takes this path for a body whose first byte is
@@ -193,10 +193,10 @@ pub fn results_ref_into_domain(
     check_len("results", results.len(), MAX_RESULTS_PER_BATCH)?;
     let mut regions = RegionCache::default();
     let mut domain = Vec::with_capacity(results.len());
-    for (result_idx, result) in results.iter().enumerate() {
+    for (result_idx, result) in results.iter().copied().enumerate() {
         domain.push(
             result
-                .to_domain(source, &mut regions)
+                .into_domain(source, &mut regions)
                 .map_err(|e| e.within(&format!("results[{result_idx}]")))?,
         );
     }
@@ -205,8 +205,8 @@ pub fn results_ref_into_domain(
 
 impl<'a> ProbeResultRef<'a> {
     /// The domain result, probed by `source`; as [`ProbeResultV1::into_domain`].
-    fn to_domain(
-        &self,
+    fn into_domain(
+        self,
         source: &AgentId,
         regions: &mut RegionCache<'a>,
     ) -> Result<ProbeResult, WireError> {
@@ -300,7 +300,7 @@ impl OutcomeRef {
 
 /// A domain result as the agent holds it until it is acknowledged: it serialises to exactly
 /// the bytes of `ProbeResultV1::from(&result)` (`an_outgoing_result_encodes_like_its_dto`, a
-/// property test in `core/src/wire/tests.rs`), without building that DTO (three heap
+/// property test in `core/src/wire/tests/borrowed.rs`), without building that DTO (three heap
 /// allocations per result) first. Domain types stay free of serde: this wrapper is the wire's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutgoingResult(pub ProbeResult);
