@@ -14,7 +14,7 @@ use probermesh_core::delivery::{Outbox, OutboxStats};
 use probermesh_core::link::{FromAgent, FromServer};
 use probermesh_core::model::ProbeResult;
 use probermesh_core::ports::{LinkError, ServerLink};
-use probermesh_core::wire::ProbeResultV1;
+use probermesh_core::wire::borrowed::OutgoingResult;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -55,7 +55,7 @@ pub struct AgentLinkStats {
 /// State shared by the link handle, the supervisor and the session tasks.
 #[derive(Debug)]
 pub(crate) struct AgentShared {
-    outbox: Mutex<Outbox>,
+    outbox: Mutex<Outbox<OutgoingResult>>,
     /// Woken when results are added or acknowledged.
     pub(crate) outbox_changed: Notify,
     connected: AtomicBool,
@@ -69,7 +69,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AgentShared {
-    pub(crate) fn outbox(&self) -> MutexGuard<'_, Outbox> {
+    pub(crate) fn outbox(&self) -> MutexGuard<'_, Outbox<OutgoingResult>> {
         lock(&self.outbox)
     }
 
@@ -187,10 +187,10 @@ impl ServerLink for AgentLink {
         if results.is_empty() {
             return;
         }
-        let results: Vec<ProbeResultV1> = results.iter().map(ProbeResultV1::from).collect();
         let (dropped, stats) = {
             let mut outbox = self.shared.outbox();
-            let dropped = outbox.push(results);
+            // Held as they are and encoded in place: no DTO per result.
+            let dropped = outbox.push(results.into_iter().map(OutgoingResult));
             (dropped, outbox.stats())
         };
         if dropped > 0 {

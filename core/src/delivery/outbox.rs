@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use serde::Serialize;
+
 use crate::wire::{
     DEFAULT_MAX_FRAME_LEN, MAX_RESULTS_PER_BATCH, ProbeResultV1, WireError,
     encode_result_batch_frame,
@@ -63,9 +65,9 @@ pub struct OutboxStats {
 
 /// One batch waiting for its acknowledgement.
 #[derive(Debug)]
-struct Batch {
+struct Batch<R> {
     seq: u64,
-    results: Vec<ProbeResultV1>,
+    results: Vec<R>,
 }
 
 /// A frame [`Outbox::next_frame`] wants sent.
@@ -82,13 +84,17 @@ pub struct OutgoingBatch {
 }
 
 /// The agent's bounded buffer of results, with sequence numbers and acknowledgements.
+///
+/// `R` is what it holds: anything that serialises as a [`ProbeResultV1`] does, the DTO itself
+/// or a domain result in a [`crate::wire::borrowed::OutgoingResult`] (the agent's link, which
+/// so encodes its results without converting them first).
 #[derive(Debug)]
-pub struct Outbox {
+pub struct Outbox<R = ProbeResultV1> {
     config: OutboxConfig,
     /// Results not in a batch yet, oldest first.
-    pending: VecDeque<ProbeResultV1>,
+    pending: VecDeque<R>,
     /// Batches produced and not acknowledged, by ascending `seq`.
-    unacked: VecDeque<Batch>,
+    unacked: VecDeque<Batch<R>>,
     /// Results inside `unacked`.
     unacked_results: usize,
     /// `unacked[..in_flight]` were produced on the current connection.
@@ -98,7 +104,7 @@ pub struct Outbox {
     stats: OutboxStats,
 }
 
-impl Outbox {
+impl<R: Serialize> Outbox<R> {
     /// An empty outbox; zero sizes are raised to 1 and the batch size is capped at
     /// [`MAX_RESULTS_PER_BATCH`].
     #[must_use]
@@ -127,7 +133,7 @@ impl Outbox {
     }
 
     /// Adds results; returns how many (old) results were dropped to make room.
-    pub fn push(&mut self, results: impl IntoIterator<Item = ProbeResultV1>) -> u64 {
+    pub fn push(&mut self, results: impl IntoIterator<Item = R>) -> u64 {
         self.pending.extend(results);
         self.enforce_capacity()
     }
@@ -227,7 +233,7 @@ impl Outbox {
             let tail = &back[..n_results - head.len()];
             match encode_result_batch_frame(seq, head, tail, self.config.max_frame_len_bytes) {
                 Ok(frame) => {
-                    let results: Vec<ProbeResultV1> = self.pending.drain(..n_results).collect();
+                    let results: Vec<R> = self.pending.drain(..n_results).collect();
                     self.unacked.push_back(Batch { seq, results });
                     self.unacked_results += n_results;
                     self.in_flight += 1;

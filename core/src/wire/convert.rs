@@ -131,86 +131,130 @@ impl OutcomeV1 {
                 rtt,
                 histogram_counts,
                 histogram_sum_ns,
-            } => {
-                if packets_received > packets_sent {
-                    return Err(WireError::invalid(
-                        "packets_received",
-                        format!("{packets_received} is more than the {packets_sent} packets sent"),
-                    ));
-                }
-                let counts: [u64; HISTOGRAM_LEN] =
-                    histogram_counts.as_slice().try_into().map_err(|_| {
-                        WireError::invalid(
-                            "histogram_counts",
-                            format!(
-                                "holds {} buckets; exactly {HISTOGRAM_LEN} are expected",
-                                histogram_counts.len()
-                            ),
-                        )
-                    })?;
-                let n_observed: u128 = counts.iter().map(|c| u128::from(*c)).sum();
-                if n_observed != u128::from(packets_received) {
-                    return Err(WireError::invalid(
-                        "histogram_counts",
-                        format!(
-                            "buckets add up to {n_observed}, not to the {packets_received} packets received"
-                        ),
-                    ));
-                }
-                let rtt = match (rtt, packets_received) {
-                    (None, 0) => None,
-                    (Some(rtt), received) if received > 0 => {
-                        if rtt.min_ns > rtt.max_ns {
-                            return Err(WireError::invalid(
-                                "rtt",
-                                format!("min_ns {} is above max_ns {}", rtt.min_ns, rtt.max_ns),
-                            ));
-                        }
-                        Some(rtt.into())
-                    }
-                    (Some(_), _) => {
-                        return Err(WireError::invalid(
-                            "rtt",
-                            "present although no packet was received",
-                        ));
-                    }
-                    (None, _) => {
-                        return Err(WireError::invalid(
-                            "rtt",
-                            "missing although packets were received",
-                        ));
-                    }
-                };
-                Ok(ProbeOutcome::Icmp(IcmpResult {
-                    resolve: Duration::from_nanos(resolve_ns),
-                    failure: failure.map(IcmpFailure::from),
-                    packets_sent,
-                    packets_received,
-                    rtt,
-                    histogram: RttHistogram::from_parts(counts, histogram_sum_ns),
-                }))
-            }
+            } => icmp_outcome(IcmpFields {
+                resolve_ns,
+                failure,
+                packets_sent,
+                packets_received,
+                rtt,
+                histogram_counts: &histogram_counts,
+                histogram_len: histogram_counts.len(),
+                histogram_sum_ns,
+            }),
             Self::Http {
                 phases,
                 status_code,
                 tls,
                 failure,
-            } => {
-                if let Some(code) = status_code {
-                    check_status_code("status_code", code)?;
-                }
-                if let Some(HttpFailureV1::InvalidStatus(code)) = failure {
-                    check_status_code("failure.invalid_status", code)?;
-                }
-                Ok(ProbeOutcome::Http(HttpResult {
-                    phases: phases.into(),
-                    status_code,
-                    tls: tls.map(TlsInfo::from),
-                    failure: failure.map(HttpFailure::from),
-                }))
-            }
+            } => http_outcome(phases, status_code, tls, failure),
         }
     }
+}
+
+/// The fields of an ICMP outcome as decoded, owned or borrowed (`wire::borrowed`).
+pub(super) struct IcmpFields<'a> {
+    pub(super) resolve_ns: u64,
+    pub(super) failure: Option<IcmpFailureV1>,
+    pub(super) packets_sent: u32,
+    pub(super) packets_received: u32,
+    pub(super) rtt: Option<RttSummaryV1>,
+    /// The counts kept (all of them when `histogram_len` is [`HISTOGRAM_LEN`]).
+    pub(super) histogram_counts: &'a [u64],
+    /// How many counts the message held.
+    pub(super) histogram_len: usize,
+    pub(super) histogram_sum_ns: u128,
+}
+
+/// Validates and converts an ICMP outcome: the one conversion of both decoders.
+pub(super) fn icmp_outcome(fields: IcmpFields<'_>) -> Result<ProbeOutcome, WireError> {
+    let IcmpFields {
+        resolve_ns,
+        failure,
+        packets_sent,
+        packets_received,
+        rtt,
+        histogram_counts,
+        histogram_len,
+        histogram_sum_ns,
+    } = fields;
+    if packets_received > packets_sent {
+        return Err(WireError::invalid(
+            "packets_received",
+            format!("{packets_received} is more than the {packets_sent} packets sent"),
+        ));
+    }
+    let counts: [u64; HISTOGRAM_LEN] = histogram_counts
+        .try_into()
+        .ok()
+        .filter(|_| histogram_len == HISTOGRAM_LEN)
+        .ok_or_else(|| {
+            WireError::invalid(
+                "histogram_counts",
+                format!("holds {histogram_len} buckets; exactly {HISTOGRAM_LEN} are expected"),
+            )
+        })?;
+    let n_observed: u128 = counts.iter().map(|c| u128::from(*c)).sum();
+    if n_observed != u128::from(packets_received) {
+        return Err(WireError::invalid(
+            "histogram_counts",
+            format!(
+                "buckets add up to {n_observed}, not to the {packets_received} packets received"
+            ),
+        ));
+    }
+    let rtt = match (rtt, packets_received) {
+        (None, 0) => None,
+        (Some(rtt), received) if received > 0 => {
+            if rtt.min_ns > rtt.max_ns {
+                return Err(WireError::invalid(
+                    "rtt",
+                    format!("min_ns {} is above max_ns {}", rtt.min_ns, rtt.max_ns),
+                ));
+            }
+            Some(rtt.into())
+        }
+        (Some(_), _) => {
+            return Err(WireError::invalid(
+                "rtt",
+                "present although no packet was received",
+            ));
+        }
+        (None, _) => {
+            return Err(WireError::invalid(
+                "rtt",
+                "missing although packets were received",
+            ));
+        }
+    };
+    Ok(ProbeOutcome::Icmp(IcmpResult {
+        resolve: Duration::from_nanos(resolve_ns),
+        failure: failure.map(IcmpFailure::from),
+        packets_sent,
+        packets_received,
+        rtt,
+        histogram: RttHistogram::from_parts(counts, histogram_sum_ns),
+    }))
+}
+
+/// Validates and converts an HTTP outcome: the one conversion of both decoders.
+pub(super) fn http_outcome(
+    phases: HttpPhasesV1,
+    status_code: Option<u16>,
+    tls: Option<TlsInfoV1>,
+    failure: Option<HttpFailureV1>,
+) -> Result<ProbeOutcome, WireError> {
+    if let Some(code) = status_code {
+        check_status_code("status_code", code)?;
+    }
+    if let Some(HttpFailureV1::InvalidStatus(code)) = failure {
+        check_status_code("failure.invalid_status", code)?;
+    }
+    Ok(ProbeOutcome::Http(HttpResult {
+        phases: phases.into(),
+        status_code,
+        tls: tls.map(TlsInfo::from),
+        failure: failure.map(HttpFailure::from),
+    }))
 }
 
 impl From<&ProbeOutcome> for OutcomeV1 {

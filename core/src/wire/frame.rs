@@ -3,8 +3,8 @@
 //! This module knows bytes only, not streams or sockets (like mini-redis's `Frame::check`), so
 //! the QUIC adapter feeds it whatever it reads and the fuzzer feeds it anything at all.
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::WireError;
 
@@ -47,14 +47,15 @@ fn finish_frame(
 
 /// Encodes `AgentMessage::ResultBatch { seq, results }` as one frame from borrowed results,
 /// `head` then `tail` (the same bytes as [`encode_frame`] of the owned message, in protocol v1
-/// and v2 alike).
+/// and v2 alike), each a [`super::ProbeResultV1`] or a domain result in a
+/// [`super::borrowed::OutgoingResult`].
 ///
 /// # Errors
 /// As [`encode_frame`].
-pub fn encode_result_batch_frame(
+pub fn encode_result_batch_frame<R: Serialize>(
     seq: u64,
-    head: &[super::ProbeResultV1],
-    tail: &[super::ProbeResultV1],
+    head: &[R],
+    tail: &[R],
     max_frame_len: usize,
 ) -> Result<Vec<u8>, WireError> {
     /// A typical ICMP result takes about 70 bytes; reserving that avoids most regrowth.
@@ -75,6 +76,14 @@ pub fn encode_result_batch_frame(
 /// [`WireError::Decode`] for bytes that are not a `T`, [`WireError::TrailingBytes`] when bytes
 /// remain after it.
 pub fn decode_frame<T: DeserializeOwned>(frame_body: &[u8]) -> Result<T, WireError> {
+    decode_frame_borrowed(frame_body)
+}
+
+/// Decodes one frame body (without its length prefix) as a `T` that may borrow from it.
+///
+/// # Errors
+/// As [`decode_frame`].
+pub fn decode_frame_borrowed<'a, T: Deserialize<'a>>(frame_body: &'a [u8]) -> Result<T, WireError> {
     let (msg, rest) = postcard::take_from_bytes::<T>(frame_body).map_err(WireError::Decode)?;
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes {

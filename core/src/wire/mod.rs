@@ -14,6 +14,9 @@
 //!   [`encode_frame`] writes one, [`FrameDecoder`] splits a byte stream into messages.
 //! - [`handoff`]: the file a gracefully stopping server leaves for the next one (the results of
 //!   its unsettled windows), in v1 DTOs.
+//! - [`borrowed`]: a `ResultBatch` read in place (strings borrowed from the frame, the
+//!   histogram in a fixed array), the same bytes as the owned messages; the server's
+//!   [`decode_from_agent`] reads batches this way.
 //! - [`convert`]: conversions between DTOs and domain types. Going out (`From<&Domain>`) cannot
 //!   fail; coming in (`into_domain`) validates everything, because the bytes come from the network.
 //! - [`messages`]: whole messages after the handshake, to and from the domain conversation
@@ -46,6 +49,7 @@
 //! decode, call `check_limits` and convert the payload with the `into_domain` functions of
 //! [`convert`]. Each step returns a [`WireError`] naming the offending field.
 
+pub mod borrowed;
 pub mod convert;
 pub mod frame;
 pub mod handoff;
@@ -61,8 +65,8 @@ mod tests;
 
 pub use convert::{pool_into_domain, results_into_domain};
 pub use frame::{
-    DEFAULT_MAX_FRAME_LEN, FrameDecoder, LEN_PREFIX_BYTES, decode_frame, encode_frame,
-    encode_result_batch_frame,
+    DEFAULT_MAX_FRAME_LEN, FrameDecoder, LEN_PREFIX_BYTES, decode_frame, decode_frame_borrowed,
+    encode_frame, encode_result_batch_frame,
 };
 pub use handoff::{OpenWindows, decode_open_windows, encode_open_windows};
 pub use hello::{

@@ -4,6 +4,7 @@
 //! `fixtures/wire/corpus/`, and one test per `into_domain` validation with its error text.
 //! The tests of protocol v2 and the handshake are in `tests/v2.rs`.
 
+mod borrowed;
 mod v2;
 
 use crate::model::http_module::FileRef;

@@ -95,33 +95,43 @@ pub enum AgentMessage {
 
 /// A borrowed [`AgentMessage::ResultBatch`]: serialises to exactly the same bytes, so an agent
 /// can encode the batches it keeps for resending without cloning their results. The results
-/// are `head` followed by `tail` (the two halves of a ring buffer; either may be empty).
+/// are `head` followed by `tail` (the two halves of a ring buffer; either may be empty), each
+/// serialising as a [`ProbeResultV1`] does: the DTO itself, or a domain result wrapped in
+/// [`super::borrowed::OutgoingResult`].
 ///
 /// The variant index (2) and field order are those of [`AgentMessage::ResultBatch`] and of
 /// [`super::AgentMessageV2::ResultBatch`], so it serves both versions; the tests
 /// `a_borrowed_batch_encodes_like_the_owned_one` and
 /// `a_borrowed_batch_encodes_like_the_owned_v2_one` fail if they ever differ.
-#[derive(Clone, Copy, Debug)]
-pub struct ResultBatchRef<'a> {
+#[derive(Debug)]
+pub struct ResultBatchRef<'a, R = ProbeResultV1> {
     /// Per-instance sequence number.
     pub seq: u64,
     /// The first results.
-    pub head: &'a [ProbeResultV1],
+    pub head: &'a [R],
     /// The results after `head`.
-    pub tail: &'a [ProbeResultV1],
+    pub tail: &'a [R],
 }
 
-/// The results of a [`ResultBatchRef`] as one sequence.
-struct ResultsRef<'a>(&'a [ProbeResultV1], &'a [ProbeResultV1]);
+impl<R> Clone for ResultBatchRef<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
 
-impl Serialize for ResultsRef<'_> {
+impl<R> Copy for ResultBatchRef<'_, R> {}
+
+/// The results of a [`ResultBatchRef`] as one sequence.
+struct ResultsRef<'a, R>(&'a [R], &'a [R]);
+
+impl<R: Serialize> Serialize for ResultsRef<'_, R> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // `Chain` of two slice iterators knows its exact length, as postcard needs.
         serializer.collect_seq(self.0.iter().chain(self.1))
     }
 }
 
-impl Serialize for ResultBatchRef<'_> {
+impl<R: Serialize> Serialize for ResultBatchRef<'_, R> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStructVariant as _;
         let mut variant =

@@ -18,10 +18,11 @@ use std::sync::Arc;
 pub use v1::{from_agent_v1, from_server_v1, to_agent_v1, to_server_v1};
 pub use v2::{from_agent_v2, from_server_v2, to_agent_v2, to_server_v2};
 
-use super::frame::{decode_frame, encode_frame};
+use super::borrowed::{RESULT_BATCH_VARIANT, ResultBatchBodyRef, results_ref_into_domain};
+use super::frame::{decode_frame, decode_frame_borrowed, encode_frame};
 use super::v1::{AgentMessage, ProbeConfigV1, ServerMessage};
 use super::v2::{AgentMessageV2, ServerMessageV2};
-use super::{ProtocolVersion, WireError, pool_into_domain};
+use super::{MAX_RESULTS_PER_BATCH, ProtocolVersion, WireError, check_len, pool_into_domain};
 use crate::link::{FromAgent, TaskSpec, ToAgent};
 use crate::model::AgentId;
 use crate::model::time::duration_millis;
@@ -73,6 +74,20 @@ pub fn decode_from_agent(
     body: &[u8],
     source: &AgentId,
 ) -> Result<FromAgent, WireError> {
+    // A result batch (the same bytes in both versions) is read in place: no allocation per
+    // result, the same checks and errors as the owned messages (`wire::borrowed`).
+    if let Some((&RESULT_BATCH_VARIANT, batch)) = body.split_first() {
+        let batch: ResultBatchBodyRef<'_> = decode_frame_borrowed(batch)?;
+        check_len(
+            "result_batch.results",
+            batch.results.len(),
+            MAX_RESULTS_PER_BATCH,
+        )?;
+        return Ok(FromAgent::Results {
+            seq: batch.seq,
+            results: results_ref_into_domain(&batch.results, source)?,
+        });
+    }
     match version {
         ProtocolVersion::V1 => {
             let message: AgentMessage = decode_frame(body)?;
