@@ -1045,3 +1045,65 @@ fn starting_outside_a_runtime_is_an_error_not_a_panic() {
     .expect_err("no runtime");
     assert!(err.to_string().contains("runtime"), "{err}");
 }
+
+/// How many result frames the server handed out.
+fn result_frames(recorded: &Recorded) -> usize {
+    recorded
+        .events()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                LinkEvent::Message {
+                    message: FromAgent::Results { .. },
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn results_made_one_by_one_wait_for_each_other_within_the_linger() {
+    let dir = TempDir::new("linger");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    let mut config = agent_config(server.local_addr(), "lingering", pinned(&server));
+    config.result_linger = Duration::from_secs(2);
+    let agent = start_agent(config);
+    eventually("the connection", || agent.stats().connected).await;
+    // Twenty results 10 ms apart, as probes finish: without the linger each is its own frame
+    // (the writer runs between them).
+    for id in 0..20 {
+        agent.enqueue_results(results(id..id + 1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually("the results", || recorded.result_ids().len() == 20).await;
+    assert_eq!(recorded.result_ids(), (0..20).collect::<Vec<_>>());
+    let frames = result_frames(&recorded);
+    assert!(
+        frames <= 3,
+        "{frames} frames for 20 results made within one linger"
+    );
+    agent.close().await;
+}
+
+#[tokio::test]
+async fn a_full_batch_does_not_wait_for_the_linger() {
+    let dir = TempDir::new("linger-full");
+    let server = new_server(&dir).await;
+    let (recorded, _task) = record(&server);
+    let mut config = agent_config(server.local_addr(), "lingering", pinned(&server));
+    // Longer than the hang guard: a held batch fails the test.
+    config.result_linger = Duration::from_secs(120);
+    let batch = config.outbox.max_batch_results;
+    let agent = start_agent(config);
+    eventually("the connection", || agent.stats().connected).await;
+    let batch = u64::try_from(batch).expect("a batch size");
+    agent.enqueue_results(results(0..batch));
+    eventually("the full batch", || {
+        recorded.result_ids().len() == usize::try_from(batch).expect("fits")
+    })
+    .await;
+    agent.close().await;
+}

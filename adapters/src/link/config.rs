@@ -222,7 +222,15 @@ pub struct AgentLinkConfig {
     /// The features this agent takes, named in a v2 hello (`core::link::feature`); a server
     /// sends tasks, upgrades and traces only to agents that name them.
     pub features: BTreeSet<String>,
+    /// How long new results wait for more before they are sent (default 100 ms), so an agent
+    /// finishing hundreds of probes a second sends a frame per linger, not one per probe (and
+    /// the server acknowledges each); a full batch goes at once. Zero sends each at once.
+    pub result_linger: Duration,
 }
+
+/// The default [`AgentLinkConfig::result_linger`]: small beside the server's aggregation
+/// window (15 s by default), large beside the time between two probes' results.
+pub const DEFAULT_RESULT_LINGER: Duration = Duration::from_millis(100);
 
 impl AgentLinkConfig {
     /// A configuration with the default limits.
@@ -245,6 +253,7 @@ impl AgentLinkConfig {
             inbox_len: 256,
             max_protocol: ProtocolVersion::LATEST,
             features: BTreeSet::new(),
+            result_linger: DEFAULT_RESULT_LINGER,
         }
     }
 

@@ -332,8 +332,17 @@ async fn write_loop(
     protocol: ProtocolVersion,
 ) -> WriteFrameError {
     let max_frame_len = config.limits.max_frame_len_bytes;
+    // New results wait up to `result_linger` for more, so a busy agent sends a frame per
+    // linger rather than per probe (and is acknowledged as often); a full batch goes at once.
+    // Control messages never wait.
+    let mut hold_until: Option<tokio::time::Instant> = None;
     loop {
-        loop {
+        if hold_until.is_some_and(|until| tokio::time::Instant::now() >= until)
+            || shared.outbox().batch_is_full()
+        {
+            hold_until = None;
+        }
+        while hold_until.is_none() {
             let batch = shared.outbox().next_frame();
             let Some(batch) = batch else { break };
             if batch.resend {
@@ -348,13 +357,25 @@ async fn write_loop(
                 return e.into();
             }
         }
+        let held = async {
+            match hold_until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
         let msg = tokio::select! {
             biased;
             msg = control.recv() => match msg {
                 Some(msg) => msg,
                 None => return WriteFrameError::Write(quinn::WriteError::ClosedStream),
             },
-            _ = shared.outbox_changed.notified() => continue,
+            () = shared.outbox_changed.notified() => {
+                if hold_until.is_none() && !config.result_linger.is_zero() {
+                    hold_until = Some(tokio::time::Instant::now() + config.result_linger);
+                }
+                continue;
+            }
+            () = held => continue,
         };
         let frame = match encode_to_server(protocol, &msg, max_frame_len) {
             Ok(frame) => frame,

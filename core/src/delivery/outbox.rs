@@ -208,6 +208,13 @@ impl<R: Serialize> Outbox<R> {
         self.pending.is_empty() && self.unacked.is_empty()
     }
 
+    /// Whether enough results wait to fill a batch (a sender holding results back for
+    /// company sends now).
+    #[must_use]
+    pub fn batch_is_full(&self) -> bool {
+        self.pending.len() >= self.config.max_batch_results
+    }
+
     /// The counters.
     #[must_use]
     pub fn stats(&self) -> OutboxStats {
