@@ -201,9 +201,9 @@ for n in "${counts[@]}"; do
     if [ "$perf_s" != 0 ] && [ "$count" = 10 ] && [ "$period_ms" = 100 ] && command -v perf >/dev/null; then
       perf record -q -F 1999 -g -p "$agent_pid" -o "$work/case/perf.data" -- sleep "$perf_s" > /dev/null 2>&1 || true
       echo "perf record -g -p <agent> for ${perf_s}s, samples by thread and by symbol (self time, >= 2 %):"
-      perf report -i "$work/case/perf.data" --no-children --sort comm --stdio 2> /dev/null | grep -E "^ +[0-9]" | head -8 || true
+      perf report -i "$work/case/perf.data" --no-children --sort comm --stdio 2> /dev/null | grep -E "^ +[0-9]+\.[0-9]+%" | head -8 || true
       perf report -i "$work/case/perf.data" --no-children --sort dso,sym --percent-limit 2 --stdio -g none 2> /dev/null \
-        | grep -E "^ +[0-9]" | head -25 || true
+        | grep -E "^ +[0-9]+\.[0-9]+%" | head -25 || true
     fi
 
     peak_kb=$(vm_kb "$agent_pid" VmHWM) rss_kb=$(vm_kb "$agent_pid" VmRSS)
