@@ -191,12 +191,7 @@ impl IcmpSocket {
         if let Ok(cmsgs) = msg.cmsgs() {
             for cmsg in cmsgs {
                 if let ControlMessageOwned::ScmTimestampns(ts) = cmsg {
-                    let secs = u64::try_from(ts.tv_sec()).ok();
-                    let nanos = u32::try_from(ts.tv_nsec()).ok();
-                    if let (Some(secs), Some(nanos)) = (secs, nanos) {
-                        kernel_time =
-                            SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
-                    }
+                    kernel_time = timestamp(ts.tv_sec(), ts.tv_nsec());
                 }
             }
         }
